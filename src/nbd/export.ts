@@ -1,0 +1,71 @@
+// The one narrow interface between the NBD server core and what it serves, as nbdkit's plugin API.
+// The server validates every request at the edge (range, flags, negotiated features) before calling
+// an export, so an export may assert rather than re-check. Capabilities are read once at open.
+//
+// Errors: an export rejects with an ExportError carrying an errno name; the server maps it to the
+// NBD error code in one place. Any other thrown value is treated as EIO.
+
+export type Errno = 'EPERM' | 'EIO' | 'ENOMEM' | 'EINVAL' | 'ENOSPC' | 'EOVERFLOW' | 'ENOTSUP' | 'ESHUTDOWN';
+
+export class ExportError extends Error {
+  constructor(
+    readonly errno: Errno,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'ExportError';
+  }
+}
+
+export interface ExportCapabilities {
+  readonly sizeBytes: number;
+  readonly readOnly: boolean;
+  readonly canFlush: boolean;
+  readonly canFua: boolean;
+  readonly canTrim: boolean;
+  readonly canZero: boolean;
+  /** WRITE_ZEROES with FAST_ZERO: the export can tell cheaply whether zeroing is fast. */
+  readonly canFastZero: boolean;
+  readonly canCache: boolean;
+  /** Every connection sees the same data and a FLUSH on one connection covers writes completed on all. */
+  readonly canMultiConn: boolean;
+  readonly blockSizeMin: number;
+  readonly blockSizePreferred: number;
+  readonly blockSizeMax: number;
+  readonly description?: string;
+}
+
+export const EXTENT_HOLE = 1;
+export const EXTENT_ZERO = 2;
+
+export interface Extent {
+  readonly lengthBytes: number;
+  /** EXTENT_HOLE | EXTENT_ZERO bits, as base:allocation defines them. */
+  readonly flags: number;
+}
+
+export interface WriteFlags {
+  readonly fua: boolean;
+}
+
+export interface ZeroFlags {
+  readonly fua: boolean;
+  /** false when the client sent NO_HOLE: the export must allocate. */
+  readonly mayTrim: boolean;
+  /** FAST_ZERO: fail with ENOTSUP rather than zero slowly. */
+  readonly fastZero: boolean;
+}
+
+export interface Export {
+  capabilities(): ExportCapabilities;
+  /** Fill `target` completely with the bytes at offsetBytes. */
+  read(target: Buffer, offsetBytes: number): Promise<void>;
+  write(data: Buffer, offsetBytes: number, flags: WriteFlags): Promise<void>;
+  flush(): Promise<void>;
+  trim(offsetBytes: number, lengthBytes: number, flags: WriteFlags): Promise<void>;
+  zero(offsetBytes: number, lengthBytes: number, flags: ZeroFlags): Promise<void>;
+  cache(offsetBytes: number, lengthBytes: number): Promise<void>;
+  /** Extents covering at least the first byte of the range; their lengths sum to <= lengthBytes. */
+  blockStatus(offsetBytes: number, lengthBytes: number): Promise<Extent[]>;
+  close(): Promise<void>;
+}
