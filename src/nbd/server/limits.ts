@@ -1,0 +1,47 @@
+// Named limits of the NBD server, with safe defaults. Every client-claimed length is checked
+// against one of these before anything is allocated for it.
+
+import { DEFAULT_PAYLOAD_BYTES_MAX } from '../codec/constants.js';
+
+export interface ServerLimits {
+  /** Largest READ/WRITE payload accepted (advertised as the maximum block size). */
+  readonly requestBytesMax: number;
+  /** Requests being served at once per connection; past it the socket is paused. */
+  readonly inFlightRequestsMax: number;
+  /** Payload bytes held per connection (write payloads received, read replies allocated). */
+  readonly inFlightBytesMax: number;
+  /** Reply bytes queued in the socket the client has not read; past it no new work is issued. */
+  readonly writeBufferedBytesMax: number;
+  /** Largest option data accepted in the handshake; larger disconnects. */
+  readonly optionBytesMax: number;
+  /** Options per handshake; more disconnects (a client looping on options is a DoS). */
+  readonly optionsMax: number;
+  /** Queries in one LIST/SET_META_CONTEXT. */
+  readonly metaContextQueriesMax: number;
+  /** Time allowed from accept to the end of the handshake. */
+  readonly handshakeTimeoutMs: number;
+  /** Open connections per server; more are closed at once. */
+  readonly connectionsMax: number;
+}
+
+export const DEFAULT_SERVER_LIMITS: ServerLimits = Object.freeze({
+  requestBytesMax: DEFAULT_PAYLOAD_BYTES_MAX, // 32 MiB, what the spec says servers SHOULD accept
+  inFlightRequestsMax: 128,
+  inFlightBytesMax: 64 * 1024 * 1024,
+  writeBufferedBytesMax: 16 * 1024 * 1024,
+  optionBytesMax: 64 * 1024,
+  optionsMax: 256,
+  metaContextQueriesMax: 128,
+  handshakeTimeoutMs: 30_000,
+  connectionsMax: 1024,
+});
+
+export function resolveLimits(partial: Partial<ServerLimits> | undefined): ServerLimits {
+  const l: ServerLimits = { ...DEFAULT_SERVER_LIMITS, ...(partial ?? {}) };
+  for (const [k, v] of Object.entries(l)) {
+    if (!Number.isSafeInteger(v) || v <= 0) throw new RangeError(`server limit ${k} must be a positive integer, got ${v}`);
+  }
+  if (l.requestBytesMax > 0xffffffff) throw new RangeError('requestBytesMax must fit in 32 bits');
+  if (l.optionBytesMax < 4096 + 8) throw new RangeError('optionBytesMax must admit a 4096-byte export name');
+  return Object.freeze(l);
+}

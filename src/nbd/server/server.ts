@@ -1,0 +1,111 @@
+// NbdServer: listens on TCP and unix sockets, serves the exports of a registry to many clients.
+// Owns listeners and the set of live connections; everything per connection is in connection.ts.
+// close(): stop listening, let every connection finish its in-flight requests, then close it.
+
+import { createServer, type Server, type Socket } from 'node:net';
+import { unlink } from 'node:fs/promises';
+import { Connection } from './connection.js';
+import { resolveLimits, type ServerLimits } from './limits.js';
+import { type Logger, NULL_LOGGER } from './log.js';
+import type { ExportRegistry } from './registry.js';
+import type { TransmissionStats } from './transmission.js';
+
+export type { ExportEntry, ExportRegistry } from './registry.js';
+export type { ServerLimits } from './limits.js';
+export { DEFAULT_SERVER_LIMITS } from './limits.js';
+export type { Logger } from './log.js';
+
+export type ListenAddress =
+  | { readonly kind: 'tcp'; readonly host: string; readonly port: number }
+  | { readonly kind: 'unix'; readonly path: string };
+
+export interface ServerOptions {
+  exports: ExportRegistry;
+  /** What an empty export name ("") means. */
+  defaultExportName?: string;
+  log?: Logger;
+  limits?: Partial<ServerLimits>;
+}
+
+export interface ServerStats {
+  readonly connections: number;
+  readonly transmissions: readonly TransmissionStats[];
+}
+
+export class NbdServer {
+  private readonly limits: ServerLimits;
+  private readonly log: Logger;
+  private readonly listeners: Server[] = [];
+  private readonly bound: ListenAddress[] = [];
+  private readonly connections = new Set<Connection>();
+  private nextId = 1;
+  private shuttingDown = false;
+
+  constructor(private readonly opts: ServerOptions) {
+    this.limits = resolveLimits(opts.limits);
+    this.log = opts.log ?? NULL_LOGGER;
+  }
+
+  /** Start listening; for tcp port 0 the bound port is in addresses(). */
+  async listen(address: ListenAddress): Promise<void> {
+    if (this.shuttingDown) throw new Error('server is closed');
+    const srv = createServer({ noDelay: true, allowHalfOpen: true }, (socket) => this.accept(socket));
+    await new Promise<void>((resolve, reject) => {
+      srv.once('error', reject);
+      if (address.kind === 'tcp') srv.listen(address.port, address.host, () => resolve());
+      else srv.listen(address.path, () => resolve());
+    });
+    srv.on('error', (err) => this.log.error({ err: err.message }, 'listener error'));
+    this.listeners.push(srv);
+    const a = srv.address();
+    this.bound.push(
+      address.kind === 'tcp' && a !== null && typeof a === 'object' ? { kind: 'tcp', host: address.host, port: a.port } : address,
+    );
+    this.log.debug({ address: this.bound[this.bound.length - 1] }, 'listening');
+  }
+
+  addresses(): readonly ListenAddress[] {
+    return [...this.bound];
+  }
+
+  stats(): ServerStats {
+    const transmissions: TransmissionStats[] = [];
+    for (const c of this.connections) {
+      const s = c.stats();
+      if (s !== null) transmissions.push(s);
+    }
+    return { connections: this.connections.size, transmissions };
+  }
+
+  async close(): Promise<void> {
+    this.shuttingDown = true;
+    const closing = this.listeners.map((srv) => new Promise<void>((resolve) => srv.close(() => resolve())));
+    this.listeners.length = 0;
+    for (const c of this.connections) c.shutdown();
+    await Promise.all([...closing, ...[...this.connections].map((c) => c.done)]);
+    // net.Server removes its unix socket on close; be sure for paths left by a crash-free close.
+    for (const a of this.bound) if (a.kind === 'unix') await unlink(a.path).catch(() => undefined);
+  }
+
+  private accept(socket: Socket): void {
+    if (this.shuttingDown || this.connections.size >= this.limits.connectionsMax) {
+      this.log.warn({ connections: this.connections.size }, 'connection refused: server closing or connectionsMax reached');
+      socket.destroy();
+      return;
+    }
+    const conn = new Connection(
+      this.nextId++,
+      socket,
+      {
+        registry: this.opts.exports,
+        defaultExportName: this.opts.defaultExportName,
+        limits: this.limits,
+        shuttingDown: () => this.shuttingDown,
+      },
+      this.limits,
+      this.log,
+    );
+    this.connections.add(conn);
+    void conn.done.then(() => this.connections.delete(conn));
+  }
+}

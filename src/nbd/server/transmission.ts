@@ -1,0 +1,499 @@
+// Transmission phase of one connection (cf. nbdkit's server/protocol.c): parse request headers
+// straight from received chunks, validate each request once at the edge (validateRequest), then
+// dispatch to the Export and send exactly one reply per request, in completion order.
+//
+// Hot path: a header is decoded in place when it lies inside one chunk; a write payload is a
+// subarray view of the chunk when contiguous (copied only when it spans chunks); a read reply is
+// one Buffer.allocUnsafe(header + data) the export fills through a subarray; replies completing
+// in the same tick leave in one corked writev. Nothing logs on the data path.
+//
+// Backpressure: before each new request header we check the in-flight request count, in-flight
+// payload bytes and the bytes queued in the socket the client has not read. If any is over its
+// limit we stash the unparsed input and pause the socket; completions and 'drain' resume it.
+// Memory is therefore bounded by inFlightBytesMax + requestBytesMax + writeBufferedBytesMax
+// (+ one reply) per connection, whatever the client does.
+//
+// Framing violations (bad magic, a WRITE too large to even discard) end this connection only.
+
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import * as C from '../codec/constants.js';
+import { errorToNbd } from '../codec/errors.js';
+import {
+  blockStatusChunk,
+  encodeOffsetDataPrefix,
+  encodeSimpleReply,
+  errorChunk,
+  OFFSET_DATA_PREFIX_BYTES,
+  simpleReply,
+  type WireExtent,
+} from '../codec/reply.js';
+import { decodeRequestHeader, newRequestHeader, type RequestHeader } from '../codec/request.js';
+import { type Export, ExportError, type Extent } from '../export.js';
+import type { Negotiated } from './handshake.js';
+import type { ServerLimits } from './limits.js';
+import type { Logger } from './log.js';
+
+const STATE_HEADER = 0;
+const STATE_PAYLOAD = 1;
+const STATE_DISCARD = 2;
+const STATE_CLOSING = 3;
+
+const U32_MAX = 0xffffffff;
+/** Block status descriptors per reply chunk, as the spec recommends. */
+const EXTENTS_PER_REPLY_MAX = 1 << 20;
+
+/** A rejected request: errno-like NBD error plus the precise cause (logged, sent as message). */
+interface Rejection {
+  readonly error: number;
+  readonly message: string;
+}
+
+export interface TransmissionStats {
+  readonly inFlightRequests: number;
+  readonly inFlightBytes: number;
+  readonly writeBufferedBytes: number;
+  readonly paused: boolean;
+}
+
+export class Transmission {
+  private readonly exp: Export;
+  private readonly sizeBytes: number;
+  private readonly hdr: RequestHeader = newRequestHeader();
+  private readonly headerBuf = Buffer.allocUnsafe(C.REQUEST_HEADER_BYTES);
+  private headerHave = 0;
+  private state = STATE_HEADER;
+  // Current WRITE payload being assembled, or discarded.
+  private payloadBuf: Buffer | null = null;
+  private payloadHave = 0;
+  private discardLeft = 0;
+  private discardRejection: Rejection | null = null;
+  // Unparsed input kept while paused.
+  private stash: Buffer | null = null;
+  private paused = false;
+  private processing = false;
+  private corked = false;
+  private inFlightRequests = 0;
+  private inFlightBytes = 0;
+  private closed = false;
+  private disconnectRequested = false;
+  private readonly onDataBound = (chunk: Buffer): void => this.onData(chunk);
+  private readonly onDrainBound = (): void => this.maybeResume();
+  private readonly uncorkBound = (): void => this.uncork();
+  private finishedResolve!: () => void;
+  /** Resolves when the client disconnected (DISC or close) and every in-flight request finished. */
+  readonly finished: Promise<void>;
+
+  constructor(
+    private readonly socket: Duplex,
+    private readonly nego: Negotiated,
+    private readonly limits: ServerLimits,
+    private readonly log: Logger,
+    private readonly onFatal: (reason: string) => void,
+  ) {
+    this.exp = nego.lookup.entry.export;
+    this.sizeBytes = nego.capabilities.sizeBytes;
+    this.finished = new Promise<void>((resolve) => {
+      this.finishedResolve = resolve;
+    });
+  }
+
+  /** Take over the socket; `leftover` are bytes the handshake read past its end. */
+  start(leftover: Buffer): void {
+    this.socket.on('data', this.onDataBound);
+    this.socket.on('drain', this.onDrainBound);
+    if (leftover.length > 0) this.onData(leftover);
+  }
+
+  stats(): TransmissionStats {
+    return {
+      inFlightRequests: this.inFlightRequests,
+      inFlightBytes: this.inFlightBytes,
+      writeBufferedBytes: this.socket.writableLength,
+      paused: this.paused,
+    };
+  }
+
+  /** Stop taking requests (server shutdown or socket closed); in-flight ones still complete. */
+  stop(): void {
+    if (this.state === STATE_CLOSING) return;
+    this.state = STATE_CLOSING;
+    this.socket.off('data', this.onDataBound);
+    this.stash = null;
+    this.payloadBuf = null;
+    this.checkFinished();
+  }
+
+  /** The socket is gone: drop replies from now on. */
+  closedBySocket(): void {
+    this.closed = true;
+    this.stop();
+  }
+
+  // ---- input -----------------------------------------------------------------------------------
+
+  private onData(chunk: Buffer): void {
+    if (this.state === STATE_CLOSING) return;
+    if (this.stash !== null) {
+      // Data arriving while we hold a stash (pause() raced a chunk in flight): keep order.
+      this.stash = Buffer.concat([this.stash, chunk]);
+      return;
+    }
+    this.process(chunk);
+  }
+
+  private process(chunk: Buffer): void {
+    this.processing = true;
+    let pos = 0;
+    const len = chunk.length;
+    while (pos < len) {
+      const state = this.state;
+      if (state === STATE_HEADER) {
+        if (this.overBudget()) {
+          this.stash = chunk.subarray(pos);
+          this.pause();
+          break;
+        }
+        if (this.headerHave === 0 && len - pos >= C.REQUEST_HEADER_BYTES) {
+          decodeRequestHeader(chunk, pos, this.hdr);
+          pos += C.REQUEST_HEADER_BYTES;
+        } else {
+          const k = Math.min(C.REQUEST_HEADER_BYTES - this.headerHave, len - pos);
+          chunk.copy(this.headerBuf, this.headerHave, pos, pos + k);
+          this.headerHave += k;
+          pos += k;
+          if (this.headerHave < C.REQUEST_HEADER_BYTES) break;
+          this.headerHave = 0;
+          decodeRequestHeader(this.headerBuf, 0, this.hdr);
+        }
+        this.onHeader();
+      } else if (state === STATE_PAYLOAD) {
+        const want = this.hdr.lengthBytes;
+        if (this.payloadHave === 0 && len - pos >= want) {
+          const data = chunk.subarray(pos, pos + want);
+          pos += want;
+          this.state = STATE_HEADER;
+          this.dispatchWrite(data);
+        } else {
+          let buf = this.payloadBuf;
+          if (buf === null) buf = this.payloadBuf = Buffer.allocUnsafe(want);
+          const k = Math.min(want - this.payloadHave, len - pos);
+          chunk.copy(buf, this.payloadHave, pos, pos + k);
+          this.payloadHave += k;
+          pos += k;
+          if (this.payloadHave === want) {
+            this.payloadBuf = null;
+            this.payloadHave = 0;
+            this.state = STATE_HEADER;
+            this.dispatchWrite(buf);
+          }
+        }
+      } else if (state === STATE_DISCARD) {
+        const k = Math.min(this.discardLeft, len - pos);
+        this.discardLeft -= k;
+        pos += k;
+        if (this.discardLeft === 0) {
+          this.state = STATE_HEADER;
+          const r = this.discardRejection!;
+          this.discardRejection = null;
+          this.sendError(this.hdr.cookieHi, this.hdr.cookieLo, false, r);
+        }
+      } else {
+        break; // closing: ignore the rest
+      }
+    }
+    this.processing = false;
+  }
+
+  private overBudget(): boolean {
+    return (
+      this.inFlightRequests >= this.limits.inFlightRequestsMax ||
+      this.inFlightBytes >= this.limits.inFlightBytesMax ||
+      this.socket.writableLength >= this.limits.writeBufferedBytesMax
+    );
+  }
+
+  private pause(): void {
+    if (!this.paused) {
+      this.paused = true;
+      this.socket.pause();
+    }
+  }
+
+  private maybeResume(): void {
+    if (!this.paused || this.processing || this.state === STATE_CLOSING || this.overBudget()) return;
+    const stash = this.stash;
+    this.stash = null;
+    this.paused = false;
+    if (stash !== null) this.process(stash);
+    if (!this.paused && this.state !== STATE_CLOSING) this.socket.resume();
+  }
+
+  // ---- validation (the one place a request is judged) --------------------------------------------
+
+  private onHeader(): void {
+    const h = this.hdr;
+    if (h.magic !== C.NBD_REQUEST_MAGIC) {
+      this.fatal(`bad request magic 0x${h.magic.toString(16)}`);
+      return;
+    }
+    if (h.type === C.NBD_CMD_WRITE) {
+      // Decide framing first: the payload follows whatever we think of the request.
+      if (h.lengthBytes > Math.max(this.limits.requestBytesMax, C.DEFAULT_PAYLOAD_BYTES_MAX)) {
+        this.fatal(`WRITE of ${h.lengthBytes} bytes is too large to accept or discard`);
+        return;
+      }
+      const r = this.validateRequest(h);
+      if (r !== null) {
+        this.log.debug({ cookie: cookieOf(h), cmd: h.type, reason: r.message }, 'request rejected');
+        if (h.lengthBytes === 0) this.sendError(h.cookieHi, h.cookieLo, false, r);
+        else {
+          this.state = STATE_DISCARD;
+          this.discardLeft = h.lengthBytes;
+          this.discardRejection = r;
+        }
+        return;
+      }
+      this.inFlightBytes += h.lengthBytes; // held from now until the export finished with it
+      this.state = STATE_PAYLOAD;
+      return;
+    }
+    if (h.type === C.NBD_CMD_DISC) {
+      this.disconnectRequested = true;
+      this.stop();
+      return;
+    }
+    const r = this.validateRequest(h);
+    if (r !== null) {
+      this.log.debug({ cookie: cookieOf(h), cmd: h.type, reason: r.message }, 'request rejected');
+      this.sendError(h.cookieHi, h.cookieLo, h.type === C.NBD_CMD_READ, r);
+      return;
+    }
+    this.dispatch(h);
+  }
+
+  /** null when the request may go to the export; else the error to reply (cf. validate_request). */
+  private validateRequest(h: RequestHeader): Rejection | null {
+    const n = this.nego;
+    const caps = n.capabilities;
+    const type = h.type;
+    const flags = h.flags;
+    let allowed = caps.canFua && !caps.readOnly ? C.NBD_CMD_FLAG_FUA : 0;
+    switch (type) {
+      case C.NBD_CMD_READ:
+        if (n.structuredReplies) allowed |= C.NBD_CMD_FLAG_DF;
+        break;
+      case C.NBD_CMD_WRITE:
+      case C.NBD_CMD_TRIM:
+        break;
+      case C.NBD_CMD_WRITE_ZEROES:
+        allowed |= C.NBD_CMD_FLAG_NO_HOLE;
+        if (caps.canFastZero) allowed |= C.NBD_CMD_FLAG_FAST_ZERO;
+        break;
+      case C.NBD_CMD_FLUSH:
+      case C.NBD_CMD_CACHE:
+        break;
+      case C.NBD_CMD_BLOCK_STATUS:
+        allowed |= C.NBD_CMD_FLAG_REQ_ONE;
+        break;
+      default:
+        return { error: C.NBD_EINVAL, message: `unknown command ${type}` };
+    }
+    if ((flags & ~allowed) !== 0) {
+      return { error: C.NBD_EINVAL, message: `flags 0x${flags.toString(16)} not valid for command ${type}` };
+    }
+    const writes = type === C.NBD_CMD_WRITE || type === C.NBD_CMD_TRIM || type === C.NBD_CMD_WRITE_ZEROES;
+    if (writes && caps.readOnly) return { error: C.NBD_EPERM, message: 'export is read-only' };
+    if (type === C.NBD_CMD_FLUSH) {
+      if (!caps.canFlush) return { error: C.NBD_EINVAL, message: 'flush not supported' };
+      if (h.offsetBytes !== 0 || h.lengthBytes !== 0) return { error: C.NBD_EINVAL, message: 'flush with offset or length' };
+      return null;
+    }
+    if (type === C.NBD_CMD_TRIM && !caps.canTrim) return { error: C.NBD_EINVAL, message: 'trim not supported' };
+    if (type === C.NBD_CMD_WRITE_ZEROES && !caps.canZero) return { error: C.NBD_EINVAL, message: 'write zeroes not supported' };
+    if (type === C.NBD_CMD_CACHE && !caps.canCache) return { error: C.NBD_EINVAL, message: 'cache not supported' };
+    if (type === C.NBD_CMD_BLOCK_STATUS && n.baseAllocationContextId === 0) {
+      return { error: C.NBD_EINVAL, message: 'block status without a negotiated metadata context' };
+    }
+    const off = h.offsetBytes;
+    const len = h.lengthBytes;
+    if (len === 0) return { error: C.NBD_EINVAL, message: 'zero length' };
+    if (off > this.sizeBytes || len > this.sizeBytes - off) {
+      const error = type === C.NBD_CMD_WRITE || type === C.NBD_CMD_WRITE_ZEROES ? C.NBD_ENOSPC : C.NBD_EINVAL;
+      return { error, message: `range ${off}+${len} beyond export size ${this.sizeBytes}` };
+    }
+    const min = n.blockSizeMinBytes;
+    if (min > 1 && (off % min !== 0 || len % min !== 0)) {
+      return { error: C.NBD_EINVAL, message: `range ${off}+${len} not aligned to ${min}` };
+    }
+    if ((type === C.NBD_CMD_READ || type === C.NBD_CMD_WRITE) && len > n.payloadBytesMax) {
+      return { error: C.NBD_EINVAL, message: `payload of ${len} bytes exceeds maximum ${n.payloadBytesMax}` };
+    }
+    return null;
+  }
+
+  // ---- dispatch ----------------------------------------------------------------------------------
+
+  private dispatch(h: RequestHeader): void {
+    const cookieHi = h.cookieHi;
+    const cookieLo = h.cookieLo;
+    const off = h.offsetBytes;
+    const len = h.lengthBytes;
+    const flags = h.flags;
+    const fua = (flags & C.NBD_CMD_FLAG_FUA) !== 0;
+    this.inFlightRequests++;
+    switch (h.type) {
+      case C.NBD_CMD_READ: {
+        this.inFlightBytes += len;
+        const structured = this.nego.structuredReplies;
+        const prefix = structured ? OFFSET_DATA_PREFIX_BYTES : C.SIMPLE_REPLY_BYTES;
+        const reply = Buffer.allocUnsafe(prefix + len);
+        this.exp.read(reply.subarray(prefix), off).then(
+          () => {
+            if (structured) encodeOffsetDataPrefix(reply, 0, C.NBD_REPLY_FLAG_DONE, cookieHi, cookieLo, off, len);
+            else encodeSimpleReply(reply, 0, 0, cookieHi, cookieLo);
+            this.complete(reply, len);
+          },
+          (err: unknown) => this.failed(cookieHi, cookieLo, true, err, len),
+        );
+        return;
+      }
+      case C.NBD_CMD_FLUSH:
+        this.settle(this.exp.flush(), cookieHi, cookieLo, 0);
+        return;
+      case C.NBD_CMD_TRIM:
+        this.settle(this.exp.trim(off, len, { fua }), cookieHi, cookieLo, 0);
+        return;
+      case C.NBD_CMD_WRITE_ZEROES:
+        this.settle(
+          this.exp.zero(off, len, {
+            fua,
+            mayTrim: (flags & C.NBD_CMD_FLAG_NO_HOLE) === 0,
+            fastZero: (flags & C.NBD_CMD_FLAG_FAST_ZERO) !== 0,
+          }),
+          cookieHi,
+          cookieLo,
+          0,
+        );
+        return;
+      case C.NBD_CMD_CACHE:
+        this.settle(this.exp.cache(off, len), cookieHi, cookieLo, 0);
+        return;
+      case C.NBD_CMD_BLOCK_STATUS: {
+        const reqOne = (flags & C.NBD_CMD_FLAG_REQ_ONE) !== 0;
+        const contextId = this.nego.baseAllocationContextId;
+        this.exp.blockStatus(off, len).then(
+          (extents) => this.complete(blockStatusChunk(C.NBD_REPLY_FLAG_DONE, cookieHi, cookieLo, contextId, toWireExtents(extents, len, reqOne)), 0),
+          (err: unknown) => this.failed(cookieHi, cookieLo, false, err, 0),
+        );
+        return;
+      }
+      default:
+        throw new Error(`dispatch of unvalidated command ${h.type}`); // validateRequest admits no other
+    }
+  }
+
+  private dispatchWrite(data: Buffer): void {
+    const h = this.hdr;
+    const cookieHi = h.cookieHi;
+    const cookieLo = h.cookieLo;
+    this.inFlightRequests++;
+    this.settle(
+      this.exp.write(data, h.offsetBytes, { fua: (h.flags & C.NBD_CMD_FLAG_FUA) !== 0 }),
+      cookieHi,
+      cookieLo,
+      data.length,
+    );
+  }
+
+  private settle(p: Promise<void>, cookieHi: number, cookieLo: number, heldBytes: number): void {
+    p.then(
+      () => this.complete(simpleReply(0, cookieHi, cookieLo), heldBytes),
+      (err: unknown) => this.failed(cookieHi, cookieLo, false, err, heldBytes),
+    );
+  }
+
+  // ---- replies -----------------------------------------------------------------------------------
+
+  private failed(cookieHi: number, cookieLo: number, isRead: boolean, err: unknown, heldBytes: number): void {
+    const error = errorToNbd(err);
+    const message = err instanceof Error ? err.message : String(err);
+    if (!(err instanceof ExportError)) this.log.warn({ err: message }, 'export failed with a non-ExportError');
+    this.complete(this.errorReply(cookieHi, cookieLo, isRead, { error, message }), heldBytes);
+  }
+
+  private errorReply(cookieHi: number, cookieLo: number, isRead: boolean, r: Rejection): Buffer {
+    // Structured negotiated: errors go as an error chunk (with the cause as message); READ must.
+    if (this.nego.structuredReplies) return errorChunk(cookieHi, cookieLo, r.error, r.message);
+    void isRead;
+    return simpleReply(r.error, cookieHi, cookieLo);
+  }
+
+  private sendError(cookieHi: number, cookieLo: number, isRead: boolean, r: Rejection): void {
+    this.write(this.errorReply(cookieHi, cookieLo, isRead, r));
+  }
+
+  private complete(reply: Buffer, heldBytes: number): void {
+    this.inFlightRequests--;
+    this.inFlightBytes -= heldBytes;
+    this.write(reply);
+    if (this.paused) this.maybeResume();
+    else if (this.state === STATE_CLOSING) this.checkFinished();
+  }
+
+  private write(b: Buffer): void {
+    if (this.closed) return;
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      process.nextTick(this.uncorkBound);
+    }
+    this.socket.write(b);
+  }
+
+  private uncork(): void {
+    this.corked = false;
+    this.socket.uncork();
+  }
+
+  private checkFinished(): void {
+    if (this.state === STATE_CLOSING && this.inFlightRequests === 0) this.finishedResolve();
+  }
+
+  private fatal(reason: string): void {
+    this.stop();
+    this.onFatal(reason);
+  }
+
+  /** True if the client sent NBD_CMD_DISC (a clean end). */
+  get clientDisconnected(): boolean {
+    return this.disconnectRequested;
+  }
+
+  /** For TCP sockets. */
+  static tune(socket: Duplex): void {
+    const s = socket as Partial<Socket>;
+    if (typeof s.setNoDelay === 'function') s.setNoDelay(true);
+  }
+}
+
+function cookieOf(h: RequestHeader): string {
+  return h.cookieHi.toString(16).padStart(8, '0') + h.cookieLo.toString(16).padStart(8, '0');
+}
+
+/** Export extents -> wire descriptors: nonzero, within u32, summing to <= the request length. */
+export function toWireExtents(extents: readonly Extent[], lengthBytes: number, reqOne: boolean): WireExtent[] {
+  const out: WireExtent[] = [];
+  let left = lengthBytes;
+  for (const e of extents) {
+    if (left === 0 || out.length >= EXTENTS_PER_REPLY_MAX) break;
+    let n = Math.min(e.lengthBytes, left, U32_MAX);
+    if (!(n > 0)) continue;
+    n = Math.floor(n);
+    out.push({ lengthBytes: n, flags: e.flags & (C.NBD_STATE_HOLE | C.NBD_STATE_ZERO) });
+    left -= n;
+    if (reqOne) break;
+  }
+  if (out.length === 0) out.push({ lengthBytes: Math.min(lengthBytes, U32_MAX), flags: 0 }); // status 0 is always safe
+  return out;
+}

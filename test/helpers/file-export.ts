@@ -1,0 +1,81 @@
+// A file-backed Export for protocol tests and the fio comparison: fs.promises FileHandle
+// read/write, fdatasync for flush/FUA. Not sparse-aware (blockStatus reports all data).
+
+import { open, type FileHandle } from 'node:fs/promises';
+import type { Export, ExportCapabilities, Extent, WriteFlags, ZeroFlags } from '../../src/nbd/export.js';
+
+export class FileExport implements Export {
+  private constructor(
+    private readonly fh: FileHandle,
+    private readonly caps: ExportCapabilities,
+  ) {}
+
+  static async open(path: string): Promise<FileExport> {
+    const fh = await open(path, 'r+');
+    const { size } = await fh.stat();
+    return new FileExport(fh, {
+      sizeBytes: size,
+      readOnly: false,
+      canFlush: true,
+      canFua: true,
+      canTrim: false,
+      canZero: true,
+      canFastZero: false,
+      canCache: false,
+      canMultiConn: true,
+      blockSizeMin: 1,
+      blockSizePreferred: 4096,
+      blockSizeMax: 32 * 1024 * 1024,
+    });
+  }
+
+  capabilities(): ExportCapabilities {
+    return this.caps;
+  }
+
+  async read(target: Buffer, offsetBytes: number): Promise<void> {
+    let done = 0;
+    while (done < target.length) {
+      const { bytesRead } = await this.fh.read(target, done, target.length - done, offsetBytes + done);
+      if (bytesRead === 0) {
+        target.fill(0, done);
+        return;
+      }
+      done += bytesRead;
+    }
+  }
+
+  async write(data: Buffer, offsetBytes: number, flags: WriteFlags): Promise<void> {
+    let done = 0;
+    while (done < data.length) {
+      const { bytesWritten } = await this.fh.write(data, done, data.length - done, offsetBytes + done);
+      done += bytesWritten;
+    }
+    if (flags.fua) await this.fh.datasync();
+  }
+
+  async flush(): Promise<void> {
+    await this.fh.datasync();
+  }
+
+  async trim(): Promise<void> {}
+
+  async zero(offsetBytes: number, lengthBytes: number, flags: ZeroFlags): Promise<void> {
+    const chunk = Buffer.alloc(Math.min(lengthBytes, 1 << 20));
+    for (let done = 0; done < lengthBytes; done += chunk.length) {
+      const n = Math.min(chunk.length, lengthBytes - done);
+      await this.write(chunk.subarray(0, n), offsetBytes + done, { fua: false });
+    }
+    if (flags.fua) await this.fh.datasync();
+  }
+
+  async cache(): Promise<void> {}
+
+  async blockStatus(_offsetBytes: number, lengthBytes: number): Promise<Extent[]> {
+    return [{ lengthBytes, flags: 0 }];
+  }
+
+  async close(): Promise<void> {
+    await this.fh.close();
+  }
+}
