@@ -1,0 +1,81 @@
+// DelayedLeg: a Leg wrapper that delays each operation before passing it on, like nbdkit's delay filter
+// (filters/delay/delay.c). Owns: the per-operation latency setting, changeable while I/O runs. Time comes
+// from an injected Scheduler (ManualScheduler in tests and the simulator), never from setTimeout here.
+// With a latency function that draws from a seeded random source, operations reach the inner leg (and
+// complete) in a reproducible shuffled order.
+
+import { strict as assert } from 'node:assert';
+import type { Scheduler } from '../scheduler.js';
+import type { LegOp } from './faulty.js';
+import type { Leg, LegWriteFlags } from './leg.js';
+
+/** A fixed latency, per-operation latencies, or a function of the operation (called once per operation). */
+export type Latency = number | Partial<Record<LegOp, number>> | ((op: LegOp, offsetBytes: number, lengthBytes: number) => number);
+
+export interface DelayedLegOptions {
+  readonly scheduler: Scheduler;
+  readonly latencyMs: Latency;
+}
+
+export class DelayedLeg implements Leg {
+  private latency: Latency;
+  private readonly scheduler: Scheduler;
+
+  constructor(
+    readonly inner: Leg,
+    opts: DelayedLegOptions,
+  ) {
+    this.scheduler = opts.scheduler;
+    this.latency = opts.latencyMs;
+  }
+
+  get device(): string {
+    return this.inner.device;
+  }
+
+  get sizeBytes(): number {
+    return this.inner.sizeBytes;
+  }
+
+  /** Change the latency; operations already waiting keep theirs. */
+  setLatency(latencyMs: Latency): void {
+    this.latency = latencyMs;
+  }
+
+  private delayOf(op: LegOp, offsetBytes: number, lengthBytes: number): number {
+    const l = this.latency;
+    const ms = typeof l === 'number' ? l : typeof l === 'function' ? l(op, offsetBytes, lengthBytes) : (l[op] ?? 0);
+    assert(Number.isFinite(ms) && ms >= 0, `latency must be a finite non-negative number, not ${ms}`);
+    return ms;
+  }
+
+  private async run(op: LegOp, offsetBytes: number, lengthBytes: number, call: () => Promise<void>): Promise<void> {
+    const ms = this.delayOf(op, offsetBytes, lengthBytes);
+    if (ms > 0) await new Promise<void>((resolve) => this.scheduler.after(ms, resolve));
+    return call();
+  }
+
+  read(target: Buffer, offsetBytes: number): Promise<void> {
+    return this.run('read', offsetBytes, target.length, () => this.inner.read(target, offsetBytes));
+  }
+
+  write(data: Buffer, offsetBytes: number, flags: LegWriteFlags): Promise<void> {
+    return this.run('write', offsetBytes, data.length, () => this.inner.write(data, offsetBytes, flags));
+  }
+
+  flush(): Promise<void> {
+    return this.run('flush', 0, 0, () => this.inner.flush());
+  }
+
+  trim(offsetBytes: number, lengthBytes: number): Promise<void> {
+    return this.run('trim', offsetBytes, lengthBytes, () => this.inner.trim(offsetBytes, lengthBytes));
+  }
+
+  zero(offsetBytes: number, lengthBytes: number, opts: { mayTrim: boolean }): Promise<void> {
+    return this.run('zero', offsetBytes, lengthBytes, () => this.inner.zero(offsetBytes, lengthBytes, opts));
+  }
+
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}

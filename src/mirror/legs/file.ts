@@ -1,0 +1,222 @@
+// FileLeg: a Leg over a regular file or a block device, starting at a byte offset (the table offset).
+// Owns: the open file handles, the device size probe (regular file: st_size; block device: sysfs), the
+// read/write loops (short reads and writes are continued; a read past EOF of a file that shrank yields
+// zeros), FUA (writes through a second O_DSYNC handle), flush (fdatasync), trim and zero.
+//
+// Trim is a no-op: Node has no fallocate(PUNCH_HOLE) without native code, and NBD allows a server to
+// ignore TRIM (it is advisory; afterwards the content is unspecified). Doing nothing also keeps every leg
+// of a mirror byte-identical after a trim, which a partial punch on only some legs would not.
+// Zero writes zeros from one shared, never-written zero buffer in bounded chunks (it always allocates,
+// so mayTrim=false is honoured trivially).
+//
+// Hot path: no copies, no per-call buffers; one FileHandle call per request unless the kernel returns a
+// short count. Callers (the mirror, LinearExport) validate ranges; we assert them.
+
+import { strict as assert } from 'node:assert';
+import { constants as fsConstants, promises as fsp, type Stats } from 'node:fs';
+import { basename } from 'node:path';
+import type { FileHandle } from 'node:fs/promises';
+import { ExportError } from '../../nbd/export.js';
+import type { Leg, LegWriteFlags } from './leg.js';
+import { LegOpenError, toExportError } from './errors.js';
+
+/** Largest single zero-fill write; the shared zero buffer has this size (allocated once, lazily). */
+export const ZERO_CHUNK_BYTES = 1024 * 1024;
+
+let zeroChunk: Buffer | undefined;
+function sharedZeroChunk(): Buffer {
+  // Only ever used as a write source, never as a read target, so it stays all zeros.
+  zeroChunk ??= Buffer.alloc(ZERO_CHUNK_BYTES);
+  return zeroChunk;
+}
+
+export interface FileLegOptions {
+  /** Where the leg's data starts on the device (the table offset in bytes). */
+  readonly offsetBytes: number;
+  /** Open read-only (reads only; writes reject with EPERM). */
+  readonly readOnly?: boolean;
+}
+
+/** Linux dev_t -> major:minor (glibc gnu_dev_major/minor), exact for any 64-bit dev_t. */
+export function deviceNumbers(rdev: number | bigint): { major: number; minor: number } {
+  const dev = BigInt(rdev);
+  const major = ((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn);
+  const minor = (dev & 0xffn) | ((dev >> 12n) & ~0xffn);
+  return { major: Number(major & 0xffffffffn), minor: Number(minor & 0xffffffffn) };
+}
+
+/** Size in bytes of the block device behind `st`, from sysfs (size is in 512-byte sectors). */
+async function blockDeviceBytes(path: string, st: Stats): Promise<number> {
+  const { major, minor } = deviceNumbers(st.rdev);
+  const candidates = [`/sys/dev/block/${major}:${minor}/size`];
+  try {
+    candidates.push(`/sys/class/block/${basename(await fsp.realpath(path))}/size`);
+  } catch {
+    // realpath failing here is unusual (we just opened it); the first candidate may still work.
+  }
+  for (const file of candidates) {
+    try {
+      const text = await fsp.readFile(file, 'utf8');
+      const sectors = Number(text.trim());
+      if (Number.isSafeInteger(sectors) && sectors >= 0) return sectors * 512;
+    } catch {
+      // try the next one
+    }
+  }
+  throw new LegOpenError(
+    path,
+    `cannot determine the size of block device '${path}' (${major}:${minor}): none of ${candidates.join(', ')} is readable`,
+  );
+}
+
+function describeOpenError(device: string, err: unknown): LegOpenError {
+  const code = (err as { code?: string } | null)?.code;
+  const reason: Record<string, string> = {
+    ENOENT: 'no such file or device',
+    EACCES: 'permission denied',
+    EPERM: 'operation not permitted',
+    EBUSY: 'device is busy (in use or exclusively opened elsewhere)',
+    EROFS: 'read-only file system',
+    EISDIR: 'is a directory',
+    ENXIO: 'no such device (is the block device present?)',
+  };
+  const text = (code && reason[code]) ?? (err instanceof Error ? err.message : String(err));
+  return new LegOpenError(device, `cannot open leg device '${device}': ${text}${code ? ` (${code})` : ''}`, code);
+}
+
+export class FileLeg implements Leg {
+  readonly sizeBytes: number;
+  private closed = false;
+
+  private constructor(
+    readonly device: string,
+    /** The device's total size in bytes (before the offset). */
+    readonly deviceBytes: number,
+    readonly offsetBytes: number,
+    readonly isBlockDevice: boolean,
+    private readonly fh: FileHandle,
+    /** Same file opened with O_DSYNC: a write through it is durable when it completes (FUA). */
+    private readonly fhSync: FileHandle | null,
+  ) {
+    this.sizeBytes = Math.max(0, deviceBytes - offsetBytes);
+  }
+
+  /**
+   * Open `device` (a path) for I/O at `offsetBytes`. Rejects with LegOpenError naming the device when it
+   * cannot be opened or is neither a regular file nor a block device. Never leaves a handle open on error.
+   */
+  static async open(device: string, opts: FileLegOptions): Promise<FileLeg> {
+    assert(Number.isSafeInteger(opts.offsetBytes) && opts.offsetBytes >= 0, 'offsetBytes');
+    const readOnly = opts.readOnly ?? false;
+    let fh = null as FileHandle | null;
+    let fhSync = null as FileHandle | null;
+    try {
+      try {
+        fh = await fsp.open(device, readOnly ? fsConstants.O_RDONLY : fsConstants.O_RDWR);
+      } catch (err) {
+        throw describeOpenError(device, err);
+      }
+      const st = await fh.stat();
+      let deviceBytes: number;
+      if (st.isFile()) deviceBytes = st.size;
+      else if (st.isBlockDevice()) deviceBytes = await blockDeviceBytes(device, st);
+      else throw new LegOpenError(device, `leg device '${device}' is neither a regular file nor a block device`);
+      if (!readOnly) {
+        try {
+          fhSync = await fsp.open(device, fsConstants.O_RDWR | fsConstants.O_DSYNC);
+        } catch (err) {
+          throw describeOpenError(device, err);
+        }
+      }
+      return new FileLeg(device, deviceBytes, opts.offsetBytes, st.isBlockDevice(), fh, fhSync);
+    } catch (err) {
+      await fhSync?.close().catch(() => {});
+      await fh?.close().catch(() => {});
+      if (err instanceof LegOpenError) throw err;
+      throw new LegOpenError(device, `cannot use leg device '${device}': ${err instanceof Error ? err.message : String(err)}`);
+    }
+  }
+
+  private checkRange(offsetBytes: number, lengthBytes: number): void {
+    if (this.closed) throw new ExportError('EIO', `${this.device}: leg is closed`);
+    assert(Number.isSafeInteger(offsetBytes) && offsetBytes >= 0, 'offsetBytes');
+    assert(Number.isSafeInteger(lengthBytes) && lengthBytes >= 0, 'lengthBytes');
+    assert(offsetBytes + lengthBytes <= this.sizeBytes, `range ${offsetBytes}+${lengthBytes} beyond leg size ${this.sizeBytes}`);
+  }
+
+  async read(target: Buffer, offsetBytes: number): Promise<void> {
+    const length = target.length;
+    this.checkRange(offsetBytes, length);
+    const base = this.offsetBytes + offsetBytes;
+    let done = 0;
+    try {
+      while (done < length) {
+        const { bytesRead } = await this.fh.read(target, done, length - done, base + done);
+        if (bytesRead === 0) {
+          // EOF inside sizeBytes: the file is shorter than when it was opened (or sparse at its end).
+          target.fill(0, done);
+          return;
+        }
+        done += bytesRead;
+      }
+    } catch (err) {
+      throw toExportError(err, this.device, `read of ${length} bytes at ${offsetBytes}`);
+    }
+  }
+
+  async write(data: Buffer, offsetBytes: number, flags: LegWriteFlags): Promise<void> {
+    this.checkRange(offsetBytes, data.length);
+    const fh = flags.fua ? this.fhSync : this.fh;
+    if (fh === null) throw new ExportError('EPERM', `${this.device}: leg is read-only`);
+    await this.writeAll(fh, data, this.offsetBytes + offsetBytes, 'write');
+  }
+
+  private async writeAll(fh: FileHandle, data: Buffer, position: number, what: string): Promise<void> {
+    const length = data.length;
+    let done = 0;
+    try {
+      while (done < length) {
+        const { bytesWritten } = await fh.write(data, done, length - done, position + done);
+        // A zero-byte write for a non-empty request would loop forever; the kernel reports ENOSPC instead.
+        if (bytesWritten === 0) throw new ExportError('ENOSPC', `${this.device}: ${what} made no progress at ${position + done}`);
+        done += bytesWritten;
+      }
+    } catch (err) {
+      throw toExportError(err, this.device, `${what} of ${length} bytes at ${position - this.offsetBytes}`);
+    }
+  }
+
+  async flush(): Promise<void> {
+    if (this.closed) throw new ExportError('EIO', `${this.device}: leg is closed`);
+    try {
+      await this.fh.datasync();
+    } catch (err) {
+      throw toExportError(err, this.device, 'flush');
+    }
+  }
+
+  /** Advisory: a no-op (see the header). */
+  async trim(offsetBytes: number, lengthBytes: number): Promise<void> {
+    this.checkRange(offsetBytes, lengthBytes);
+  }
+
+  async zero(offsetBytes: number, lengthBytes: number, _opts: { mayTrim: boolean }): Promise<void> {
+    this.checkRange(offsetBytes, lengthBytes);
+    if (this.fhSync === null) throw new ExportError('EPERM', `${this.device}: leg is read-only`);
+    const zeros = sharedZeroChunk();
+    let done = 0;
+    while (done < lengthBytes) {
+      const n = Math.min(zeros.length, lengthBytes - done);
+      await this.writeAll(this.fh, n === zeros.length ? zeros : zeros.subarray(0, n), this.offsetBytes + offsetBytes + done, 'zero');
+      done += n;
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    const results = await Promise.allSettled([this.fh.close(), this.fhSync?.close()]);
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw toExportError(failed.reason, this.device, 'close');
+  }
+}
