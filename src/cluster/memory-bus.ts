@@ -1,0 +1,290 @@
+// memory-bus.ts — an in-process total-order group bus implementing Transport, for simulations and tests.
+//
+// Owns: one global, deterministic order of events (messages, joins, leaves, process and node deaths)
+// per bus, and their delivery to the members of each group. Semantics follow corosync CPG (see
+// transport.ts): every member of a group sees the same sequence of messages and configuration
+// changes, including its own messages; a message is delivered to the members present when it is
+// reached in the order; a dead member's messages that were already ordered are still delivered.
+//
+// Delivery is asynchronous: `auto` (default) delivers on setImmediate turns, `manual` delivers only
+// when the owner calls step()/drain() (a simulation controls interleavings and time that way).
+import {
+  ChangeReason,
+  Listeners,
+  type ConfigChange,
+  type Delivery,
+  type Member,
+  type MemberChange,
+  type Transport,
+  type Unsubscribe,
+} from './transport.js';
+
+export interface MemoryBusOptions {
+  delivery?: 'auto' | 'manual';
+  /** Largest payload a member may mcast. */
+  messageBytesMax?: number;
+  /** Events ordered but not yet delivered before mcast() rejects (bounded memory). */
+  pendingEventsMax?: number;
+}
+export const MEMORY_BUS_DEFAULTS = {
+  messageBytesMax: 1024 * 1024,
+  pendingEventsMax: 1_000_000,
+} as const;
+
+type BusEvent =
+  | { kind: 'msg'; group: string; from: MemoryTransport; payload: Buffer }
+  | { kind: 'join'; group: string; who: MemoryTransport }
+  | { kind: 'leave'; group: string; who: MemoryTransport[]; reason: number };
+
+export class MemoryBus {
+  private readonly pending: BusEvent[] = [];
+  private head = 0;
+  private readonly groups = new Map<string, MemoryTransport[]>();
+  private readonly endpoints = new Set<MemoryTransport>();
+  private scheduled = false;
+  private nextPid = 1000;
+  readonly delivery: 'auto' | 'manual';
+  readonly messageBytesMax: number;
+  readonly pendingEventsMax: number;
+  /** Count of events delivered so far (all groups). */
+  deliveredEvents = 0;
+
+  constructor(opts: MemoryBusOptions = {}) {
+    this.delivery = opts.delivery ?? 'auto';
+    this.messageBytesMax = opts.messageBytesMax ?? MEMORY_BUS_DEFAULTS.messageBytesMax;
+    this.pendingEventsMax = opts.pendingEventsMax ?? MEMORY_BUS_DEFAULTS.pendingEventsMax;
+  }
+
+  /** A new member process on node `nodeId` (pid assigned by the bus unless given). */
+  connect(nodeId: number, pid?: number): MemoryTransport {
+    if (!Number.isInteger(nodeId) || nodeId <= 0) throw new RangeError(`bad node id ${nodeId}`);
+    const t = new MemoryTransport(this, nodeId, pid ?? this.nextPid++);
+    this.endpoints.add(t);
+    return t;
+  }
+
+  /** Events ordered but not yet delivered. */
+  get pendingEvents(): number {
+    return this.pending.length - this.head;
+  }
+
+  /** Delivers the next event; false when there is none. */
+  step(): boolean {
+    if (this.head >= this.pending.length) return false;
+    const ev = this.pending[this.head]!;
+    this.pending[this.head] = undefined as unknown as BusEvent;
+    this.head++;
+    if (this.head > 1024 && this.head * 2 > this.pending.length) {
+      this.pending.splice(0, this.head);
+      this.head = 0;
+    }
+    this.apply(ev);
+    this.deliveredEvents++;
+    return true;
+  }
+
+  /** Delivers until nothing is pending (including events produced while delivering). */
+  drain(eventsMax = Number.MAX_SAFE_INTEGER): number {
+    let n = 0;
+    while (n < eventsMax && this.step()) n++;
+    return n;
+  }
+
+  /** Kills every member process on a node (peers see NODEDOWN); their later calls fail. */
+  killNode(nodeId: number): void {
+    const dead = [...this.endpoints].filter((t) => t.nodeId === nodeId && t.alive);
+    for (const t of dead) t.markDead();
+    this.orderDeparture(dead, ChangeReason.nodeDown);
+  }
+
+  /** Kills one member process (peers see PROCDOWN). */
+  killProcess(t: MemoryTransport): void {
+    if (!t.alive) return;
+    t.markDead();
+    this.orderDeparture([t], ChangeReason.procDown);
+  }
+
+  // ---- used by MemoryTransport ----
+  /** @internal */
+  order(ev: BusEvent): void {
+    if (this.pendingEvents >= this.pendingEventsMax) {
+      throw new RangeError(`memory bus has ${this.pendingEvents} undelivered events (pendingEventsMax)`);
+    }
+    this.pending.push(ev);
+    this.schedule();
+  }
+
+  /** @internal */
+  orderDeparture(who: MemoryTransport[], reason: number): void {
+    const byGroup = new Map<string, MemoryTransport[]>();
+    for (const t of who) {
+      if (t.group === undefined) continue;
+      const list = byGroup.get(t.group) ?? [];
+      list.push(t);
+      byGroup.set(t.group, list);
+    }
+    for (const [group, list] of byGroup) {
+      this.pending.push({ kind: 'leave', group, who: list, reason });
+    }
+    this.schedule();
+  }
+
+  /** @internal */
+  forget(t: MemoryTransport): void {
+    this.endpoints.delete(t);
+  }
+
+  private schedule(): void {
+    if (this.delivery !== 'auto' || this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      // Deliver what is ordered now; events produced meanwhile get the next turn (fair to I/O).
+      const n = this.pendingEvents;
+      for (let i = 0; i < n; i++) this.step();
+      if (this.pendingEvents > 0) this.schedule();
+    });
+  }
+
+  private apply(ev: BusEvent): void {
+    const members = this.groups.get(ev.group) ?? [];
+    switch (ev.kind) {
+      case 'msg': {
+        const d: Delivery = { nodeId: ev.from.nodeId, pid: ev.from.pid, payload: ev.payload };
+        for (const m of [...members]) m.receive(d);
+        break;
+      }
+      case 'join': {
+        if (members.includes(ev.who)) return;
+        if (!ev.who.alive) return; // died before its join was ordered
+        const next = [...members, ev.who];
+        this.groups.set(ev.group, next);
+        const change: ConfigChange = {
+          members: next.map(memberOf),
+          left: [],
+          joined: [{ ...memberOf(ev.who), reason: ChangeReason.join }],
+        };
+        for (const m of next) m.receiveChange(change);
+        break;
+      }
+      case 'leave': {
+        const gone = ev.who.filter((t) => members.includes(t));
+        if (gone.length === 0) return;
+        const next = members.filter((t) => !gone.includes(t));
+        this.groups.set(ev.group, next);
+        const change: ConfigChange = {
+          members: next.map(memberOf),
+          left: gone.map((t): MemberChange => ({ ...memberOf(t), reason: ev.reason })),
+          joined: [],
+        };
+        // A voluntary leaver sees its own leave too (as with cpg_leave); dead ones see nothing.
+        const audience = ev.reason === ChangeReason.leave ? [...next, ...gone] : next;
+        for (const m of audience) m.receiveChange(change);
+        for (const t of gone) if (ev.reason === ChangeReason.leave) t.left();
+        break;
+      }
+    }
+  }
+}
+
+function memberOf(t: MemoryTransport): Member {
+  return { nodeId: t.nodeId, pid: t.pid };
+}
+
+export class MemoryTransport implements Transport {
+  readonly localNodeId: number;
+  readonly localPid: number;
+  readonly messageBytesMax: number;
+  group: string | undefined;
+  private dead = false;
+  private closed = false;
+  private inGroup = false;
+  private readonly deliverL = new Listeners<Delivery>();
+  private readonly configL = new Listeners<ConfigChange>();
+  private readonly lostL = new Listeners<Error>();
+
+  constructor(
+    private readonly bus: MemoryBus,
+    readonly nodeId: number,
+    readonly pid: number,
+  ) {
+    this.localNodeId = nodeId;
+    this.localPid = pid;
+    this.messageBytesMax = bus.messageBytesMax;
+  }
+
+  get alive(): boolean {
+    return !this.dead && !this.closed;
+  }
+
+  async join(group: string): Promise<void> {
+    this.check();
+    if (this.group !== undefined) throw new Error(`already joined ${this.group}`);
+    this.group = group;
+    this.bus.order({ kind: 'join', group, who: this });
+  }
+
+  async mcast(payload: Uint8Array): Promise<void> {
+    this.check();
+    if (this.group === undefined) throw new Error('mcast before join');
+    if (payload.byteLength > this.messageBytesMax) {
+      throw new RangeError(`message of ${payload.byteLength} bytes exceeds messageBytesMax ${this.messageBytesMax}`);
+    }
+    // Copy: the caller may reuse its buffer, as with the real transport.
+    this.bus.order({ kind: 'msg', group: this.group, from: this, payload: Buffer.from(payload) });
+  }
+
+  onDeliver(fn: (d: Delivery) => void): Unsubscribe {
+    return this.deliverL.add(fn);
+  }
+  onConfigChange(fn: (c: ConfigChange) => void): Unsubscribe {
+    return this.configL.add(fn);
+  }
+  onLost(fn: (err: Error) => void): Unsubscribe {
+    return this.lostL.add(fn);
+  }
+
+  /** Simulates the local corosync dying under this member: 'lost' now, peers see NODEDOWN later. */
+  loseDaemon(): void {
+    if (!this.alive) return;
+    this.bus.killNode(this.nodeId);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    const wasAlive = !this.dead;
+    this.closed = true;
+    this.bus.forget(this);
+    if (wasAlive && this.group !== undefined) this.bus.orderDeparture([this], ChangeReason.leave);
+  }
+
+  // ---- called by the bus ----
+  /** @internal */
+  markDead(): void {
+    if (this.dead) return;
+    this.dead = true;
+    this.bus.forget(this);
+    this.lostL.emit(new Error(`member ${this.nodeId}/${this.pid} killed`));
+  }
+  /** @internal */
+  receive(d: Delivery): void {
+    if (this.dead || this.closed) return;
+    if (!this.inGroup) return;
+    this.deliverL.emit(d);
+  }
+  /** @internal */
+  receiveChange(c: ConfigChange): void {
+    if (this.dead || this.closed) return;
+    this.inGroup = c.members.some((m) => m.nodeId === this.nodeId && m.pid === this.pid) || this.inGroup;
+    this.configL.emit(c);
+  }
+  /** @internal */
+  left(): void {
+    this.inGroup = false;
+  }
+
+  private check(): void {
+    if (this.dead) throw new Error(`member ${this.nodeId}/${this.pid} is dead`);
+    if (this.closed) throw new Error('transport closed');
+  }
+}

@@ -1,0 +1,199 @@
+// harness.ts — test-side control of a namespaced corosync cluster (scripts/cluster/cluster.sh) and of
+// member processes (test/cluster/fixtures/*.ts) running inside the nodes' namespaces.
+//
+// Owns: one cluster per Harness (unique prefix, run dir under os.tmpdir()), the processes it spawned
+// (killed by PID in teardown), and a per-run transpiled copy of src/cluster + fixtures (Node 20 cannot
+// run .ts; TypeScript's transpileModule writes plain ESM .js, no type checking, in milliseconds).
+import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import ts from 'typescript';
+
+const execFileP = promisify(execFile);
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export const CLUSTER_SH = path.join(ROOT, 'scripts/cluster/cluster.sh');
+export const ADDON = path.join(ROOT, 'native/build/Release/nbdm_cpg.node');
+
+export const now = () => performance.timeOrigin + performance.now();
+
+/** Why the cluster tests cannot run here, or undefined when they can. */
+export async function clusterUnavailableReason(): Promise<string | undefined> {
+  if (process.getuid?.() !== 0) return 'needs root (ip netns)';
+  for (const tool of ['/usr/sbin/corosync', '/usr/sbin/corosync-quorumtool']) {
+    if (!existsSync(tool)) return `${tool} missing (apt-get install corosync)`;
+  }
+  if (!existsSync('/usr/include/corosync/cpg.h')) return 'libcpg-dev missing';
+  if (!existsSync(ADDON)) {
+    try {
+      await execFileP('bash', [path.join(ROOT, 'scripts/build-native.sh')], { cwd: ROOT });
+    } catch (e) {
+      return `building the addon failed: ${(e as Error).message}`;
+    }
+    if (!existsSync(ADDON)) return 'addon not built';
+  }
+  return undefined;
+}
+
+/** Transpiles src/cluster/*.ts and test/cluster/fixtures/*.ts into dir (same relative layout). */
+function transpileTree(dir: string): void {
+  writeFileSync(path.join(dir, 'package.json'), '{"type":"module"}\n');
+  for (const rel of ['src/cluster', 'test/cluster/fixtures']) {
+    mkdirSync(path.join(dir, rel), { recursive: true });
+    for (const f of readdirSync(path.join(ROOT, rel))) {
+      if (!f.endsWith('.ts')) continue;
+      const src = readFileSync(path.join(ROOT, rel, f), 'utf8');
+      const out = ts.transpileModule(src, {
+        compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022 },
+        fileName: f,
+      });
+      writeFileSync(path.join(dir, rel, f.replace(/\.ts$/, '.js')), out.outputText);
+    }
+  }
+}
+
+export interface MemberEvent {
+  ev: string;
+  at: number;
+  [k: string]: unknown;
+}
+
+export class Member {
+  readonly events: MemberEvent[] = [];
+  private waiters: Array<() => void> = [];
+  exited = false;
+  stderr = '';
+
+  constructor(
+    readonly node: number,
+    readonly child: ChildProcess,
+  ) {
+    const rl = createInterface({ input: child.stdout! });
+    rl.on('line', (line) => {
+      try {
+        this.events.push(JSON.parse(line) as MemberEvent);
+      } catch {
+        this.events.push({ ev: 'garbage', at: now(), line });
+      }
+      this.wake();
+    });
+    child.stderr!.on('data', (b: Buffer) => {
+      this.stderr = (this.stderr + b.toString()).slice(-8192);
+    });
+    child.on('exit', () => {
+      this.exited = true;
+      this.wake();
+    });
+  }
+
+  get pid(): number {
+    return this.child.pid!;
+  }
+
+  private wake(): void {
+    for (const w of this.waiters.splice(0)) w();
+  }
+
+  send(cmd: Record<string, unknown>): void {
+    this.child.stdin!.write(JSON.stringify(cmd) + '\n');
+  }
+
+  /** Resolves with the first event (at index >= from) matching pred; rejects after timeoutMs. */
+  async waitFor(pred: (e: MemberEvent) => boolean, timeoutMs: number, from = 0, what = 'event'): Promise<MemberEvent> {
+    const deadline = now() + timeoutMs;
+    for (;;) {
+      const hit = this.events.slice(from).find(pred);
+      if (hit) return hit;
+      if (this.exited) throw new Error(`member on node ${this.node} exited while waiting for ${what}; stderr: ${this.stderr}`);
+      const left = deadline - now();
+      if (left <= 0) throw new Error(`timeout waiting for ${what} on node ${this.node} member ${this.pid}`);
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, left);
+        this.waiters.push(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+  }
+
+  deliveries(): string[] {
+    return this.events.filter((e) => e.ev === 'deliver').map((e) => e.text as string);
+  }
+
+  kill9(): void {
+    if (!this.exited && this.child.pid) process.kill(this.child.pid, 'SIGKILL');
+  }
+}
+
+export class Harness {
+  readonly prefix: string;
+  readonly runDir: string;
+  readonly jsDir: string;
+  readonly members: Member[] = [];
+  private up = false;
+
+  constructor(tag: string) {
+    this.prefix = `nbdm${tag}${process.pid % 100000}`;
+    this.runDir = mkdtempSync(path.join(os.tmpdir(), 'nbdm-cluster-'));
+    this.jsDir = path.join(this.runDir, 'js');
+    mkdirSync(this.jsDir);
+    transpileTree(this.jsDir);
+  }
+
+  private env(): NodeJS.ProcessEnv {
+    return {
+      ...process.env,
+      NBDM_CLUSTER_PREFIX: this.prefix,
+      NBDM_CLUSTER_DIR: path.join(this.runDir, 'cluster'),
+      NBD_MIRROR_CPG_ADDON: ADDON,
+    };
+  }
+
+  async sh(...args: string[]): Promise<string> {
+    const { stdout } = await execFileP('bash', [CLUSTER_SH, ...args], { env: this.env(), timeout: 120_000 });
+    return stdout;
+  }
+
+  async start(nodes: number, tokenMs: number): Promise<number> {
+    const t0 = now();
+    this.up = true;
+    await this.sh('up', String(nodes), '--token', String(tokenMs));
+    return now() - t0;
+  }
+
+  /** Spawns fixture `name` (test/cluster/fixtures/<name>.ts) inside node's namespace. */
+  spawnMember(node: number, fixture: string, args: string[]): Member {
+    const script = path.join(this.jsDir, 'test/cluster/fixtures', `${fixture}.js`);
+    // `ip netns exec` execs node, so the child's PID is the member's PID.
+    const child = spawn('ip', ['netns', 'exec', `${this.prefix}-n${node}`, process.execPath, script, ...args], {
+      env: this.env(),
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    const m = new Member(node, child);
+    this.members.push(m);
+    return m;
+  }
+
+  /** Kills our members by PID, brings the cluster down, removes the run dir. Never throws. */
+  async teardown(): Promise<void> {
+    for (const m of this.members) {
+      try {
+        m.kill9();
+      } catch {
+        /* already gone */
+      }
+    }
+    if (this.up) {
+      try {
+        await this.sh('down');
+      } catch (e) {
+        console.error(`cluster down failed: ${(e as Error).message}`);
+      }
+    }
+    rmSync(this.runDir, { recursive: true, force: true });
+  }
+}
