@@ -33,6 +33,8 @@ export interface StartOptions {
   readonly extraArgs?: readonly string[];
   /** Reuse a directory (restart after a crash); otherwise a fresh temp dir owned by the handle. */
   readonly dir?: string;
+  /** Socket and pid file names in dir: LABEL.sock, LABEL.pid (default "nbd"); several servers per dir. */
+  readonly label?: string;
   readonly env?: NodeJS.ProcessEnv;
 }
 
@@ -68,8 +70,9 @@ export function nbdUnixUri(socketPath: string, exportName = ''): string {
 export async function startServer(opts: StartOptions): Promise<ServerHandle> {
   const dir = opts.dir ?? (await makeTempDir('nbd-mirror-e2e-'));
   if (opts.dir === undefined) ownedDirs.add(dir);
-  const socketPath = join(dir, 'nbd.sock');
-  const pidFile = join(dir, 'server.pid');
+  const label = opts.label ?? 'nbd';
+  const socketPath = join(dir, `${label}.sock`);
+  const pidFile = join(dir, `${label}.pid`);
   await rm(pidFile, { force: true });
   const args = ['serve', '--listen', `unix:${socketPath}`, '--pid-file', pidFile];
   for (const t of opts.tables ?? []) {

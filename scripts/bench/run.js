@@ -1,0 +1,221 @@
+#!/usr/bin/env node
+// npm run bench [-- --servers linear,nbdkit --runtime 3 --dir /dev/shm --no-resync]
+//
+// One run of the same fio job file (fio's nbd engine over a unix socket) against each server on the same
+// backing file(s), then a table of IOPS / MB/s with ratios to `nbdkit file`, and bench-results/latest.json.
+//   single file:  linear (ours) vs nbdkit file vs qemu-nbd
+//   2-leg mirror: mirror-core, mirror-disk (ours) vs nbdkit file on one leg (the ceiling) vs qemu-nbd quorum
+//   resync:       full resync of a 2-leg core-log mirror (unthrottled) vs nbdcopy copying leg A to leg B
+// Backing files live in --dir (default /dev/shm, tmpfs), so the figures measure the servers, not a disk.
+import { execFileSync, spawn } from 'node:child_process';
+import { randomFillSync } from 'node:crypto';
+import { copyFile, mkdir, mkdtemp, open, rm, writeFile } from 'node:fs/promises';
+import { cpus, hostname, release, totalmem } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { fileURLToPath } from 'node:url';
+import { JOBS, runFio } from './fio.js';
+import { mirrorTable, SERVERS, startServer } from './servers.js';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const ALL_SERVERS = ['linear', 'nbdkit', 'qemu-nbd', 'mirror-core', 'mirror-disk', 'qemu-quorum'];
+const SINGLE_GROUP = ['linear', 'nbdkit', 'qemu-nbd'];
+const MIRROR_GROUP = ['mirror-core', 'mirror-disk', 'nbdkit', 'qemu-quorum'];
+const FILL_CHUNK_BYTES = 8 * 1024 * 1024;
+/** A resync that has not finished by then is reported as failed rather than waited for. */
+const RESYNC_TIMEOUT_MS = 120_000;
+
+const { values: flags } = parseArgs({
+  options: {
+    servers: { type: 'string', default: ALL_SERVERS.join(',') },
+    jobs: { type: 'string', default: Object.keys(JOBS).join(',') },
+    runtime: { type: 'string', default: '3' },
+    size: { type: 'string', default: String(1024 * 1024 * 1024) },
+    dir: { type: 'string', default: '/dev/shm' },
+    'no-resync': { type: 'boolean', default: false },
+    out: { type: 'string', default: join(ROOT, 'bench-results', 'latest.json') },
+    help: { type: 'boolean', default: false },
+  },
+});
+if (flags.help) {
+  console.log(`usage: npm run bench -- [--servers ${ALL_SERVERS.join(',')}] [--jobs ${Object.keys(JOBS).join(',')}]
+       [--runtime SEC per job] [--size BYTES] [--dir DIR for backing files] [--no-resync] [--out FILE]`);
+  process.exit(0);
+}
+const servers = flags.servers.split(',').filter(Boolean);
+for (const s of servers) if (!ALL_SERVERS.includes(s)) throw new Error(`unknown server ${s}; known: ${ALL_SERVERS.join(', ')}`);
+const jobs = flags.jobs.split(',').filter(Boolean);
+const runtimeSec = Number(flags.runtime);
+const sizeBytes = Number(flags.size);
+if (!(sizeBytes > 0 && sizeBytes % (1024 * 1024) === 0)) throw new Error('--size must be a positive multiple of 1 MiB');
+
+async function fillRandom(path, bytes) {
+  const fh = await open(path, 'w');
+  const chunk = Buffer.alloc(FILL_CHUNK_BYTES);
+  for (let off = 0; off < bytes; off += chunk.length) {
+    randomFillSync(chunk);
+    await fh.write(chunk, 0, Math.min(chunk.length, bytes - off), off);
+  }
+  await fh.close();
+}
+
+async function sparse(path, bytes) {
+  await rm(path, { force: true });
+  const fh = await open(path, 'w');
+  await fh.truncate(bytes);
+  await fh.close();
+}
+
+function timeCommand(command, args) {
+  return new Promise((resolvePromise, reject) => {
+    const started = process.hrtime.bigint();
+    const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (c) => (stderr += c));
+    child.on('error', reject);
+    child.on('close', (code) =>
+      code === 0 ? resolvePromise(Number(process.hrtime.bigint() - started) / 1e9) : reject(new Error(`${command} failed: ${stderr}`)),
+    );
+  });
+}
+
+function machine() {
+  const cpu = cpus();
+  return {
+    host: hostname(),
+    cpuModel: cpu[0]?.model ?? 'unknown',
+    cpuCount: cpu.length,
+    memGiB: Math.round(totalmem() / 2 ** 30),
+    kernel: release(),
+    node: process.version,
+    fio: execFileSync('fio', ['--version']).toString().trim(),
+    nbdkit: execFileSync('nbdkit', ['--version']).toString().trim(),
+    qemuNbd: execFileSync('qemu-nbd', ['--version']).toString().split('\n')[0].trim(),
+  };
+}
+
+async function benchServer(name, ctx) {
+  const def = SERVERS[name](ctx);
+  process.stdout.write(`  ${name.padEnd(12)} ${def.description} ... `);
+  const server = await startServer(def);
+  try {
+    const uri = `nbd+unix:///?socket=${def.socket}`;
+    const results = await runFio({ workDir: ctx.dir, label: name, uri, sizeBytes: ctx.sizeBytes, runtimeSec, jobs });
+    process.stdout.write('done\n');
+    return { description: def.description, table: def.table, jobs: results };
+  } finally {
+    const status = await server.stop();
+    if (status.code !== 0 && name !== 'qemu-nbd' && name !== 'qemu-quorum') {
+      console.warn(`  warning: ${name} exited with ${status.code ?? status.signal} on SIGTERM`);
+    }
+  }
+}
+
+async function benchResync(ctx) {
+  // Leg A holds random data, leg B is empty: a core log without nosync resyncs every region at activation.
+  await sparse(ctx.files.b, ctx.sizeBytes);
+  const table = mirrorTable({ legs: [ctx.files.a, ctx.files.b], sizeBytes: ctx.sizeBytes, sync: 'sync' });
+  const def = SERVERS['mirror-core'](ctx);
+  const args = def.args.map((a) => (a === def.table ? table : a)).map((a) => (a === 'warn' ? 'info' : a));
+  let inSyncMs;
+  const started = Date.now();
+  const server = await startServer(
+    { ...def, args, table },
+    {
+      onStderr: (text) => {
+        if (inSyncMs === undefined && /"in-sync"|in sync/.test(text)) inSyncMs = Date.now();
+      },
+    },
+  );
+  while (inSyncMs === undefined && Date.now() - started < RESYNC_TIMEOUT_MS) await new Promise((r) => setTimeout(r, 20));
+  await server.stop();
+  if (inSyncMs === undefined) return { error: `no in-sync event within ${RESYNC_TIMEOUT_MS} ms`, stderrTail: server.stderr().slice(-2000) };
+  const identical = await timeCommand('cmp', [ctx.files.a, ctx.files.b]).then(() => true, () => false);
+  const oursSec = (inSyncMs - started) / 1000;
+
+  await sparse(ctx.files.b, ctx.sizeBytes);
+  const nbdcopySec = await timeCommand('nbdcopy', [ctx.files.a, ctx.files.b]);
+  return {
+    bytes: ctx.sizeBytes,
+    oursSec,
+    oursMBps: ctx.sizeBytes / 1e6 / oursSec,
+    legsIdenticalAfter: identical,
+    nbdcopySec,
+    nbdcopyMBps: ctx.sizeBytes / 1e6 / nbdcopySec,
+    note: 'ours: from spawning the server to its in-sync log line (includes start-up); nbdcopy: local file to file',
+  };
+}
+
+function fmt(n) {
+  return n >= 100 ? String(Math.round(n)) : n.toFixed(1);
+}
+
+function printTable(title, names, results) {
+  const present = names.filter((n) => results[n] !== undefined);
+  if (present.length === 0) return;
+  console.log(`\n${title}`);
+  const header = ['job'.padEnd(18), ...present.map((n) => n.padStart(22))].join(' ');
+  console.log(header);
+  for (const job of jobs) {
+    const base = results.nbdkit?.jobs[job];
+    const cells = present.map((n) => {
+      const r = results[n].jobs[job];
+      if (r === undefined) return '-'.padStart(22);
+      const metric = JOBS[job].bs === '4k' ? `${fmt(r.iops)} IOPS` : `${fmt(r.bwBytesPerSec / 1e6)} MB/s`;
+      const ratio = base !== undefined ? ` ${(JOBS[job].bs === '4k' ? r.iops / base.iops : r.bwBytesPerSec / base.bwBytesPerSec).toFixed(2)}x` : '';
+      return `${metric}${ratio}`.padStart(22);
+    });
+    console.log([job.padEnd(18), ...cells].join(' '));
+  }
+  console.log('(ratio = this server / nbdkit file on the same job)');
+}
+
+async function main() {
+  await mkdir(flags.dir, { recursive: true });
+  const dir = await mkdtemp(join(flags.dir, 'nbd-mirror-bench-'));
+  const ctx = { dir, sizeBytes, files: { a: join(dir, 'leg-a.img'), b: join(dir, 'leg-b.img'), log: join(dir, 'mirror.log') } };
+  const started = Date.now();
+  try {
+    console.log(`nbd-mirror bench: ${sizeBytes / 2 ** 20} MiB files in ${dir}, ${runtimeSec} s per job, servers: ${servers.join(', ')}`);
+    await fillRandom(ctx.files.a, sizeBytes);
+    await copyFile(ctx.files.a, ctx.files.b);
+    await sparse(ctx.files.log, 1024 * 1024);
+    const results = {};
+    for (const name of servers) results[name] = await benchServer(name, ctx);
+    let resync;
+    if (!flags['no-resync'] && servers.includes('mirror-core')) {
+      process.stdout.write('  resync       full resync of 2-leg core-log mirror vs nbdcopy A -> B ... ');
+      resync = await benchResync(ctx);
+      process.stdout.write('done\n');
+    }
+
+    printTable('Single file', SINGLE_GROUP, results);
+    printTable('2-leg mirror (nbdkit = one file, the ceiling)', MIRROR_GROUP, results);
+    if (resync !== undefined) {
+      console.log('\nResync of', `${sizeBytes / 2 ** 20} MiB`);
+      if (resync.error) console.log(`  ours: FAILED: ${resync.error}`);
+      else {
+        console.log(`  nbd-mirror resync (unthrottled): ${resync.oursSec.toFixed(2)} s, ${fmt(resync.oursMBps)} MB/s, legs identical: ${resync.legsIdenticalAfter}`);
+        console.log(`  nbdcopy leg A -> leg B:          ${resync.nbdcopySec.toFixed(2)} s, ${fmt(resync.nbdcopyMBps)} MB/s`);
+      }
+    }
+    const report = {
+      date: new Date().toISOString(),
+      machine: machine(),
+      backingDir: flags.dir,
+      sizeBytes,
+      runtimeSecPerJob: runtimeSec,
+      jobs: Object.fromEntries(jobs.map((j) => [j, JOBS[j]])),
+      servers: results,
+      resync,
+      elapsedSec: (Date.now() - started) / 1000,
+    };
+    await mkdir(dirname(flags.out), { recursive: true });
+    await writeFile(flags.out, `${JSON.stringify(report, null, 2)}\n`);
+    console.log(`\nwrote ${flags.out} (${report.elapsedSec.toFixed(0)} s)`);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+await main();
