@@ -5,7 +5,8 @@
 # missing libcpg-dev an error instead (CI for the cluster tests).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [[ ! -f /usr/include/corosync/cpg.h || ! -f /usr/include/corosync/quorum.h ]]; then
+inc="${NBDM_COROSYNC_INCLUDE:-/usr/include/corosync}"
+if [[ ! -f "$inc/cpg.h" || ! -f "$inc/quorum.h" ]]; then
   msg="build-native: corosync headers not found (apt-get install libcpg-dev libquorum-dev); skipping the cluster addon, single-node volumes still work"
   if [[ "${NBDM_NATIVE_REQUIRED:-}" == 1 ]]; then echo "$msg" >&2; exit 1; fi
   echo "$msg"
@@ -13,7 +14,7 @@ if [[ ! -f /usr/include/corosync/cpg.h || ! -f /usr/include/corosync/quorum.h ]]
 fi
 gyp="$here/node_modules/.bin/node-gyp"
 [[ -x "$gyp" ]] || gyp="node-gyp"
-args=(rebuild --directory="$here/native")
+args=(rebuild --loglevel=warn --directory="$here/native")
 # Build against Node's own installed headers (npm is configured with nodedir=/usr here) so nothing is
 # downloaded; honour an explicit npm_config_nodedir.
 if [[ -z "${npm_config_nodedir:-}" && -f /usr/include/node/node_api.h ]]; then
