@@ -1,0 +1,201 @@
+// Repair: what LVM's `lvconvert --repair` and dmeventd's mirror plugin do when a leg fails, in-process.
+// - planRepair (pure): from the live table and the leg health, the new table: failed legs dropped
+//   (policy remove; a single survivor becomes a linear table) or replaced by spares (policy allocate;
+//   falls back to remove when the spares run out, as LVM does).
+// - repairVolume: suspend --noflush, reload the planned table, resume (held writes complete on the new
+//   table); on a refused reload the old table is resumed and the error re-thrown. Every step is an event.
+// - RepairPolicy: `serve --repair-policy none|remove|allocate [--spare DEV]...`: on a leg-failed event
+//   with health D, F or U, repair that volume (once at a time per volume; failures during a repair
+//   trigger another pass afterwards).
+import type { LegSpec, MirrorTableSpec, TableSpec } from '../mirror/table.js';
+import { formatTable } from '../mirror/table.js';
+import { sectors } from '../units.js';
+import { ControlError } from './control-error.js';
+import { REPAIR_HEALTH, type LegState } from './engine.js';
+import { errorText, type Volume, type VolumeEvent, type Volumes } from './volumes.js';
+
+export type RepairPolicyName = 'none' | 'remove' | 'allocate';
+export const REPAIR_POLICIES: readonly RepairPolicyName[] = ['none', 'remove', 'allocate'];
+
+/** A repair pass gives up after this many consecutive failures on one volume (no busy loop). */
+export const REPAIR_ATTEMPTS_MAX = 3;
+/** Failures arriving within this window are repaired in one pass (several legs failing at once). */
+export const REPAIR_BATCH_DELAY_MS = 50;
+
+export interface RepairPlan {
+  readonly spec: TableSpec;
+  readonly line: string;
+  readonly removed: readonly string[];
+  readonly added: readonly string[];
+}
+
+export interface RepairResult {
+  readonly repaired: boolean;
+  /** Why nothing was done (repaired=false). */
+  readonly reason?: string;
+  readonly table?: string;
+  readonly removed?: readonly string[];
+  readonly added?: readonly string[];
+  readonly heldWritesReissued?: number;
+}
+
+/**
+ * The table that replaces `spec` once the legs whose health is D/F/U (or listed in `failed`) are gone.
+ * Returns null when no leg needs repair. Throws ControlError when nothing would be left.
+ */
+export function planRepair(
+  spec: TableSpec,
+  legs: readonly LegState[],
+  opts: { readonly policy: 'remove' | 'allocate'; readonly spares: readonly string[]; readonly failed?: ReadonlySet<string> },
+): RepairPlan | null {
+  if (spec.kind !== 'mirror') return null;
+  const failedDevices = new Set<string>(opts.failed ?? []);
+  for (const l of legs) if (REPAIR_HEALTH.has(l.health)) failedDevices.add(l.device);
+  const failed = spec.legs.filter((l) => failedDevices.has(l.device));
+  if (failed.length === 0) return null;
+  const survivors = spec.legs.filter((l) => !failedDevices.has(l.device));
+  if (survivors.length === 0) {
+    throw new ControlError('EIO', `repair: every leg of the mirror failed (${failed.map((l) => l.device).join(', ')}); nothing to keep`);
+  }
+  const inUse = new Set<string>([...spec.legs.map((l) => l.device), ...(spec.log.device ? [spec.log.device] : [])]);
+  const added: LegSpec[] = [];
+  if (opts.policy === 'allocate') {
+    for (const dev of opts.spares) {
+      if (added.length === failed.length) break;
+      if (inUse.has(dev)) continue;
+      inUse.add(dev);
+      added.push({ device: dev, offsetSectors: sectors(0) });
+    }
+  }
+  const newLegs = [...survivors, ...added];
+  const removed = failed.map((l) => l.device);
+  let next: TableSpec;
+  if (newLegs.length === 1) {
+    next = { kind: 'linear', startSectors: spec.startSectors, lengthSectors: spec.lengthSectors, leg: newLegs[0]! };
+  } else {
+    const m: MirrorTableSpec = {
+      ...spec,
+      legs: newLegs,
+      // A new leg has none of the data: `nosync` would declare it in sync.
+      log: added.length > 0 && spec.log.sync === 'nosync' ? { ...spec.log, sync: 'default' } : spec.log,
+    };
+    next = m;
+  }
+  return { spec: next, line: formatTable(next), removed, added: added.map((l) => l.device) };
+}
+
+/**
+ * Repair one volume now: plan, suspend --noflush, reload, resume. Policy: `allocate` when spares are
+ * given, else `remove` (lvconvert --repair with and without PVs to allocate from).
+ */
+export async function repairVolume(
+  v: Volume,
+  opts: { readonly spares: readonly string[]; readonly policy?: 'remove' | 'allocate'; readonly trigger: string; readonly failed?: ReadonlySet<string> },
+): Promise<RepairResult> {
+  for (const s of opts.spares) {
+    if (typeof s !== 'string' || s.trim().length === 0) throw new ControlError('EINVAL', 'repair: empty spare device name');
+  }
+  const policy = opts.policy ?? (opts.spares.length > 0 ? 'allocate' : 'remove');
+  const plan = planRepair(v.liveSpec, v.legs(), { policy, spares: opts.spares, ...(opts.failed ? { failed: opts.failed } : {}) });
+  if (plan === null) {
+    const reason = v.liveSpec.kind === 'mirror' ? 'no failed leg: nothing to repair' : `a ${v.liveSpec.kind} target has no legs to repair`;
+    v.record('repair-skipped', { trigger: opts.trigger, reason }, false);
+    return { repaired: false, reason };
+  }
+  v.record('repair-start', { trigger: opts.trigger, policy, removed: plan.removed, added: plan.added, table: plan.line }, false);
+  await v.suspend({ noflush: true });
+  try {
+    await v.reload(plan.line);
+  } catch (e) {
+    v.record('repair-failed', { trigger: opts.trigger, step: 'reload', message: errorText(e) }, false);
+    await v.resume().catch(() => undefined);
+    throw e;
+  }
+  const r = await v.resume();
+  v.record('repair-done', { trigger: opts.trigger, table: plan.line, removed: plan.removed, added: plan.added, heldWritesReissued: r.heldWritesReissued }, false);
+  return { repaired: true, table: plan.line, removed: plan.removed, added: plan.added, heldWritesReissued: r.heldWritesReissued };
+}
+
+/** dmeventd's part: react to leg failures with the configured policy. */
+export class RepairPolicy {
+  private readonly spares: string[];
+  private readonly running = new Map<string, Promise<void>>();
+  private readonly again = new Set<string>();
+  private readonly failedSeen = new Map<string, Set<string>>();
+  private readonly onEvent: (ev: VolumeEvent) => void;
+
+  constructor(
+    private readonly volumes: Volumes,
+    readonly policy: RepairPolicyName,
+    spares: readonly string[],
+  ) {
+    this.spares = [...spares];
+    this.onEvent = (ev) => this.consider(ev);
+    if (policy !== 'none') volumes.on('event', this.onEvent);
+  }
+
+  /** Spares not yet used by a repair. */
+  remainingSpares(): string[] {
+    return [...this.spares];
+  }
+
+  stop(): void {
+    this.volumes.off('event', this.onEvent);
+  }
+
+  /** Resolves when no repair is running (tests, shutdown). */
+  async idle(): Promise<void> {
+    while (this.running.size > 0) await Promise.allSettled([...this.running.values()]);
+  }
+
+  private consider(ev: VolumeEvent): void {
+    if (ev.kind !== 'leg-failed') return;
+    const health = String(ev.data.healthChar ?? 'U');
+    if (!REPAIR_HEALTH.has(health)) return;
+    const device = ev.data.device;
+    if (typeof device === 'string') {
+      let seen = this.failedSeen.get(ev.volume);
+      if (seen === undefined) this.failedSeen.set(ev.volume, (seen = new Set()));
+      seen.add(device);
+    }
+    if (this.running.has(ev.volume)) {
+      this.again.add(ev.volume);
+      return;
+    }
+    const p = this.runPasses(ev.volume).finally(() => this.running.delete(ev.volume));
+    this.running.set(ev.volume, p);
+  }
+
+  private async runPasses(name: string): Promise<void> {
+    await new Promise((r) => setTimeout(r, REPAIR_BATCH_DELAY_MS));
+    let v: Volume;
+    try {
+      v = this.volumes.get(name);
+    } catch {
+      return;
+    }
+    for (let attempt = 1; attempt <= REPAIR_ATTEMPTS_MAX; attempt++) {
+      this.again.delete(name);
+      const failed = this.failedSeen.get(name) ?? new Set<string>();
+      // Only devices still in the live table count (a repaired leg is gone from it).
+      const liveDevices = new Set(v.legs().map((l) => l.device));
+      for (const d of [...failed]) if (!liveDevices.has(d)) failed.delete(d);
+      try {
+        const r = await repairVolume(v, {
+          policy: this.policy === 'allocate' ? 'allocate' : 'remove',
+          spares: this.spares,
+          trigger: `policy ${this.policy}`,
+          failed,
+        });
+        for (const used of r.added ?? []) {
+          const i = this.spares.indexOf(used);
+          if (i >= 0) this.spares.splice(i, 1);
+        }
+        if (!this.again.has(name)) return;
+      } catch (e) {
+        v.record('repair-failed', { trigger: `policy ${this.policy}`, attempt, message: errorText(e) }, false);
+        if (attempt === REPAIR_ATTEMPTS_MAX) return;
+      }
+    }
+  }
+}
