@@ -50,24 +50,29 @@ export class LinearExport implements Export {
     return this.caps;
   }
 
+  /** Programmer errors (a range the server should have refused) assert; a closed export rejects. */
   private check(offsetBytes: number, lengthBytes: number): void {
     if (this.closed) throw new ExportError('ESHUTDOWN', 'export is closed');
     assert(offsetBytes >= 0 && lengthBytes >= 0 && offsetBytes + lengthBytes <= this.caps.sizeBytes, 'range beyond export');
   }
 
+  // read/write/flush are not `async` (one promise fewer on the hot path), so they must never throw
+  // synchronously: a closed export becomes a rejected promise.
   read(target: Buffer, offsetBytes: number): Promise<void> {
+    if (this.closed) return closedRejection();
     this.check(offsetBytes, target.length);
     return this.leg.read(target, offsetBytes);
   }
 
   write(data: Buffer, offsetBytes: number, flags: WriteFlags): Promise<void> {
+    if (this.closed) return closedRejection();
     this.check(offsetBytes, data.length);
     if (this.caps.readOnly) return Promise.reject(new ExportError('EPERM', 'export is read-only'));
     return this.leg.write(data, offsetBytes, flags);
   }
 
   flush(): Promise<void> {
-    if (this.closed) return Promise.reject(new ExportError('ESHUTDOWN', 'export is closed'));
+    if (this.closed) return closedRejection();
     return this.leg.flush();
   }
 
@@ -103,4 +108,8 @@ export class LinearExport implements Export {
     this.closed = true;
     await this.leg.close();
   }
+}
+
+function closedRejection(): Promise<never> {
+  return Promise.reject(new ExportError('ESHUTDOWN', 'export is closed'));
 }
