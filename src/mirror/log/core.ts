@@ -38,6 +38,8 @@ export abstract class BitmapLog implements DirtyLog {
   protected touchedCleaned = false;
   protected legsChanged = false;
   protected legs: LegLogState[] = [];
+  /** Per leg: stale, but already receiving every write with all regions dirtied for it. */
+  protected catchingUp: boolean[] = [];
   protected activation: LogActivation | null = null;
   protected suspended = false;
 
@@ -124,6 +126,14 @@ export abstract class BitmapLog implements DirtyLog {
   setLegUpToDate(legIndex: number, upToDate: boolean): void {
     assert(legIndex >= 0 && legIndex < this.legs.length, 'leg index out of range');
     const old = this.legs[legIndex]!;
+    if (!upToDate) {
+      // Failed: it will miss writes from now on; a later activation must dirty everything for it again.
+      if (this.catchingUp[legIndex]) this.legsChanged = true;
+      this.catchingUp[legIndex] = false;
+    } else if (this.catchingUp[legIndex]) {
+      this.catchingUp[legIndex] = false;
+      this.legsChanged = true;
+    }
     if (old.upToDate === upToDate) return;
     this.legs[legIndex] = { device: old.device, upToDate };
     this.legsChanged = true;
@@ -140,17 +150,39 @@ export abstract class BitmapLog implements DirtyLog {
   async close(): Promise<void> {}
 
   /**
-   * Shared activation tail: given the legs' up-to-date states, if any leg is stale every region goes out of
-   * sync (a stale leg needs a full copy; the single sync bitmap cannot say "in sync except on leg 2").
-   * Sync bits otherwise come from the clean bits (dm: memcpy(sync_bits, clean_bits)).
+   * Shared activation tail. A leg that is stale (missed writes) and not yet catching up puts EVERY region
+   * dirty (clean bits 0, persisted by the caller's flush) and starts catching up: from then on it gets every
+   * write, so a region cleared later is identical on it, and the catch-up survives restarts (sync bits come
+   * from the clean bits). It stays not up to date, never a source, until the mirror reports it in sync.
+   * Sync bits come from the clean bits (dm: memcpy(sync_bits, clean_bits)).
    */
-  protected deriveSyncState(legs: LegLogState[]): void {
+  protected deriveSyncState(legs: LegLogState[], catchingUp: boolean[]): void {
     this.legs = legs;
+    this.catchingUp = catchingUp;
+    legs.forEach((l, i) => {
+      if (!l.upToDate && !catchingUp[i]) {
+        this.clean.fill(false);
+        this.touchedDirtied = true;
+        this.catchingUp[i] = true;
+        this.legsChanged = true;
+      }
+    });
     this.sync.copyFrom(this.clean);
     this.recovering.fill(false);
     this.syncSearch = 0;
     this.suspended = false;
-    if (legs.some((l) => !l.upToDate)) this.sync.fill(false);
+  }
+
+  /** Legs from a previous activation, matched by device name; legs never seen are stale. */
+  protected carryLegs(devices: readonly string[]): { legs: LegLogState[]; catchingUp: boolean[] } {
+    const legs: LegLogState[] = [];
+    const catchingUp: boolean[] = [];
+    for (const device of devices) {
+      const i = this.legs.findIndex((l) => l.device === device);
+      legs.push({ device, upToDate: i >= 0 && this.legs[i]!.upToDate });
+      catchingUp.push(i >= 0 && (this.catchingUp[i] ?? false));
+    }
+    return { legs, catchingUp };
   }
 }
 
@@ -169,25 +201,16 @@ export class CoreLog extends BitmapLog {
     this.activation = activation;
     if (!this.resumedOnce) {
       this.resumedOnce = true;
-      const nosync = this.syncMode === 'nosync';
       // No memory of legs: leg 0 is the source; the others are stale until the first full resync.
+      const nosync = this.syncMode === 'nosync';
       const legs = activation.legDevices.map((device, i) => ({ device, upToDate: nosync || i === 0 }));
-      this.legs = legs;
-      this.sync.fill(nosync);
-      this.recovering.fill(false);
-      this.suspended = false;
-      return this.legs;
+      this.deriveSyncState(legs, legs.map(() => false));
+    } else {
+      // Resume after suspend (possibly with a new leg set).
+      const { legs, catchingUp } = this.carryLegs(activation.legDevices);
+      this.deriveSyncState(legs, catchingUp);
     }
-    // Resume after suspend (possibly with a new leg set): keep known legs' states, new legs are stale.
-    const known = new Map(this.legs.map((l) => [l.device, l.upToDate]));
-    const legs = activation.legDevices.map((device) => ({ device, upToDate: known.get(device) ?? false }));
-    this.legsChanged = true;
-    // Keep the in-memory sync bits (they are the truth for a core log) unless a leg is stale.
-    this.legs = legs;
-    this.recovering.fill(false);
-    this.syncSearch = 0;
-    this.suspended = false;
-    if (legs.some((l) => !l.upToDate)) this.sync.fill(false);
+    await this.flush();
     return this.legs;
   }
 

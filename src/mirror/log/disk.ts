@@ -10,7 +10,8 @@
 //   20  u32  leg_count (<= LEGS_MAX)
 //   24  u64  generation: incremented at every activation
 //   32  LEGS_MAX records of 48 bytes:
-//        +0  u32 flags (bit 0: up to date)
+//        +0  u32 flags (bit 0: up to date; bit 1: catching up = stale, but every region was dirtied for it
+//                      and it receives every write, so clean bits are valid for it)
 //        +4  u32 FNV-1a 32 of the device name as the table gives it
 //        +8  u64 generation at which the leg was last known up to date
 //        +16 32 bytes: device name prefix (UTF-8, zero padded), for humans and matching
@@ -40,6 +41,7 @@ export const DISK_LOG_BLOCK_BYTES = 4096;
 export const DISK_LOG_LEGS_MAX = 16;
 const LEG_NAME_PREFIX_BYTES = 32;
 const LEG_FLAG_UP_TO_DATE = 1;
+const LEG_FLAG_CATCHING_UP = 2;
 
 interface LegRecord {
   flags: number;
@@ -149,11 +151,13 @@ export class DiskLog extends BitmapLog {
     }
 
     const legs: LegLogState[] = [];
+    const catchingUp: boolean[] = [];
     const hasLegRecords = valid && header!.legsMagic === DISK_LOG_LEGS_MAGIC;
     this.generation = (hasLegRecords ? header!.generation : 0) + 1;
     this.legGenerations = [];
     activation.legDevices.forEach((device, i) => {
       let upToDate: boolean;
+      let catching = false;
       let gen = 0;
       if (hasLegRecords) {
         const hash = fnv1a32(device);
@@ -162,16 +166,20 @@ export class DiskLog extends BitmapLog {
           .slice(0, Math.min(header!.legCount, DISK_LOG_LEGS_MAX))
           .find((l) => l.nameHash === hash && l.namePrefix.equals(prefix));
         upToDate = rec !== undefined && (rec.flags & LEG_FLAG_UP_TO_DATE) !== 0;
+        catching = rec !== undefined && !upToDate && (rec.flags & LEG_FLAG_CATCHING_UP) !== 0;
         gen = rec?.upToDateGeneration ?? 0;
       } else if (valid) {
         upToDate = true; // a log written without leg records (e.g. by dm): dm's semantics, all legs equal
       } else {
-        upToDate = nosync || i === 0; // new log: leg 0 is the source until the first full resync
+        // New log: every region is dirty already; leg 0 is the source until the first full resync.
+        upToDate = nosync || i === 0;
+        catching = !upToDate;
       }
       legs.push({ device, upToDate });
+      catchingUp.push(catching);
       this.legGenerations.push(upToDate ? this.generation : gen);
     });
-    this.deriveSyncState(legs);
+    this.deriveSyncState(legs, catchingUp);
     this.touchedDirtied = true; // persist the new header, generation and leg records now
     await this.flush();
     return this.legs;
@@ -233,7 +241,7 @@ export class DiskLog extends BitmapLog {
       legs.push(
         l
           ? {
-              flags: l.upToDate ? LEG_FLAG_UP_TO_DATE : 0,
+              flags: (l.upToDate ? LEG_FLAG_UP_TO_DATE : 0) | (this.catchingUp[i] ? LEG_FLAG_CATCHING_UP : 0),
               nameHash: fnv1a32(l.device),
               upToDateGeneration: this.legGenerations[i] ?? 0,
               namePrefix: namePrefix(l.device),

@@ -32,8 +32,8 @@ describe('disk log byte layout', () => {
     expect(d.readUInt32LE(36)).toBe(fnv1a32('/a'));
     expect(d.readUInt32LE(40)).toBe(1);
     expect(d.subarray(48, 51).toString()).toBe('/a\0');
-    // leg 1: stale, generation 0
-    expect(d.readUInt32LE(80)).toBe(0);
+    // leg 1: not up to date but catching up (flags bit 1: a new log has every region dirty), generation 0
+    expect(d.readUInt32LE(80)).toBe(2);
     expect(d.readUInt32LE(84)).toBe(fnv1a32('/b'));
     expect(d.readUInt32LE(88)).toBe(0);
     // new log without nosync: every region dirty (0 bits), nothing past the 8-byte-rounded bitmap
@@ -115,6 +115,33 @@ describe('disk log byte layout', () => {
     expect(legs3.map((l) => l.upToDate)).toEqual([true, false]);
     // generation increments per activation; /b's record keeps the current one
     expect(dev.durable.readUInt32LE(24)).toBe(3);
+  });
+
+  it('a stale leg catches up across restarts: regions recovered before a crash stay in sync', async () => {
+    const dev = new MemLeg('/log', 8192);
+    const log = newLog(dev, 8, 'nosync');
+    await log.resume({ legDevices: ['/a', '/b'], ...noFlush });
+    log.setLegUpToDate(1, false); // /b failed while running
+    await log.flush();
+    const again = newLog(dev, 8);
+    await again.resume({ legDevices: ['/a', '/b'], ...noFlush }); // /b back: every region dirtied for it
+    expect(dev.durable[1024]).toBe(0);
+    expect(dev.durable.readUInt32LE(32 + 48)).toBe(2); // /b catching up
+    for (const r of [0, 1, 2]) {
+      expect(again.getResyncWork()).toBe(r);
+      again.setRegionSync(r, true);
+      again.clearRegion(r);
+    }
+    await again.flush();
+    const third = newLog(dev, 8); // crash + restart mid catch-up
+    const legs = await third.resume({ legDevices: ['/a', '/b'], ...noFlush });
+    expect(legs.map((l) => l.upToDate)).toEqual([true, false]);
+    expect(third.syncCount()).toBe(3);
+    expect(third.getResyncWork()).toBe(3);
+    // up to date again: flags 1, catching-up bit gone
+    third.setLegUpToDate(1, true);
+    await third.flush();
+    expect(dev.durable.readUInt32LE(32 + 48)).toBe(1);
   });
 
   it('flush: data legs flushed before newly cleaned bits are written; log fsynced only when dirtied', async () => {
