@@ -1,7 +1,23 @@
 // A file-backed Export for protocol tests and the fio comparison: fs.promises FileHandle
 // read/write, fdatasync for flush/FUA. Not sparse-aware (blockStatus reports all data).
 
+import { read as fsRead, readSync, write as fsWrite } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
+
+/** FILE_EXPORT_SYNC_READ_BYTES_MAX=n: reads up to n bytes use readSync (page-cache experiment). */
+const SYNC_READ_BYTES_MAX = Number(process.env.FILE_EXPORT_SYNC_READ_BYTES_MAX ?? 0);
+
+function preadOnce(fd: number, target: Buffer, at: number, n: number, position: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    fsRead(fd, target, at, n, position, (err, bytesRead) => (err ? reject(err) : resolve(bytesRead)));
+  });
+}
+
+function pwriteOnce(fd: number, data: Buffer, at: number, n: number, position: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    fsWrite(fd, data, at, n, position, (err, bytesWritten) => (err ? reject(err) : resolve(bytesWritten)));
+  });
+}
 import type { Export, ExportCapabilities, Extent, WriteFlags, ZeroFlags } from '../../src/nbd/export.js';
 
 export class FileExport implements Export {
@@ -35,8 +51,10 @@ export class FileExport implements Export {
 
   async read(target: Buffer, offsetBytes: number): Promise<void> {
     let done = 0;
+    const fd = this.fh.fd;
+    if (target.length <= SYNC_READ_BYTES_MAX) done = readSync(fd, target, 0, target.length, offsetBytes);
     while (done < target.length) {
-      const { bytesRead } = await this.fh.read(target, done, target.length - done, offsetBytes + done);
+      const bytesRead = await preadOnce(fd, target, done, target.length - done, offsetBytes + done);
       if (bytesRead === 0) {
         target.fill(0, done);
         return;
@@ -48,7 +66,7 @@ export class FileExport implements Export {
   async write(data: Buffer, offsetBytes: number, flags: WriteFlags): Promise<void> {
     let done = 0;
     while (done < data.length) {
-      const { bytesWritten } = await this.fh.write(data, done, data.length - done, offsetBytes + done);
+      const bytesWritten = await pwriteOnce(this.fh.fd, data, done, data.length - done, offsetBytes + done);
       done += bytesWritten;
     }
     if (flags.fua) await this.fh.datasync();
