@@ -1,0 +1,213 @@
+// Boots one test guest under qemu and turns its serial console into a result. Owns the host side of the
+// console protocol (`TEST: step NAME`, `TEST: PASS`, `TEST: FAIL reason`, dmesg between `TEST: dmesg-begin`
+// and `TEST: dmesg-end`), the time limit, and stopping qemu through its -pidfile.
+//
+// The test script and its environment reach the guest as a small uncompressed cpio appended to the cached
+// image's initramfs (the kernel unpacks concatenated archives): /test/test.sh and /test/env.
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { ensureImage } from './build-image.js';
+import { CpioWriter } from './cpio.js';
+
+/** The host as the guest sees it with qemu user networking (host's 127.0.0.1 is reachable there). */
+export const GUEST_HOST_ADDR = '10.0.2.2';
+const DEFAULT_TIMEOUT_MS = 90_000;
+const STOP_GRACE_MS = 2_000;
+const LOG_TAIL_LINES_MAX = 400;
+
+/**
+ * @typedef {object} GuestStep
+ * @property {string} name
+ * @property {number} startMs     ms since qemu started (host clock)
+ * @property {number} durationMs  until the next step or the end
+ */
+/**
+ * @typedef {object} GuestResult
+ * @property {'pass'|'fail'|'timeout'|'crash'} outcome
+ * @property {boolean} passed
+ * @property {string|null} failReason
+ * @property {GuestStep[]} steps
+ * @property {string[]} dmesg      last dmesg lines the guest printed on failure
+ * @property {string} log          the whole serial console
+ * @property {string} logPath      where the console log was written
+ * @property {number} wallMs
+ * @property {number|null} bootMs  host time until the guest's `TEST: ready` line
+ */
+
+/** qemu accelerator: NBDM_VM_ACCEL wins; KVM only when asked (it hangs or aborts on these machines). */
+export function chooseAccel() {
+  const forced = process.env.NBDM_VM_ACCEL;
+  if (forced) return forced;
+  return 'tcg';
+}
+
+/** Is /dev/kvm there, usable, and does the CPU advertise virtualisation? (a hint only; see chooseAccel) */
+export function kvmLooksUsable() {
+  try {
+    fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
+    return /\b(vmx|svm)\b/.test(fs.readFileSync('/proc/cpuinfo', 'utf8'));
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * qemu command line for an image.
+ * @param {{ vmlinux: string, initrd: string, memMiB: number }} image
+ * @param {{ initrd?: string, pidFile: string, serial: string[], append?: string, memMiB?: number,
+ *           extraArgs?: string[], netdevs?: string[][] }} o
+ */
+export function qemuArgs(image, o) {
+  const accel = chooseAccel();
+  const args = [
+    '-accel', accel === 'tcg' ? 'tcg,tb-size=32' : accel, '-cpu', 'max', '-smp', '1', '-m', String(o.memMiB ?? image.memMiB),
+    '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
+    '-kernel', image.vmlinux, '-initrd', o.initrd ?? image.initrd,
+    '-append', `console=ttyS0 quiet panic=-1 ${o.append ?? ''}`.trim(),
+    '-netdev', 'user,id=n0', '-device', 'virtio-net-pci,netdev=n0,romfile=',
+    ...o.serial, '-pidfile', o.pidFile,
+    ...(o.extraArgs ?? []),
+  ];
+  return args;
+}
+
+/** Writes `base initramfs + overlay cpio (files)` to `out`. */
+export function writeInitrdWithOverlay(baseInitrd, files, out) {
+  const cpio = new CpioWriter();
+  cpio.add({ kind: 'dir', path: '/test' });
+  for (const [p, data, mode] of files) cpio.add({ kind: 'file', path: p, data: Buffer.from(data), mode: mode ?? 0o644 });
+  const base = fs.readFileSync(baseInitrd);
+  const pad = Buffer.alloc((4 - (base.length % 4)) % 4);
+  fs.writeFileSync(out, Buffer.concat([base, pad, cpio.finish()]));
+}
+
+/** Shell-quotes env values for /test/env. */
+export function envFile(env) {
+  return Object.entries(env)
+    .map(([k, v]) => {
+      if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new Error(`bad env name ${k}`);
+      return `export ${k}='${String(v).replace(/'/g, `'\\''`)}'`;
+    })
+    .join('\n') + '\n';
+}
+
+/** Parses a console log into steps, outcome and dmesg. Pure. */
+export function parseConsole(text) {
+  const steps = [];
+  let outcome = null;
+  let failReason = null;
+  const dmesg = [];
+  let inDmesg = false;
+  for (const raw of text.split(/\r?\n/)) {
+    const line = raw.replace(/\r/g, '');
+    if (inDmesg) {
+      if (/TEST: dmesg-end/.test(line)) inDmesg = false;
+      else dmesg.push(line);
+      continue;
+    }
+    const m = /TEST: (step|PASS|FAIL|dmesg-begin)\s?(.*)$/.exec(line);
+    if (!m) continue;
+    if (m[1] === 'step') steps.push(m[2]);
+    else if (m[1] === 'PASS') outcome = 'pass';
+    else if (m[1] === 'FAIL') { outcome = 'fail'; failReason = m[2]; }
+    else inDmesg = true;
+  }
+  return { steps, outcome, failReason, dmesg };
+}
+
+/** Kills the qemu whose pid is in pidFile (if it is still running). */
+export async function stopQemu(pidFile) {
+  let pid;
+  try { pid = Number(fs.readFileSync(pidFile, 'utf8').trim()); } catch { return; }
+  if (!(pid > 0)) return;
+  const alive = () => { try { process.kill(pid, 0); return true; } catch { return false; } };
+  if (!alive()) return;
+  try { process.kill(pid, 'SIGTERM'); } catch { return; }
+  const t0 = Date.now();
+  while (alive() && Date.now() - t0 < STOP_GRACE_MS) await new Promise((r) => setTimeout(r, 50));
+  if (alive()) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+}
+
+/**
+ * Boots `image` with `script` as /test/test.sh and waits for it to power off.
+ * @param {{ image?: string, script: string, env?: Record<string,string|number>, timeoutMs?: number,
+ *           memMiB?: number, workDir?: string, onLine?: (line: string) => void, extraArgs?: string[] }} opts
+ * @returns {Promise<GuestResult>}
+ */
+export async function runGuest(opts) {
+  const image = ensureImage(opts.image ?? 'ext4');
+  const ownDir = !opts.workDir;
+  const dir = opts.workDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'nbdm-guest-'));
+  const initrd = path.join(dir, 'initrd.img');
+  const pidFile = path.join(dir, 'qemu.pid');
+  const logPath = path.join(dir, 'console.log');
+  fs.rmSync(pidFile, { force: true });
+  const env = { NBDM_MODE: 'test', NBDM_NBD_HOST: GUEST_HOST_ADDR, ...(opts.env ?? {}) };
+  writeInitrdWithOverlay(image.initrd, [['/test/test.sh', opts.script, 0o755], ['/test/env', envFile(env)]], initrd);
+
+  const args = qemuArgs(image, { initrd, pidFile, serial: ['-serial', 'stdio'], memMiB: opts.memMiB, extraArgs: opts.extraArgs });
+  const t0 = Date.now();
+  const child = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const logStream = fs.createWriteStream(logPath);
+  let text = '';
+  let stderr = '';
+  let partial = '';
+  /** @type {{ name: string, startMs: number }[]} */
+  const stepTimes = [];
+  let bootMs = null;
+  child.stdout.on('data', (chunk) => {
+    logStream.write(chunk);
+    const s = chunk.toString('utf8');
+    text += s;
+    partial += s;
+    const lines = partial.split('\n');
+    partial = lines.pop() ?? '';
+    const now = Date.now() - t0;
+    for (const line of lines) {
+      const m = /TEST: step (.*)$/.exec(line.replace(/\r/g, ''));
+      if (m) stepTimes.push({ name: m[1], startMs: now });
+      if (bootMs === null && /TEST: ready/.test(line)) bootMs = now;
+      opts.onLine?.(line);
+    }
+  });
+  child.stderr.on('data', (c) => { stderr += c.toString('utf8'); });
+
+  const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  let timedOut = false;
+  const exited = new Promise((resolve) => child.on('close', (code, signal) => resolve({ code, signal })));
+  const timer = setTimeout(() => { timedOut = true; void stopQemu(pidFile); }, timeoutMs);
+  const spawnError = new Promise((resolve) => child.on('error', (e) => resolve(e)));
+  const first = await Promise.race([exited, spawnError]);
+  clearTimeout(timer);
+  if (first instanceof Error) throw new Error(`cannot start qemu-system-x86_64: ${first.message}`);
+  const { code } = /** @type {{code: number|null}} */ (first);
+  await stopQemu(pidFile); // normally already gone; never leave a guest behind
+  await new Promise((r) => logStream.end(r));
+  const wallMs = Date.now() - t0;
+
+  const parsed = parseConsole(text);
+  let outcome = parsed.outcome ?? (timedOut ? 'timeout' : 'crash');
+  if (timedOut && parsed.outcome === null) outcome = 'timeout';
+  let failReason = parsed.failReason;
+  if (outcome === 'timeout') failReason = `guest did not finish within ${timeoutMs} ms`;
+  if (outcome === 'crash') failReason = `qemu exited (code ${code}) without a TEST: PASS/FAIL line${stderr ? `: ${stderr.trim()}` : ''}`;
+  const steps = stepTimes.map((s, i) => ({
+    name: s.name, startMs: s.startMs, durationMs: (stepTimes[i + 1]?.startMs ?? wallMs) - s.startMs,
+  }));
+  if (stderr.trim()) fs.writeFileSync(path.join(dir, 'qemu.stderr'), stderr);
+  if (ownDir && outcome === 'pass') fs.rmSync(dir, { recursive: true, force: true });
+  else fs.rmSync(initrd, { force: true });
+  return {
+    outcome, passed: outcome === 'pass', failReason, steps, dmesg: parsed.dmesg,
+    log: text.split('\n').slice(-LOG_TAIL_LINES_MAX).join('\n'), logPath, wallMs, bootMs,
+  };
+}
+
+/** One-line-per-step summary plus the console tail, for attaching to a failed test. */
+export function describeResult(r) {
+  const steps = r.steps.map((s) => `  ${s.name}: ${s.durationMs} ms`).join('\n');
+  return `guest ${r.outcome}${r.failReason ? `: ${r.failReason}` : ''} after ${r.wallMs} ms` +
+    ` (boot ${r.bootMs ?? '?'} ms)\nsteps:\n${steps}\nconsole (${r.logPath}):\n${r.log}`;
+}

@@ -1,0 +1,53 @@
+# Guest side of the ext4 round trip (runs under `set -e` with /lib/nbdm/lib.sh sourced).
+# env: NBD_CLIENT_ARGS (extra nbd-client options, e.g. "-C 4"), TREE_DIRS, TREE_FILES_PER_DIR, BIG_FILE_KIB.
+step attach
+# shellcheck disable=SC2086
+nbd_attach /dev/nbd0 -b 4096 $NBD_CLIENT_ARGS
+echo "SIZE: $(blockdev --getsize64 /dev/nbd0)"
+
+step mkfs
+mkfs.ext4 -F -q -b 4096 /dev/nbd0
+
+step mount
+mount -t ext4 /dev/nbd0 /mnt
+
+step write-tree
+# Files of 4 KiB .. 256 KiB in nested directories plus one big file; each written with fsync.
+i=0
+for d in $(seq 1 "${TREE_DIRS:-4}"); do
+  mkdir -p "/mnt/tree/d$d/sub"
+  for n in $(seq 1 "${TREE_FILES_PER_DIR:-5}"); do
+    i=$((i + 1))
+    dd if=/dev/urandom of="/mnt/tree/d$d/f$n" bs=4k count=$(( (i * 37) % 64 + 1 )) conv=fsync 2>/dev/null
+    dd if=/dev/urandom of="/mnt/tree/d$d/sub/s$n" bs=512 count=$(( i % 7 + 1 )) conv=fsync 2>/dev/null
+  done
+done
+dd if=/dev/urandom of=/mnt/tree/big bs=64k count=$(( ${BIG_FILE_KIB:-4096} / 64 )) conv=fsync 2>/dev/null
+sync
+
+step checksum
+cd /mnt/tree
+find . -type f | sort | xargs sha256sum > /tmp/sums
+cd /
+sed 's/^/SUM: /' /tmp/sums
+echo "FILES: $(wc -l < /tmp/sums)"
+
+step umount
+umount /mnt
+blockdev --flushbufs /dev/nbd0
+echo 3 > /proc/sys/vm/drop_caches
+
+step remount
+mount -t ext4 /dev/nbd0 /mnt
+
+step verify
+cd /mnt/tree
+sha256sum -c -s /tmp/sums || fail "sha256 sums differ after umount + mount"
+cd /
+umount /mnt
+
+step fsck-in-guest
+e2fsck -fn /dev/nbd0 > /tmp/fsck.log 2>&1 || { cat /tmp/fsck.log; fail "e2fsck -fn in the guest found errors"; }
+
+step detach
+nbd_detach /dev/nbd0
