@@ -54,7 +54,8 @@ export function diskLogBytesMin(regionCount: number): number {
   return Math.ceil((1024 + bitmapBytes) / SECTOR_BYTES) * SECTOR_BYTES;
 }
 
-function defaultOpener(nbdConnect: NbdConnect | undefined): LegOpener {
+/** The default LegOpener: NBD URIs become NbdLeg, anything else a FileLeg. */
+export function defaultLegOpener(nbdConnect?: NbdConnect): LegOpener {
   return (device, offsetBytes, opts) =>
     isNbdUri(device)
       ? NbdLeg.open(device, { offsetBytes, ...(nbdConnect ? { connect: nbdConnect } : {}) })
@@ -84,7 +85,7 @@ function tooSmall(role: string, device: string, offsetBytes: number, needBytes: 
  */
 export async function openTable(spec: TableSpec, opts: OpenTableOptions = {}): Promise<Export> {
   const warn = opts.warn ?? (() => {});
-  const open = opts.openLeg ?? defaultOpener(opts.nbdConnect);
+  const open = opts.openLeg ?? defaultLegOpener(opts.nbdConnect);
   const lengthBytes = sectorsToBytes(spec.lengthSectors);
   const opened: Leg[] = [];
 

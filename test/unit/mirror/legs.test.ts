@@ -126,6 +126,19 @@ describe('FileLeg', () => {
     }
   });
 
+  it('close waits for in-flight I/O before closing the file descriptors', async () => {
+    const path = join(dir, 'drain.img');
+    await writeFile(path, pattern(1024 * 1024, 6));
+    const leg = await FileLeg.open(path, { offsetBytes: 0 });
+    const bufs = Array.from({ length: 32 }, () => Buffer.alloc(32768));
+    const reads = bufs.map((b, i) => leg.read(b, i * 32768));
+    const writes = Array.from({ length: 8 }, (_, i) => leg.write(pattern(4096, 100 + i), i * 4096, { fua: i % 2 === 0 }));
+    await leg.close();
+    await Promise.all([...reads, ...writes]);
+    bufs.forEach((b, i) => expect(b.equals(pattern(1024 * 1024, 6).subarray(i * 32768, (i + 1) * 32768))).toBe(true));
+    await expect(leg.read(Buffer.alloc(1), 0)).rejects.toMatchObject({ errno: 'EIO' });
+  });
+
   it('open errors name the device', async () => {
     const missing = join(dir, 'missing.img');
     await expect(FileLeg.open(missing, { offsetBytes: 0 })).rejects.toSatisfy(
