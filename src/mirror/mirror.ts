@@ -94,7 +94,12 @@ export interface MirrorStatus {
   readonly regionSizeBytes: number;
   readonly healthChars: string;
   readonly log: { readonly type: string; readonly health: string; readonly info: readonly string[] };
-  readonly resync: ResyncProgress & { readonly running: boolean; readonly regionsInFlight: number; readonly rateBytesPerSec: number };
+  readonly resync: ResyncProgress & {
+    readonly running: boolean;
+    readonly regionsInFlight: number;
+    readonly rateBytesPerSec: number;
+    readonly bytesCopied: number;
+  };
   readonly heldWrites: number;
   readonly eventNr: number;
   readonly suspended: boolean;
@@ -903,6 +908,7 @@ export class MirrorExport implements Export {
         running: this.resync.isRunning,
         regionsInFlight: this.resync.regionsInFlight,
         rateBytesPerSec: this.resync.rateBytesPerSec,
+        bytesCopied: this.resync.totalBytesCopied,
       },
       heldWrites: this.held.count,
       eventNr: this.eventNr,
