@@ -15,7 +15,7 @@ import { REPAIR_POLICIES, RepairPolicy, type RepairPolicyName } from './repair.j
 import { CONTROL_TOKEN_CHARS_MIN, ControlServer } from './server.js';
 import { tableBackend } from './table-backend.js';
 import { UsageError } from './usage-error.js';
-import { errorText, Volume, Volumes } from './volumes.js';
+import { errorText, Volume, Volumes, type VolumeEvent } from './volumes.js';
 
 export interface ControlPlaneFlags {
   control?: string;
@@ -56,7 +56,10 @@ export class ControlPlane {
     private readonly spares: string[],
     private readonly readOnly: boolean,
     private readonly log: Log,
-  ) {}
+  ) {
+    // Every volume event also goes to the log (stderr JSON), as the engine's events did before.
+    this.volumes.on('event', (ev: VolumeEvent) => this.log.info({ volume: ev.volume, event: ev.kind, eventNr: ev.eventNr, ...ev.data }, 'volume event'));
+  }
 
   /** Validate the flags (UsageError naming the bad one) before anything is opened. */
   static fromFlags(flags: ControlPlaneFlags, ctx: { readOnly: boolean; log: Log }): ControlPlane {

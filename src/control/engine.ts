@@ -1,92 +1,110 @@
-// What the control plane needs from a table's export beyond the Export interface, and the one place
-// that looks for it. A linear export has none of it; a mirror export provides status/table text, events,
-// suspend/resume with held writes, and the hand-over of held writes and region state to the next table.
-// Every member is optional and probed once (`engineOf`), so the controller works against an engine that
-// is still growing, and reports what is missing instead of guessing.
+// The control plane's view of a table's export: one adapter (`engineOf`) over what the export is.
+// A MirrorExport (src/mirror/mirror.ts) gives status, leg health, held writes, suspend/resume and an
+// in-place reload (new legs and/or log applied on resume, held writes re-issued by the engine); a linear
+// export gives none of it and gets neutral answers. Messages (dmsetup message) are mapped here onto the
+// engine's methods.
 //
-// Owns: the contract (types) and the probing. No I/O, no policy.
-import type { Export, WriteFlags } from '../nbd/export.js';
+// Owns: that mapping, and the message vocabulary:
+//   resync_rate <bytes/s>   resync rate limit (0 = unlimited)             -> setResyncRate
+//   frozen                  pause resync (dm-raid's sync_action word)     -> pauseResync
+//   resync                  (re)start resync                              -> startResync
+// No I/O of its own, no policy.
+import type { Export } from '../nbd/export.js';
+import type { DirtyLog } from '../mirror/log/dirty-log.js';
+import type { Leg } from '../mirror/legs/leg.js';
+import { MirrorExport } from '../mirror/mirror.js';
 
 /** Health char per leg, as dm-raid1 prints it: A alive; F flush, D write, S resync, R read error; U unknown. */
 export type LegHealth = 'A' | 'F' | 'D' | 'S' | 'R' | 'U';
+/** The health chars on which dmeventd's mirror plugin repairs. */
 export const REPAIR_HEALTH: ReadonlySet<string> = new Set(['D', 'F', 'U']);
-
-/** One engine event, as pushed to the event stream. `kind` is stable; the other fields depend on it. */
-export interface EngineEvent {
-  readonly kind: string;
-  readonly [field: string]: unknown;
-}
-
-/** A write whose completion the engine froze (handle_errors), handed to the controller on a table swap. */
-export interface HeldWrite {
-  readonly data: Buffer;
-  readonly offsetBytes: number;
-  readonly flags: WriteFlags;
-  /** Complete the client's original request: no argument = success. */
-  settle(err?: Error): void;
-}
 
 export interface LegState {
   readonly device: string;
-  readonly health: LegHealth;
+  readonly health: string;
 }
 
-/**
- * The optional control surface of a table's export. Names and meanings agreed with the mirror engine
- * (src/mirror/mirror.ts); see the report for which ones it provides.
- */
-export interface EngineControl {
-  /** dmsetup status params after "<start> <length> <target> ". */
-  statusParams?(): string;
-  /** Leg devices and health chars, in table order. */
-  legs?(): readonly LegState[];
-  /** Subscribe to engine events; returns the unsubscribe function. */
-  onEvent?(listener: (ev: EngineEvent) => void): () => void;
-  /**
-   * dm presuspend/postsuspend. noflush=false: fail held writes with EIO and wait for all I/O and recovery
-   * to stop. noflush=true: keep held writes held, wait for every other I/O, stop recovery.
-   */
-  suspend?(opts: { noflush: boolean }): Promise<void>;
-  /**
-   * Start a table that was opened with deferActivation (a reload): resume the log, start resync. Called
-   * on resume, after the previous table was closed.
-   */
-  activate?(): Promise<void>;
-  /** Resume the same table (no reload): held writes are re-issued to it. */
-  resume?(): Promise<void>;
-  /** Number of writes currently held. */
-  heldWriteCount?(): number;
-  /** Take the held writes out of the engine (after a noflush suspend); the caller settles them. */
-  takeHeldWrites?(): HeldWrite[];
-  /**
-   * Called on the NEW export before it goes live, with the old one: carry region state across (regions
-   * in sync for the legs both tables share stay in sync; a leg only in the new table needs resync).
-   */
-  adoptStateFrom?(previous: Export): void;
-  /** dmsetup message: the engine's answer text, or a thrown Error naming the bad word. */
-  message?(argv: readonly string[]): Promise<string> | string;
+export interface InPlaceReload {
+  readonly legs: readonly Leg[];
+  readonly log?: DirtyLog;
+  readonly handleErrors: boolean;
+  readonly keepLog: boolean;
 }
 
-export type ControllableExport = Export & EngineControl;
+export interface Engine {
+  readonly kind: 'mirror' | 'plain';
+  /** dmsetup status params after "<start> <length> <target> ", or undefined (not a mirror). */
+  statusParams(): string | undefined;
+  legs(): readonly LegState[] | undefined;
+  heldWriteCount(): number;
+  /** Engine-level suspend (mirror: stop resync, drain, persist the log; noflush keeps held writes). */
+  suspend(noflush: boolean): Promise<void>;
+  /** Engine-level resume (applies a pending in-place reload, re-issues held writes). */
+  resume(): Promise<void>;
+  /** Present for a mirror: stage new legs/log, applied by resume(). */
+  reloadInPlace: ((r: InPlaceReload) => void) | undefined;
+  /** Region size of a mirror (an in-place reload keeps it). */
+  regionSizeBytes: number | undefined;
+  message(argv: readonly string[]): string;
+}
 
-/** The engine members present on an export (by name), for `info` and for the report. */
+/** Engine members present, for `info` (diagnosis). */
 export function engineFeatures(e: Export): string[] {
-  const names: Array<keyof EngineControl> = [
-    'statusParams',
-    'activate',
-    'legs',
-    'onEvent',
-    'suspend',
-    'resume',
-    'heldWriteCount',
-    'takeHeldWrites',
-    'adoptStateFrom',
-    'message',
-  ];
-  const rec = e as unknown as Record<string, unknown>;
-  return names.filter((n) => typeof rec[n] === 'function');
+  return e instanceof MirrorExport ? ['status', 'legs', 'heldWrites', 'suspend', 'resume', 'reload', 'message'] : [];
 }
 
-export function engineOf(e: Export): EngineControl {
-  return e as ControllableExport;
+export function engineOf(e: Export): Engine {
+  if (e instanceof MirrorExport) return mirrorEngine(e);
+  return {
+    kind: 'plain',
+    statusParams: () => undefined,
+    legs: () => undefined,
+    heldWriteCount: () => 0,
+    suspend: async () => undefined,
+    resume: async () => undefined,
+    reloadInPlace: undefined,
+    regionSizeBytes: undefined,
+    message: () => {
+      throw new Error('this target takes no messages');
+    },
+  };
+}
+
+function mirrorEngine(m: MirrorExport): Engine {
+  return {
+    kind: 'mirror',
+    statusParams: () => m.statusLine(),
+    legs: () => m.status().legs.map((l) => ({ device: l.device, health: l.health })),
+    heldWriteCount: () => m.status().heldWrites,
+    suspend: (noflush) => m.suspend({ noflush }),
+    resume: () => m.resume(),
+    reloadInPlace: (r) => m.reload({ legs: r.legs, ...(r.log ? { log: r.log } : {}), handleErrors: r.handleErrors, keepLog: r.keepLog }),
+    regionSizeBytes: m.regionSizeBytes,
+    message: (argv) => mirrorMessage(m, argv),
+  };
+}
+
+function mirrorMessage(m: MirrorExport, argv: readonly string[]): string {
+  const [word, ...rest] = argv;
+  switch (word) {
+    case 'resync_rate': {
+      if (rest.length !== 1) throw new Error(`resync_rate takes one argument (bytes/s), got ${rest.length}`);
+      const text = rest[0]!;
+      if (!/^[0-9]+$/.test(text) || !Number.isSafeInteger(Number(text))) {
+        throw new Error(`resync_rate: "${text}" is not a non-negative integer of bytes/s`);
+      }
+      m.setResyncRate(Number(text));
+      return '';
+    }
+    case 'frozen':
+      if (rest.length !== 0) throw new Error('frozen takes no argument');
+      void m.pauseResync();
+      return '';
+    case 'resync':
+      if (rest.length !== 0) throw new Error('resync takes no argument');
+      m.startResync();
+      return '';
+    default:
+      throw new Error(`unknown message "${word ?? ''}": expected resync_rate <bytes/s>, frozen or resync`);
+  }
 }

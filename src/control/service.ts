@@ -30,6 +30,8 @@ export interface ServiceOptions {
   readonly listen: readonly ListenAddress[];
   readonly readOnly: boolean;
   readonly log: Logger;
+  /** Open each export through the control plane (control-plane.ts: a Volume's proxy) instead of openTable. */
+  readonly openExport?: (name: string, spec: TableSpec) => Promise<Export>;
 }
 
 export interface OpenedExport {
@@ -69,7 +71,7 @@ export async function startService(opts: ServiceOptions): Promise<Service> {
       const log = opts.log;
       const exportName = p.name;
       try {
-        exp = await openTable(p.spec, {
+        exp = opts.openExport ? await opts.openExport(p.name, p.spec) : await openTable(p.spec, {
           readOnly: opts.readOnly,
           warn: (message) => log.warn({ export: exportName }, message),
           // Until the control socket's event stream exists, mirror events go to the log (stderr JSON).

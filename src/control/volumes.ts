@@ -15,11 +15,13 @@ import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import type { Export } from '../nbd/export.js';
 import type { Leg } from '../mirror/legs/leg.js';
-import type { TableSpec } from '../mirror/table.js';
+import type { DirtyLog } from '../mirror/log/dirty-log.js';
+import { diskLogBytesMin } from '../mirror/open.js';
+import type { MirrorTableSpec, TableSpec } from '../mirror/table.js';
 import { formatTable } from '../mirror/table.js';
 import { SECTOR_BYTES } from '../units.js';
 import { ControlError } from './control-error.js';
-import { engineFeatures, engineOf, type EngineEvent, type LegState } from './engine.js';
+import { engineFeatures, engineOf, type LegState } from './engine.js';
 import { LegAcquisitions, LegPool, legKey } from './leg-pool.js';
 import { VolumeExport, type VolumeExportLimits } from './volume-export.js';
 
@@ -28,28 +30,21 @@ export interface EventSink {
   emit(name: string, payload: unknown): unknown;
 }
 
-/**
- * Opens a leg (or the log device) through the volume's pool: `open` is called only when no table of the
- * volume holds that device at that offset yet.
- */
-export type LegSharer = (device: string, offsetBytes: number, open: () => Promise<Leg>) => Promise<Leg>;
-
-export interface OpenContext {
-  readonly events: EventSink;
-  readonly shareLeg: LegSharer;
-  /**
-   * true for a reload: build the export but do not activate it (no log resume, no resync) until the
-   * controller calls its activate() on resume, once the old table is closed.
-   */
-  readonly deferActivation: boolean;
-}
+/** Opens a leg or log device at a byte offset (openTable's LegOpener shape). */
+export type DeviceOpener = (device: string, offsetBytes: number, opts: { readOnly: boolean }) => Promise<Leg>;
 
 /** Binds the control plane to the table parser and opener (src/mirror); table-backend.ts is the real one. */
 export interface TableBackend {
   /** Pure; throws an Error whose message names the bad token. */
   parse(line: string): TableSpec;
-  /** Open the table's legs (through shareLeg) and build its export; events go to `events`. */
-  open(spec: TableSpec, ctx: OpenContext): Promise<Export>;
+  /** Linear legs are opened read-only (serve --read-only). */
+  readonly readOnly: boolean;
+  /** Opens a device for real (FileLeg / NbdLeg); the Volume shares the result through its LegPool. */
+  openDevice: DeviceOpener;
+  /** Build the table's export, opening devices only through `openLeg`; engine events go to `events`. */
+  open(spec: TableSpec, ctx: { readonly events: EventSink; readonly openLeg: DeviceOpener }): Promise<Export>;
+  /** Build a (not yet resumed) dirty log for an in-place mirror reload whose log changed. */
+  openLog(spec: MirrorTableSpec, device: Leg | undefined): Promise<DirtyLog>;
 }
 
 export interface VolumeLimits extends VolumeExportLimits {
@@ -116,11 +111,24 @@ class TableSink implements EventSink {
   }
 }
 
-interface LoadedTable {
+interface LiveTable {
   readonly spec: TableSpec;
   readonly line: string;
   readonly export: Export;
   readonly sink: TableSink;
+}
+
+/**
+ * A reloaded (inactive) table: parsed, size-checked, and every device it names opened through the pool
+ * (the references keep them open until resume uses them or the table is dropped). Nothing runs on it.
+ */
+interface PreparedTable {
+  readonly spec: TableSpec;
+  readonly line: string;
+  /** Data legs in table order (pool references). */
+  readonly legs: Leg[];
+  /** The disk log device (pool reference), if any. */
+  logDevice: Leg | undefined;
 }
 
 /** A one-at-a-time queue for the operations of one volume. */
@@ -133,28 +141,34 @@ class OpQueue {
   }
 }
 
+export interface ResumeResult {
+  readonly swapped: boolean;
+  /** How the new table went live: the engine took new legs/log ('in-place'), a mirror became linear, or a new export. */
+  readonly how: 'none' | 'in-place' | 'to-linear' | 'new-export';
+  /** Writes that were held when the table went live (completed on the new table by the engine). */
+  readonly heldWritesReissued: number;
+}
+
 export class Volume extends EventEmitter {
   readonly proxy: VolumeExport;
-  private live: LoadedTable;
-  private inactive: LoadedTable | undefined;
+  private live: LiveTable;
+  private inactive: PreparedTable | undefined;
   private suspended = false;
   private eventCounter = 0;
   private readonly ops = new OpQueue();
-  private readonly pool: LegPool;
   private closed = false;
   /** Set by the server glue when it can count connections per export. */
   openCountFn: (() => number) | undefined;
 
   private constructor(
     readonly name: string,
-    live: LoadedTable,
-    pool: LegPool,
+    live: LiveTable,
+    private readonly pool: LegPool,
     private readonly backend: TableBackend,
     private readonly limits: VolumeLimits,
   ) {
     super();
     this.live = live;
-    this.pool = pool;
     this.proxy = new VolumeExport(live.export, limits);
     this.proxy.onClose = () => this.close();
     this.attach(live);
@@ -169,8 +183,8 @@ export class Volume extends EventEmitter {
   ): Promise<Volume> {
     const pool = new LegPool();
     const spec = typeof first === 'string' ? parseOrRefuse(backend, first) : first;
-    const table = await openOrRefuse(backend, pool, spec, false);
-    return new Volume(name, table, pool, backend, { ...DEFAULT_VOLUME_LIMITS, ...limits });
+    const live = await openExport(backend, pool, spec);
+    return new Volume(name, live, pool, backend, { ...DEFAULT_VOLUME_LIMITS, ...limits });
   }
 
   get state(): VolumeState {
@@ -188,6 +202,10 @@ export class Volume extends EventEmitter {
   get hasInactiveTable(): boolean {
     return this.inactive !== undefined;
   }
+  /** Open devices of the volume (pool keys), for tests. */
+  openDevices(): string[] {
+    return this.pool.keys();
+  }
 
   // ---------------------------------------------------------------- queries
 
@@ -196,19 +214,18 @@ export class Volume extends EventEmitter {
     const spec = this.live.spec;
     const head = `${spec.startSectors} ${spec.lengthSectors} ${spec.kind}`;
     const engine = engineOf(this.live.export);
-    const params = engine.statusParams?.() ?? fallbackStatusParams(spec, engine.legs?.());
+    const params = engine.statusParams() ?? fallbackStatusParams(spec);
     return params.length > 0 ? `${head} ${params}` : head;
   }
 
-  /** dmsetup table line (the live table, normalized). */
+  /** dmsetup table line (normalized), of the live or the inactive table. */
   table(which: 'live' | 'inactive' = 'live'): string | null {
     const t = which === 'live' ? this.live : this.inactive;
-    return t === undefined ? null : formatTable(t.spec);
+    return t === undefined ? null : t.line;
   }
 
   legs(): readonly LegState[] {
-    const engine = engineOf(this.live.export);
-    return engine.legs?.() ?? fallbackLegs(this.live.spec);
+    return engineOf(this.live.export).legs() ?? fallbackLegs(this.live.spec);
   }
 
   info(): VolumeInfo {
@@ -225,7 +242,7 @@ export class Volume extends EventEmitter {
       target: spec.kind,
       sizeBytes: spec.lengthSectors * SECTOR_BYTES,
       lengthSectors: spec.lengthSectors,
-      heldWrites: engine.heldWriteCount?.() ?? 0,
+      heldWrites: engine.heldWriteCount(),
       queuedRequests: this.proxy.queuedCount,
       inFlightRequests: this.proxy.inFlightCount,
       legs: this.legs(),
@@ -248,7 +265,7 @@ export class Volume extends EventEmitter {
       };
       const onAbort = () => finish(() => reject(new ControlError('EIO', 'wait cancelled')));
       const timer = setTimeout(
-        () => finish(() => reject(new ControlError('ETIMEDOUT', `no event after ${after} within ${limitMs} ms`))),
+        () => finish(() => reject(new ControlError('ETIMEDOUT', `no event after event number ${after} within ${limitMs} ms`))),
         limitMs,
       );
       const finish = (settle: () => void) => {
@@ -268,27 +285,27 @@ export class Volume extends EventEmitter {
 
   /**
    * dm suspend. New requests wait in the proxy. Flushing (noflush=false): the engine fails held writes
-   * with EIO; returns once nothing is in flight. noflush: held writes stay held (for a reload to pick up);
-   * returns once only held writes are in flight. Suspending a suspended volume is a no-op.
+   * with EIO; returns once nothing is in flight. noflush: held writes stay held (a reload + resume
+   * completes them); returns once only held writes are in flight. Suspending a suspended volume is a no-op.
    */
   suspend(opts: { noflush: boolean }): Promise<void> {
     return this.ops.run(() => this.suspendNow(opts));
   }
 
   /**
-   * dm resume. With an inactive table: swap it in (suspending first, flushing, if the volume is active),
-   * hand the old table's held writes and region state to it, re-issue held writes, then release queued
-   * requests. Without one: resume the live table (held writes are re-issued to it by the engine).
+   * dm resume. With an inactive table: make it live (suspending first, flushing, if the volume is active);
+   * held writes complete on it. Without one: resume the live table (held writes are re-issued to it).
+   * Then the requests that waited are released, in arrival order.
    */
-  resume(): Promise<{ swapped: boolean; heldWritesReissued: number }> {
+  resume(): Promise<ResumeResult> {
     return this.ops.run(() => this.resumeNow());
   }
 
   /**
-   * dm load (dmsetup reload): parse, check the size, open the new legs (sharing the live table's open legs
-   * for the same device and offset) and keep the result as the inactive table; it goes live on resume.
-   * Refused, with nothing changed: a table that does not parse, changes the size, or names a leg that
-   * cannot be opened. A second reload replaces the inactive table.
+   * dm load (dmsetup reload): parse, check the size, open every device the table names (sharing the live
+   * table's open devices) and check their sizes; keep the result as the inactive table, made live by
+   * resume. Refused, with nothing changed: a table that does not parse, has another length, or names a
+   * device that cannot be opened or is too small. A second reload replaces the inactive table.
    */
   reload(line: string): Promise<{ table: string }> {
     return this.ops.run(async () => {
@@ -301,12 +318,12 @@ export class Volume extends EventEmitter {
           `table length ${spec.lengthSectors} sectors differs from the live table's ${liveLen} sectors: resizing is not supported`,
         );
       }
-      const table = await openOrRefuse(this.backend, this.pool, spec, true);
+      const prepared = await prepareTable(this.backend, this.pool, spec);
       const previous = this.inactive;
-      this.inactive = table;
-      if (previous !== undefined) await closeTable(previous);
-      this.record('reload', { table: table.line, replacedInactive: previous !== undefined }, false);
-      return { table: table.line };
+      this.inactive = prepared;
+      if (previous !== undefined) await releasePrepared(previous);
+      this.record('reload', { table: prepared.line, replacedInactive: previous !== undefined }, false);
+      return { table: prepared.line };
     });
   }
 
@@ -317,23 +334,23 @@ export class Volume extends EventEmitter {
       const t = this.inactive;
       if (t === undefined) return;
       this.inactive = undefined;
-      await closeTable(t);
+      await releasePrepared(t);
       this.record('clear', {}, false);
     });
   }
 
-  /** dmsetup message: passed to the engine; the answer text (may be empty). */
+  /** dmsetup message: the target's answer text (may be empty). */
   message(argv: readonly string[]): Promise<string> {
     return this.ops.run(async () => {
       this.assertOpen();
       if (argv.length === 0) throw new ControlError('EINVAL', 'message: empty message');
       const engine = engineOf(this.live.export);
-      if (engine.message === undefined) {
+      if (engine.kind !== 'mirror') {
         throw new ControlError('ENOTSUP', `message: the ${this.live.spec.kind} target of "${this.name}" takes no messages`);
       }
       let answer: string;
       try {
-        answer = await engine.message(argv);
+        answer = engine.message(argv);
       } catch (e) {
         throw new ControlError('EINVAL', `message "${argv.join(' ')}": ${errorText(e)}`);
       }
@@ -342,16 +359,18 @@ export class Volume extends EventEmitter {
     });
   }
 
-  /** Server shutdown: answer queued requests, close both tables. */
+  /** Server shutdown: answer queued requests, drop the inactive table, close the live one. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     this.proxy.shutdown();
     this.emit('closed');
     await this.ops.run(async () => {
-      const tables = [this.inactive, this.live].filter((t): t is LoadedTable => t !== undefined);
+      const prepared = this.inactive;
       this.inactive = undefined;
-      for (const t of tables) await closeTable(t);
+      if (prepared !== undefined) await releasePrepared(prepared);
+      this.live.sink.listener = undefined;
+      await this.live.export.close();
     });
   }
 
@@ -363,81 +382,124 @@ export class Volume extends EventEmitter {
     const engine = engineOf(this.live.export);
     this.suspended = true;
     try {
-      const draining = this.proxy.suspend(
-        opts.noflush ? (n) => n <= (engine.heldWriteCount?.() ?? 0) : 'all',
-      );
-      // The engine's own suspend decides what happens to held writes (EIO when flushing).
-      const engineSuspended = engine.suspend?.({ noflush: opts.noflush });
+      // The engine's own suspend decides what happens to held writes (EIO when flushing, kept with noflush)
+      // and waits for its other I/O; the proxy then waits for what it forwarded.
+      const engineSuspended = engine.suspend(opts.noflush);
+      const draining = this.proxy.suspend(opts.noflush ? (n) => n <= engine.heldWriteCount() : 'all');
       await withTimeout(
-        Promise.all([draining, engineSuspended]),
+        Promise.all([engineSuspended, draining]),
         this.limits.suspendTimeoutMs,
         () => `suspend: ${this.proxy.inFlightCount} requests still in flight after ${this.limits.suspendTimeoutMs} ms`,
       );
     } catch (e) {
-      // Give up: reopen the gate so clients are not stuck behind a suspend nobody completed.
+      // Give up: reopen the gate so clients are not stuck behind a suspend nobody completes.
       this.suspended = false;
-      await engine.resume?.().catch(() => undefined);
+      await engine.resume().catch(() => undefined);
       this.proxy.resume();
       throw e instanceof ControlError ? e : new ControlError('EIO', `suspend failed: ${errorText(e)}`);
     }
-    this.record('suspend', { noflush: opts.noflush, heldWrites: engine.heldWriteCount?.() ?? 0 }, false);
+    this.record('suspend', { noflush: opts.noflush, heldWrites: engine.heldWriteCount() }, false);
   }
 
-  private async resumeNow(): Promise<{ swapped: boolean; heldWritesReissued: number }> {
+  private async resumeNow(): Promise<ResumeResult> {
     this.assertOpen();
     const next = this.inactive;
     if (next === undefined) {
-      if (!this.suspended) return { swapped: false, heldWritesReissued: 0 };
+      if (!this.suspended) return { swapped: false, how: 'none', heldWritesReissued: 0 };
       const engine = engineOf(this.live.export);
-      const held = engine.heldWriteCount?.() ?? 0;
-      await engine.resume?.();
+      const held = engine.heldWriteCount();
+      await engine.resume();
       this.suspended = false;
       this.proxy.resume();
       this.record('resume', { swapped: false, heldWrites: held }, false);
-      return { swapped: false, heldWritesReissued: 0 };
+      return { swapped: false, how: 'none', heldWritesReissued: held };
     }
     // dm: resuming with an inactive table suspends (flushing) first if the device is active.
     if (!this.suspended) await this.suspendNow({ noflush: false });
 
+    const engine = engineOf(this.live.export);
+    const held = engine.heldWriteCount();
     const old = this.live;
-    const oldEngine = engineOf(old.export);
-    const newEngine = engineOf(next.export);
-    // 1. Take the held writes out of the old table and hand its region state to the new one (memory).
-    const held = oldEngine.takeHeldWrites?.() ?? [];
-    newEngine.adoptStateFrom?.(old.export);
-    // 2. Close the old table before the new one activates: its log is persisted and released first, so
-    //    the new table's log reads the final state. Shared legs stay open (pool references).
-    this.inactive = undefined;
-    this.live = next;
-    old.sink.listener = undefined;
-    this.attach(next);
-    await closeTable(old).catch((e: unknown) => this.record('close-error', { table: old.line, message: errorText(e) }, false));
-    // 3. Activate the new table (deferred at reload: it must not resync while the old one is live).
+    let how: ResumeResult['how'];
     try {
-      await newEngine.activate?.();
+      if (engine.reloadInPlace !== undefined && next.spec.kind === 'mirror' && old.spec.kind === 'mirror' &&
+          engine.regionSizeBytes === next.spec.log.regionSizeSectors * SECTOR_BYTES) {
+        await this.resumeInPlace(next, old.spec, next.spec);
+        how = 'in-place';
+      } else if (engine.reloadInPlace !== undefined && next.spec.kind === 'linear' && old.spec.kind === 'mirror') {
+        await this.resumeToLinear(next);
+        how = 'to-linear';
+      } else {
+        await this.resumeNewExport(next);
+        how = 'new-export';
+      }
     } catch (e) {
-      const err = new ControlError('EIO', `resume: the new table failed to activate: ${errorText(e)}`);
-      for (const h of held) h.settle(err);
-      this.record('resume-failed', { table: next.line, message: err.message, heldWritesFailed: held.length }, false);
+      const err = e instanceof ControlError ? e : new ControlError('EIO', `resume failed: ${errorText(e)}`);
+      this.record('resume-failed', { table: next.line, message: err.message }, false);
       throw err;
     }
-    this.proxy.retarget(next.export);
-    // 4. Held writes first, in the order they were held, then whatever queued during the suspend.
-    for (const h of held) {
-      next.export.write(h.data, h.offsetBytes, h.flags).then(
-        () => h.settle(),
-        (e: unknown) => h.settle(e instanceof Error ? e : new Error(String(e))),
-      );
-    }
+    this.inactive = undefined;
     this.suspended = false;
     this.proxy.resume();
-    this.record('resume', { swapped: true, table: next.line, heldWritesReissued: held.length }, false);
-    return { swapped: true, heldWritesReissued: held.length };
+    this.record('resume', { swapped: true, how, table: next.line, heldWritesReissued: held }, false);
+    return { swapped: true, how, heldWritesReissued: held };
   }
 
-  private attach(t: LoadedTable): void {
+  /** Mirror -> mirror (same region size): the engine takes the new legs (and log) and re-issues held writes. */
+  private async resumeInPlace(next: PreparedTable, oldSpec: MirrorTableSpec, spec: MirrorTableSpec): Promise<void> {
+    const engine = engineOf(this.live.export);
+    let log: DirtyLog | undefined;
+    if (!sameLog(oldSpec, spec)) {
+      log = await this.backend.openLog(spec, next.logDevice);
+      next.logDevice = undefined; // the new log owns it now
+    } else if (next.logDevice !== undefined) {
+      await next.logDevice.close(); // the live log keeps its own reference
+      next.logDevice = undefined;
+    }
+    engine.reloadInPlace!({ legs: next.legs, ...(log ? { log } : {}), handleErrors: spec.features.handleErrors, keepLog: spec.features.keepLog });
+    await engine.resume();
+    this.live = { ...this.live, spec, line: next.line };
+  }
+
+  /**
+   * Mirror -> linear (repair down to one leg): first the engine goes on with the one surviving leg so held
+   * writes complete on it, then it is drained and closed and a linear export takes its place.
+   */
+  private async resumeToLinear(next: PreparedTable): Promise<void> {
+    const old = this.live;
+    const engine = engineOf(old.export);
+    const oldSpec = old.spec as MirrorTableSpec;
+    const legRef = next.legs[0]!;
+    engine.reloadInPlace!({ legs: [legRef], handleErrors: oldSpec.features.handleErrors, keepLog: oldSpec.features.keepLog });
+    next.legs.length = 0; // the engine owns that reference now
+    await engine.resume();
+    // The proxy is still closed: wait for everything forwarded (held writes included) to complete.
+    await withTimeout(this.proxy.suspend('all'), this.limits.suspendTimeoutMs, () => 'resume: held writes did not complete on the remaining leg');
+    await engine.suspend(false);
+    const live = await openExport(this.backend, this.pool, next.spec);
+    this.live = live;
+    this.attach(live);
+    this.proxy.retarget(live.export);
+    old.sink.listener = undefined;
+    await old.export.close().catch((e: unknown) => this.record('close-error', { table: old.line, message: errorText(e) }, false));
+    await releasePrepared(next);
+  }
+
+  /** Anything else: build the new export (devices are shared through the pool), swap, close the old one. */
+  private async resumeNewExport(next: PreparedTable): Promise<void> {
+    const old = this.live;
+    const live = await openExport(this.backend, this.pool, next.spec);
+    this.live = live;
+    this.attach(live);
+    this.proxy.retarget(live.export);
+    old.sink.listener = undefined;
+    await old.export.close().catch((e: unknown) => this.record('close-error', { table: old.line, message: errorText(e) }, false));
+    await releasePrepared(next);
+  }
+
+  private attach(t: LiveTable): void {
     t.sink.listener = (kind, payload) => {
-      if (this.live !== t) return; // only the live table's events count
+      if (this.live.sink !== t.sink) return; // only the live table's events count
       const data = (payload !== null && typeof payload === 'object' ? payload : { value: payload }) as Record<string, unknown>;
       this.record(kind, data, COUNTED_ENGINE_EVENTS.has(kind));
     };
@@ -502,47 +564,87 @@ function parseOrRefuse(backend: TableBackend, line: string): TableSpec {
   }
 }
 
-async function openOrRefuse(
-  backend: TableBackend,
-  pool: LegPool,
-  spec: TableSpec,
-  deferActivation: boolean,
-): Promise<LoadedTable> {
+/** Build a live export for `spec`, every device opened through the pool. */
+async function openExport(backend: TableBackend, pool: LegPool, spec: TableSpec): Promise<LiveTable> {
   const acquisitions = new LegAcquisitions(pool);
   const sink = new TableSink();
-  const shareLeg: LegSharer = (device, offsetBytes, open) =>
-    acquisitions.acquire(legKey(device, offsetBytes), async () => {
-      try {
-        return await open();
-      } catch (e) {
-        throw new ControlError('ENODEV', `cannot open ${device}: ${errorText(e)}`);
-      }
-    });
-  let exp: Export;
+  const openLeg: DeviceOpener = (device, offsetBytes, opts) =>
+    acquisitions.acquire(legKey(device, offsetBytes), () => openDeviceOrRefuse(backend, device, offsetBytes, opts.readOnly));
   try {
-    exp = await backend.open(spec, { events: sink, shareLeg, deferActivation });
+    const exp = await backend.open(spec, { events: sink, openLeg });
+    return { spec, line: formatTable(spec), export: exp, sink };
   } catch (e) {
     await acquisitions.releaseAll();
     if (e instanceof ControlError) throw e;
     throw new ControlError('ENODEV', `cannot open table: ${errorText(e)}`);
   }
-  return { spec, line: formatTable(spec), export: exp, sink };
 }
 
-async function closeTable(t: LoadedTable): Promise<void> {
-  t.sink.listener = undefined;
-  await t.export.close();
+async function openDeviceOrRefuse(backend: TableBackend, device: string, offsetBytes: number, readOnly: boolean): Promise<Leg> {
+  try {
+    return await backend.openDevice(device, offsetBytes, { readOnly });
+  } catch (e) {
+    throw new ControlError('ENODEV', `cannot open ${device}: ${errorText(e)}`);
+  }
+}
+
+/** Open (share) every device `spec` names and check its size; on any failure release them all. */
+async function prepareTable(backend: TableBackend, pool: LegPool, spec: TableSpec): Promise<PreparedTable> {
+  const acquisitions = new LegAcquisitions(pool);
+  const lengthBytes = spec.lengthSectors * SECTOR_BYTES;
+  const legSpecs = spec.kind === 'linear' ? [spec.leg] : spec.legs;
+  const readOnly = spec.kind === 'linear' ? backend.readOnly : false;
+  try {
+    const legs: Leg[] = [];
+    for (const l of legSpecs) {
+      const offsetBytes = l.offsetSectors * SECTOR_BYTES;
+      const leg = await acquisitions.acquire(legKey(l.device, offsetBytes), () => openDeviceOrRefuse(backend, l.device, offsetBytes, readOnly));
+      if (leg.sizeBytes < lengthBytes) {
+        throw new ControlError('ENODEV', `leg ${l.device} is too small: ${leg.sizeBytes} bytes from offset ${l.offsetSectors} sectors, the table needs ${lengthBytes}`);
+      }
+      legs.push(leg);
+    }
+    let logDevice: Leg | undefined;
+    if (spec.kind === 'mirror' && spec.log.kind === 'disk' && spec.log.device !== undefined) {
+      const dev = spec.log.device;
+      logDevice = await acquisitions.acquire(legKey(dev, 0), () => openDeviceOrRefuse(backend, dev, 0, false));
+      const need = diskLogBytesMin(Math.ceil(spec.lengthSectors / spec.log.regionSizeSectors));
+      if (logDevice.sizeBytes < need) throw new ControlError('ENODEV', `log device ${dev} is too small: ${logDevice.sizeBytes} bytes, the log needs ${need}`);
+    }
+    return { spec, line: formatTable(spec), legs, logDevice };
+  } catch (e) {
+    await acquisitions.releaseAll();
+    throw e;
+  }
+}
+
+async function releasePrepared(t: PreparedTable): Promise<void> {
+  const refs = [...t.legs, ...(t.logDevice ? [t.logDevice] : [])];
+  t.legs.length = 0;
+  t.logDevice = undefined;
+  await Promise.allSettled(refs.map((l) => l.close()));
+}
+
+/** The same log: an in-place reload keeps it (and its region state). */
+function sameLog(a: MirrorTableSpec, b: MirrorTableSpec): boolean {
+  return (
+    a.log.kind === b.log.kind &&
+    a.log.device === b.log.device &&
+    a.log.regionSizeSectors === b.log.regionSizeSectors &&
+    a.log.clustered === b.log.clustered &&
+    a.log.uuid === b.log.uuid
+  );
 }
 
 function fallbackLegs(spec: TableSpec): LegState[] {
   const legs = spec.kind === 'linear' ? [spec.leg] : spec.legs;
-  return legs.map((l) => ({ device: l.device, health: 'A' as const }));
+  return legs.map((l) => ({ device: l.device, health: 'A' }));
 }
 
 /** Status params when the engine does not print its own: health unknown beyond "A". */
-function fallbackStatusParams(spec: TableSpec, legs: readonly LegState[] | undefined): string {
+function fallbackStatusParams(spec: TableSpec): string {
   if (spec.kind === 'linear') return '';
-  const states = legs ?? spec.legs.map((l) => ({ device: l.device, health: 'U' as const }));
+  const states = spec.legs.map((l) => ({ device: l.device, health: 'U' }));
   const regions = Math.ceil(spec.lengthSectors / spec.log.regionSizeSectors);
   const logStatus = spec.log.kind === 'disk' ? `3 disk ${spec.log.device} A` : '1 core';
   return [

@@ -3,6 +3,18 @@
 // commander's own usage errors are mapped to 2 as well.
 import { Command, CommanderError } from 'commander';
 import { registerServe } from './commands/serve.js';
+import { registerLs } from './commands/ls.js';
+import { registerStatus } from './commands/status.js';
+import { registerTable } from './commands/table.js';
+import { registerInfo } from './commands/info.js';
+import { registerSuspend } from './commands/suspend.js';
+import { registerResume } from './commands/resume.js';
+import { registerReload } from './commands/reload.js';
+import { registerClear } from './commands/clear.js';
+import { registerWait } from './commands/wait.js';
+import { registerMessage } from './commands/message.js';
+import { registerRepair } from './commands/repair.js';
+import { registerEvents } from './commands/events.js';
 import { EXIT_FAILURE, EXIT_USAGE, UsageError } from '../usage-error.js';
 
 const program = new Command('nbd-mirror')
@@ -10,6 +22,18 @@ const program = new Command('nbd-mirror')
   .exitOverride()
   .showHelpAfterError('(run with --help for usage)');
 registerServe(program);
+registerLs(program);
+registerStatus(program);
+registerTable(program);
+registerInfo(program);
+registerSuspend(program);
+registerResume(program);
+registerReload(program);
+registerClear(program);
+registerWait(program);
+registerMessage(program);
+registerRepair(program);
+registerEvents(program);
 for (const sub of program.commands) sub.exitOverride();
 
 try {

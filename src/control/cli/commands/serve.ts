@@ -10,12 +10,13 @@ import { createLogger, LOG_LEVELS, type LogLevel } from '../../logger.js';
 import { DEFAULT_LISTEN, formatListenAddress, parseListenAddress, type ListenAddress } from '../../listen-address.js';
 import { buildServePlan } from '../../serve-plan.js';
 import { startService, type Service } from '../../service.js';
+import { addControlPlaneOptions, ControlPlane, type ControlPlaneFlags } from '../../control-plane.js';
 import { EXIT_FAILURE, EXIT_OK, UsageError } from '../../usage-error.js';
 
 /** After SIGTERM, in-flight requests get this long to finish before we give up and exit non-zero. */
 export const SHUTDOWN_GRACE_MS = 8000;
 
-interface ServeFlags {
+interface ServeFlags extends ControlPlaneFlags {
   table: string[];
   name: string[];
   tableFile: string[];
@@ -29,8 +30,8 @@ interface ServeFlags {
 const collect = (value: string, previous: string[]): string[] => [...previous, value];
 
 export function registerServe(program: Command): void {
-  program
-    .command('serve')
+  addControlPlaneOptions(program
+    .command('serve'))
     .description('serve dm tables (linear or mirror) over NBD until SIGTERM or SIGINT')
     .option('--table <line>', 'a dm table line, e.g. "0 2097152 linear /srv/a.img 0" (repeatable)', collect, [])
     .option('--name <export>', 'export name for the --table at the same position (repeatable)', collect, [])
@@ -72,7 +73,13 @@ async function serve(flags: ServeFlags): Promise<void> {
   const plan = buildServePlan({ tables: flags.table, names: flags.name, tableFiles: await readTableFiles(flags.tableFile) });
   const listen = parseListens(flags.listen);
   const log = createLogger(flags.logLevel);
-  const service = await startService({ plan, listen, readOnly: flags.readOnly, log });
+  const control = ControlPlane.fromFlags(flags, { readOnly: flags.readOnly, log });
+  const service = await startService({ plan, listen, readOnly: flags.readOnly, log, openExport: control.openExport });
+  const controlLines = await control.start().catch(async (e: unknown) => {
+    await service.close().catch(() => undefined);
+    throw e;
+  });
+  if (!flags.quiet) process.stdout.write(controlLines.map((l) => `${l}\n`).join(''));
 
   if (!flags.quiet) process.stdout.write(describeService(service, flags.readOnly));
   if (flags.pidFile !== undefined) await writePidFile(flags.pidFile);
@@ -90,7 +97,7 @@ async function serve(flags: ServeFlags): Promise<void> {
       log.error({ graceMs: SHUTDOWN_GRACE_MS }, 'shutdown did not finish in time');
       process.exit(EXIT_FAILURE);
     }, SHUTDOWN_GRACE_MS);
-    void shutdown(service, flags.pidFile).then(
+    void shutdown(service, flags.pidFile, control).then(
       () => {
         clearTimeout(timer);
         log.info({}, 'closed cleanly');
@@ -107,9 +114,10 @@ async function serve(flags: ServeFlags): Promise<void> {
   process.on('SIGINT', stop);
 }
 
-async function shutdown(service: Service, pidFile: string | undefined): Promise<void> {
+async function shutdown(service: Service, pidFile: string | undefined, control: ControlPlane): Promise<void> {
   try {
     await service.close();
+    await control.close();
   } finally {
     if (pidFile !== undefined) await unlink(pidFile).catch(() => undefined);
   }
