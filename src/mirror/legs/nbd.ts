@@ -5,6 +5,7 @@
 // connection drops; the mirror treats that as a leg failure. The leg never reconnects on its own.
 
 import { strict as assert } from 'node:assert';
+import { NbdClient } from '../../nbd/client/client.js';
 import { ExportError } from '../../nbd/export.js';
 import type { Leg, LegWriteFlags } from './leg.js';
 import { LegOpenError, toExportError } from './errors.js';
@@ -27,13 +28,8 @@ export function isNbdUri(device: string): boolean {
   return /^nbds?(\+(unix|tcp|vsock))?:\/\//i.test(device);
 }
 
-/** NbdClient.connect from src/nbd/client/client.ts, loaded on first use. */
-export const defaultNbdConnect: NbdConnect = async (uri) => {
-  // A computed specifier keeps this module compiling while the client is written in parallel.
-  const specifier = '../../nbd/client/client.js';
-  const mod = (await import(specifier)) as { NbdClient: { connect(uri: string): Promise<NbdClientLike> } };
-  return mod.NbdClient.connect(uri);
-};
+/** The protocol helper's client (src/nbd/client/client.ts). */
+export const defaultNbdConnect: NbdConnect = (uri) => NbdClient.connect(uri);
 
 export interface NbdLegOptions {
   /** Where the leg's data starts on the remote export (the table offset in bytes). */
