@@ -1,4 +1,5 @@
-// An in-memory Export for protocol tests: sparse (64 KiB blocks allocated on first write), so
+// An in-memory Export for protocol tests. Applies each operation when called (then waits delayMs,
+// if set), so pipelined requests see each other in arrival order. Sparse (64 KiB blocks allocated on first write), so
 // blockStatus reports holes; capabilities configurable; counts calls so tests can assert what
 // reached the export. Not used in production.
 
@@ -54,20 +55,20 @@ export class MemoryExport implements Export {
   async read(target: Buffer, offsetBytes: number): Promise<void> {
     this.calls.read++;
     this.check(offsetBytes, target.length);
-    await this.delay();
     this.forEachBlock(offsetBytes, target.length, (block, inBlock, n, done) => {
       if (block === undefined) target.fill(0, done, done + n);
       else block.copy(target, done, inBlock, inBlock + n);
     });
+    await this.delay();
   }
 
   async write(data: Buffer, offsetBytes: number, _flags: WriteFlags): Promise<void> {
     this.calls.write++;
     this.check(offsetBytes, data.length);
-    await this.delay();
     this.forEachBlock(offsetBytes, data.length, (_b, inBlock, n, done, index) => {
       data.copy(this.allocate(index), inBlock, done, done + n);
     });
+    await this.delay();
   }
 
   async flush(): Promise<void> {
@@ -78,16 +79,16 @@ export class MemoryExport implements Export {
   async trim(offsetBytes: number, lengthBytes: number, _flags: WriteFlags): Promise<void> {
     this.calls.trim++;
     this.check(offsetBytes, lengthBytes);
-    await this.delay();
     this.clear(offsetBytes, lengthBytes, true);
+    await this.delay();
   }
 
   async zero(offsetBytes: number, lengthBytes: number, flags: ZeroFlags): Promise<void> {
     this.calls.zero++;
     this.check(offsetBytes, lengthBytes);
     if (flags.fastZero && !flags.mayTrim) throw new ExportError('ENOTSUP', 'fast zero needs mayTrim here');
-    await this.delay();
     this.clear(offsetBytes, lengthBytes, flags.mayTrim);
+    await this.delay();
   }
 
   async cache(offsetBytes: number, lengthBytes: number): Promise<void> {

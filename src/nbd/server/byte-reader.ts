@@ -38,6 +38,11 @@ export class ByteReader {
     stream.on('error', this.onError);
   }
 
+  /** True once the stream ended or closed (buffered bytes may remain). */
+  get inputEnded(): boolean {
+    return this.ended !== null;
+  }
+
   read(n: number): Promise<Buffer> {
     if (this.resolveWant !== null) throw new Error('ByteReader: concurrent read');
     if (n > this.highWaterBytes) throw new RangeError(`read of ${n} exceeds reader bound ${this.highWaterBytes}`);

@@ -60,6 +60,7 @@ export class Connection {
     } finally {
       clearTimeout(timer);
     }
+    const inputEnded = reader.inputEnded;
     const leftover = reader.detach();
     if (result.kind === 'abort') {
       this.socket.end();
@@ -71,6 +72,7 @@ export class Connection {
       this.destroy();
       return;
     }
+    if (this.socket.destroyed) return;
     this.log.debug({ conn: this.id, export: result.negotiated.exportName }, 'transmission');
     const t = new Transmission(this.socket, result.negotiated, this.limits, this.log, (reason) => {
       this.log.warn({ conn: this.id, reason }, 'protocol violation: disconnecting');
@@ -78,8 +80,9 @@ export class Connection {
     });
     this.transmission = t;
     this.socket.once('close', () => t.closedBySocket());
-    this.socket.once('end', () => t.stop());
+    this.socket.once('end', () => t.inputEnd());
     t.start(leftover);
+    if (inputEnded) t.inputEnd();
     if (this.closing) t.stop();
     await t.finished;
     // Every reply is written (or the socket is gone); end our side once the queue has flushed.

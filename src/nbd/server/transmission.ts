@@ -77,6 +77,7 @@ export class Transmission {
   private inFlightBytes = 0;
   private closed = false;
   private disconnectRequested = false;
+  private inputEnded = false;
   private readonly onDataBound = (chunk: Buffer): void => this.onData(chunk);
   private readonly onDrainBound = (): void => this.maybeResume();
   private readonly uncorkBound = (): void => this.uncork();
@@ -122,6 +123,12 @@ export class Transmission {
     this.stash = null;
     this.payloadBuf = null;
     this.checkFinished();
+  }
+
+  /** The client half-closed: finish what it sent (including any stash), then stop. */
+  inputEnd(): void {
+    this.inputEnded = true;
+    if (this.stash === null) this.stop();
   }
 
   /** The socket is gone: drop replies from now on. */
@@ -226,6 +233,7 @@ export class Transmission {
     this.stash = null;
     this.paused = false;
     if (stash !== null) this.process(stash);
+    if (this.inputEnded && this.stash === null) this.stop();
     if (!this.paused && this.state !== STATE_CLOSING) this.socket.resume();
   }
 
