@@ -14,7 +14,8 @@ import { fileURLToPath } from 'node:url';
 import { makeTempDir, removeTempDir } from './tmp.js';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-export const CLI_PATH = join(REPO_ROOT, 'bin', 'nbd-mirror.js');
+/** The CLI under test; NBD_MIRROR_CLI points the e2e tests at another build (e.g. an installed copy). */
+export const CLI_PATH = process.env.NBD_MIRROR_CLI ?? join(REPO_ROOT, 'bin', 'nbd-mirror.js');
 export const READY_TIMEOUT_MS = 15_000;
 export const STOP_TIMEOUT_MS = 10_000;
 const READY_POLL_MS = 20;
@@ -83,7 +84,7 @@ export async function startServer(opts: StartOptions): Promise<ServerHandle> {
   if (opts.readOnly) args.push('--read-only');
   args.push(...(opts.extraArgs ?? []));
 
-  if (!existsSync(join(REPO_ROOT, 'dist', 'control', 'cli', 'main.js'))) {
+  if (process.env.NBD_MIRROR_CLI === undefined && !existsSync(join(REPO_ROOT, 'dist', 'control', 'cli', 'main.js'))) {
     throw new Error('dist/control/cli/main.js is missing: test/global-setup.ts should have built it (npx tsc)');
   }
   const child = spawn(process.execPath, [CLI_PATH, ...args], {
