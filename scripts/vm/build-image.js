@@ -194,6 +194,24 @@ function moduleLoadOrder(depMap, wanted) {
   return order;
 }
 
+const MODULE_SIG_MAGIC = Buffer.from('~Module signature appended~\n');
+const MODULE_SIG_INFO_BYTES = 12; // struct module_signature; sig_len is its last field (big-endian u32)
+
+/**
+ * Drops a module's appended signature. The kernel then loads it unverified (Debian does not enforce
+ * signatures; it only taints), which saves the RSA + SHA work per module that is slow under TCG.
+ */
+export function stripModuleSignature(ko) {
+  if (ko.length < MODULE_SIG_MAGIC.length + MODULE_SIG_INFO_BYTES) return ko;
+  const magicAt = ko.length - MODULE_SIG_MAGIC.length;
+  if (!ko.subarray(magicAt).equals(MODULE_SIG_MAGIC)) return ko;
+  const infoAt = magicAt - MODULE_SIG_INFO_BYTES;
+  const sigBytes = ko.readUInt32BE(infoAt + 8);
+  const end = infoAt - sigBytes;
+  if (end <= 0) throw new Error('module signature longer than the module');
+  return ko.subarray(0, end);
+}
+
 /** Shared libraries (and the ELF interpreter) a binary needs: [sourcePath, imagePath]. */
 function libraryClosure(binaries, unpackDir) {
   const libDirs = ['lib/x86_64-linux-gnu', 'usr/lib/x86_64-linux-gnu', 'lib', 'usr/lib']
@@ -354,7 +372,7 @@ function buildInitramfs(spec, kernel, unpack) {
     const stageMods = path.join(modStage, 'lib', 'modules', kver);
     for (const m of order) {
       fs.mkdirSync(path.dirname(path.join(stageMods, m)), { recursive: true });
-      fs.copyFileSync(path.join(modulesDir, m), path.join(stageMods, m));
+      fs.writeFileSync(path.join(stageMods, m), stripModuleSignature(fs.readFileSync(path.join(modulesDir, m))));
     }
     for (const f of ['modules.builtin', 'modules.builtin.modinfo', 'modules.order']) {
       fs.copyFileSync(path.join(modulesDir, f), path.join(stageMods, f));
