@@ -14,6 +14,7 @@ import { LegOpenError } from './legs/errors.js';
 import { isNbdUri, NbdLeg, type NbdConnect } from './legs/nbd.js';
 import { LinearExport } from './linear.js';
 import { CoreLog } from './log/core.js';
+import { DiskLog, diskLogAreaBytes } from './log/disk.js';
 import type { DirtyLog } from './log/dirty-log.js';
 import { createMirror } from './mirror.js';
 import type { MirrorOptions } from './options.js';
@@ -48,10 +49,9 @@ export interface OpenTableOptions {
   readonly mirror?: Partial<Pick<MirrorOptions, 'scheduler' | 'random' | 'events' | 'resync' | 'limits' | 'description'>>;
 }
 
-/** Smallest disk log area: 1024-byte header + bitmap (rounded to 8 bytes), rounded up to a sector. */
+/** Smallest log device for a region count: the disk log's whole area (header + bitmap, block-rounded). */
 export function diskLogBytesMin(regionCount: number): number {
-  const bitmapBytes = Math.ceil(regionCount / 64) * 8;
-  return Math.ceil((1024 + bitmapBytes) / SECTOR_BYTES) * SECTOR_BYTES;
+  return diskLogAreaBytes(regionCount);
 }
 
 /** The default LegOpener: NBD URIs become NbdLeg, anything else a FileLeg. */
@@ -162,7 +162,7 @@ async function openMirror(
   }
 }
 
-/** The local (non-cluster) logs: core now; disk once the engine's DiskLog lands. */
+/** The local (non-cluster) logs: CoreLog, or DiskLog on the opened log device. */
 export const openLocalLog: LogOpener = async (spec, ctx) => {
   if (spec.clustered) {
     ctx.warn(
@@ -173,5 +173,6 @@ export const openLocalLog: LogOpener = async (spec, ctx) => {
   if (spec.kind === 'core') {
     return new CoreLog({ regionSizeBytes: ctx.regionSizeBytes, lengthBytes: ctx.lengthBytes, sync: spec.sync });
   }
-  throw new Error(`disk log on '${spec.device}': not yet available (the disk log is still being written)`);
+  if (ctx.device === undefined) throw new Error(`disk log on '${spec.device}': log device was not opened`);
+  return new DiskLog({ device: ctx.device, regionSizeBytes: ctx.regionSizeBytes, lengthBytes: ctx.lengthBytes, sync: spec.sync });
 };

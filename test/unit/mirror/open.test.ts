@@ -143,38 +143,89 @@ describe('openTable: mirror', () => {
     const b = await img('b.img', 1024 * 1024);
     const log = await img('log.img', 512);
     const t = trackingOpener();
-    // 2048 sectors / 2-sector regions = 1024 regions -> 1024 + 128 bytes -> 1536 bytes needed
-    expect(diskLogBytesMin(1024)).toBe(1536);
+    // 2048 sectors / 2-sector regions = 1024 regions -> 1024 + 128 bytes, rounded up to a 4 KiB block
+    expect(diskLogBytesMin(1024)).toBe(4096);
     const err = await openTable(parseTable(`0 2048 mirror disk 2 ${log} 2 2 ${a} 0 ${b} 0`), { openLeg: t.open }).catch(
       (e: unknown) => e,
     );
     expect(err).toBeInstanceOf(LegOpenError);
     expect((err as Error).message).toBe(
-      `log device '${log}' is too small: the table needs 1536 bytes (3 sectors), i.e. a device of at least 1536 bytes, but it has 512 bytes`,
+      `log device '${log}' is too small: the table needs 4096 bytes (8 sectors), i.e. a device of at least 4096 bytes, but it has 512 bytes`,
     );
     expect(t.opens()).toBe(3);
     expect(t.openDevices()).toEqual([]);
   });
 
-  it('a cluster table runs with a local log and says so; an engine failure still closes every leg', async () => {
+  it('core-log mirror: writes reach every leg file at its offset; close closes every leg', async () => {
+    const a = await img('a.img', 128 * 1024);
+    const b = await img('b.img', 128 * 1024 + 4096);
+    const t = trackingOpener();
+    const exp = await openTable(parseTable(`0 256 mirror core 2 64 nosync 2 ${a} 0 ${b} 8`), { openLeg: t.open });
+    try {
+      expect(exp.capabilities().sizeBytes).toBe(256 * 512);
+      const data = Buffer.alloc(40000, 0x5a);
+      await exp.write(data, 1000, { fua: false });
+      await exp.flush();
+      const back = Buffer.alloc(40000);
+      await exp.read(back, 1000);
+      expect(back.equals(data)).toBe(true);
+      const fa = await readFile(a);
+      const fb = await readFile(b);
+      expect(fa.subarray(1000, 41000).equals(data)).toBe(true);
+      expect(fb.subarray(4096 + 1000, 4096 + 41000).equals(data)).toBe(true);
+    } finally {
+      await exp.close();
+    }
+    expect(t.openDevices()).toEqual([]);
+  });
+
+  it('disk-log mirror: the log device is opened, written, and closed with the mirror', async () => {
+    const a = await img('a.img', 128 * 1024);
+    const b = await img('b.img', 128 * 1024);
+    const log = await img('log.img', 64 * 1024);
+    const t = trackingOpener();
+    const exp = await openTable(parseTable(`0 256 mirror disk 3 ${log} 64 nosync 2 ${a} 0 ${b} 0 1 handle_errors`), { openLeg: t.open });
+    try {
+      await exp.write(Buffer.alloc(512, 1), 0, { fua: true });
+      await exp.flush();
+    } finally {
+      await exp.close();
+    }
+    expect(t.openDevices()).toEqual([]);
+    const header = await readFile(log);
+    expect(header.readUInt32LE(0)).toBe(0x4d695272); // "MiRr"
+  });
+
+  it('a cluster table runs with a local log of the same kind and says so', async () => {
     const a = await img('a.img', 64 * 1024);
     const b = await img('b.img', 64 * 1024);
     const t = trackingOpener();
     const warnings: string[] = [];
     const spec = parseTable(`0 64 mirror userspace 3 my-uuid clustered-core 16 2 ${a} 0 ${b} 0`);
-    let exp;
+    const exp = await openTable(spec, { openLeg: t.open, warn: (m) => warnings.push(m) });
     try {
-      exp = await openTable(spec, { openLeg: t.open, warn: (m) => warnings.push(m) });
-    } catch {
-      // The engine may still be a stub; what matters here is that nothing stays open.
-      expect(t.openDevices()).toEqual([]);
-    }
-    expect(warnings).toHaveLength(1);
-    expect(warnings[0]).toMatch(/cluster log \(uuid 'my-uuid'\).*local core log/);
-    if (exp) {
+      expect(warnings).toHaveLength(1);
+      expect(warnings[0]).toMatch(/cluster log \(uuid 'my-uuid'\).*local core log/);
       expect(exp.capabilities().sizeBytes).toBe(64 * 512);
+    } finally {
       await exp.close();
-      expect(t.openDevices()).toEqual([]);
     }
+    expect(t.openDevices()).toEqual([]);
+  });
+
+  it('a failure while building the log still closes every leg and the log device', async () => {
+    const a = await img('a.img', 64 * 1024);
+    const b = await img('b.img', 64 * 1024);
+    const log = await img('log.img', 64 * 1024);
+    const t = trackingOpener();
+    const err = await openTable(parseTable(`0 64 mirror disk 2 ${log} 16 2 ${a} 0 ${b} 0`), {
+      openLeg: t.open,
+      openLog: async () => {
+        throw new Error('log refused');
+      },
+    }).catch((e: unknown) => e);
+    expect((err as Error).message).toBe('log refused');
+    expect(t.opens()).toBe(3);
+    expect(t.openDevices()).toEqual([]);
   });
 });
