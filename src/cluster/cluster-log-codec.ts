@@ -1,0 +1,216 @@
+// cluster-log-codec.ts — wire format of the cluster log's totally ordered messages (pure; no I/O).
+//
+// Owns: encoding/decoding of requests (numbered as dm-log-userspace, DM_ULOG_*) and of checkpoint
+// parts, plus the checkpoint (replicated state snapshot) body. Decoding validates everything and throws
+// ClusterLogCodecError; callers drop (and log) what does not decode.
+//
+// Every message: u8 version (1), u8 type, u16 reserved (0), u32 seq (sender's counter), then the body.
+// All integers little-endian.
+//   FLUSH 9              u32 nMarks, u32 nClears, u32 marks[nMarks], u32 clears[nClears]
+//   GET_RESYNC_WORK 12   (empty)
+//   SET_REGION_SYNC 13   u32 region, u8 inSync
+//   IS_REMOTE_RECOVERING 17  u32 region        (a write waits on the region: recover it next)
+//   CHECKPOINT 128       u32 id, u32 part, u32 parts, u32 nTargets, {u32 nodeId, u32 pid, u32 epoch}[],
+//                        u32 chunkBytes, chunk
+
+export const ClusterLogRequest = {
+  CTR: 1,
+  DTR: 2,
+  PRESUSPEND: 3,
+  POSTSUSPEND: 4,
+  RESUME: 5,
+  GET_REGION_SIZE: 6,
+  IS_CLEAN: 7,
+  IN_SYNC: 8,
+  FLUSH: 9,
+  MARK_REGION: 10,
+  CLEAR_REGION: 11,
+  GET_RESYNC_WORK: 12,
+  SET_REGION_SYNC: 13,
+  GET_SYNC_COUNT: 14,
+  STATUS_INFO: 15,
+  STATUS_TABLE: 16,
+  IS_REMOTE_RECOVERING: 17,
+  /** Not a dm request: a part of a state checkpoint for joining members. */
+  CHECKPOINT: 128,
+} as const;
+
+export const WIRE_VERSION = 1;
+const HEADER_BYTES = 8;
+
+export class ClusterLogCodecError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ClusterLogCodecError';
+  }
+}
+
+export interface CheckpointTarget {
+  nodeId: number;
+  pid: number;
+  /** Configuration changes the target has seen since its own join, at the snapshot point. */
+  epoch: number;
+}
+
+export type ClusterLogMessage =
+  | { type: typeof ClusterLogRequest.FLUSH; seq: number; marks: number[]; clears: number[] }
+  | { type: typeof ClusterLogRequest.GET_RESYNC_WORK; seq: number }
+  | { type: typeof ClusterLogRequest.SET_REGION_SYNC; seq: number; region: number; inSync: boolean }
+  | { type: typeof ClusterLogRequest.IS_REMOTE_RECOVERING; seq: number; region: number }
+  | {
+      type: typeof ClusterLogRequest.CHECKPOINT;
+      seq: number;
+      id: number;
+      part: number;
+      parts: number;
+      targets: CheckpointTarget[];
+      chunk: Buffer;
+    };
+
+/** Bytes of a FLUSH carrying n regions in total. */
+export function flushMessageBytes(regions: number): number {
+  return HEADER_BYTES + 8 + 4 * regions;
+}
+
+/** Fixed bytes of a checkpoint part besides its chunk. */
+export function checkpointOverheadBytes(targets: number): number {
+  return HEADER_BYTES + 16 + 12 * targets + 4;
+}
+
+function u32(v: number, what: string): number {
+  if (!Number.isInteger(v) || v < 0 || v > 0xffffffff) throw new ClusterLogCodecError(`${what} ${v} is not a u32`);
+  return v;
+}
+
+export function encodeMessage(m: ClusterLogMessage): Buffer {
+  let body: Buffer;
+  switch (m.type) {
+    case ClusterLogRequest.FLUSH: {
+      body = Buffer.alloc(8 + 4 * (m.marks.length + m.clears.length));
+      body.writeUInt32LE(m.marks.length, 0);
+      body.writeUInt32LE(m.clears.length, 4);
+      let o = 8;
+      for (const r of m.marks) o = body.writeUInt32LE(u32(r, 'region'), o);
+      for (const r of m.clears) o = body.writeUInt32LE(u32(r, 'region'), o);
+      break;
+    }
+    case ClusterLogRequest.GET_RESYNC_WORK:
+      body = Buffer.alloc(0);
+      break;
+    case ClusterLogRequest.SET_REGION_SYNC:
+      body = Buffer.alloc(5);
+      body.writeUInt32LE(u32(m.region, 'region'), 0);
+      body.writeUInt8(m.inSync ? 1 : 0, 4);
+      break;
+    case ClusterLogRequest.IS_REMOTE_RECOVERING:
+      body = Buffer.alloc(4);
+      body.writeUInt32LE(u32(m.region, 'region'), 0);
+      break;
+    case ClusterLogRequest.CHECKPOINT: {
+      const head = Buffer.alloc(16 + 12 * m.targets.length + 4);
+      head.writeUInt32LE(u32(m.id, 'id'), 0);
+      head.writeUInt32LE(u32(m.part, 'part'), 4);
+      head.writeUInt32LE(u32(m.parts, 'parts'), 8);
+      head.writeUInt32LE(m.targets.length, 12);
+      let o = 16;
+      for (const t of m.targets) {
+        o = head.writeUInt32LE(u32(t.nodeId, 'nodeId'), o);
+        o = head.writeUInt32LE(u32(t.pid, 'pid'), o);
+        o = head.writeUInt32LE(u32(t.epoch, 'epoch'), o);
+      }
+      head.writeUInt32LE(m.chunk.length, o);
+      body = Buffer.concat([head, m.chunk]);
+      break;
+    }
+  }
+  const header = Buffer.alloc(HEADER_BYTES);
+  header.writeUInt8(WIRE_VERSION, 0);
+  header.writeUInt8(m.type, 1);
+  header.writeUInt32LE(u32(m.seq, 'seq'), 4);
+  return Buffer.concat([header, body]);
+}
+
+class Reader {
+  o = 0;
+  constructor(private readonly b: Buffer) {}
+  need(n: number, what: string): void {
+    if (this.o + n > this.b.length) throw new ClusterLogCodecError(`truncated ${what} (${this.b.length} bytes)`);
+  }
+  u32(what: string): number {
+    this.need(4, what);
+    const v = this.b.readUInt32LE(this.o);
+    this.o += 4;
+    return v;
+  }
+  u8(what: string): number {
+    this.need(1, what);
+    return this.b.readUInt8(this.o++);
+  }
+  bytes(n: number, what: string): Buffer {
+    this.need(n, what);
+    const v = this.b.subarray(this.o, this.o + n);
+    this.o += n;
+    return v;
+  }
+  end(what: string): void {
+    if (this.o !== this.b.length) throw new ClusterLogCodecError(`${this.b.length - this.o} trailing bytes after ${what}`);
+  }
+}
+
+/** Decodes one message; regions are checked against regionCount. */
+export function decodeMessage(b: Buffer, regionCount: number): ClusterLogMessage {
+  if (b.length < HEADER_BYTES) throw new ClusterLogCodecError(`message of ${b.length} bytes is shorter than the header`);
+  if (b[0] !== WIRE_VERSION) throw new ClusterLogCodecError(`unknown wire version ${b[0]}`);
+  const type = b[1]!;
+  const seq = b.readUInt32LE(4);
+  const r = new Reader(b.subarray(HEADER_BYTES));
+  const region = (what: string) => {
+    const v = r.u32(what);
+    if (v >= regionCount) throw new ClusterLogCodecError(`${what} ${v} out of range (regionCount ${regionCount})`);
+    return v;
+  };
+  switch (type) {
+    case ClusterLogRequest.FLUSH: {
+      const nm = r.u32('mark count');
+      const nc = r.u32('clear count');
+      r.need(4 * (nm + nc), 'flush regions');
+      const marks: number[] = [];
+      const clears: number[] = [];
+      for (let i = 0; i < nm; i++) marks.push(region('marked region'));
+      for (let i = 0; i < nc; i++) clears.push(region('cleared region'));
+      r.end('FLUSH');
+      return { type, seq, marks, clears };
+    }
+    case ClusterLogRequest.GET_RESYNC_WORK:
+      r.end('GET_RESYNC_WORK');
+      return { type, seq };
+    case ClusterLogRequest.SET_REGION_SYNC: {
+      const reg = region('region');
+      const v = r.u8('inSync');
+      if (v > 1) throw new ClusterLogCodecError(`inSync ${v} is not 0 or 1`);
+      r.end('SET_REGION_SYNC');
+      return { type, seq, region: reg, inSync: v === 1 };
+    }
+    case ClusterLogRequest.IS_REMOTE_RECOVERING: {
+      const reg = region('region');
+      r.end('IS_REMOTE_RECOVERING');
+      return { type, seq, region: reg };
+    }
+    case ClusterLogRequest.CHECKPOINT: {
+      const id = r.u32('checkpoint id');
+      const part = r.u32('part');
+      const parts = r.u32('parts');
+      if (parts === 0 || part >= parts) throw new ClusterLogCodecError(`checkpoint part ${part} of ${parts}`);
+      const nt = r.u32('target count');
+      r.need(12 * nt, 'targets');
+      const targets: CheckpointTarget[] = [];
+      for (let i = 0; i < nt; i++) targets.push({ nodeId: r.u32('nodeId'), pid: r.u32('pid'), epoch: r.u32('epoch') });
+      const n = r.u32('chunk length');
+      const chunk = Buffer.from(r.bytes(n, 'chunk'));
+      r.end('CHECKPOINT');
+      return { type, seq, id, part, parts, targets, chunk };
+    }
+    default:
+      throw new ClusterLogCodecError(`unknown request type ${type}`);
+  }
+}

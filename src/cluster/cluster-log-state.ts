@@ -1,0 +1,273 @@
+// cluster-log-state.ts — the cluster log's replicated state machine (pure, deterministic, no I/O).
+//
+// Owns: what every initialized member of a log's group holds identically, because each applies the same
+// totally ordered requests and membership changes: the sync bitmap, marks per (region, node), the one
+// region recovered cluster-wide and its recoverer, the priority queue of regions with waiting writes,
+// the resync search cursor, the member list, which members hold the state (initialized) and which are
+// waiting for a checkpoint (with their epoch), and the snapshot codec used for checkpoints.
+//
+// Node failure (beyond LVM's cmirrord): a departed node's marks are purged and their regions set out
+// of sync (they are resynced), and its recovery claim is released.
+import { Bitmap } from '../mirror/log/bitmap.js';
+import { ClusterLogCodecError, type CheckpointTarget } from './cluster-log-codec.js';
+import type { ConfigChange, Member } from './transport.js';
+
+export const memberKey = (m: Member): string => `${m.nodeId}:${m.pid}`;
+
+/** Orders members by node id, then pid (the log server is the first initialized one). */
+export function compareMembers(a: Member, b: Member): number {
+  return a.nodeId - b.nodeId || a.pid - b.pid;
+}
+
+export interface Recovery {
+  region: number;
+  nodeId: number;
+}
+
+export interface ConfigEffect {
+  /** Regions whose sync bit went from 1 to 0 because a departed node had marked them. */
+  purged: number[];
+  /** The recovery claim released because its node departed. */
+  released: Recovery | null;
+  /** Node ids that left the group entirely. */
+  nodesGone: number[];
+}
+
+export class ReplicatedLogState {
+  readonly sync: Bitmap;
+  /** nodeId -> regions that node has marked (durably: delivered in a FLUSH). */
+  readonly marksByNode = new Map<number, Set<number>>();
+  recovering: Recovery | null = null;
+  readonly priority: number[] = [];
+  private readonly prioritySet = new Set<number>();
+  searchFrom = 0;
+  members: Member[] = [];
+  readonly initialized = new Set<string>();
+  /** Members waiting for a checkpoint -> configuration changes since their join. */
+  readonly waiting = new Map<string, number>();
+
+  constructor(readonly regionCount: number) {
+    this.sync = new Bitmap(regionCount);
+  }
+
+  static fresh(regionCount: number, allInSync: boolean): ReplicatedLogState {
+    const s = new ReplicatedLogState(regionCount);
+    s.sync.fill(allInSync);
+    return s;
+  }
+
+  /** Some node holds a mark on the region. */
+  isMarked(region: number): boolean {
+    for (const set of this.marksByNode.values()) if (set.has(region)) return true;
+    return false;
+  }
+
+  /** dm-log-userspace IS_CLEAN as the cluster sees it: no node holds a mark. */
+  isCleanClusterWide(region: number): boolean {
+    return !this.isMarked(region);
+  }
+
+  applyFlush(nodeId: number, marks: readonly number[], clears: readonly number[]): void {
+    let set = this.marksByNode.get(nodeId);
+    if (!set) {
+      set = new Set();
+      this.marksByNode.set(nodeId, set);
+    }
+    for (const r of marks) set.add(r);
+    for (const r of clears) set.delete(r);
+    if (set.size === 0) this.marksByNode.delete(nodeId);
+  }
+
+  /** GET_RESYNC_WORK from nodeId: hands out one region cluster-wide (priority first); null if busy/none. */
+  applyGetResyncWork(nodeId: number): number | null {
+    if (this.recovering !== null) return null;
+    let region = -1;
+    while (this.priority.length > 0) {
+      const r = this.priority.shift()!;
+      this.prioritySet.delete(r);
+      if (!this.sync.get(r)) {
+        region = r;
+        break;
+      }
+    }
+    if (region < 0) {
+      // Search forward from the cursor and wrap once, so a region whose recovery failed is retried
+      // only after the others had their turn.
+      region = this.sync.findNext(false, this.searchFrom);
+      if (region < 0) region = this.sync.findNext(false, 0);
+    }
+    if (region < 0) return null;
+    this.searchFrom = region + 1 >= this.regionCount ? 0 : region + 1;
+    this.recovering = { region, nodeId };
+    return region;
+  }
+
+  /** SET_REGION_SYNC from nodeId. Returns the recovery claim it ended, if any. */
+  applySetRegionSync(nodeId: number, region: number, inSync: boolean): Recovery | null {
+    this.sync.set(region, inSync);
+    if (inSync && this.prioritySet.delete(region)) {
+      this.priority.splice(this.priority.indexOf(region), 1);
+    }
+    const rec = this.recovering;
+    if (rec && rec.region === region && rec.nodeId === nodeId) {
+      this.recovering = null;
+      return rec;
+    }
+    return null;
+  }
+
+  /** IS_REMOTE_RECOVERING hint: a write waits on the region; recover it next. */
+  applyPriority(region: number): void {
+    if (this.sync.get(region) || this.prioritySet.has(region)) return;
+    if (this.recovering?.region === region) return;
+    this.prioritySet.add(region);
+    this.priority.push(region);
+  }
+
+  applyConfigChange(c: ConfigChange): ConfigEffect {
+    const effect: ConfigEffect = { purged: [], released: null, nodesGone: [] };
+    for (const l of c.left) {
+      this.initialized.delete(memberKey(l));
+      this.waiting.delete(memberKey(l));
+    }
+    const presentNodes = new Set(c.members.map((m) => m.nodeId));
+    for (const nodeId of new Set(c.left.map((l) => l.nodeId))) {
+      if (presentNodes.has(nodeId)) continue;
+      effect.nodesGone.push(nodeId);
+      const marks = this.marksByNode.get(nodeId);
+      if (marks) {
+        for (const r of [...marks].sort((a, b) => a - b)) {
+          if (this.sync.set(r, false)) effect.purged.push(r);
+        }
+        this.marksByNode.delete(nodeId);
+      }
+      if (this.recovering?.nodeId === nodeId) {
+        effect.released = this.recovering;
+        this.recovering = null;
+      }
+    }
+    this.members = [...c.members];
+    for (const [k, epoch] of this.waiting) this.waiting.set(k, epoch + 1);
+    for (const j of c.joined) {
+      const k = memberKey(j);
+      if (!this.initialized.has(k)) this.waiting.set(k, 0);
+    }
+    return effect;
+  }
+
+  /** The last part of a checkpoint was delivered: its targets (still waiting) now hold the state. */
+  applyCheckpointDone(targets: readonly CheckpointTarget[]): void {
+    for (const t of targets) {
+      const k = memberKey(t);
+      if (this.waiting.has(k)) {
+        this.waiting.delete(k);
+        this.initialized.add(k);
+      }
+    }
+  }
+
+  /** The lowest initialized member present (sends checkpoints; the "log server"). */
+  server(): Member | undefined {
+    return this.members.filter((m) => this.initialized.has(memberKey(m))).sort(compareMembers)[0];
+  }
+
+  waitingTargets(): CheckpointTarget[] {
+    return this.members
+      .filter((m) => this.waiting.has(memberKey(m)))
+      .sort(compareMembers)
+      .map((m) => ({ nodeId: m.nodeId, pid: m.pid, epoch: this.waiting.get(memberKey(m))! }));
+  }
+
+  // ---- snapshot codec -------------------------------------------------------------------------
+  encode(): Buffer {
+    const words: number[] = [];
+    const push = (...v: number[]) => words.push(...v);
+    push(this.regionCount, this.sync.bytes.length);
+    const rec = this.recovering;
+    push(rec ? 1 : 0, rec?.region ?? 0, rec?.nodeId ?? 0, this.searchFrom);
+    push(this.priority.length, ...this.priority);
+    const nodes = [...this.marksByNode.keys()].sort((a, b) => a - b);
+    push(nodes.length);
+    for (const n of nodes) {
+      const regions = [...this.marksByNode.get(n)!].sort((a, b) => a - b);
+      push(n, regions.length, ...regions);
+    }
+    push(this.members.length);
+    for (const m of this.members) push(m.nodeId, m.pid);
+    const init = [...this.initialized].sort();
+    push(init.length);
+    for (const k of init) push(...k.split(':').map(Number));
+    const waiting = [...this.waiting.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    push(waiting.length);
+    for (const [k, e] of waiting) push(...k.split(':').map(Number), e);
+    const head = Buffer.alloc(8);
+    head.writeUInt32LE(words[0]!, 0);
+    head.writeUInt32LE(words[1]!, 4);
+    const tail = Buffer.alloc(4 * (words.length - 2));
+    for (let i = 2; i < words.length; i++) tail.writeUInt32LE(words[i]!, 4 * (i - 2));
+    return Buffer.concat([head, Buffer.from(this.sync.bytes), tail]);
+  }
+
+  static decode(b: Buffer, regionCount: number): ReplicatedLogState {
+    let o = 0;
+    const u32 = (what: string) => {
+      if (o + 4 > b.length) throw new ClusterLogCodecError(`truncated checkpoint (${what})`);
+      const v = b.readUInt32LE(o);
+      o += 4;
+      return v;
+    };
+    const region = (what: string) => {
+      const v = u32(what);
+      if (v >= regionCount) throw new ClusterLogCodecError(`checkpoint ${what} ${v} out of range`);
+      return v;
+    };
+    const rc = u32('regionCount');
+    if (rc !== regionCount) throw new ClusterLogCodecError(`checkpoint for ${rc} regions, this log has ${regionCount}`);
+    const s = new ReplicatedLogState(regionCount);
+    const syncBytes = u32('sync length');
+    if (syncBytes !== s.sync.bytes.length || o + syncBytes > b.length) throw new ClusterLogCodecError('bad sync bitmap length');
+    s.sync.load(b.subarray(o, o + syncBytes));
+    o += syncBytes;
+    const hasRec = u32('recovering');
+    const recRegion = u32('recovering region');
+    const recNode = u32('recoverer');
+    if (hasRec) {
+      if (recRegion >= regionCount) throw new ClusterLogCodecError('recovering region out of range');
+      s.recovering = { region: recRegion, nodeId: recNode };
+    }
+    s.searchFrom = u32('cursor');
+    if (s.searchFrom >= regionCount && regionCount > 0) throw new ClusterLogCodecError('cursor out of range');
+    const np = u32('priority count');
+    for (let i = 0; i < np; i++) s.applyPriorityRaw(region('priority region'));
+    const nn = u32('mark node count');
+    for (let i = 0; i < nn; i++) {
+      const node = u32('mark node');
+      const n = u32('mark count');
+      const set = new Set<number>();
+      for (let j = 0; j < n; j++) set.add(region('marked region'));
+      s.marksByNode.set(node, set);
+    }
+    const nm = u32('member count');
+    for (let i = 0; i < nm; i++) s.members.push({ nodeId: u32('member node'), pid: u32('member pid') });
+    const ni = u32('initialized count');
+    for (let i = 0; i < ni; i++) s.initialized.add(`${u32('node')}:${u32('pid')}`);
+    const nw = u32('waiting count');
+    for (let i = 0; i < nw; i++) {
+      const k = `${u32('node')}:${u32('pid')}`;
+      s.waiting.set(k, u32('epoch'));
+    }
+    if (o !== b.length) throw new ClusterLogCodecError(`${b.length - o} trailing checkpoint bytes`);
+    return s;
+  }
+
+  private applyPriorityRaw(region: number): void {
+    if (this.prioritySet.has(region)) throw new ClusterLogCodecError(`duplicate priority region ${region}`);
+    this.prioritySet.add(region);
+    this.priority.push(region);
+  }
+
+  /** Canonical text of the whole state (tests compare members with it). */
+  digest(): string {
+    return this.encode().toString('base64');
+  }
+}

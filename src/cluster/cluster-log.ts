@@ -1,0 +1,633 @@
+// cluster-log.ts — the clustered dirty log (LVM cmirror's "clustered-core") as a replicated state machine
+// over a totally ordered Transport (corosync CPG in production, MemoryBus in simulations).
+//
+// Owns: this node's side of one log's group: joining and getting the state (fresh start or checkpoint),
+// the local intent (marks/clears not yet flushed, sync results not yet delivered, the resync region
+// handed to the local mirror), sending requests, applying delivered requests and membership changes
+// to the ReplicatedLogState, sending checkpoints when this member is the log server, and failing
+// closed (flush rejects) when the transport is lost or the node is not quorate.
+//
+// Semantics (spec section 7, improved where LVM's cmirrord fell short):
+//  - markRegion/clearRegion are local until flush(): one FLUSH request carries them (integrated flush);
+//    flush() resolves when that request came back in the total order, i.e. every member applied it.
+//  - isClean(region): this node holds no mark. The cluster-wide view (no node's mark) is
+//    isCleanClusterWide(region).
+//  - One region is recovered cluster-wide at a time: getResyncWork() asks the group (GET_RESYNC_WORK)
+//    and returns null until the assignment comes back; onWorkAvailable fires then.
+//  - Writes to a region that is not in sync wait on every node until it is recovered
+//    (isRemoteRecovering true), and ask the group to recover that region next (priority).
+//  - Log server = lowest initialized member (node id, then pid), recomputed on every change; it sends
+//    the checkpoint (sync bits, marks, recovering region and recoverer, ...) to joining members.
+//  - A departed node's marks are purged and those regions set out of sync; its recovery claim released.
+//  - Partition merge (members come back with reason NODEUP): the side with more members before the
+//    merge (tie: lower lowest node id) keeps its state; the other side re-takes it from a checkpoint
+//    and re-sends its local marks.
+// One member per node per log (marks are kept per node id).
+import { ExportError } from '../nbd/export.js';
+import type {
+  DirtyLog,
+  LegLogState,
+  LogActivation,
+  LogHealthChar,
+  LogStatusKind,
+  SyncMode,
+} from '../mirror/log/dirty-log.js';
+import { regionCountFor } from '../mirror/log/dirty-log.js';
+import {
+  checkpointOverheadBytes,
+  ClusterLogRequest as Req,
+  decodeMessage,
+  encodeMessage,
+  flushMessageBytes,
+  type CheckpointTarget,
+  type ClusterLogMessage,
+} from './cluster-log-codec.js';
+import { compareMembers, memberKey, ReplicatedLogState } from './cluster-log-state.js';
+import {
+  ChangeReason,
+  Listeners,
+  type ConfigChange,
+  type Delivery,
+  type Member,
+  type Transport,
+  type Unsubscribe,
+} from './transport.js';
+
+export interface ClusterLogLimits {
+  /** resume() fails if joining + getting the state takes longer. */
+  resumeTimeoutMs: number;
+  /** Events buffered while waiting for a checkpoint before the log gives up (bounded memory). */
+  waitBufferEventsMax: number;
+}
+export const CLUSTER_LOG_LIMITS_DEFAULT: ClusterLogLimits = {
+  resumeTimeoutMs: 60_000,
+  waitBufferEventsMax: 1_000_000,
+};
+
+export interface ClusterLogOptions {
+  transport: Transport;
+  /** Log uuid (the table's); the group is `nbdm-log:<uuid>`. */
+  uuid: string;
+  regionSizeBytes: number;
+  lengthBytes: number;
+  sync: SyncMode;
+  /** Table's integrated_flush flag (status/table output only: marks always travel with the flush). */
+  integratedFlush?: boolean;
+  /** When given and false, flush() fails with EIO: an inquorate partition must not acknowledge writes. */
+  isQuorate?: () => boolean;
+  limits?: Partial<ClusterLogLimits>;
+}
+
+type Buffered = { kind: 'conf'; c: ConfigChange; index: number } | { kind: 'msg'; from: Member; m: ClusterLogMessage };
+
+export class ClusterLog implements DirtyLog {
+  readonly type = 'clustered-core';
+  readonly regionSizeBytes: number;
+  readonly regionCount: number;
+  readonly group: string;
+  private readonly t: Transport;
+  private readonly opts: ClusterLogOptions;
+  private readonly limits: ClusterLogLimits;
+  private readonly me: Member;
+
+  // replicated state (null until this member holds it)
+  private state: ReplicatedLogState | null = null;
+  // joining / waiting for a checkpoint
+  private joinRequested = false;
+  private joinSeen = false;
+  private confIndex = 0;
+  private readonly joinIndex = new Map<string, number>();
+  private buffer: Buffered[] = [];
+  private readonly assembling = new Map<string, Buffer[]>();
+  private initWaiters: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
+
+  // local intent
+  private readonly localMarks = new Set<number>();
+  private readonly pendingOps = new Map<number, 'mark' | 'clear'>();
+  private readonly overlay = new Map<number, { inSync: boolean; seq: number }>();
+  private handedOut: number | null = null;
+  private workRequested = false;
+  private readonly hinted = new Set<number>();
+  private seq = 0;
+  private checkpointId = 0;
+  private readonly flushWaiters = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
+
+  private legs: LegLogState[] = [];
+  private legsChanged = false;
+  private resumedOnce = false;
+  private suspended = false;
+  private failure: Error | null = null;
+  private closed = false;
+  private readonly unsubs: Unsubscribe[] = [];
+
+  private readonly workL = new Listeners<void>();
+  private readonly regionsL = new Listeners<readonly number[]>();
+  private readonly lostL = new Listeners<Error>();
+  private readonly membershipL = new Listeners<{ members: Member[]; server: Member | undefined }>();
+
+  constructor(opts: ClusterLogOptions) {
+    if (!Number.isSafeInteger(opts.regionSizeBytes) || opts.regionSizeBytes <= 0) throw new RangeError('regionSizeBytes');
+    if (!Number.isSafeInteger(opts.lengthBytes) || opts.lengthBytes <= 0) throw new RangeError('lengthBytes');
+    this.opts = opts;
+    this.t = opts.transport;
+    this.limits = { ...CLUSTER_LOG_LIMITS_DEFAULT, ...opts.limits };
+    this.regionSizeBytes = opts.regionSizeBytes;
+    this.regionCount = regionCountFor(opts.lengthBytes, opts.regionSizeBytes);
+    this.group = `nbdm-log:${opts.uuid}`;
+    this.me = { nodeId: this.t.localNodeId, pid: this.t.localPid };
+    this.unsubs.push(
+      this.t.onDeliver((d) => this.onDeliver(d)),
+      this.t.onConfigChange((c) => this.onConfig(c)),
+      this.t.onLost((e) => this.fail(new ExportError('EIO', `cluster log ${opts.uuid}: ${e.message}`))),
+    );
+  }
+
+  // ---- notifications for the mirror ---------------------------------------------------------------
+  /** New resync work may be available to this node (call getResyncWork again). */
+  onWorkAvailable(fn: () => void): Unsubscribe {
+    return this.workL.add(fn);
+  }
+  /** These regions' sync / remote-recovery answers changed: parked writes must re-check. */
+  onRegionsChanged(fn: (regions: readonly number[]) => void): Unsubscribe {
+    return this.regionsL.add(fn);
+  }
+  /** The log cannot go on (transport lost): stop acknowledging writes. */
+  onLost(fn: (e: Error) => void): Unsubscribe {
+    return this.lostL.add(fn);
+  }
+  onMembership(fn: (m: { members: Member[]; server: Member | undefined }) => void): Unsubscribe {
+    return this.membershipL.add(fn);
+  }
+
+  /** True once this member holds the replicated state. */
+  get initialized(): boolean {
+    return this.state !== null;
+  }
+  /** The log server (lowest initialized member), if known. */
+  get server(): Member | undefined {
+    return this.state?.server();
+  }
+  /** Replicated state digest (tests). */
+  digest(): string | null {
+    return this.state?.digest() ?? null;
+  }
+  /** The replicated state, read-only use (tests, status). */
+  get replicated(): ReplicatedLogState | null {
+    return this.state;
+  }
+
+  // ---- DirtyLog -----------------------------------------------------------------------------------
+  async resume(activation: LogActivation): Promise<readonly LegLogState[]> {
+    if (this.failure) throw this.failure;
+    if (!this.joinRequested) {
+      this.joinRequested = true;
+      const ready = this.waitInitialized();
+      ready.catch(() => undefined); // observed below; a failed join must not leave it unhandled
+      await this.t.join(this.group);
+      await ready;
+    } else if (!this.state) {
+      await this.waitInitialized();
+    }
+    const nosync = this.opts.sync === 'nosync';
+    const allInSync = this.syncCount() === this.regionCount;
+    if (!this.resumedOnce) {
+      this.resumedOnce = true;
+      this.legs = activation.legDevices.map((device, i) => ({ device, upToDate: nosync || allInSync || i === 0 }));
+    } else {
+      const known = new Map(this.legs.map((l) => [l.device, l.upToDate]));
+      this.legs = activation.legDevices.map((device) => ({ device, upToDate: known.get(device) ?? false }));
+      this.legsChanged = true;
+    }
+    this.suspended = false;
+    return this.legs;
+  }
+
+  private waitInitialized(): Promise<void> {
+    if (this.state) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.initWaiters = this.initWaiters.filter((w) => w !== waiter);
+        reject(new ExportError('EIO', `cluster log ${this.opts.uuid}: no state after ${this.limits.resumeTimeoutMs} ms`));
+      }, this.limits.resumeTimeoutMs);
+      timer.unref?.();
+      const waiter = {
+        resolve: () => {
+          clearTimeout(timer);
+          resolve();
+        },
+        reject: (e: Error) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      };
+      this.initWaiters.push(waiter);
+    });
+  }
+
+  presuspend(): void {
+    this.suspended = true;
+  }
+
+  async postsuspend(): Promise<void> {
+    await this.flush();
+  }
+
+  isClean(region: number): boolean {
+    return !this.localMarks.has(region);
+  }
+
+  isCleanClusterWide(region: number): boolean {
+    return this.state ? this.state.isCleanClusterWide(region) && !this.localMarks.has(region) : false;
+  }
+
+  inSync(region: number): boolean {
+    const o = this.overlay.get(region);
+    if (o) return o.inSync;
+    return this.state ? this.state.sync.get(region) : false;
+  }
+
+  markRegion(region: number): void {
+    if (this.localMarks.has(region)) return;
+    this.localMarks.add(region);
+    this.pendingOps.set(region, 'mark');
+  }
+
+  clearRegion(region: number): void {
+    if (!this.localMarks.has(region)) return;
+    this.localMarks.delete(region);
+    this.pendingOps.set(region, 'clear');
+  }
+
+  async flush(): Promise<void> {
+    if (this.failure) throw this.failure;
+    if (this.closed) throw new ExportError('EIO', 'cluster log closed');
+    this.legsChanged = false;
+    if (this.pendingOps.size === 0) return;
+    this.checkQuorate();
+    if (!this.state) throw new ExportError('EIO', `cluster log ${this.opts.uuid}: not active`);
+    const marks: number[] = [];
+    const clears: number[] = [];
+    for (const [r, op] of this.pendingOps) (op === 'mark' ? marks : clears).push(r);
+    this.pendingOps.clear();
+    // Split so no message exceeds the transport's limit.
+    const perMessage = Math.max(1, Math.floor((this.t.messageBytesMax - flushMessageBytes(0)) / 4));
+    const all: Array<['m' | 'c', number]> = [...marks.map((r): ['m', number] => ['m', r]), ...clears.map((r): ['c', number] => ['c', r])];
+    let last: Promise<void> = Promise.resolve();
+    try {
+      for (let i = 0; i < all.length; i += perMessage) {
+        const part = all.slice(i, i + perMessage);
+        const seq = ++this.seq;
+        last = this.deliveredPromise(seq);
+        await this.t.mcast(
+          encodeMessage({
+            type: Req.FLUSH,
+            seq,
+            marks: part.filter(([k]) => k === 'm').map(([, r]) => r),
+            clears: part.filter(([k]) => k === 'c').map(([, r]) => r),
+          }),
+        );
+      }
+    } catch (err) {
+      // Put the intent back so a later flush retries it (the mirror decides what failing means).
+      for (const r of marks) if (this.localMarks.has(r) && !this.pendingOps.has(r)) this.pendingOps.set(r, 'mark');
+      for (const r of clears) if (!this.localMarks.has(r) && !this.pendingOps.has(r)) this.pendingOps.set(r, 'clear');
+      throw err instanceof ExportError ? err : new ExportError('EIO', `cluster log flush: ${(err as Error).message}`);
+    }
+    await last;
+    this.checkQuorate();
+  }
+
+  private checkQuorate(): void {
+    if (this.opts.isQuorate && !this.opts.isQuorate()) {
+      throw new ExportError('EIO', `cluster log ${this.opts.uuid}: this node is not quorate`);
+    }
+  }
+
+  private deliveredPromise(seq: number): Promise<void> {
+    return new Promise<void>((resolve, reject) => this.flushWaiters.set(seq, { resolve, reject }));
+  }
+
+  getResyncWork(): number | null {
+    const s = this.state;
+    if (!s || this.suspended || this.failure || this.closed) return null;
+    const rec = s.recovering;
+    if (rec && rec.nodeId === this.me.nodeId) {
+      if (this.handedOut !== rec.region && !this.overlay.has(rec.region)) {
+        this.handedOut = rec.region;
+        return rec.region;
+      }
+      return null;
+    }
+    if (!rec && !this.workRequested && s.sync.population() < this.regionCount) {
+      this.workRequested = true;
+      this.send({ type: Req.GET_RESYNC_WORK, seq: 0 }).catch(() => {
+        this.workRequested = false;
+      });
+    }
+    return null;
+  }
+
+  setRegionSync(region: number, inSync: boolean): void {
+    if (!this.state || this.failure || this.closed) return;
+    if (this.handedOut === region) this.handedOut = null;
+    const seq = ++this.seq;
+    this.overlay.set(region, { inSync, seq });
+    this.sendWithSeq({ type: Req.SET_REGION_SYNC, seq, region, inSync }).catch(() => undefined);
+  }
+
+  syncCount(): number {
+    const s = this.state;
+    if (!s) return 0;
+    let n = s.sync.population();
+    for (const [r, o] of this.overlay) {
+      const cur = s.sync.get(r);
+      if (o.inSync && !cur) n++;
+      else if (!o.inSync && cur) n--;
+    }
+    return n;
+  }
+
+  isRemoteRecovering(region: number): boolean {
+    const s = this.state;
+    if (!s) return true;
+    if (this.inSync(region)) return false;
+    const rec = s.recovering;
+    if (rec && rec.region === region && rec.nodeId === this.me.nodeId) return false; // ours: the local hold decides
+    if (!this.hinted.has(region) && !this.failure && !this.closed) {
+      this.hinted.add(region);
+      this.send({ type: Req.IS_REMOTE_RECOVERING, seq: 0, region }).catch(() => this.hinted.delete(region));
+    }
+    return true;
+  }
+
+  legStates(): readonly LegLogState[] {
+    return this.legs;
+  }
+
+  setLegUpToDate(legIndex: number, upToDate: boolean): void {
+    if (legIndex < 0 || legIndex >= this.legs.length) throw new RangeError('leg index out of range');
+    const old = this.legs[legIndex]!;
+    if (old.upToDate === upToDate) return;
+    this.legs[legIndex] = { device: old.device, upToDate };
+    this.legsChanged = true;
+  }
+
+  hasUnflushedChanges(): boolean {
+    return this.pendingOps.size > 0 || this.legsChanged;
+  }
+
+  status(kind: LogStatusKind): string[] {
+    if (kind === 'info') return ['3', 'clustered-core', this.opts.uuid, this.health()];
+    const args = [this.opts.uuid];
+    if (this.opts.integratedFlush) args.push('integrated_flush');
+    args.push('clustered-core', String(this.regionSizeBytes / 512));
+    if (this.opts.sync !== 'default') args.push(this.opts.sync);
+    return ['userspace', String(args.length), ...args];
+  }
+
+  health(): LogHealthChar {
+    return this.failure ? 'D' : 'A';
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const u of this.unsubs.splice(0)) u();
+    this.rejectAll(new ExportError('EIO', 'cluster log closed'));
+    await this.t.close();
+  }
+
+  // ---- sending ----------------------------------------------------------------------------------
+  private send(m: ClusterLogMessage): Promise<void> {
+    return this.sendWithSeq({ ...m, seq: ++this.seq } as ClusterLogMessage);
+  }
+  private sendWithSeq(m: ClusterLogMessage): Promise<void> {
+    return this.t.mcast(encodeMessage(m));
+  }
+
+  private sendCheckpoint(s: ReplicatedLogState): void {
+    const targets = s.waitingTargets();
+    if (targets.length === 0) return;
+    const snapshot = s.encode();
+    const room = this.t.messageBytesMax - checkpointOverheadBytes(targets.length);
+    if (room <= 0) {
+      this.fail(new ExportError('EIO', 'checkpoint targets do not fit in one message'));
+      return;
+    }
+    const parts = Math.max(1, Math.ceil(snapshot.length / room));
+    const id = ++this.checkpointId;
+    for (let part = 0; part < parts; part++) {
+      const chunk = snapshot.subarray(part * room, (part + 1) * room);
+      this.send({ type: Req.CHECKPOINT, seq: 0, id, part, parts, targets, chunk }).catch(() => undefined);
+    }
+  }
+
+  // ---- receiving --------------------------------------------------------------------------------
+  private isMe(m: Member): boolean {
+    return m.nodeId === this.me.nodeId && m.pid === this.me.pid;
+  }
+
+  private onConfig(c: ConfigChange): void {
+    if (this.closed) return;
+    if (!this.joinSeen) {
+      if (!c.joined.some((j) => this.isMe(j))) return;
+      this.joinSeen = true;
+      this.confIndex = 0;
+      for (const j of c.joined) this.joinIndex.set(memberKey(j), 0);
+    } else {
+      this.confIndex++;
+      for (const j of c.joined) if (!this.joinIndex.has(memberKey(j))) this.joinIndex.set(memberKey(j), this.confIndex);
+      this.maybeLoseMerge(c);
+    }
+    if (!this.state) {
+      for (const l of c.left) for (const k of this.assembling.keys()) if (k.startsWith(`${memberKey(l)}:`)) this.assembling.delete(k);
+      this.bufferEvent({ kind: 'conf', c, index: this.confIndex });
+      if (c.members.every((m) => this.joinIndex.has(memberKey(m)))) this.freshInit(c);
+      return;
+    }
+    this.applyConf(this.state, c, true);
+  }
+
+  /**
+   * Partition merge: members coming back with NODEUP. The side with more members before the merge
+   * (tie: the lower lowest node id) keeps its state; this member, if on the other side, drops its state
+   * and waits for a checkpoint as if it had just joined with its side.
+   */
+  private maybeLoseMerge(c: ConfigChange): void {
+    const back = c.joined.filter((j) => j.reason === ChangeReason.nodeUp);
+    if (back.length === 0) return;
+    const backKeys = new Set(back.map(memberKey));
+    const mine = c.members.filter((m) => !backKeys.has(memberKey(m)) && !c.joined.some((j) => j.reason !== ChangeReason.nodeUp && memberKey(j) === memberKey(m)));
+    if (!mine.some((m) => this.isMe(m))) return;
+    const minNode = (ms: Member[]) => Math.min(...ms.map((m) => m.nodeId));
+    const iWin = mine.length > back.length || (mine.length === back.length && minNode(mine) < minNode(back));
+    if (iWin) return;
+    // Lose: become a joiner of this change together with my side.
+    this.state = null;
+    this.buffer = [];
+    this.assembling.clear();
+    this.joinIndex.clear();
+    this.confIndex = 0;
+    for (const m of mine) this.joinIndex.set(memberKey(m), 0);
+    for (const j of c.joined) if (!backKeys.has(memberKey(j))) this.joinIndex.set(memberKey(j), 0);
+    this.handedOut = null;
+    this.workRequested = false;
+    this.overlay.clear();
+    this.hinted.clear();
+  }
+
+  private bufferEvent(e: Buffered): void {
+    if (this.buffer.length >= this.limits.waitBufferEventsMax) {
+      this.fail(new ExportError('EIO', `cluster log ${this.opts.uuid}: ${this.buffer.length} events while waiting for a checkpoint`));
+      return;
+    }
+    this.buffer.push(e);
+  }
+
+  private freshInit(c: ConfigChange): void {
+    const s = ReplicatedLogState.fresh(this.regionCount, this.opts.sync === 'nosync');
+    s.members = [...c.members];
+    for (const m of c.members) {
+      const k = memberKey(m);
+      const ji = this.joinIndex.get(k)!;
+      if (ji === 0) s.initialized.add(k);
+      else s.waiting.set(k, this.confIndex - ji);
+    }
+    this.becomeInitialized(s);
+    if (s.server() && this.isMe(s.server()!)) this.sendCheckpoint(s);
+  }
+
+  private becomeInitialized(s: ReplicatedLogState): void {
+    this.state = s;
+    this.buffer = [];
+    this.assembling.clear();
+    // Local marks (after a lost merge) must be re-recorded in the new state.
+    for (const r of this.localMarks) this.pendingOps.set(r, 'mark');
+    for (const w of this.initWaiters.splice(0)) w.resolve();
+    this.membershipL.emit({ members: s.members, server: s.server() });
+    this.workL.emit();
+  }
+
+  private applyConf(s: ReplicatedLogState, c: ConfigChange, live: boolean): void {
+    const effect = s.applyConfigChange(c);
+    if (!live) return;
+    const changed = [...effect.purged];
+    if (effect.released) changed.push(effect.released.region);
+    if (changed.length) this.regionsL.emit(changed);
+    if (changed.length || effect.released) this.workL.emit();
+    this.membershipL.emit({ members: s.members, server: s.server() });
+    const server = s.server();
+    if (s.waiting.size > 0 && server && this.isMe(server)) this.sendCheckpoint(s);
+  }
+
+  private onDeliver(d: Delivery): void {
+    if (this.closed || !this.joinSeen) return;
+    let m: ClusterLogMessage;
+    try {
+      m = decodeMessage(d.payload, this.regionCount);
+    } catch {
+      return; // not ours / corrupt: every member drops it the same way
+    }
+    const from: Member = { nodeId: d.nodeId, pid: d.pid };
+    if (!this.state) {
+      if (m.type === Req.CHECKPOINT && this.collectCheckpoint(from, m)) return;
+      this.bufferEvent({ kind: 'msg', from, m });
+      return;
+    }
+    this.applyMsg(this.state, from, m, true);
+  }
+
+  /** Waiting member: assembles a checkpoint addressed to it; true if it completed and was applied. */
+  private collectCheckpoint(from: Member, m: Extract<ClusterLogMessage, { type: 128 }>): boolean {
+    const mine = m.targets.find((t) => this.isMe(t));
+    if (!mine) return false;
+    const key = `${memberKey(from)}:${m.id}`;
+    const parts = this.assembling.get(key) ?? [];
+    if (parts.length !== m.part) {
+      this.assembling.delete(key); // joined mid-checkpoint: a later one will come
+      return false;
+    }
+    parts.push(m.chunk);
+    if (m.part < m.parts - 1) {
+      this.assembling.set(key, parts);
+      return false;
+    }
+    this.assembling.delete(key);
+    let s: ReplicatedLogState;
+    try {
+      s = ReplicatedLogState.decode(Buffer.concat(parts), this.regionCount);
+    } catch {
+      return false;
+    }
+    // Replay what was ordered after the snapshot point (the epoch-th change since our join).
+    const at = this.buffer.findIndex((e) => e.kind === 'conf' && e.index === mine.epoch);
+    if (at < 0) return false;
+    const replay = this.buffer.slice(at + 1);
+    for (const e of replay) {
+      if (e.kind === 'conf') this.applyConf(s, e.c, false);
+      else this.applyMsg(s, e.from, e.m, false);
+    }
+    this.applyMsg(s, from, m, false); // the checkpoint's own effect: its targets now hold the state
+    this.becomeInitialized(s);
+    return true;
+  }
+
+  private applyMsg(s: ReplicatedLogState, from: Member, m: ClusterLogMessage, live: boolean): void {
+    const mine = this.isMe(from);
+    switch (m.type) {
+      case Req.FLUSH: {
+        s.applyFlush(from.nodeId, m.marks, m.clears);
+        if (mine) {
+          const w = this.flushWaiters.get(m.seq);
+          if (w) {
+            this.flushWaiters.delete(m.seq);
+            w.resolve();
+          }
+        }
+        break;
+      }
+      case Req.GET_RESYNC_WORK: {
+        const assigned = s.applyGetResyncWork(from.nodeId);
+        if (mine) this.workRequested = false;
+        if (live && assigned !== null && from.nodeId === this.me.nodeId) this.workL.emit();
+        break;
+      }
+      case Req.SET_REGION_SYNC: {
+        const ended = s.applySetRegionSync(from.nodeId, m.region, m.inSync);
+        if (mine) {
+          const o = this.overlay.get(m.region);
+          if (o && o.seq === m.seq) this.overlay.delete(m.region);
+          if (this.handedOut === m.region && ended) this.handedOut = null;
+        }
+        if (live) {
+          this.regionsL.emit([m.region]);
+          if (ended || !m.inSync) this.workL.emit();
+        }
+        break;
+      }
+      case Req.IS_REMOTE_RECOVERING:
+        s.applyPriority(m.region);
+        if (mine) this.hinted.delete(m.region);
+        break;
+      case Req.CHECKPOINT:
+        if (m.part === m.parts - 1) s.applyCheckpointDone(m.targets);
+        break;
+    }
+  }
+
+  private fail(e: Error): void {
+    if (this.failure) return;
+    this.failure = e;
+    this.rejectAll(e);
+    this.lostL.emit(e);
+  }
+
+  private rejectAll(e: Error): void {
+    for (const w of this.flushWaiters.values()) w.reject(e);
+    this.flushWaiters.clear();
+    for (const w of this.initWaiters.splice(0)) w.reject(e);
+  }
+}
+
+export type { CheckpointTarget };
+export { compareMembers };
