@@ -3,6 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import {
+  formatMirrorArgs,
   formatTable,
   parseTable,
   regionCount,
@@ -176,6 +177,11 @@ describe('parseTable: forms', () => {
     const spec = roundTrip(line) as MirrorTableSpec;
     expect(spec.features).toEqual({ handleErrors: true, keepLog: true });
     expect(formatTable(spec)).toBe(line);
+  });
+
+  it('formatMirrorArgs prints the dmsetup table fields after the target type', () => {
+    const spec = parseTable('0 4096 mirror disk 2 /dev/log 64 2 /dev/a 0 /dev/b 0 2 handle_errors keep_log') as MirrorTableSpec;
+    expect(formatMirrorArgs(spec)).toBe('disk 2 /dev/log 64 2 /dev/a 0 /dev/b 0 2 handle_errors keep_log');
   });
 
   it('9 legs accepted, region size == length accepted', () => {
