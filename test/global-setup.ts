@@ -1,38 +1,76 @@
-// Vitest global setup: build dist/ with tsc once per run, because the e2e tests spawn the real CLI
-// (bin/nbd-mirror.js -> dist/control/cli/main.js). Skipped when nothing under src/ (or tsconfig.json)
-// is newer than the last build, so targeted unit runs stay fast.
+// Vitest global setup: compile src/ once for the e2e tests, which spawn the real CLI.
+//
+// The build goes to a PRIVATE, content-addressed directory, .cache/e2e/<hash of src + tsconfig>/
+// ({dist/, bin/nbd-mirror.js}), not to dist/: other people (and other test runs) rebuild dist/ at any
+// moment, and a test must never spawn a half-rewritten build. Same sources -> same hash -> no rebuild, so
+// targeted unit runs stay fast. The path is handed to the tests in NBD_MIRROR_CLI (an existing
+// NBD_MIRROR_CLI wins: point it at an installed copy to test that instead).
+//
 // Type errors: under CI=true they fail the run; locally tsc still emits, so they are printed loudly and
-// the run continues (a type error in one helper's half-written file must not block everyone's tests).
+// the build is used anyway (a type error in one half-written file must not block everyone's tests).
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, statSync, writeFileSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { createHash } from 'node:crypto';
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const STAMP = join(ROOT, 'dist', '.build-stamp');
+const CACHE = join(ROOT, '.cache', 'e2e');
+/** Older builds beyond this many are removed (by age). */
+const BUILDS_KEPT = 4;
 
-function newestMtimeMs(path: string): number {
-  const st = statSync(path);
-  if (!st.isDirectory()) return st.mtimeMs;
-  let newest = st.mtimeMs;
-  for (const entry of readdirSync(path)) newest = Math.max(newest, newestMtimeMs(join(path, entry)));
-  return newest;
+function sourceFiles(dir: string): string[] {
+  const out: string[] = [];
+  for (const entry of readdirSync(dir).sort()) {
+    const p = join(dir, entry);
+    if (statSync(p).isDirectory()) out.push(...sourceFiles(p));
+    else out.push(p);
+  }
+  return out;
+}
+
+function sourceHash(): string {
+  const h = createHash('sha256');
+  for (const f of [join(ROOT, 'tsconfig.json'), join(ROOT, 'bin', 'nbd-mirror.js'), ...sourceFiles(join(ROOT, 'src'))]) {
+    h.update(relative(ROOT, f)).update('\0').update(readFileSync(f)).update('\0');
+  }
+  return h.digest('hex').slice(0, 16);
+}
+
+function prune(keep: string): void {
+  const builds = readdirSync(CACHE)
+    .filter((d) => d !== keep && !d.startsWith('tmp-'))
+    .map((d) => ({ d, mtimeMs: statSync(join(CACHE, d)).mtimeMs }))
+    .sort((a, b) => b.mtimeMs - a.mtimeMs);
+  for (const b of builds.slice(BUILDS_KEPT - 1)) rmSync(join(CACHE, b.d), { recursive: true, force: true });
 }
 
 export default function setup(): void {
-  const sourcesMs = Math.max(newestMtimeMs(join(ROOT, 'src')), newestMtimeMs(join(ROOT, 'tsconfig.json')));
-  if (existsSync(STAMP) && statSync(STAMP).mtimeMs >= sourcesMs && existsSync(join(ROOT, 'dist', 'control', 'cli', 'main.js'))) {
-    return;
+  if (process.env.NBD_MIRROR_CLI !== undefined) return;
+  mkdirSync(CACHE, { recursive: true });
+  const hash = sourceHash();
+  const buildDir = join(CACHE, hash);
+  const cli = join(buildDir, 'bin', 'nbd-mirror.js');
+  if (!existsSync(cli)) {
+    const tmp = join(CACHE, `tmp-${hash}-${process.pid}`);
+    rmSync(tmp, { recursive: true, force: true });
+    const tsc = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc');
+    const result = spawnSync(process.execPath, [tsc, '-p', join(ROOT, 'tsconfig.json'), '--outDir', join(tmp, 'dist')], { cwd: ROOT, encoding: 'utf8' });
+    if (result.error) throw result.error;
+    if (result.status !== 0) {
+      const message = `global-setup: tsc reported errors (exit ${result.status}):\n${result.stdout}${result.stderr}`;
+      if (process.env.CI === 'true') throw new Error(message);
+      console.warn(`\n!!!!!!!!!!\n${message}\n!!! using what tsc emitted anyway (this FAILS under CI=true)\n!!!!!!!!!!\n`);
+    }
+    if (!existsSync(join(tmp, 'dist', 'control', 'cli', 'main.js'))) throw new Error('global-setup: tsc emitted no dist/control/cli/main.js');
+    cpSync(join(ROOT, 'bin'), join(tmp, 'bin'), { recursive: true });
+    writeFileSync(join(tmp, 'BUILT'), `${new Date().toISOString()} from ${hash}\n`);
+    try {
+      renameSync(tmp, buildDir); // atomic: a concurrent run either sees the whole build or none
+    } catch {
+      rmSync(tmp, { recursive: true, force: true }); // another run finished the same build first
+    }
   }
-  const tsc = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc');
-  const started = Date.now();
-  const result = spawnSync(process.execPath, [tsc, '-p', join(ROOT, 'tsconfig.json')], { cwd: ROOT, encoding: 'utf8' });
-  if (result.error) throw result.error;
-  if (result.status !== 0) {
-    const message = `global-setup: tsc reported errors (exit ${result.status}):\n${result.stdout}${result.stderr}`;
-    if (process.env.CI === 'true') throw new Error(message);
-    console.warn(`\n!!!!!!!!!!\n${message}\n!!! continuing with what tsc emitted (would FAIL under CI=true)\n!!!!!!!!!!\n`);
-    return; // no stamp: the next run tries again
-  }
-  writeFileSync(STAMP, `${new Date().toISOString()} built in ${Date.now() - started} ms\n`);
+  prune(hash);
+  process.env.NBD_MIRROR_CLI = cli;
 }

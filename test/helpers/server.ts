@@ -14,7 +14,10 @@ import { fileURLToPath } from 'node:url';
 import { makeTempDir, removeTempDir } from './tmp.js';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-/** The CLI under test; NBD_MIRROR_CLI points the e2e tests at another build (e.g. an installed copy). */
+/**
+ * The CLI under test: test/global-setup.ts builds a private copy and sets NBD_MIRROR_CLI to it (set it
+ * yourself to test another build, e.g. an installed one); bin/nbd-mirror.js (dist/) only as a fallback.
+ */
 export const CLI_PATH = process.env.NBD_MIRROR_CLI ?? join(REPO_ROOT, 'bin', 'nbd-mirror.js');
 export const READY_TIMEOUT_MS = 15_000;
 export const STOP_TIMEOUT_MS = 10_000;
@@ -84,9 +87,7 @@ export async function startServer(opts: StartOptions): Promise<ServerHandle> {
   if (opts.readOnly) args.push('--read-only');
   args.push(...(opts.extraArgs ?? []));
 
-  if (process.env.NBD_MIRROR_CLI === undefined && !existsSync(join(REPO_ROOT, 'dist', 'control', 'cli', 'main.js'))) {
-    throw new Error('dist/control/cli/main.js is missing: test/global-setup.ts should have built it (npx tsc)');
-  }
+  if (!existsSync(CLI_PATH)) throw new Error(`${CLI_PATH} is missing: test/global-setup.ts should have built it`);
   const child = spawn(process.execPath, [CLI_PATH, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...opts.env },
