@@ -38,20 +38,33 @@ export async function clusterUnavailableReason(): Promise<string | undefined> {
   return undefined;
 }
 
-/** Transpiles src/cluster/*.ts and test/cluster/fixtures/*.ts into dir (same relative layout). */
+/**
+ * Transpiles test/cluster/fixtures/*.ts and every repository module they reach through relative imports
+ * into dir, keeping the layout (so relative imports still resolve).
+ */
 function transpileTree(dir: string): void {
   writeFileSync(path.join(dir, 'package.json'), '{"type":"module"}\n');
-  for (const rel of ['src/cluster', 'test/cluster/fixtures']) {
-    mkdirSync(path.join(dir, rel), { recursive: true });
-    for (const f of readdirSync(path.join(ROOT, rel))) {
-      if (!f.endsWith('.ts')) continue;
-      const src = readFileSync(path.join(ROOT, rel, f), 'utf8');
-      const out = ts.transpileModule(src, {
-        compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022 },
-        fileName: f,
-      });
-      writeFileSync(path.join(dir, rel, f.replace(/\.ts$/, '.js')), out.outputText);
+  const fixtures = path.join(ROOT, 'test/cluster/fixtures');
+  const todo = readdirSync(fixtures)
+    .filter((f) => f.endsWith('.ts'))
+    .map((f) => path.join(fixtures, f));
+  const done = new Set<string>();
+  while (todo.length > 0) {
+    const file = todo.pop()!;
+    if (done.has(file)) continue;
+    done.add(file);
+    const src = readFileSync(file, 'utf8');
+    for (const m of src.matchAll(/(?:from|import)\s*\(?\s*'(\.{1,2}\/[^']+)\.js'/g)) {
+      const dep = path.resolve(path.dirname(file), `${m[1]}.ts`);
+      if (existsSync(dep)) todo.push(dep);
     }
+    const out = ts.transpileModule(src, {
+      compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022 },
+      fileName: path.basename(file),
+    });
+    const target = path.join(dir, path.relative(ROOT, file)).replace(/\.ts$/, '.js');
+    mkdirSync(path.dirname(target), { recursive: true });
+    writeFileSync(target, out.outputText);
   }
 }
 
