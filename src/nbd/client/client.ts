@@ -376,6 +376,7 @@ export class NbdClient {
     if (h.magic === C.NBD_SIMPLE_REPLY_MAGIC) {
       if (h.error !== 0) {
         p.error = new ExportError(nbdToErrno(h.error), `nbd ${this.label}: server error ${h.error}`);
+        if (h.error === C.NBD_ESHUTDOWN) this.serverShuttingDown();
         this.finish(p);
       } else if (p.type === C.NBD_CMD_READ) {
         if (this.negotiated.structuredReplies) {
@@ -446,6 +447,7 @@ export class NbdClient {
         return false;
       }
       if (p.error === null) p.error = new ExportError(nbdToErrno(e.error), `nbd ${this.label}: ${e.message || `server error ${e.error}`}`);
+      if (e.error === C.NBD_ESHUTDOWN) this.serverShuttingDown();
     } else if (type === C.NBD_REPLY_TYPE_OFFSET_HOLE) {
       const hole = decodeOffsetHolePayload(payload);
       if (hole === null || p.type !== C.NBD_CMD_READ || hole.offsetBytes < p.offsetBytes || hole.offsetBytes + hole.holeBytes > p.offsetBytes + p.lengthBytes) {
@@ -481,6 +483,19 @@ export class NbdClient {
       p.reject(new ExportError('EIO', `nbd ${this.label}: block status reply without base:allocation extents`));
     } else p.resolve(p.extents);
     if (this.pending.size === 0) this.wakeDrainWaiters();
+  }
+
+  /** NBD_ESHUTDOWN: the spec says initiate a soft disconnect; refuse new requests meanwhile. */
+  private serverShuttingDown(): void {
+    if (this.dead !== null) return;
+    this.dead = new ExportError('ESHUTDOWN', `nbd ${this.label}: server is shutting down`);
+    const disc = (): void => {
+      const h = Buffer.allocUnsafe(C.REQUEST_HEADER_BYTES);
+      encodeRequestHeader(h, 0, { flags: 0, type: C.NBD_CMD_DISC, cookieHi: 0, cookieLo: 0, offsetBytes: 0, lengthBytes: 0 });
+      if (!this.socket.destroyed) this.socket.end(h);
+    };
+    if (this.pending.size <= 1) queueMicrotask(disc); // the reply being finished is the last one
+    else this.drainWaiters.push(disc);
   }
 
   private wakeDrainWaiters(): void {
