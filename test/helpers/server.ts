@@ -51,6 +51,8 @@ export interface ServerHandle {
   readonly pid: number;
   readonly dir: string;
   readonly socketPath: string;
+  /** The server's control socket (nbd-mirror status/message --control PATH). */
+  readonly controlPath: string;
   readonly args: readonly string[];
   /** nbd+unix URI of an export ("" = the default export). */
   uri(exportName?: string): string;
@@ -77,8 +79,9 @@ export async function startServer(opts: StartOptions): Promise<ServerHandle> {
   const label = opts.label ?? 'nbd';
   const socketPath = join(dir, `${label}.sock`);
   const pidFile = join(dir, `${label}.pid`);
+  const controlPath = join(dir, `${label}.ctl`);
   await rm(pidFile, { force: true });
-  const args = ['serve', '--listen', `unix:${socketPath}`, '--pid-file', pidFile];
+  const args = ['serve', '--listen', `unix:${socketPath}`, '--pid-file', pidFile, '--control', controlPath];
   for (const t of opts.tables ?? []) {
     args.push('--table', t.table);
     if (t.name !== undefined) args.push('--name', t.name);
@@ -113,6 +116,7 @@ export async function startServer(opts: StartOptions): Promise<ServerHandle> {
     pid,
     dir,
     socketPath,
+    controlPath,
     args,
     uri: (name = '') => nbdUnixUri(socketPath, name),
     output: () => outputText,
