@@ -9,6 +9,7 @@ packages=(
   gnutls-bin iproute2 procps
   corosync libcpg-dev libcorosync-common-dev libqb-dev libquorum-dev
   qemu-system-x86 kmod cpio
+  chromium
 )
 
 missing=()
