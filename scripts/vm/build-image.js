@@ -22,6 +22,7 @@ const HERE = path.dirname(fileURLToPath(import.meta.url));
 const BUILD_FORMAT_VERSION = 1; // bump when the image layout changes in a way the hash cannot see
 const LOCK_WAIT_MS_MAX = 10 * 60_000;
 const LOCK_STALE_MS = 15 * 60_000;
+const IMAGES_KEPT_PER_NAME = 3;
 const XZ_MAGIC = Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]);
 /** Host packages the harness itself needs (python3 for lzma, kmod for depmod, qemu to boot). */
 const HOST_PACKAGES = { 'qemu-system-x86_64': 'qemu-system-x86', depmod: 'kmod', python3: 'python3-minimal' };
@@ -78,6 +79,36 @@ function resolveVersions(pkgs) {
   }
   const unknown = pkgs.filter((p) => !versions.has(p));
   if (unknown.length) throw new Error(`apt knows no candidate for: ${unknown.join(' ')}`);
+  return versions;
+}
+
+const APT_LISTS_DIR = '/var/lib/apt/lists';
+
+/**
+ * The kernel package (first) and `pkgs` with their candidate versions. apt-cache takes seconds here
+ * (Debian's container images disable apt's binary cache), so the answer is memoised on disk, keyed by
+ * the apt lists' names, sizes and mtimes: a new `apt-get update` re-resolves, and a new kernel version
+ * then gives a new image hash (rebuild).
+ * @returns {Map<string, string>}
+ */
+function resolveAll(pkgs) {
+  const listsKey = (() => {
+    try {
+      return fs.readdirSync(APT_LISTS_DIR).filter((f) => /_(Packages|InRelease)/.test(f)).map((f) => {
+        const st = fs.statSync(path.join(APT_LISTS_DIR, f));
+        return `${f}:${st.size}:${st.mtimeMs}`;
+      }).join('|');
+    } catch { return `no-lists-${Date.now()}`; }
+  })();
+  const key = hashOf([KERNEL_META_PACKAGE, pkgs, listsKey]);
+  const memo = path.join(cacheDir(), 'resolved', `${key}.json`);
+  try {
+    return new Map(JSON.parse(fs.readFileSync(memo, 'utf8')));
+  } catch { /* not resolved with these lists yet */ }
+  const kernelPkg = resolveKernelPackage();
+  const versions = resolveVersions([kernelPkg, ...pkgs]);
+  fs.mkdirSync(path.dirname(memo), { recursive: true });
+  fs.writeFileSync(memo, JSON.stringify([...versions]));
   return versions;
 }
 
@@ -279,8 +310,8 @@ function pidAlive(pid) {
 export function ensureImage(name) {
   const spec = imageSpec(name);
   ensureHostTools();
-  const kernelPkg = resolveKernelPackage();
-  const versions = resolveVersions([kernelPkg, ...spec.packages]);
+  const versions = resolveAll(spec.packages);
+  const kernelPkg = [...versions.keys()].find((p) => p.startsWith('linux-image-'));
   const guestFiles = ['init.sh', 'guest-lib.sh', 'build-image.js', 'cpio.js'].map((f) => fs.readFileSync(path.join(HERE, f), 'utf8'));
   const hash = hashOf([BUILD_FORMAT_VERSION, [...versions].sort(), spec, ...guestFiles]);
   const dir = path.join(cacheDir(), 'images', `${name}-${hash}`);
@@ -310,11 +341,40 @@ export function ensureImage(name) {
       fs.mkdirSync(path.dirname(dir), { recursive: true });
       fs.renameSync(tmpDir, dir);
       log(`image ${name} built in ${Date.now() - t0} ms (${(initrd.length / 1048576).toFixed(1)} MiB): ${dir}`);
+      pruneCache(name, versions);
       return manifest;
     } finally {
       fs.rmSync(work, { recursive: true, force: true });
     }
   });
+}
+
+/**
+ * Keeps the cache bounded: the newest IMAGES_KEPT_PER_NAME images of `name`, kernels some kept image uses,
+ * and for each package of this build only the .deb of its current version.
+ */
+function pruneCache(name, versions) {
+  const imagesDir = path.join(cacheDir(), 'images');
+  const mine = fs.readdirSync(imagesDir).filter((d) => d.startsWith(`${name}-`) && !d.includes('.tmp-'))
+    .map((d) => ({ d, mtimeMs: fs.statSync(path.join(imagesDir, d)).mtimeMs }))
+    .sort((a, b) => b.mtimeMs - a.mtimeMs);
+  for (const { d } of mine.slice(IMAGES_KEPT_PER_NAME)) fs.rmSync(path.join(imagesDir, d), { recursive: true, force: true });
+  const kernelsInUse = new Set();
+  for (const d of fs.readdirSync(imagesDir)) {
+    try { kernelsInUse.add(path.dirname(JSON.parse(fs.readFileSync(path.join(imagesDir, d, 'manifest.json'), 'utf8')).vmlinux)); }
+    catch { /* being built */ }
+  }
+  const kernelsDir = path.join(cacheDir(), 'kernel');
+  for (const d of fs.readdirSync(kernelsDir)) {
+    const full = path.join(kernelsDir, d);
+    if (!d.includes('.tmp-') && !kernelsInUse.has(full)) fs.rmSync(full, { recursive: true, force: true });
+  }
+  const debsDir = path.join(cacheDir(), 'debs');
+  for (const f of fs.readdirSync(debsDir)) {
+    for (const [pkg, version] of versions) {
+      if (f.startsWith(`${pkg}_`) && !f.startsWith(debFileName(pkg, version))) fs.rmSync(path.join(debsDir, f), { force: true });
+    }
+  }
 }
 
 /** Assembles the initramfs: busybox applets, binaries + libraries, modules, /init. Returns the cpio bytes. */

@@ -36,6 +36,7 @@ const LOG_TAIL_LINES_MAX = 400;
  * @property {number} wallMs
  * @property {number|null} bootMs  host time until the guest's `TEST: ready` line
  * @property {'tcg'|'kvm'} accel
+ * @property {number} peakRssKiB   qemu's peak resident set (VmHWM), sampled on console output
  */
 
 /**
@@ -135,6 +136,17 @@ export function parseConsole(text) {
   return { steps, outcome, failReason, dmesg };
 }
 
+/** VmHWM of the qemu named by pidFile, in KiB (0 if unknown). */
+function qemuPeakRssKiB(pidFile) {
+  try {
+    const pid = fs.readFileSync(pidFile, 'utf8').trim();
+    const m = /VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) : 0;
+  } catch {
+    return 0;
+  }
+}
+
 /** Kills the qemu whose pid is in pidFile (if it is still running). */
 export async function stopQemu(pidFile) {
   let pid;
@@ -179,6 +191,7 @@ export async function runGuest(opts) {
   /** @type {{ name: string, startMs: number }[]} */
   const stepTimes = [];
   let bootMs = null;
+  let peakRssKiB = 0;
   child.stdout.on('data', (chunk) => {
     logStream.write(chunk);
     const s = chunk.toString('utf8');
@@ -187,6 +200,7 @@ export async function runGuest(opts) {
     const lines = partial.split('\n');
     partial = lines.pop() ?? '';
     const now = Date.now() - t0;
+    peakRssKiB = Math.max(peakRssKiB, qemuPeakRssKiB(pidFile));
     for (const line of lines) {
       const m = /TEST: step (.*)$/.exec(line.replace(/\r/g, ''));
       if (m) stepTimes.push({ name: m[1], startMs: now });
@@ -222,7 +236,7 @@ export async function runGuest(opts) {
   if (ownDir && outcome === 'pass') fs.rmSync(dir, { recursive: true, force: true });
   else fs.rmSync(initrd, { force: true });
   return {
-    outcome, passed: outcome === 'pass', failReason, steps, dmesg: parsed.dmesg, accel,
+    outcome, passed: outcome === 'pass', failReason, steps, dmesg: parsed.dmesg, accel, peakRssKiB,
     log: text.split('\n').slice(-LOG_TAIL_LINES_MAX).join('\n'), logPath, wallMs, bootMs,
   };
 }
@@ -231,5 +245,5 @@ export async function runGuest(opts) {
 export function describeResult(r) {
   const steps = r.steps.map((s) => `  ${s.name}: ${s.durationMs} ms`).join('\n');
   return `guest ${r.outcome}${r.failReason ? `: ${r.failReason}` : ''} after ${r.wallMs} ms` +
-    ` (boot ${r.bootMs ?? '?'} ms)\nsteps:\n${steps}\nconsole (${r.logPath}):\n${r.log}`;
+    ` (boot ${r.bootMs ?? '?'} ms, ${r.accel}, qemu peak RSS ${Math.round(r.peakRssKiB / 1024)} MiB)\nsteps:\n${steps}\nconsole (${r.logPath}):\n${r.log}`;
 }

@@ -8,8 +8,7 @@ import { createReadStream, existsSync, readFileSync, readdirSync, statSync } fro
 import { rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
-// @ts-expect-error plain JS module (scripts/vm is not compiled by tsc)
-import { describeResult, runGuest } from '../../scripts/vm/run-guest.js';
+import { describeResult, runGuest, type GuestOptions, type GuestResult } from '../../scripts/vm/run-guest.js';
 import { findTool, IN_CI, unmet } from '../helpers/tools.js';
 import { run } from '../helpers/run.js';
 import { createSparseFile, makeTempDir, removeTempDir, SECTOR_BYTES } from '../helpers/tmp.js';
@@ -21,29 +20,9 @@ const READY_POLL_MS = 50;
 /** Region size of the mirror table, in sectors (512 KiB). */
 export const MIRROR_REGION_SECTORS = 1024;
 
-export interface GuestStep { name: string; startMs: number; durationMs: number }
-export interface GuestResult {
-  outcome: 'pass' | 'fail' | 'timeout' | 'crash';
-  passed: boolean;
-  failReason: string | null;
-  steps: GuestStep[];
-  dmesg: string[];
-  log: string;
-  logPath: string;
-  wallMs: number;
-  bootMs: number | null;
-}
-export interface GuestOptions {
-  image?: string;
-  script: string;
-  env?: Record<string, string | number>;
-  timeoutMs?: number;
-  memMiB?: number;
-  workDir?: string;
-  onLine?: (line: string) => void;
-}
-export const bootGuest = runGuest as (opts: GuestOptions) => Promise<GuestResult>;
-export const describeGuest = describeResult as (r: GuestResult) => string;
+export type { GuestOptions, GuestResult };
+export const bootGuest: (opts: GuestOptions) => Promise<GuestResult> = runGuest;
+export const describeGuest: (r: GuestResult) => string = describeResult;
 
 /** Tools the kernel tests need on the host; under CI=true a missing one fails the file. */
 export function requireKernelTestTools(extra: string[] = []): boolean {
