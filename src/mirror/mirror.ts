@@ -917,6 +917,11 @@ export class MirrorExport implements Export {
     };
   }
 
+  /** Log flushes completed so far (read-only; metrics). */
+  get logFlushCount(): number {
+    return this.flushSeqDone;
+  }
+
   /** dmsetup status line. */
   statusLine(): string {
     return this.status().line;
