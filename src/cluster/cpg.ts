@@ -176,6 +176,8 @@ export class CpgTransport implements Transport {
   private readonly configL = new Listeners<ConfigChange>();
   private readonly lostL = new Listeners<Error>();
   private readonly ringL = new Listeners<RingChange>();
+  /** Counters: messages sent, CS_ERR_TRY_AGAIN answers (flow control) seen while sending or joining. */
+  readonly stats = { messagesSent: 0, tryAgain: 0 };
 
   /** Connects to the local corosync (throws CpgUnavailableError / CpgError). */
   constructor(limits: Partial<CpgLimits> = {}) {
@@ -272,9 +274,11 @@ export class CpgTransport implements Transport {
       if (this.queue.length === 0) {
         try {
           if (this.handle.mcast(payload)) {
+            this.stats.messagesSent++;
             resolve();
             return;
           }
+          this.stats.tryAgain++;
         } catch (err) {
           reject(toCpgError(err));
           return;
@@ -300,6 +304,7 @@ export class CpgTransport implements Transport {
           break;
         }
         this.queue.shift();
+        this.stats.messagesSent++;
         this.queuedBytes -= head.payload.byteLength;
         head.resolve();
       }
@@ -315,6 +320,7 @@ export class CpgTransport implements Transport {
     for (;;) {
       this.checkOpen();
       if (cs(op)) return;
+      this.stats.tryAgain++;
       if (Date.now() - started > this.limits.retryTotalMsMax) {
         throw new CpgError(`corosync still busy (CS_ERR_TRY_AGAIN) after ${this.limits.retryTotalMsMax} ms`, 'CS_ERR_TRY_AGAIN', 6);
       }

@@ -77,7 +77,7 @@ describe.skipIf(unavailable !== undefined)(`corosync CPG on ${NODES} namespaced 
     const total = MESSAGES_PER_NODE * NODES;
     await Promise.all(
       members.map((m, i) =>
-        m.waitFor(() => m.events.slice(from[i]).filter((e) => e.ev === 'deliver').length >= total, 60_000, 0, `${total} deliveries`),
+        m.waitUntil(() => m.count('deliver', from[i]!) >= total, 60_000, `${total} deliveries`),
       ),
     );
     times[`${total} messages (3 concurrent senders) delivered everywhere`] = `${(now() - t0).toFixed(0)} ms`;
@@ -115,6 +115,45 @@ describe.skipIf(unavailable !== undefined)(`corosync CPG on ${NODES} namespaced 
     const worst = Math.max(...seen.map((e) => e.at)) - t0;
     times['member kill -9 -> PROCDOWN at all peers'] = `${worst.toFixed(1)} ms`;
     expect(worst).toBeLessThan(PROCDOWN_MS_MAX);
+  });
+
+  it('closing from inside a delivery callback is safe (finalize deferred until dispatch returns)', async () => {
+    const extra = h.spawnMember(3, 'cpg-member', [GROUP]);
+    await Promise.all(members.map((m) => m.waitFor((e) => isConf(e) && joinedOf(e).some((j) => j.pid === extra.pid), EVENT_WAIT_MS, 0, 'extra join')));
+    const from = members.map((m) => m.events.length);
+    members[0]!.send({ cmd: 'mcast', count: 1, text: `close-in-callback:${extra.pid}` });
+    await extra.waitFor((e) => e.ev === 'closed-in-callback', EVENT_WAIT_MS, 0, 'closed in callback');
+    const code = await new Promise<number | null>((resolve) => {
+      if (extra.child.exitCode !== null) resolve(extra.child.exitCode);
+      else extra.child.once('exit', (c) => resolve(c));
+    });
+    expect(code).toBe(0);
+    expect(extra.stderr).not.toMatch(/Error|Abort|Segmentation/);
+    const seen = await Promise.all(
+      members.map((m, i) => m.waitFor((e) => isConf(e) && leftOf(e).some((l) => l.pid === extra.pid), EVENT_WAIT_MS, from[i], 'leave')),
+    );
+    for (const e of seen) expect([2, 5]).toContain(leftOf(e).find((l) => l.pid === extra.pid)!.reason);
+  });
+
+  it('a flood from one sender (not awaited one by one) keeps FIFO order through the send queue', async () => {
+    const count = 3_000;
+    const bytes = 1024;
+    const from = members.map((m) => m.events.length);
+    const t0 = now();
+    members[0]!.send({ cmd: 'mcast', count, tag: 'flood', bytes });
+    const sent = await members[0]!.waitFor((e) => e.ev === 'sent', 60_000, from[0], 'flood sent');
+    await Promise.all(
+      members.map((m, i) =>
+        m.waitUntil(() => m.count('deliver', from[i]!) >= count, 60_000, 'flood delivered'),
+      ),
+    );
+    const ms = now() - t0;
+    times[`flood ${count} x ${bytes} B from one node delivered everywhere`] =
+      `${ms.toFixed(0)} ms (${((count * bytes) / 1024 / 1024 / (ms / 1000)).toFixed(1)} MiB/s, TRY_AGAIN ${sent.tryAgain as number})`;
+    for (const [i, m] of members.entries()) {
+      const got = m.events.slice(from[i]).filter((e) => e.ev === 'deliver').map((e) => (e.text as string).split(':').slice(0, 2).join(':'));
+      expect(got).toEqual(Array.from({ length: count }, (_, k) => `flood:${k}`));
+    }
   });
 
   it('partition: both sides see NODEDOWN, the isolated node loses quorum; heal brings NODEUP and quorum', async () => {
@@ -167,8 +206,8 @@ describe.skipIf(unavailable !== undefined)(`corosync CPG on ${NODES} namespaced 
     const f1 = m1.events.length;
     const f2 = m2.events.length;
     m1.send({ cmd: 'mcast', count: 5, tag: 'after' });
-    await m2.waitFor(() => m2.events.slice(f2).filter((e) => e.ev === 'deliver').length >= 5, EVENT_WAIT_MS, 0, 'after');
-    await m1.waitFor(() => m1.events.slice(f1).filter((e) => e.ev === 'deliver').length >= 5, EVENT_WAIT_MS, 0, 'after');
+    await m2.waitUntil(() => m2.count('deliver', f2) >= 5, EVENT_WAIT_MS, 'after');
+    await m1.waitUntil(() => m1.count('deliver', f1) >= 5, EVENT_WAIT_MS, 'after');
     expect(m2.deliveries().slice(-5)).toEqual(m1.deliveries().slice(-5));
   });
 });

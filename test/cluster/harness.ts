@@ -117,9 +117,9 @@ export class Member {
   /** Resolves with the first event (at index >= from) matching pred; rejects after timeoutMs. */
   async waitFor(pred: (e: MemberEvent) => boolean, timeoutMs: number, from = 0, what = 'event'): Promise<MemberEvent> {
     const deadline = now() + timeoutMs;
+    let i = from;
     for (;;) {
-      const hit = this.events.slice(from).find(pred);
-      if (hit) return hit;
+      for (; i < this.events.length; i++) if (pred(this.events[i]!)) return this.events[i]!;
       if (this.exited) throw new Error(`member on node ${this.node} exited while waiting for ${what}; stderr: ${this.stderr}`);
       const left = deadline - now();
       if (left <= 0) throw new Error(`timeout waiting for ${what} on node ${this.node} member ${this.pid}`);
@@ -132,6 +132,34 @@ export class Member {
       });
     }
   }
+
+  /** Resolves when cond() holds (evaluated once per new event); rejects after timeoutMs. */
+  async waitUntil(cond: () => boolean, timeoutMs: number, what: string): Promise<void> {
+    const deadline = now() + timeoutMs;
+    for (;;) {
+      if (cond()) return;
+      if (this.exited) throw new Error(`member on node ${this.node} exited while waiting for ${what}; stderr: ${this.stderr}`);
+      const left = deadline - now();
+      if (left <= 0) throw new Error(`timeout waiting for ${what} on node ${this.node} member ${this.pid}`);
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, left);
+        this.waiters.push(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+  }
+
+  /** Number of events named ev at index >= from (incremental: cheap to call on every event). */
+  count(ev: string, from: number): number {
+    let c = this.counted.get(`${ev}@${from}`) ?? { upTo: from, n: 0 };
+    for (let i = c.upTo; i < this.events.length; i++) if (this.events[i]!.ev === ev) c.n++;
+    c = { upTo: this.events.length, n: c.n };
+    this.counted.set(`${ev}@${from}`, c);
+    return c.n;
+  }
+  private readonly counted = new Map<string, { upTo: number; n: number }>();
 
   deliveries(): string[] {
     return this.events.filter((e) => e.ev === 'deliver').map((e) => e.text as string);

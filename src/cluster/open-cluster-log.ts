@@ -1,0 +1,53 @@
+// open-cluster-log.ts — builds a ClusterLog for a table's `userspace ... clustered-core` log.
+//
+// Owns: choosing the transport (corosync CPG through the addon unless one is given, e.g. a MemoryBus
+// member in simulations), wiring corosync's quorum into the log's flush gate, and closing what it opened
+// when the log closes. Throws CpgUnavailableError (with install/build instructions) when corosync
+// support is missing.
+import type { SyncMode } from '../mirror/log/dirty-log.js';
+import { ClusterLog, type ClusterLogLimits } from './cluster-log.js';
+import { CorosyncQuorum, CpgTransport, type CpgLimits } from './cpg.js';
+import type { Transport } from './transport.js';
+
+export interface OpenClusterLogOptions {
+  uuid: string;
+  regionSizeBytes: number;
+  lengthBytes: number;
+  sync: SyncMode;
+  integratedFlush?: boolean;
+  /** Use this transport instead of corosync (simulation); quorum is then not checked. */
+  transport?: Transport;
+  cpgLimits?: Partial<CpgLimits>;
+  limits?: Partial<ClusterLogLimits>;
+}
+
+/** The caller still calls resume() (the mirror does, on activation). */
+export function openClusterLog(opts: OpenClusterLogOptions): ClusterLog {
+  if (opts.transport) {
+    return new ClusterLog({ ...opts, transport: opts.transport });
+  }
+  const transport = new CpgTransport(opts.cpgLimits);
+  let quorum: CorosyncQuorum;
+  try {
+    quorum = new CorosyncQuorum();
+  } catch (err) {
+    void transport.close();
+    throw err;
+  }
+  const log = new ClusterLog({
+    uuid: opts.uuid,
+    regionSizeBytes: opts.regionSizeBytes,
+    lengthBytes: opts.lengthBytes,
+    sync: opts.sync,
+    integratedFlush: opts.integratedFlush,
+    limits: opts.limits,
+    transport,
+    isQuorate: () => quorum.quorate,
+  });
+  const close = log.close.bind(log);
+  log.close = async () => {
+    quorum.close();
+    await close();
+  };
+  return log;
+}
