@@ -383,12 +383,18 @@ export class MirrorExport implements Export {
   private dispatch(p: Piece): void {
     const inSync = this.log.inSync(p.region);
     const legCount = this.legs.length;
-    if (!inSync && this.defaultLeg >= 0 && !this.health.isFailed(this.defaultLeg)) {
-      p.legsLeft = 1;
-      this.issue(p, this.defaultLeg);
+    if (!inSync) {
+      if (this.defaultLeg >= 0 && !this.health.isFailed(this.defaultLeg)) {
+        p.legsLeft = 1;
+        this.issue(p, this.defaultLeg);
+      } else {
+        // Primary lost while out of sync: no leg holds this region's data, and a write could never make it
+        // consistent (nothing to resync from). Fail it, as reads of the region fail (dm would report success).
+        p.legsLeft = 0;
+        this.pieceDone(p);
+      }
       return;
     }
-    // In sync, or no valid source (primary lost): write every healthy leg.
     let healthy = 0;
     for (let i = 0; i < legCount; i++) if (!this.health.isFailed(i)) healthy++;
     if (healthy === 0) {

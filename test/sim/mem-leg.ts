@@ -12,7 +12,9 @@ export interface MemLegOptions {
 
 export class MemLeg implements Leg {
   readonly durable: Buffer;
-  private readonly cache = new Map<number, number>(); // byte offset -> value, only with volatileCache
+  /** Volatile cache, only with volatileCache: sector index -> sector content (a crash drops whole sectors). */
+  private readonly cache = new Map<number, Buffer>();
+  static readonly SECTOR = 512;
   failReads = false;
   failWrites = false;
   failFlush = false;
@@ -35,8 +37,37 @@ export class MemLeg implements Leg {
   /** Current content as a reader sees it (cache over durable). */
   view(): Buffer {
     const out = Buffer.from(this.durable);
-    for (const [o, v] of this.cache) out[o] = v;
+    for (const [sec, b] of this.cache) b.copy(out, sec * MemLeg.SECTOR);
     return out;
+  }
+
+  private cachedSector(sec: number): Buffer {
+    let b = this.cache.get(sec);
+    if (!b) {
+      const off = sec * MemLeg.SECTOR;
+      b = Buffer.from(this.durable.subarray(off, Math.min(off + MemLeg.SECTOR, this.sizeBytes)));
+      this.cache.set(sec, b);
+    }
+    return b;
+  }
+
+  /** Apply bytes to the cache (volatile) or straight to durable. */
+  private apply(src: Buffer | null, offsetBytes: number, lengthBytes: number, durable: boolean): void {
+    const S = MemLeg.SECTOR;
+    if (durable) {
+      if (src) src.copy(this.durable, offsetBytes);
+      else this.durable.fill(0, offsetBytes, offsetBytes + lengthBytes);
+    }
+    if (!durable || this.cache.size) {
+      for (let sec = Math.floor(offsetBytes / S); sec * S < offsetBytes + lengthBytes; sec++) {
+        if (durable && !this.cache.has(sec)) continue;
+        const b = this.cachedSector(sec);
+        const from = Math.max(offsetBytes, sec * S);
+        const to = Math.min(offsetBytes + lengthBytes, sec * S + b.length);
+        if (src) src.copy(b, from - sec * S, from - offsetBytes, to - offsetBytes);
+        else b.fill(0, from - sec * S, to - sec * S);
+      }
+    }
   }
 
   async read(target: Buffer, offsetBytes: number): Promise<void> {
@@ -45,9 +76,15 @@ export class MemLeg implements Leg {
     this.check(offsetBytes, target.length);
     if (this.failReads) throw new ExportError('EIO', `${this.device}: injected read error`);
     this.durable.copy(target, 0, offsetBytes, offsetBytes + target.length);
-    if (this.cache.size) for (let i = 0; i < target.length; i++) {
-      const v = this.cache.get(offsetBytes + i);
-      if (v !== undefined) target[i] = v;
+    if (this.cache.size) {
+      const S = MemLeg.SECTOR;
+      for (let sec = Math.floor(offsetBytes / S); sec * S < offsetBytes + target.length; sec++) {
+        const b = this.cache.get(sec);
+        if (!b) continue;
+        const from = Math.max(offsetBytes, sec * S);
+        const to = Math.min(offsetBytes + target.length, sec * S + b.length);
+        b.copy(target, from - offsetBytes, from - sec * S, to - sec * S);
+      }
     }
   }
 
@@ -56,19 +93,14 @@ export class MemLeg implements Leg {
     if (this.gate) await this.gate();
     this.check(offsetBytes, data.length);
     if (this.failWrites) throw new ExportError('EIO', `${this.device}: injected write error`);
-    if (this.opts.volatileCache && !flags.fua) {
-      for (let i = 0; i < data.length; i++) this.cache.set(offsetBytes + i, data[i]!);
-    } else {
-      data.copy(this.durable, offsetBytes);
-      if (this.cache.size) for (let i = 0; i < data.length; i++) this.cache.delete(offsetBytes + i);
-    }
+    this.apply(data, offsetBytes, data.length, !this.opts.volatileCache || flags.fua);
   }
 
   async flush(): Promise<void> {
     this.ops.flush++;
     if (this.gate) await this.gate();
     if (this.failFlush) throw new ExportError('EIO', `${this.device}: injected flush error`);
-    for (const [o, v] of this.cache) this.durable[o] = v;
+    for (const [sec, b] of this.cache) b.copy(this.durable, sec * MemLeg.SECTOR);
     this.cache.clear();
   }
 
@@ -83,11 +115,7 @@ export class MemLeg implements Leg {
     if (this.gate) await this.gate();
     this.check(offsetBytes, lengthBytes);
     if (this.failWrites) throw new ExportError('EIO', `${this.device}: injected write error`);
-    if (this.opts.volatileCache) {
-      for (let i = 0; i < lengthBytes; i++) this.cache.set(offsetBytes + i, 0);
-    } else {
-      this.durable.fill(0, offsetBytes, offsetBytes + lengthBytes);
-    }
+    this.apply(null, offsetBytes, lengthBytes, !this.opts.volatileCache);
   }
 
   /** Power loss: the volatile cache is gone. */
