@@ -203,3 +203,23 @@ export async function fileSha256(path: string): Promise<string> {
 export function exists(p: string): boolean {
   return existsSync(p);
 }
+
+/** At most `n` bodies at once (guests are CPU-bound under TCG: one per core). */
+export class Slots {
+  private active = 0;
+  private readonly waiting: (() => void)[] = [];
+  constructor(private readonly n: number) {
+    if (!(n >= 1)) throw new RangeError(`slots must be >= 1, got ${n}`);
+  }
+  async use<T>(body: () => Promise<T>): Promise<T> {
+    if (this.active >= this.n) await new Promise<void>((res) => this.waiting.push(res));
+    else this.active++;
+    try {
+      return await body();
+    } finally {
+      const next = this.waiting.shift();
+      if (next) next(); // hand the slot over
+      else this.active--;
+    }
+  }
+}
