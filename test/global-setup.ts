@@ -38,6 +38,10 @@ function sourceHash(): string {
 }
 
 function prune(keep: string): void {
+  // A tmp- dir is a build in progress (maybe another run's); one older than an hour was interrupted.
+  for (const d of readdirSync(CACHE).filter((x) => x.startsWith('tmp-'))) {
+    if (Date.now() - statSync(join(CACHE, d)).mtimeMs > 3_600_000) rmSync(join(CACHE, d), { recursive: true, force: true });
+  }
   const builds = readdirSync(CACHE)
     .filter((d) => d !== keep && !d.startsWith('tmp-'))
     .map((d) => ({ d, mtimeMs: statSync(join(CACHE, d)).mtimeMs }))

@@ -10,12 +10,13 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { copyFile, mkdir, mkdtemp, open, rm, writeFile } from 'node:fs/promises';
-import { cpus, hostname, release, totalmem } from 'node:os';
+import { cpus, hostname, loadavg, release, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { JOBS, runFio } from './fio.js';
-import { mirrorTable, SERVERS, startServer } from './servers.js';
+import { privateBuild } from './build.js';
+import { mirrorTable, SERVERS, setCli, startServer } from './servers.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const ALL_SERVERS = ['linear', 'nbdkit', 'qemu-nbd', 'mirror-core', 'mirror-disk', 'qemu-quorum'];
@@ -34,12 +35,14 @@ const { values: flags } = parseArgs({
     dir: { type: 'string', default: '/dev/shm' },
     'no-resync': { type: 'boolean', default: false },
     out: { type: 'string', default: join(ROOT, 'bench-results', 'latest.json') },
+    cli: { type: 'string' },
     help: { type: 'boolean', default: false },
   },
 });
 if (flags.help) {
   console.log(`usage: npm run bench -- [--servers ${ALL_SERVERS.join(',')}] [--jobs ${Object.keys(JOBS).join(',')}]
-       [--runtime SEC per job] [--size BYTES] [--dir DIR for backing files] [--no-resync] [--out FILE]`);
+       [--runtime SEC per job] [--size BYTES] [--dir DIR for backing files] [--no-resync] [--out FILE]
+       [--cli PATH to bin/nbd-mirror.js; default: a private build of src/ in .cache/e2e/]`);
   process.exit(0);
 }
 const servers = flags.servers.split(',').filter(Boolean);
@@ -87,6 +90,7 @@ function machine() {
     cpuCount: cpu.length,
     memGiB: Math.round(totalmem() / 2 ** 30),
     kernel: release(),
+    loadavgAtStart: loadavg().map((x) => Number(x.toFixed(2))),
     node: process.version,
     fio: execFileSync('fio', ['--version']).toString().trim(),
     nbdkit: execFileSync('nbdkit', ['--version']).toString().trim(),
@@ -118,12 +122,27 @@ async function benchResync(ctx) {
   const def = SERVERS['mirror-core'](ctx);
   const args = def.args.map((a) => (a === def.table ? table : a)).map((a) => (a === 'warn' ? 'info' : a));
   let inSyncMs;
+  let engineBytesPerSec;
+  let pending = '';
   const started = Date.now();
   const server = await startServer(
     { ...def, args, table },
     {
+      // pino JSON lines: the engine's events, as the control plane logs them ("event": "in-sync", ...).
       onStderr: (text) => {
-        if (inSyncMs === undefined && /"in-sync"|in sync/.test(text)) inSyncMs = Date.now();
+        pending += text;
+        const lines = pending.split('\n');
+        pending = lines.pop() ?? '';
+        for (const line of lines) {
+          let rec;
+          try {
+            rec = JSON.parse(line);
+          } catch {
+            continue;
+          }
+          if (rec.event === 'resync-progress' && typeof rec.bytesPerSec === 'number') engineBytesPerSec = rec.bytesPerSec;
+          if (rec.event === 'in-sync' && inSyncMs === undefined) inSyncMs = typeof rec.time === 'number' ? rec.time : Date.now();
+        }
       },
     },
   );
@@ -139,10 +158,11 @@ async function benchResync(ctx) {
     bytes: ctx.sizeBytes,
     oursSec,
     oursMBps: ctx.sizeBytes / 1e6 / oursSec,
+    engineReportedMBps: engineBytesPerSec !== undefined ? engineBytesPerSec / 1e6 : null,
     legsIdenticalAfter: identical,
     nbdcopySec,
     nbdcopyMBps: ctx.sizeBytes / 1e6 / nbdcopySec,
-    note: 'ours: from spawning the server to its in-sync log line (includes start-up); nbdcopy: local file to file',
+    note: 'ours: from spawning the server to its in-sync event (includes node start-up); engineReportedMBps: the rate in the last resync-progress event; nbdcopy: local file to file',
   };
 }
 
@@ -175,6 +195,7 @@ async function main() {
   const dir = await mkdtemp(join(flags.dir, 'nbd-mirror-bench-'));
   const ctx = { dir, sizeBytes, files: { a: join(dir, 'leg-a.img'), b: join(dir, 'leg-b.img'), log: join(dir, 'mirror.log') } };
   const started = Date.now();
+  if (servers.some((s) => ['linear', 'mirror-core', 'mirror-disk'].includes(s))) setCli(flags.cli ?? privateBuild());
   try {
     console.log(`nbd-mirror bench: ${sizeBytes / 2 ** 20} MiB files in ${dir}, ${runtimeSec} s per job, servers: ${servers.join(', ')}`);
     await fillRandom(ctx.files.a, sizeBytes);
@@ -195,7 +216,9 @@ async function main() {
       console.log('\nResync of', `${sizeBytes / 2 ** 20} MiB`);
       if (resync.error) console.log(`  ours: FAILED: ${resync.error}`);
       else {
-        console.log(`  nbd-mirror resync (unthrottled): ${resync.oursSec.toFixed(2)} s, ${fmt(resync.oursMBps)} MB/s, legs identical: ${resync.legsIdenticalAfter}`);
+        console.log(
+          `  nbd-mirror resync (unthrottled): ${resync.oursSec.toFixed(2)} s from spawn, ${fmt(resync.oursMBps)} MB/s (engine reports ${resync.engineReportedMBps === null ? '?' : fmt(resync.engineReportedMBps)} MB/s), legs identical: ${resync.legsIdenticalAfter}`,
+        );
         console.log(`  nbdcopy leg A -> leg B:          ${resync.nbdcopySec.toFixed(2)} s, ${fmt(resync.nbdcopyMBps)} MB/s`);
       }
     }

@@ -8,7 +8,11 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const CLI = join(ROOT, 'bin', 'nbd-mirror.js');
+/** Set by run.js (a private build, see build.js); bin/nbd-mirror.js (dist/) otherwise. */
+let CLI = join(ROOT, 'bin', 'nbd-mirror.js');
+export function setCli(path) {
+  CLI = path;
+}
 export const READY_TIMEOUT_MS = 20_000;
 export const STOP_TIMEOUT_MS = 15_000;
 /** LVM's default mirror region size: 512 KiB. */

@@ -1,0 +1,54 @@
+// A private, content-addressed build of the CLI for the benchmark: .cache/e2e/<hash of src + tsconfig +
+// bin>/ (the same scheme and directory as test/global-setup.ts, so the two share builds). dist/ is left
+// alone: others rebuild it at any moment and a benchmark must not spawn a half-written build.
+import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { dirname, join, relative, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const CACHE = join(ROOT, '.cache', 'e2e');
+
+function sourceFiles(dir) {
+  const out = [];
+  for (const entry of readdirSync(dir).sort()) {
+    const p = join(dir, entry);
+    if (statSync(p).isDirectory()) out.push(...sourceFiles(p));
+    else out.push(p);
+  }
+  return out;
+}
+
+function sourceHash() {
+  const h = createHash('sha256');
+  for (const f of [join(ROOT, 'tsconfig.json'), join(ROOT, 'bin', 'nbd-mirror.js'), ...sourceFiles(join(ROOT, 'src'))]) {
+    h.update(relative(ROOT, f)).update('\0').update(readFileSync(f)).update('\0');
+  }
+  return h.digest('hex').slice(0, 16);
+}
+
+/** Returns the path of bin/nbd-mirror.js in a complete private build of the current sources. */
+export function privateBuild() {
+  mkdirSync(CACHE, { recursive: true });
+  const hash = sourceHash();
+  const buildDir = join(CACHE, hash);
+  const cli = join(buildDir, 'bin', 'nbd-mirror.js');
+  if (existsSync(cli)) return cli;
+  const tmp = join(CACHE, `tmp-${hash}-${process.pid}`);
+  rmSync(tmp, { recursive: true, force: true });
+  const r = spawnSync(process.execPath, [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(ROOT, 'tsconfig.json'), '--outDir', join(tmp, 'dist')], {
+    cwd: ROOT,
+    encoding: 'utf8',
+  });
+  if (r.status !== 0) console.warn(`bench: tsc reported errors; using what it emitted:\n${r.stdout}${r.stderr}`);
+  if (!existsSync(join(tmp, 'dist', 'control', 'cli', 'main.js'))) throw new Error('bench: tsc emitted no dist/control/cli/main.js');
+  cpSync(join(ROOT, 'bin'), join(tmp, 'bin'), { recursive: true });
+  writeFileSync(join(tmp, 'BUILT'), `${new Date().toISOString()} from ${hash}\n`);
+  try {
+    renameSync(tmp, buildDir);
+  } catch {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+  return cli;
+}
