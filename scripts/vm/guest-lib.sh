@@ -22,3 +22,11 @@ nbd_attach() {
 
 # nbd_detach DEV: disconnect cleanly (sends NBD_CMD_DISC).
 nbd_detach() { nbd-client -d "$1" || fail "nbd-client -d $1 failed"; }
+
+# iface_by_mac MAC: the interface with that address (e.g. the cluster NIC of a GFS2 guest).
+iface_by_mac() {
+  for a in /sys/class/net/*/address; do
+    [ "$(cat "$a")" = "$1" ] && { basename "$(dirname "$a")"; return 0; }
+  done
+  return 1
+}

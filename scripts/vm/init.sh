@@ -40,7 +40,16 @@ while read -r mod; do
   insmod "/lib/modules/$(uname -r)/$mod" || early_fail "insmod $mod"
 done < /etc/nbdm/modules
 
+# iface_by_mac MAC: the interface with that address (the GFS2 guests have two NICs; pick by MAC).
+iface_by_mac() {
+  for a in /sys/class/net/*/address; do
+    [ "$(cat "$a")" = "$1" ] && { basename "$(dirname "$a")"; return 0; }
+  done
+  return 1
+}
+
 ip link set lo up
+if [ -n "$NBDM_USER_MAC" ]; then NBDM_IFACE=$(iface_by_mac "$NBDM_USER_MAC") || early_fail "no NIC with MAC $NBDM_USER_MAC"; fi
 NBDM_IFACE=${NBDM_IFACE:-eth0}
 ip link set "$NBDM_IFACE" up || early_fail "no network interface $NBDM_IFACE"
 ip addr add "${NBDM_GUEST_ADDR:-10.0.2.15/24}" dev "$NBDM_IFACE"

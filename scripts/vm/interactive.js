@@ -11,7 +11,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Command } from 'commander';
 import { ensureImage } from './build-image.js';
-import { chooseAccel, envFile, GUEST_HOST_ADDR, qemuArgs, stopQemu, writeInitrdWithOverlay } from './run-guest.js';
+import {
+  chooseAccel, envFile, GUEST_HOST_ADDR, qemuArgs, stopQemu, USER_NIC_MAC, writeInitrdWithOverlay,
+} from './run-guest.js';
 
 const NBD_DEFAULT_PORT = 10809;
 const LOOPBACK_HOSTS = new Set(['127.0.0.1', 'localhost', '[::1]', '::1']);
@@ -42,7 +44,7 @@ async function main() {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nbdm-vm-shell-'));
   const initrd = path.join(dir, 'initrd.img');
   const pidFile = path.join(dir, 'qemu.pid');
-  const env = { NBDM_MODE: 'shell', NBDM_NBD_HOST: target?.host ?? GUEST_HOST_ADDR };
+  const env = { NBDM_MODE: 'shell', NBDM_NBD_HOST: target?.host ?? GUEST_HOST_ADDR, NBDM_USER_MAC: USER_NIC_MAC };
   if (target) Object.assign(env, { NBDM_NBD_PORT: target.port, NBDM_NBD_EXPORT: target.exportName });
   writeInitrdWithOverlay(image.initrd, [['/test/env', envFile(env)]], initrd);
   const accel = await chooseAccel();

@@ -1,5 +1,6 @@
 // Types of run-guest.js for the TypeScript tests (test/kernel/*.ts import the JS module directly).
 export declare const GUEST_HOST_ADDR: string;
+export declare const USER_NIC_MAC: string;
 
 export interface GuestStep {
   name: string;

@@ -14,6 +14,8 @@ import { CpioWriter } from './cpio.js';
 /** The host as the guest sees it with qemu user networking (host's 127.0.0.1 is reachable there). */
 export const GUEST_HOST_ADDR = '10.0.2.2';
 const DEFAULT_TIMEOUT_MS = 90_000;
+/** MAC of the user-mode NIC (the guest's route to the NBD server); init finds it by this address. */
+export const USER_NIC_MAC = '52:54:00:12:34:56';
 const KVM_PROBE_TIMEOUT_MS = 20_000;
 const STOP_GRACE_MS = 2_000;
 const LOG_TAIL_LINES_MAX = 400;
@@ -74,7 +76,7 @@ export function kvmLooksUsable() {
  * qemu command line for an image.
  * @param {{ vmlinux: string, initrd: string, memMiB: number }} image
  * @param {{ accel: 'tcg'|'kvm', initrd?: string, pidFile: string, serial: string[], append?: string,
- *           memMiB?: number, extraArgs?: string[] }} o
+ *           memMiB?: number, extraArgs?: string[], userMac?: string }} o
  */
 export function qemuArgs(image, o) {
   const tcg = o.accel === 'tcg';
@@ -85,7 +87,7 @@ export function qemuArgs(image, o) {
     '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
     '-kernel', image.vmlinux, '-initrd', o.initrd ?? image.initrd,
     '-append', `console=ttyS0 quiet panic=-1 ${o.append ?? ''}`.trim(),
-    '-netdev', 'user,id=n0', '-device', 'virtio-net-pci,netdev=n0,romfile=',
+    '-netdev', 'user,id=n0', '-device', `virtio-net-pci,netdev=n0,romfile=,mac=${o.userMac ?? USER_NIC_MAC}`,
     ...o.serial, '-pidfile', o.pidFile,
     ...(o.extraArgs ?? []),
   ];
@@ -175,7 +177,7 @@ export async function runGuest(opts) {
   const pidFile = path.join(dir, 'qemu.pid');
   const logPath = path.join(dir, 'console.log');
   fs.rmSync(pidFile, { force: true });
-  const env = { NBDM_MODE: 'test', NBDM_NBD_HOST: GUEST_HOST_ADDR, ...(opts.env ?? {}) };
+  const env = { NBDM_MODE: 'test', NBDM_NBD_HOST: GUEST_HOST_ADDR, NBDM_USER_MAC: USER_NIC_MAC, ...(opts.env ?? {}) };
   writeInitrdWithOverlay(image.initrd, [['/test/test.sh', opts.script, 0o755], ['/test/env', envFile(env)]], initrd);
 
   const accel = opts.accel ?? (await chooseAccel());
