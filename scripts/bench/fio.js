@@ -42,7 +42,7 @@ export async function runFio({ workDir, label, uri, sizeBytes, runtimeSec, jobs 
   const outPath = join(workDir, `${label}.json`);
   await writeFile(jobPath, jobFile({ uri, sizeBytes, runtimeSec, jobs }));
   await new Promise((resolve, reject) => {
-    const child = spawn('fio', ['--output-format=json', `--output=${outPath}`, jobPath], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn('fio', ['--output-format=json', `--output=${outPath}`, jobPath], { stdio: ['ignore', 'ignore', 'pipe'], cwd: workDir });
     let stderr = '';
     child.stderr.on('data', (c) => (stderr = (stderr + c).slice(-8192)));
     child.on('error', reject);

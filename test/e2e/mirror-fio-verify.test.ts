@@ -30,7 +30,7 @@ describe.skipIf(!ok)('fio verify on mirrors', () => {
       await mkdir(d);
       const files = await makeMirrorFiles(d, legCount, SIZE);
       // A distinct first leg, so the initial resync really copies something while fio runs.
-      await run('fio', ['--name=seed', '--filename', files.legs[0]!, '--rw=write', '--bs=1m', `--size=${SIZE}`, '--buffer_pattern=0x3c', '--output=/dev/null']);
+      await run('fio', ['--name=seed', '--filename', files.legs[0]!, '--rw=write', '--bs=1m', `--size=${SIZE}`, '--buffer_pattern=0x3c', '--output=/dev/null'], { cwd: d });
       const table = mirrorTable({ legs: files.legs, sizeBytes: SIZE, regionSectors: 256, ...(log === 'disk' ? { logFile: files.logFile } : {}) });
       const server = await startServer({ dir: d, tables: [{ table }] });
       const fio = await runFioVerify({ uri: server.uri(), dir: d, numJobs: NUM_JOBS, sliceBytes: SLICE_BYTES, iodepth: 32 });

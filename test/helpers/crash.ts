@@ -35,7 +35,7 @@ export async function startHeavyWrites(o: { uri: string; dir: string; offsetByte
       '',
     ].join('\n'),
   );
-  const child = spawn('fio', ['--status-interval=1', jobPath], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn('fio', ['--status-interval=1', jobPath], { stdio: ['ignore', 'pipe', 'pipe'], cwd: o.dir });
   let exited = false;
   const gone = new Promise<void>((r) =>
     child.once('exit', () => {

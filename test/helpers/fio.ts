@@ -1,7 +1,7 @@
 // fio through its nbd engine (libnbd) against a served export: a verify job (every block written is read
 // back and checked with crc32c) with several jobs at a high queue depth, each job in its own slice so the
 // verification is exact.
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { run, type RunResult } from './run.js';
 
@@ -29,6 +29,7 @@ export function fioVerifyJob(o: FioVerifyOptions): string {
     `numjobs=${o.numJobs}`,
     'verify=crc32c',
     'verify_fatal=1',
+    'verify_state_save=0', // otherwise fio leaves *-verify.state files in its working directory
     'do_verify=1',
     'group_reporting=1',
     '',
@@ -48,8 +49,7 @@ export async function runFioVerify(o: FioVerifyOptions): Promise<FioSummary> {
   const jobPath = join(o.dir, `verify-${Date.now()}.fio`);
   const outPath = `${jobPath}.json`;
   await writeFile(jobPath, fioVerifyJob(o));
-  const result = await run('fio', ['--output-format=json', `--output=${outPath}`, jobPath], { timeoutMs: o.timeoutMs ?? 120_000 });
-  const { readFile } = await import('node:fs/promises');
+  const result = await run('fio', ['--output-format=json', `--output=${outPath}`, jobPath], { timeoutMs: o.timeoutMs ?? 120_000, cwd: o.dir });
   const report = JSON.parse(await readFile(outPath, 'utf8')) as { jobs: { error: number; write: { io_bytes: number }; read: { io_bytes: number } }[] };
   const job = report.jobs[0]!;
   return { result, writtenBytes: job.write.io_bytes, readBytes: job.read.io_bytes, errors: job.error };
