@@ -14,6 +14,7 @@ import { ControlError } from './control-error.js';
 import { REPAIR_POLICIES, RepairPolicy, type RepairPolicyName } from './repair.js';
 import { CONTROL_TOKEN_CHARS_MIN, ControlServer } from './server.js';
 import { tableBackend } from './table-backend.js';
+import { logVolumeEvent } from './logging.js';
 import { UsageError } from './usage-error.js';
 import { errorText, Volume, Volumes, type VolumeEvent } from './volumes.js';
 
@@ -58,7 +59,7 @@ export class ControlPlane {
     private readonly log: Log,
   ) {
     // Every volume event also goes to the log (stderr JSON), as the engine's events did before.
-    this.volumes.on('event', (ev: VolumeEvent) => this.log.info({ volume: ev.volume, event: ev.kind, eventNr: ev.eventNr, ...ev.data }, 'volume event'));
+    this.volumes.on('event', (ev: VolumeEvent) => logVolumeEvent(this.log, ev));
   }
 
   /** Validate the flags (UsageError naming the bad one) before anything is opened. */

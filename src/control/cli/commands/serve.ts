@@ -6,7 +6,9 @@
 import { readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { Command, Option } from 'commander';
 import { connectHints } from '../../connect-hints.js';
-import { createLogger, LOG_LEVELS, type LogLevel } from '../../logger.js';
+import { createLogger, LOG_LEVELS, type LogLevel } from '../../logging.js';
+import { addDashboardOptions, type DashboardFlags } from '../../dashboard/dashboard.js';
+import { ServeDashboard } from '../../dashboard/serve-dashboard.js';
 import { DEFAULT_LISTEN, formatListenAddress, parseListenAddress, type ListenAddress } from '../../listen-address.js';
 import { buildServePlan } from '../../serve-plan.js';
 import { startService, type Service } from '../../service.js';
@@ -16,7 +18,7 @@ import { EXIT_FAILURE, EXIT_OK, UsageError } from '../../usage-error.js';
 /** After SIGTERM, in-flight requests get this long to finish before we give up and exit non-zero. */
 export const SHUTDOWN_GRACE_MS = 8000;
 
-interface ServeFlags extends ControlPlaneFlags {
+interface ServeFlags extends ControlPlaneFlags, DashboardFlags {
   table: string[];
   name: string[];
   tableFile: string[];
@@ -30,8 +32,8 @@ interface ServeFlags extends ControlPlaneFlags {
 const collect = (value: string, previous: string[]): string[] => [...previous, value];
 
 export function registerServe(program: Command): void {
-  addControlPlaneOptions(program
-    .command('serve'))
+  addDashboardOptions(addControlPlaneOptions(program
+    .command('serve')))
     .description('serve dm tables (linear or mirror) over NBD until SIGTERM or SIGINT')
     .option('--table <line>', 'a dm table line, e.g. "0 2097152 linear /srv/a.img 0" (repeatable)', collect, [])
     .option('--name <export>', 'export name for the --table at the same position (repeatable)', collect, [])
@@ -74,12 +76,18 @@ async function serve(flags: ServeFlags): Promise<void> {
   const listen = parseListens(flags.listen);
   const log = createLogger(flags.logLevel);
   const control = ControlPlane.fromFlags(flags, { readOnly: flags.readOnly, log });
-  const service = await startService({ plan, listen, readOnly: flags.readOnly, log, openExport: control.openExport });
+  const dashboard = ServeDashboard.fromFlags(flags, log);
+  const service = await startService({ plan, listen, readOnly: flags.readOnly, log, openExport: dashboard.meter(control.openExport) });
   const controlLines = await control.start().catch(async (e: unknown) => {
     await service.close().catch(() => undefined);
     throw e;
   });
-  if (!flags.quiet) process.stdout.write(controlLines.map((l) => `${l}\n`).join(''));
+  const dashboardLines = await dashboard.start(control.volumes).catch(async (e: unknown) => {
+    await control.close().catch(() => undefined);
+    await service.close().catch(() => undefined);
+    throw e;
+  });
+  if (!flags.quiet) process.stdout.write([...dashboardLines, ...controlLines].map((l) => `${l}\n`).join(''));
 
   if (!flags.quiet) process.stdout.write(describeService(service, flags.readOnly));
   if (flags.pidFile !== undefined) await writePidFile(flags.pidFile);
@@ -97,7 +105,7 @@ async function serve(flags: ServeFlags): Promise<void> {
       log.error({ graceMs: SHUTDOWN_GRACE_MS }, 'shutdown did not finish in time');
       process.exit(EXIT_FAILURE);
     }, SHUTDOWN_GRACE_MS);
-    void shutdown(service, flags.pidFile, control).then(
+    void shutdown(service, flags.pidFile, control, dashboard).then(
       () => {
         clearTimeout(timer);
         log.info({}, 'closed cleanly');
@@ -114,8 +122,9 @@ async function serve(flags: ServeFlags): Promise<void> {
   process.on('SIGINT', stop);
 }
 
-async function shutdown(service: Service, pidFile: string | undefined, control: ControlPlane): Promise<void> {
+async function shutdown(service: Service, pidFile: string | undefined, control: ControlPlane, dashboard: ServeDashboard): Promise<void> {
   try {
+    await dashboard.close();
     await service.close();
     await control.close();
   } finally {

@@ -1,0 +1,74 @@
+// What `serve` adds for the operator: I/O metrics on every export, and the dashboard listener (page,
+// /metrics, live feed, actions through the control socket). serve.ts makes three calls:
+//   const obs = ServeDashboard.fromFlags(flags, log)          before anything opens (validates --dashboard)
+//   openExport: obs.meter(control.openExport)                 every export counted under its name
+//   lines = await obs.start(control.volumes)                  after the control socket listens
+//   await obs.close()                                         at shutdown
+// A taken default port is a warning (serve runs on without a dashboard); a taken explicit port is an error.
+import { hostname } from 'node:os';
+import { resolve } from 'node:path';
+import type { Export } from '../../nbd/export.js';
+import type { TableSpec } from '../../mirror/table.js';
+import { defaultControlPath } from '../client.js';
+import { Metrics } from '../metrics.js';
+import { UsageError } from '../usage-error.js';
+import { errorText, type Volumes } from '../volumes.js';
+import { Dashboard, dashboardPlan, type DashboardFlags, type DashboardPlan } from './dashboard.js';
+
+interface Log {
+  info(obj: object, msg: string): void;
+  warn(obj: object, msg: string): void;
+}
+
+export class ServeDashboard {
+  readonly metrics: Metrics;
+  private dashboard: Dashboard | undefined;
+
+  private constructor(
+    private readonly plan: DashboardPlan | null,
+    private readonly controlSocketPath: string,
+    private readonly log: Log,
+    private readonly node: string,
+  ) {
+    this.metrics = new Metrics();
+  }
+
+  static fromFlags(flags: DashboardFlags & { control?: string }, log: Log): ServeDashboard {
+    // The same default as ControlPlane.fromFlags: this process's socket.
+    return new ServeDashboard(dashboardPlan(flags), resolve(flags.control ?? defaultControlPath()), log, hostname());
+  }
+
+  /** Wrap an export opener so every export's requests are counted under its name. */
+  meter(open: (name: string, spec: TableSpec) => Promise<Export>): (name: string, spec: TableSpec) => Promise<Export> {
+    return async (name, spec) => this.metrics.wrap(name, await open(name, spec));
+  }
+
+  /** Start the listener; returns the lines for the start banner (the dashboard's URL first). */
+  async start(volumes: Volumes): Promise<string[]> {
+    this.metrics.attachVolumes(volumes);
+    if (this.plan === null) return [];
+    try {
+      this.dashboard = await Dashboard.start({
+        volumes,
+        metrics: this.metrics,
+        controlSocketPath: this.controlSocketPath,
+        port: this.plan.port,
+        token: this.plan.token,
+        node: this.node,
+        log: this.log,
+      });
+    } catch (e) {
+      const why = `cannot start the dashboard on 127.0.0.1:${this.plan.port}: ${errorText(e)}`;
+      if (!this.plan.portIsDefault) throw new UsageError(`--dashboard ${this.plan.port}: ${why}`);
+      this.log.warn({ port: this.plan.port }, `${why}; running without a dashboard (choose a port with --dashboard PORT)`);
+      return [`dashboard: not started (127.0.0.1:${this.plan.port} is taken; use --dashboard PORT)`];
+    }
+    const d = this.dashboard;
+    this.log.info({ dashboard: d.baseUrl, metrics: `${d.baseUrl}/metrics` }, 'dashboard listening');
+    return [`dashboard ${d.url}`, `metrics ${d.baseUrl}/metrics`];
+  }
+
+  async close(): Promise<void> {
+    await this.dashboard?.close();
+  }
+}
