@@ -163,6 +163,10 @@ export class ClusterLog implements DirtyLog {
   get initialized(): boolean {
     return this.state !== null;
   }
+  /** Current members of the log's group (empty until initialized). */
+  get members(): Member[] {
+    return this.state ? [...this.state.members] : [];
+  }
   /** The log server (lowest initialized member), if known. */
   get server(): Member | undefined {
     return this.state?.server();

@@ -1,0 +1,35 @@
+// log-opener.ts — the LogOpener (src/mirror/open.ts) that gives cluster tables a real cluster log.
+//
+// Owns: the choice per table: `userspace ... clustered-core` (and the old clustered_core / cluster
+// forms) get a ClusterLog over corosync CPG; clustered-disk gets the same replicated log with a warning
+// (the log device is not written yet: a whole-cluster restart resyncs everything); non-cluster tables
+// fall through to openLocalLog. Pass it as OpenTableOptions.openLog.
+import { openLocalLog, type LogOpener } from '../mirror/open.js';
+import { openClusterLog } from './open-cluster-log.js';
+import type { Transport } from './transport.js';
+
+export interface ClusterLogOpenerOptions {
+  /** Transport factory instead of corosync (simulations: () => bus.connect(nodeId)). */
+  transport?: () => Transport;
+}
+
+export function clusterLogOpener(opts: ClusterLogOpenerOptions = {}): LogOpener {
+  return async (spec, ctx) => {
+    if (!spec.clustered) return openLocalLog(spec, ctx);
+    if (spec.uuid === undefined || spec.uuid === '') throw new Error('cluster log without a uuid');
+    if (spec.kind === 'disk') {
+      ctx.warn(
+        `cluster log '${spec.uuid}': clustered-disk runs as a replicated in-memory log for now; the log device ` +
+          `is not written, so restarting the whole cluster resyncs every region`,
+      );
+    }
+    return openClusterLog({
+      uuid: spec.uuid,
+      regionSizeBytes: ctx.regionSizeBytes,
+      lengthBytes: ctx.lengthBytes,
+      sync: spec.sync,
+      integratedFlush: spec.integratedFlush,
+      transport: opts.transport?.(),
+    });
+  };
+}
