@@ -84,6 +84,9 @@ function describeOpenError(device: string, err: unknown): LegOpenError {
   return new LegOpenError(device, `cannot open leg device '${device}': ${text}${code ? ` (${code})` : ''}`, code);
 }
 
+/** `PATH@<sectors>s`: a slice of PATH starting at that sector (see FileLeg.open). */
+export const SLICE_DEVICE = /^(.+)@([0-9]{1,15})s$/;
+
 export class FileLeg implements Leg {
   readonly sizeBytes: number;
   private closed = false;
@@ -107,6 +110,13 @@ export class FileLeg implements Leg {
    */
   static async open(device: string, opts: FileLegOptions): Promise<FileLeg> {
     assert(Number.isSafeInteger(opts.offsetBytes) && opts.offsetBytes >= 0, 'offsetBytes');
+    // A slice `PATH@<N>s` is PATH from sector N on (pools put a volume's disk log in an extent this way,
+    // where dm would use a small linear LV). `device` stays as written, for status and table output.
+    const slice = SLICE_DEVICE.exec(device);
+    if (slice !== null) {
+      const leg = await FileLeg.open(slice[1] as string, { ...opts, offsetBytes: opts.offsetBytes + Number(slice[2]) * 512 });
+      return new FileLeg(device, leg.deviceBytes, leg.offsetBytes, leg.isBlockDevice, leg.fh, leg.fhSync);
+    }
     const readOnly = opts.readOnly ?? false;
     let fh = null as FileHandle | null;
     let fhSync = null as FileHandle | null;
