@@ -4,7 +4,8 @@
 //
 // The files persist between runs, so the second `npm start` shows the disk log at work: only regions
 // that were dirty when the previous run stopped are resynced. Delete ./demo-data to start over.
-// Environment: NBD_MIRROR_DEMO_PORT (default 10809), NBD_MIRROR_DEMO_SIZE_MIB (default 1024).
+// Environment: NBD_MIRROR_DEMO_PORT (default 10809), NBD_MIRROR_DEMO_SIZE_MIB (default 1024),
+// NBD_MIRROR_DEMO_DASHBOARD_PORT (web dashboard on 127.0.0.1, default 7390; 0 = none).
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, openSync, closeSync, ftruncateSync, readdirSync, statSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
@@ -13,6 +14,7 @@ import { fileURLToPath } from 'node:url';
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const DATA = join(ROOT, 'demo-data');
 const PORT = Number(process.env.NBD_MIRROR_DEMO_PORT ?? 10809);
+const DASHBOARD_PORT = Number(process.env.NBD_MIRROR_DEMO_DASHBOARD_PORT ?? 7390);
 const SIZE_MIB = Number(process.env.NBD_MIRROR_DEMO_SIZE_MIB ?? 1024);
 const SIZE_BYTES = SIZE_MIB * 1024 * 1024;
 const REGION_SECTORS = 1024; // 512 KiB, LVM's default mirror region size
@@ -69,6 +71,7 @@ const child = spawn(
     '--listen', `unix:${socket}`,
     '--listen', `tcp:127.0.0.1:${PORT}`,
     '--control', control,
+    '--dashboard', String(DASHBOARD_PORT),
     '--log-level', process.env.NBD_MIRROR_LOG_LEVEL ?? 'warn',
   ],
   { stdio: ['ignore', 'pipe', 'inherit'] },
@@ -95,7 +98,10 @@ process.on('SIGINT', () => {});
 process.on('SIGTERM', () => child.kill('SIGTERM'));
 child.on('exit', (code, signal) => {
   if (code === 2) {
-    console.error(`\ndemo: the server refused to start (see the error above). If port ${PORT} is taken: NBD_MIRROR_DEMO_PORT=10810 npm start`);
+    console.error(
+      `\ndemo: the server refused to start (see the error above). If port ${PORT} or ${DASHBOARD_PORT} is taken: ` +
+        'NBD_MIRROR_DEMO_PORT=10810 NBD_MIRROR_DEMO_DASHBOARD_PORT=7391 npm start',
+    );
   }
   process.exit(code ?? (signal ? 1 : 0));
 });

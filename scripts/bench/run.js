@@ -120,7 +120,8 @@ async function benchResync(ctx) {
   await sparse(ctx.files.b, ctx.sizeBytes);
   const table = mirrorTable({ legs: [ctx.files.a, ctx.files.b], sizeBytes: ctx.sizeBytes, sync: 'sync' });
   const def = SERVERS['mirror-core'](ctx);
-  const args = def.args.map((a) => (a === def.table ? table : a)).map((a) => (a === 'warn' ? 'info' : a));
+  // debug: the control plane logs resync-progress events at debug level.
+  const args = def.args.map((a) => (a === def.table ? table : a)).map((a) => (a === 'warn' ? 'debug' : a));
   let inSyncMs;
   let engineBytesPerSec;
   let pending = '';

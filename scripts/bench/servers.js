@@ -88,7 +88,7 @@ function ours(ctx, label, table, description) {
   const pidFile = join(ctx.dir, `${label}.pid`);
   return {
     command: process.execPath,
-    args: [CLI, 'serve', '--quiet', '--log-level', 'warn', '--table', table, '--listen', `unix:${socket}`, '--pid-file', pidFile],
+    args: [CLI, 'serve', '--quiet', '--log-level', 'warn', '--table', table, '--listen', `unix:${socket}`, '--pid-file', pidFile, '--control', join(dirname(socket), `${label}.ctl`), '--dashboard', '0'],
     socket,
     pidFile,
     description,

@@ -12,7 +12,8 @@ const dir = useTempDir('cli-errors');
 
 async function serve(args: string[]) {
   const sock = join(dir(), 'never.sock');
-  const result = await run(process.execPath, [CLI_PATH, 'serve', '--listen', `unix:${sock}`, ...args], { allowFailure: true, timeoutMs: 20_000 });
+  const isolation = ['--control', join(dir(), 'never.ctl'), '--dashboard', '0'];
+  const result = await run(process.execPath, [CLI_PATH, 'serve', '--listen', `unix:${sock}`, ...isolation, ...args], { allowFailure: true, timeoutMs: 20_000 });
   expect(existsSync(sock), 'nothing may listen after bad input').toBe(false);
   return result;
 }
@@ -36,7 +37,7 @@ describe('serve rejects bad input with exit 2 before listening', () => {
     expect(r.stderr).toMatch(/too small/);
   });
   it('bad listen address', async () => {
-    const r = await run(process.execPath, [CLI_PATH, 'serve', '--listen', 'tcp:127.0.0.1:99999', '--table', '0 8 linear /x 0'], { allowFailure: true });
+    const r = await run(process.execPath, [CLI_PATH, 'serve', '--listen', 'tcp:127.0.0.1:99999', '--dashboard', '0', '--table', '0 8 linear /x 0'], { allowFailure: true });
     expect(r.code).toBe(2);
     expect(r.stderr).toContain('port 99999 is above 65535');
   });
@@ -66,7 +67,7 @@ describe('serve rejects bad input with exit 2 before listening', () => {
     const f = await createSparseFile(join(dir(), 'live.img'), 1 * MiB);
     const { startServer } = await import('../helpers/server.js');
     const first = await startServer({ dir: dir(), label: 'live', tables: [{ table: `0 2048 linear ${f} 0` }] });
-    const r = await run(process.execPath, [CLI_PATH, 'serve', '--listen', `unix:${first.socketPath}`, '--table', `0 2048 linear ${f} 0`], { allowFailure: true });
+    const r = await run(process.execPath, [CLI_PATH, 'serve', '--listen', `unix:${first.socketPath}`, '--control', join(dir(), 'second.ctl'), '--dashboard', '0', '--table', `0 2048 linear ${f} 0`], { allowFailure: true });
     expect(r.code).toBe(2);
     expect(r.stderr).toContain('another process is listening on it');
     await first.stop();

@@ -81,7 +81,8 @@ export async function startServer(opts: StartOptions): Promise<ServerHandle> {
   const pidFile = join(dir, `${label}.pid`);
   const controlPath = join(dir, `${label}.ctl`);
   await rm(pidFile, { force: true });
-  const args = ['serve', '--listen', `unix:${socketPath}`, '--pid-file', pidFile, '--control', controlPath];
+  // --dashboard 0: no TCP dashboard listener (tests use unix sockets only; several servers run at once).
+  const args = ['serve', '--listen', `unix:${socketPath}`, '--pid-file', pidFile, '--control', controlPath, '--dashboard', '0'];
   for (const t of opts.tables ?? []) {
     args.push('--table', t.table);
     if (t.name !== undefined) args.push('--name', t.name);
