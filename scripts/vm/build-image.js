@@ -16,7 +16,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CpioWriter } from './cpio.js';
-import { imageSpec, KERNEL_META_PACKAGE } from './images.js';
+import { IMAGES, imageSpec, KERNEL_META_PACKAGE } from './images.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const BUILD_FORMAT_VERSION = 1; // bump when the image layout changes in a way the hash cannot see
@@ -172,26 +172,48 @@ function extractVmlinux(bzImage, out) {
   if (!head.equals(Buffer.from([0x7f, 0x45, 0x4c, 0x46]))) throw new Error(`${out}: not an ELF file`);
 }
 
-/** Unpacked + depmod'ed kernel of one resolved package version; built once per version. */
+/**
+ * Unpacked + depmod'ed kernel of one resolved package version: the raw vmlinux, modules.dep and friends,
+ * and only the modules (with their dependencies) that some image in images.js loads (~5 MB instead of
+ * ~400 MB). Rebuilt when the package version changes or an image wants a module it does not hold.
+ */
 function ensureKernel(kernelPkg, version, debPath) {
   const dir = path.join(cacheDir(), 'kernel', `${kernelPkg}_${version.replace(/:/g, '%3a')}`);
   const manifestPath = path.join(dir, 'kernel.json');
-  if (fs.existsSync(manifestPath)) return { dir, ...JSON.parse(fs.readFileSync(manifestPath, 'utf8')) };
+  const wanted = [...new Set(Object.values(IMAGES).flatMap((i) => i.modules))].sort();
+  if (fs.existsSync(manifestPath)) {
+    const manifest = JSON.parse(fs.readFileSync(manifestPath, 'utf8'));
+    if (wanted.every((m) => manifest.modules?.includes(m))) return { dir, ...manifest };
+  }
   const t0 = Date.now();
-  fs.rmSync(dir, { recursive: true, force: true });
   const tmp = `${dir}.tmp-${process.pid}`;
-  fs.rmSync(tmp, { recursive: true, force: true });
-  fs.mkdirSync(tmp, { recursive: true });
-  run('dpkg-deb', ['-x', debPath, tmp]);
-  const kver = fs.readdirSync(path.join(tmp, 'lib', 'modules'))[0];
-  if (!kver) throw new Error(`${debPath}: no lib/modules`);
-  run('depmod', ['-b', tmp, kver]);
-  extractVmlinux(path.join(tmp, 'boot', `vmlinuz-${kver}`), path.join(tmp, 'vmlinux'));
-  const manifest = { kernelVersion: kver, package: kernelPkg, packageVersion: version };
-  fs.writeFileSync(path.join(tmp, 'kernel.json'), JSON.stringify(manifest, null, 2));
-  fs.renameSync(tmp, dir);
-  log(`kernel ${kver} unpacked, depmod'ed, vmlinux extracted in ${Date.now() - t0} ms`);
-  return { dir, ...manifest };
+  const full = fs.mkdtempSync(path.join(os.tmpdir(), 'nbdm-kernel-'));
+  try {
+    fs.rmSync(tmp, { recursive: true, force: true });
+    run('dpkg-deb', ['-x', debPath, full]);
+    const kver = fs.readdirSync(path.join(full, 'lib', 'modules'))[0];
+    if (!kver) throw new Error(`${debPath}: no lib/modules`);
+    run('depmod', ['-b', full, kver]);
+    const fullMods = path.join(full, 'lib', 'modules', kver);
+    const keepMods = path.join(tmp, 'lib', 'modules', kver);
+    fs.mkdirSync(keepMods, { recursive: true });
+    for (const f of fs.readdirSync(fullMods)) {
+      if (f.startsWith('modules.')) fs.copyFileSync(path.join(fullMods, f), path.join(keepMods, f));
+    }
+    for (const rel of moduleLoadOrder(readModulesDep(fullMods), wanted)) {
+      fs.mkdirSync(path.dirname(path.join(keepMods, rel)), { recursive: true });
+      fs.copyFileSync(path.join(fullMods, rel), path.join(keepMods, rel));
+    }
+    extractVmlinux(path.join(full, 'boot', `vmlinuz-${kver}`), path.join(tmp, 'vmlinux'));
+    const manifest = { kernelVersion: kver, package: kernelPkg, packageVersion: version, modules: wanted };
+    fs.writeFileSync(path.join(tmp, 'kernel.json'), JSON.stringify(manifest, null, 2));
+    fs.rmSync(dir, { recursive: true, force: true });
+    fs.renameSync(tmp, dir);
+    log(`kernel ${kver} unpacked, depmod'ed, vmlinux extracted in ${Date.now() - t0} ms`);
+    return { dir, ...manifest };
+  } finally {
+    fs.rmSync(full, { recursive: true, force: true });
+  }
 }
 
 /** modules.dep of a kernel tree: module name -> { path, deps (paths) }. */

@@ -8,12 +8,12 @@
 // Tests run concurrently, at most NBDM_KERNEL_GUESTS (default 2: one TCG guest per core) guests at once.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { describe, expect, test } from 'vitest';
+import { beforeAll, describe, expect, test } from 'vitest';
 import { run } from '../helpers/run.js';
 import { MiB } from '../helpers/tmp.js';
 import {
   bootGuest, describeGuest, e2fsckClean, fileSha256, guestSums, hostSums, requireKernelTestTools,
-  serverConnections, Slots, startVolume, type GuestResult, type ServerKind, type TestVolume,
+  prepareImage, serverConnections, Slots, startVolume, type GuestResult, type ServerKind, type TestVolume,
 } from './helpers.js';
 
 const KIND = (process.env.NBDM_KERNEL_SERVER ?? 'mirror') as ServerKind;
@@ -22,6 +22,8 @@ const VOLUME_BYTES = 64 * MiB;
 const DROP_VOLUME_BYTES = 32 * MiB;
 const GUEST_TIMEOUT_MS = 100_000;
 const TEST_TIMEOUT_MS = 240_000;
+/** First run: package downloads, kernel unpack and image build (~1 min on a busy 2-core machine). */
+const IMAGE_BUILD_TIMEOUT_MS = 300_000;
 const TREE_FILES = 41; // 4 dirs x 5 files x 2 + the big file (see guest/ext4-roundtrip.sh)
 const GUEST_DIR = join(import.meta.dirname, 'guest');
 const script = (name: string) => readFileSync(join(GUEST_DIR, name), 'utf8');
@@ -97,6 +99,12 @@ async function roundTrip(t: Run, nbdClientArgs: string, expectConnections: numbe
 }
 
 describe.skipIf(!ok).concurrent(`kernel nbd client, ext4 (${KIND})`, () => {
+  beforeAll(() => {
+    const t0 = Date.now();
+    const image = prepareImage('ext4');
+    console.log(`[kernel] image ext4 (kernel ${image.kernelVersion}) ready in ${Date.now() - t0} ms`);
+  }, IMAGE_BUILD_TIMEOUT_MS);
+
   test('ext4 round trip over one connection', async () => {
     await withRun('ext4 -C 1', (t) => roundTrip(t, '', 1));
   }, TEST_TIMEOUT_MS);

@@ -9,6 +9,7 @@ import { rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { describeResult, runGuest, type GuestOptions, type GuestResult } from '../../scripts/vm/run-guest.js';
+import { ensureImage } from '../../scripts/vm/build-image.js';
 import { findTool, IN_CI, unmet } from '../helpers/tools.js';
 import { run } from '../helpers/run.js';
 import { createSparseFile, makeTempDir, removeTempDir, SECTOR_BYTES } from '../helpers/tmp.js';
@@ -23,6 +24,14 @@ export const MIRROR_REGION_SECTORS = 1024;
 export type { GuestOptions, GuestResult };
 export const bootGuest: (opts: GuestOptions) => Promise<GuestResult> = runGuest;
 export const describeGuest: (r: GuestResult) => string = describeResult;
+
+/**
+ * Builds (or finds) a guest image before any test runs: the build is synchronous and would otherwise
+ * stall the event loop under a running test (first run: downloads + kernel unpack, tens of seconds).
+ */
+export function prepareImage(name: string): { kernelVersion: string; initrd: string } {
+  return ensureImage(name);
+}
 
 /** Tools the kernel tests need on the host; under CI=true a missing one fails the file. */
 export function requireKernelTestTools(extra: string[] = []): boolean {
@@ -48,10 +57,16 @@ export function freePort(): Promise<number> {
 export async function waitForNbd(port: number, name: string, isDead: () => boolean, output: () => string): Promise<void> {
   const deadline = Date.now() + READY_TIMEOUT_MS;
   for (;;) {
-    const r = await run('nbdinfo', ['--size', `nbd://127.0.0.1:${port}/${name}`], { allowFailure: true, timeoutMs: 5_000 });
-    if (r.code === 0) return;
+    let why: string;
+    try {
+      const r = await run('nbdinfo', ['--size', `nbd://127.0.0.1:${port}/${name}`], { allowFailure: true, timeoutMs: 5_000 });
+      if (r.code === 0) return;
+      why = r.stderr;
+    } catch (e) {
+      why = (e as Error).message; // nbdinfo itself timed out (a busy machine): try again until the deadline
+    }
     if (isDead()) throw new Error(`NBD server exited before it was ready\n${output()}`);
-    if (Date.now() > deadline) throw new Error(`no NBD handshake on 127.0.0.1:${port} after ${READY_TIMEOUT_MS} ms: ${r.stderr}\n${output()}`);
+    if (Date.now() > deadline) throw new Error(`no NBD handshake on 127.0.0.1:${port} after ${READY_TIMEOUT_MS} ms: ${why}\n${output()}`);
     await new Promise((res) => setTimeout(res, READY_POLL_MS));
   }
 }
