@@ -117,6 +117,7 @@ interface CounterMark {
   ops: number;
   latencySumMs: number;
   buckets: Float64Array;
+  resyncBytes: number;
 }
 
 export class Dashboard {
@@ -397,19 +398,19 @@ export class Dashboard {
 
   private sample(v: Volume, nowMs: number): Sample {
     const c: IoCounters = this.opts.metrics.counters(v.name);
+    const m = mirrorSample(v.liveExport);
     const cur: CounterMark = {
       readBytes: c.bytes[0]!,
       writeBytes: c.bytes[1]! + c.bytes[3]! + c.bytes[4]!,
       ops: c.requests.reduce((a, b) => a + b, 0),
       latencySumMs: c.latencySumMs.reduce((a, b) => a + b, 0),
       buckets: c.bucketTotals(['read', 'write', 'flush', 'trim', 'zero']),
+      resyncBytes: m?.status.resync.bytesCopied ?? 0,
     };
     const prev = this.marks.get(v.name);
     this.marks.set(v.name, cur);
-    const m = mirrorSample(v.liveExport);
-    const resyncBytesPerSec = m?.status.resync.running ? m.status.resync.bytesPerSec : 0;
     if (prev === undefined) {
-      return { tMs: nowMs, readBytesPerSec: 0, writeBytesPerSec: 0, opsPerSec: 0, latencyMeanMs: null, latencyP99Ms: null, resyncBytesPerSec };
+      return { tMs: nowMs, readBytesPerSec: 0, writeBytesPerSec: 0, opsPerSec: 0, latencyMeanMs: null, latencyP99Ms: null, resyncBytesPerSec: 0 };
     }
     const secs = SAMPLE_INTERVAL_MS / 1000;
     const ops = cur.ops - prev.ops;
@@ -421,7 +422,8 @@ export class Dashboard {
       opsPerSec: ops / secs,
       latencyMeanMs: ops > 0 ? (cur.latencySumMs - prev.latencySumMs) / ops : null,
       latencyP99Ms: bucketQuantileMs(delta, 0.99),
-      resyncBytesPerSec,
+      // A table swap starts a new engine whose copy counter restarts: never a negative rate.
+      resyncBytesPerSec: Math.max(0, cur.resyncBytes - prev.resyncBytes) / secs,
     };
   }
 }
