@@ -36,19 +36,23 @@ const { values: flags } = parseArgs({
     'no-resync': { type: 'boolean', default: false },
     out: { type: 'string', default: join(ROOT, 'bench-results', 'latest.json') },
     cli: { type: 'string' },
+    repeat: { type: 'string', default: '1' },
     help: { type: 'boolean', default: false },
   },
 });
 if (flags.help) {
   console.log(`usage: npm run bench -- [--servers ${ALL_SERVERS.join(',')}] [--jobs ${Object.keys(JOBS).join(',')}]
        [--runtime SEC per job] [--size BYTES] [--dir DIR for backing files] [--no-resync] [--out FILE]
-       [--cli PATH to bin/nbd-mirror.js; default: a private build of src/ in .cache/e2e/]`);
+       [--cli PATH to bin/nbd-mirror.js; default: a private build of src/ in .cache/e2e/]
+       [--repeat N: N interleaved rounds over the servers, the median per job is reported (noisy machines)]`);
   process.exit(0);
 }
 const servers = flags.servers.split(',').filter(Boolean);
 for (const s of servers) if (!ALL_SERVERS.includes(s)) throw new Error(`unknown server ${s}; known: ${ALL_SERVERS.join(', ')}`);
 const jobs = flags.jobs.split(',').filter(Boolean);
 const runtimeSec = Number(flags.runtime);
+const repeat = Number(flags.repeat);
+if (!(Number.isInteger(repeat) && repeat >= 1)) throw new Error('--repeat must be a positive integer');
 const sizeBytes = Number(flags.size);
 if (!(sizeBytes > 0 && sizeBytes % (1024 * 1024) === 0)) throw new Error('--size must be a positive multiple of 1 MiB');
 
@@ -167,6 +171,27 @@ async function benchResync(ctx) {
   };
 }
 
+function median(values) {
+  const v = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(v.length / 2);
+  return v.length % 2 === 1 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
+}
+
+function medianResult(runs) {
+  const jobsOut = {};
+  for (const job of Object.keys(runs[0].jobs)) {
+    const of = (k) => median(runs.map((r) => r.jobs[job][k]).filter((x) => x !== null));
+    jobsOut[job] = {
+      iops: Math.round(of('iops')),
+      bwBytesPerSec: Math.round(of('bwBytesPerSec')),
+      clatP50Us: of('clatP50Us') ?? null,
+      clatP99Us: of('clatP99Us') ?? null,
+      ...(runs.length > 1 ? { iopsPerRound: runs.map((r) => r.jobs[job].iops) } : {}),
+    };
+  }
+  return { description: runs[0].description, table: runs[0].table, rounds: runs.length, jobs: jobsOut };
+}
+
 function fmt(n) {
   return n >= 100 ? String(Math.round(n)) : n.toFixed(1);
 }
@@ -202,8 +227,15 @@ async function main() {
     await fillRandom(ctx.files.a, sizeBytes);
     await copyFile(ctx.files.a, ctx.files.b);
     await sparse(ctx.files.log, 1024 * 1024);
+    // Rounds are interleaved (every server once per round) so a burst of load elsewhere on the machine
+    // hits all servers alike; each figure is the median over the rounds.
+    const rounds = {};
+    for (let round = 0; round < repeat; round++) {
+      if (repeat > 1) console.log(`  round ${round + 1}/${repeat}`);
+      for (const name of servers) (rounds[name] ??= []).push(await benchServer(name, ctx));
+    }
     const results = {};
-    for (const name of servers) results[name] = await benchServer(name, ctx);
+    for (const name of servers) results[name] = medianResult(rounds[name]);
     let resync;
     if (!flags['no-resync'] && servers.includes('mirror-core')) {
       process.stdout.write('  resync       full resync of 2-leg core-log mirror vs nbdcopy A -> B ... ');
@@ -229,6 +261,7 @@ async function main() {
       backingDir: flags.dir,
       sizeBytes,
       runtimeSecPerJob: runtimeSec,
+      rounds: repeat,
       jobs: Object.fromEntries(jobs.map((j) => [j, JOBS[j]])),
       servers: results,
       resync,
