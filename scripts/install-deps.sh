@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(
-  nbdkit libnbd-bin qemu-utils fio fuse3 e2fsprogs util-linux
+  nbdkit libnbd-bin qemu-utils fio fuse3 e2fsprogs util-linux file
   gnutls-bin iproute2 procps
   corosync libcpg-dev libcorosync-common-dev libqb-dev libquorum-dev
   qemu-system-x86 kmod cpio

@@ -32,7 +32,8 @@ export function unmet(what: string, hint: string): false {
 const PACKAGE_HINTS: Record<string, string> = {
   nbdinfo: 'apt-get install libnbd-bin',
   nbdcopy: 'apt-get install libnbd-bin',
-  nbdfuse: 'apt-get install nbdfuse',
+  nbdfuse: 'apt-get install libnbd-bin (Debian 12; a separate nbdfuse package on newer releases)',
+  file: 'apt-get install file',
   nbdkit: 'apt-get install nbdkit',
   'qemu-io': 'apt-get install qemu-utils',
   'qemu-img': 'apt-get install qemu-utils',
