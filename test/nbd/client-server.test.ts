@@ -130,6 +130,23 @@ describe('NbdClient <-> NbdServer', () => {
     await c.close();
   });
 
+  it('large concurrent writes and reads (pooled payload buffers) never mix data', async () => {
+    const c = await NbdClient.connect(h.uri('disk'));
+    for (let round = 0; round < 3; round++) {
+      const sizes = [MiB, 256 * 1024, MiB, 512 * 1024 + 4096, MiB, 128 * 1024];
+      await Promise.all(sizes.map((n, i) => c.write(pattern(n, round * 10 + i), 8 * MiB + i * 2 * MiB, { fua: false })));
+      const backs = await Promise.all(
+        sizes.map(async (n, i) => {
+          const b = Buffer.alloc(n);
+          await c.read(b, 8 * MiB + i * 2 * MiB);
+          return b;
+        }),
+      );
+      backs.forEach((b, i) => expect(b.equals(pattern(sizes[i]!, round * 10 + i))).toBe(true));
+    }
+    await c.close();
+  });
+
   it('serves several connections at once', async () => {
     const clients = await Promise.all(Array.from({ length: 8 }, () => NbdClient.connect(h.uri('disk'))));
     await Promise.all(clients.map((c, i) => c.write(pattern(65536, 500 + i), 32 * MiB + i * 65536, { fua: false })));

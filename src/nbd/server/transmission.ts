@@ -30,6 +30,7 @@ import {
 } from '../codec/reply.js';
 import { decodeRequestHeader, newRequestHeader, type RequestHeader } from '../codec/request.js';
 import { type Export, ExportError, type Extent } from '../export.js';
+import { BufferPool } from './buffer-pool.js';
 import type { Negotiated } from './handshake.js';
 import type { ServerLimits } from './limits.js';
 import type { Logger } from './log.js';
@@ -78,6 +79,7 @@ export class Transmission {
   private closed = false;
   private disconnectRequested = false;
   private inputEnded = false;
+  private readonly pool = new BufferPool();
   private readonly onDataBound = (chunk: Buffer): void => this.onData(chunk);
   private readonly onDrainBound = (): void => this.maybeResume();
   private readonly uncorkBound = (): void => this.uncork();
@@ -180,10 +182,10 @@ export class Transmission {
           const data = chunk.subarray(pos, pos + want);
           pos += want;
           this.state = STATE_HEADER;
-          this.dispatchWrite(data);
+          this.dispatchWrite(data, false);
         } else {
           let buf = this.payloadBuf;
-          if (buf === null) buf = this.payloadBuf = Buffer.allocUnsafe(want);
+          if (buf === null) buf = this.payloadBuf = this.pool.take(want);
           const k = Math.min(want - this.payloadHave, len - pos);
           chunk.copy(buf, this.payloadHave, pos, pos + k);
           this.payloadHave += k;
@@ -192,7 +194,7 @@ export class Transmission {
             this.payloadBuf = null;
             this.payloadHave = 0;
             this.state = STATE_HEADER;
-            this.dispatchWrite(buf);
+            this.dispatchWrite(buf, true);
           }
         }
       } else if (state === STATE_DISCARD) {
@@ -355,14 +357,18 @@ export class Transmission {
         this.inFlightBytes += len;
         const structured = this.nego.structuredReplies;
         const prefix = structured ? OFFSET_DATA_PREFIX_BYTES : C.SIMPLE_REPLY_BYTES;
-        const reply = Buffer.allocUnsafe(prefix + len);
+        const pooled = this.pool.pooled(prefix + len);
+        const reply = pooled ? this.pool.take(prefix + len) : Buffer.allocUnsafe(prefix + len);
         this.exp.read(reply.subarray(prefix), off).then(
           () => {
             if (structured) encodeOffsetDataPrefix(reply, 0, C.NBD_REPLY_FLAG_DONE, cookieHi, cookieLo, off, len);
             else encodeSimpleReply(reply, 0, 0, cookieHi, cookieLo);
-            this.complete(reply, len);
+            this.complete(reply, len, pooled);
           },
-          (err: unknown) => this.failed(cookieHi, cookieLo, true, err, len),
+          (err: unknown) => {
+            if (pooled) this.pool.release(reply);
+            this.failed(cookieHi, cookieLo, true, err, len);
+          },
         );
         return;
       }
@@ -401,16 +407,25 @@ export class Transmission {
     }
   }
 
-  private dispatchWrite(data: Buffer): void {
+  private dispatchWrite(data: Buffer, pooled: boolean): void {
     const h = this.hdr;
     const cookieHi = h.cookieHi;
     const cookieLo = h.cookieLo;
     this.inFlightRequests++;
-    this.settle(
-      this.exp.write(data, h.offsetBytes, { fua: (h.flags & C.NBD_CMD_FLAG_FUA) !== 0 }),
-      cookieHi,
-      cookieLo,
-      data.length,
+    const p = this.exp.write(data, h.offsetBytes, { fua: (h.flags & C.NBD_CMD_FLAG_FUA) !== 0 });
+    if (!pooled || !this.pool.pooled(data.length)) {
+      this.settle(p, cookieHi, cookieLo, data.length);
+      return;
+    }
+    p.then(
+      () => {
+        this.pool.release(data);
+        this.complete(simpleReply(0, cookieHi, cookieLo), data.length);
+      },
+      (err: unknown) => {
+        this.pool.release(data);
+        this.failed(cookieHi, cookieLo, false, err, data.length);
+      },
     );
   }
 
@@ -441,22 +456,31 @@ export class Transmission {
     this.write(this.errorReply(cookieHi, cookieLo, isRead, r));
   }
 
-  private complete(reply: Buffer, heldBytes: number): void {
+  private complete(reply: Buffer, heldBytes: number, pooledReply = false): void {
     this.inFlightRequests--;
     this.inFlightBytes -= heldBytes;
-    this.write(reply);
+    this.write(reply, pooledReply);
     if (this.paused) this.maybeResume();
     else if (this.state === STATE_CLOSING) this.checkFinished();
   }
 
-  private write(b: Buffer): void {
-    if (this.closed) return;
+  private write(b: Buffer, pooled = false): void {
+    if (this.closed) {
+      if (pooled) this.pool.release(b);
+      return;
+    }
+    // A pooled reply goes back to the pool once the socket is done with it.
+    const cb = pooled ? (err?: Error | null): void => (err ? undefined : this.pool.release(b)) : undefined;
+    if (!this.corked && this.inFlightRequests === 0) {
+      this.socket.write(b, cb); // nothing else can complete this tick: no cork, no nextTick (QD1 path)
+      return;
+    }
     if (!this.corked) {
       this.corked = true;
       this.socket.cork();
       process.nextTick(this.uncorkBound);
     }
-    this.socket.write(b);
+    this.socket.write(b, cb);
   }
 
   private uncork(): void {
