@@ -19,8 +19,8 @@ export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', 
  * yourself to test another build, e.g. an installed one); bin/nbd-mirror.js (dist/) only as a fallback.
  */
 export const CLI_PATH = process.env.NBD_MIRROR_CLI ?? join(REPO_ROOT, 'bin', 'nbd-mirror.js');
-export const READY_TIMEOUT_MS = 15_000;
-export const STOP_TIMEOUT_MS = 10_000;
+export const READY_TIMEOUT_MS = 30_000;
+export const STOP_TIMEOUT_MS = 20_000;
 const READY_POLL_MS = 20;
 /** Keep the tail of the server's output for error messages; bounded. */
 const OUTPUT_BYTES_MAX = 256 * 1024;
