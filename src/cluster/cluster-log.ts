@@ -614,7 +614,9 @@ export class ClusterLog implements DirtyLog {
         if (mine) this.hinted.delete(m.region);
         break;
       case Req.CHECKPOINT:
-        if (m.part === m.parts - 1) s.applyCheckpointDone(m.targets);
+        // Only a holder of this state can initialize others into it (a stale checkpoint from a member
+        // that has since lost a merge must not count).
+        if (m.part === m.parts - 1 && s.initialized.has(memberKey(from))) s.applyCheckpointDone(m.targets);
         break;
     }
   }

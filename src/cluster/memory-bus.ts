@@ -4,7 +4,8 @@
 // per bus, and their delivery to the members of each group. Semantics follow corosync CPG (see
 // transport.ts): every member of a group sees the same sequence of messages and configuration
 // changes, including its own messages; a message is delivered to the members present when it is
-// reached in the order; a dead member's messages that were already ordered are still delivered.
+// reached in the order; a dead member's messages that were already ordered are still delivered; messages
+// are delivered in the view they were sent in (queued messages overtake a pending configuration change).
 //
 // Delivery is asynchronous: `auto` (default) delivers on setImmediate turns, `manual` delivers only
 // when the owner calls step()/drain() (a simulation controls interleavings and time that way).
@@ -34,12 +35,15 @@ export const MEMORY_BUS_DEFAULTS = {
 type BusEvent =
   | { kind: 'msg'; group: string; from: MemoryTransport; payload: Buffer }
   | { kind: 'join'; group: string; who: MemoryTransport }
-  | { kind: 'leave'; group: string; who: MemoryTransport[]; reason: number };
+  | { kind: 'leave'; group: string; who: MemoryTransport[]; reason: number }
+  | { kind: 'regroup'; group: ''; sideOfNode: Map<number, number> };
 
 export class MemoryBus {
   private readonly pending: BusEvent[] = [];
   private head = 0;
   private readonly groups = new Map<string, MemoryTransport[]>();
+  /** Network partition: node id -> side (absent = side 0). Members only see their own side. */
+  private sideOfNode = new Map<number, number>();
   private readonly endpoints = new Set<MemoryTransport>();
   private scheduled = false;
   private nextPid = 1000;
@@ -71,12 +75,30 @@ export class MemoryBus {
   /** Delivers the next event; false when there is none. */
   step(): boolean {
     if (this.head >= this.pending.length) return false;
-    const ev = this.pending[this.head]!;
-    this.pending[this.head] = undefined as unknown as BusEvent;
-    this.head++;
-    if (this.head > 1024 && this.head * 2 > this.pending.length) {
-      this.pending.splice(0, this.head);
-      this.head = 0;
+    let at = this.head;
+    const first = this.pending[at]!;
+    if (first.kind !== 'msg') {
+      // Virtual synchrony: a message is delivered in the view it was sent in. Every message already
+      // queued was sent before anyone saw this pending configuration change, so messages from current
+      // members overtake it.
+      for (let i = this.head + 1; i < this.pending.length; i++) {
+        const e = this.pending[i]!;
+        if (e.kind === 'msg' && (this.groups.get(e.group) ?? []).includes(e.from)) {
+          at = i;
+          break;
+        }
+      }
+    }
+    const ev = this.pending[at]!;
+    if (at === this.head) {
+      this.pending[this.head] = undefined as unknown as BusEvent;
+      this.head++;
+      if (this.head > 1024 && this.head * 2 > this.pending.length) {
+        this.pending.splice(0, this.head);
+        this.head = 0;
+      }
+    } else {
+      this.pending.splice(at, 1);
     }
     this.apply(ev);
     this.deliveredEvents++;
@@ -102,6 +124,34 @@ export class MemoryBus {
     if (!t.alive) return;
     t.markDead();
     this.orderDeparture([t], ChangeReason.procDown);
+  }
+
+  /**
+   * Splits the network: each listed array of node ids becomes one side (unlisted nodes share side 0).
+   * Ordered like any event: members on each side then see the others leave with NODEDOWN, and each side
+   * goes on with its own total order.
+   */
+  partition(sides: readonly (readonly number[])[]): void {
+    const m = new Map<number, number>();
+    sides.forEach((nodes, i) => {
+      for (const n of nodes) m.set(n, i + 1);
+    });
+    this.pending.push({ kind: 'regroup', group: '', sideOfNode: m });
+    this.schedule();
+  }
+
+  /** Rejoins every side: members see the others come back with NODEUP. */
+  heal(): void {
+    this.pending.push({ kind: 'regroup', group: '', sideOfNode: new Map() });
+    this.schedule();
+  }
+
+  /** Distinct live nodes on node's side of the current partition (as applied so far). */
+  sideNodeCount(nodeId: number): number {
+    const side = this.sideOfNode.get(nodeId) ?? 0;
+    const nodes = new Set<number>();
+    for (const t of this.endpoints) if (t.alive && (this.sideOfNode.get(t.nodeId) ?? 0) === side) nodes.add(t.nodeId);
+    return nodes.size;
   }
 
   // ---- used by MemoryTransport ----
@@ -146,12 +196,21 @@ export class MemoryBus {
     });
   }
 
+  private sideOf(t: MemoryTransport, map = this.sideOfNode): number {
+    return map.get(t.nodeId) ?? 0;
+  }
+
   private apply(ev: BusEvent): void {
+    if (ev.kind === 'regroup') {
+      this.regroup(ev.sideOfNode);
+      return;
+    }
     const members = this.groups.get(ev.group) ?? [];
     switch (ev.kind) {
       case 'msg': {
         const d: Delivery = { nodeId: ev.from.nodeId, pid: ev.from.pid, payload: ev.payload };
-        for (const m of [...members]) m.receive(d);
+        const side = this.sideOf(ev.from);
+        for (const m of [...members]) if (this.sideOf(m) === side) m.receive(d);
         break;
       }
       case 'join': {
@@ -159,12 +218,14 @@ export class MemoryBus {
         if (!ev.who.alive) return; // died before its join was ordered
         const next = [...members, ev.who];
         this.groups.set(ev.group, next);
+        const side = this.sideOf(ev.who);
+        const view = next.filter((t) => this.sideOf(t) === side);
         const change: ConfigChange = {
-          members: next.map(memberOf),
+          members: view.map(memberOf),
           left: [],
           joined: [{ ...memberOf(ev.who), reason: ChangeReason.join }],
         };
-        for (const m of next) m.receiveChange(change);
+        for (const m of view) m.receiveChange(change);
         break;
       }
       case 'leave': {
@@ -172,16 +233,61 @@ export class MemoryBus {
         if (gone.length === 0) return;
         const next = members.filter((t) => !gone.includes(t));
         this.groups.set(ev.group, next);
-        const change: ConfigChange = {
-          members: next.map(memberOf),
-          left: gone.map((t): MemberChange => ({ ...memberOf(t), reason: ev.reason })),
-          joined: [],
-        };
-        // A voluntary leaver sees its own leave too (as with cpg_leave); dead ones see nothing.
-        const audience = ev.reason === ChangeReason.leave ? [...next, ...gone] : next;
-        for (const m of audience) m.receiveChange(change);
+        // Each side sees only its own members go.
+        for (const side of new Set(gone.map((t) => this.sideOf(t)))) {
+          const goneHere = gone.filter((t) => this.sideOf(t) === side);
+          const view = next.filter((t) => this.sideOf(t) === side);
+          const change: ConfigChange = {
+            members: view.map(memberOf),
+            left: goneHere.map((t): MemberChange => ({ ...memberOf(t), reason: ev.reason })),
+            joined: [],
+          };
+          // A voluntary leaver sees its own leave too (as with cpg_leave); dead ones see nothing.
+          const audience = ev.reason === ChangeReason.leave ? [...view, ...goneHere] : view;
+          for (const m of audience) m.receiveChange(change);
+        }
         for (const t of gone) if (ev.reason === ChangeReason.leave) t.left();
         break;
+      }
+    }
+  }
+
+  /** Applies a new side assignment: per member, a NODEDOWN change for who it lost, then a NODEUP change for who it regained. */
+  private regroup(next: Map<number, number>): void {
+    const old = this.sideOfNode;
+    this.sideOfNode = next;
+    for (const members of this.groups.values()) {
+      // Members with the same (old side, new side) see the same changes.
+      const cells = new Map<string, MemoryTransport[]>();
+      for (const t of members) {
+        const key = `${this.sideOf(t, old)}/${this.sideOf(t, next)}`;
+        const list = cells.get(key) ?? [];
+        list.push(t);
+        cells.set(key, list);
+      }
+      for (const cell of cells.values()) {
+        const o = this.sideOf(cell[0]!, old);
+        const n = this.sideOf(cell[0]!, next);
+        const before = members.filter((t) => this.sideOf(t, old) === o);
+        const after = members.filter((t) => this.sideOf(t, next) === n);
+        const lost = before.filter((t) => !after.includes(t));
+        const gained = after.filter((t) => !before.includes(t));
+        if (lost.length > 0) {
+          const change: ConfigChange = {
+            members: before.filter((t) => !lost.includes(t)).map(memberOf),
+            left: lost.map((t) => ({ ...memberOf(t), reason: ChangeReason.nodeDown })),
+            joined: [],
+          };
+          for (const m of cell) m.receiveChange(change);
+        }
+        if (gained.length > 0) {
+          const change: ConfigChange = {
+            members: after.map(memberOf),
+            left: [],
+            joined: gained.map((t) => ({ ...memberOf(t), reason: ChangeReason.nodeUp })),
+          };
+          for (const m of cell) m.receiveChange(change);
+        }
       }
     }
   }

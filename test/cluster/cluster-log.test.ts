@@ -303,6 +303,89 @@ describe('ClusterLog on the memory bus', () => {
     );
   });
 
+  it('partitions and heals (with a quorum gate): after the last heal every member holds the identical state', async () => {
+    const NODES = 4;
+    const REGIONS = 16;
+    type PartOp = Op | { kind: 'partition'; mask: number } | { kind: 'heal' };
+    const partOp: fc.Arbitrary<PartOp> = fc.oneof(
+      { weight: 6, arbitrary: opArb(NODES, REGIONS) },
+      { weight: 1, arbitrary: fc.record({ kind: fc.constant('partition' as const), mask: fc.integer({ min: 1, max: 2 ** NODES - 2 }) }) },
+      { weight: 1, arbitrary: fc.record({ kind: fc.constant('heal' as const) }) },
+    );
+    await fc.assert(
+      fc.asyncProperty(fc.array(partOp, { minLength: 1, maxLength: 50 }), fc.integer({ min: 0, max: 4 }), async (ops, stepsBetween) => {
+        const bus = new MemoryBus({ delivery: 'manual' });
+        const logs = new Map<number, ClusterLog>();
+        const mk = (n: number) =>
+          new ClusterLog({
+            transport: bus.connect(n),
+            uuid: 'p',
+            regionSizeBytes: REGION_BYTES,
+            lengthBytes: REGIONS * REGION_BYTES,
+            sync: 'nosync',
+            isQuorate: () => bus.sideNodeCount(n) * 2 > NODES,
+          });
+        for (let n = 1; n <= NODES; n++) logs.set(n, mk(n));
+        await settle(bus, Promise.all([...logs.values()].map((l) => l.resume(activation))));
+        const pending: Promise<unknown>[] = [];
+        const handed = new Map<number, number>();
+        for (const op of ops) {
+          if (op.kind === 'partition') {
+            const a = [...Array(NODES).keys()].map((i) => i + 1).filter((n) => op.mask & (1 << (n - 1)));
+            const b = [...Array(NODES).keys()].map((i) => i + 1).filter((n) => !(op.mask & (1 << (n - 1))));
+            bus.partition([a, b]);
+          } else if (op.kind === 'heal') {
+            bus.heal();
+          } else {
+            const log = logs.get(op.node);
+            if (op.kind === 'restart' && !log) {
+              const l = mk(op.node);
+              logs.set(op.node, l);
+              pending.push(l.resume(activation).catch(() => undefined));
+            } else if (log && log.initialized) {
+              if (op.kind === 'mark') log.markRegion(op.region);
+              if (op.kind === 'clear') log.clearRegion(op.region);
+              if (op.kind === 'mark' || op.kind === 'clear') pending.push(log.flush().catch(() => undefined));
+              if (op.kind === 'write-wait') log.isRemoteRecovering(op.region);
+              if (op.kind === 'nosync') log.setRegionSync(op.region, false);
+              if (op.kind === 'work') {
+                const r = log.getResyncWork();
+                if (r !== null) handed.set(op.node, r);
+              }
+              if (op.kind === 'finish' && handed.has(op.node)) {
+                log.setRegionSync(handed.get(op.node)!, op.ok);
+                handed.delete(op.node);
+              }
+              if (op.kind === 'kill' && logs.size > 1) {
+                bus.killNode(op.node);
+                logs.delete(op.node);
+                handed.delete(op.node);
+              }
+            }
+          }
+          for (let i = 0; i < stepsBetween; i++) bus.step();
+        }
+        bus.heal();
+        await quiesce(bus);
+        await settle(bus, Promise.allSettled(pending));
+        // Local marks re-sent after a lost merge travel with the next flush.
+        for (const l of logs.values()) if (l.initialized) await settle(bus, l.flush().catch(() => undefined));
+        await quiesce(bus);
+        const live = [...logs.values()];
+        for (const l of live) expect(l.initialized).toBe(true);
+        expect(new Set(live.map((l) => l.digest())).size).toBe(1);
+        const s = live[0]!.replicated!;
+        const liveNodes = new Set(logs.keys());
+        for (const n of s.marksByNode.keys()) expect(liveNodes.has(n)).toBe(true);
+        if (s.recovering) expect(liveNodes.has(s.recovering.nodeId)).toBe(true);
+        expect(s.members.map((m) => m.nodeId).sort()).toEqual([...liveNodes].sort());
+        expect(s.waiting.size).toBe(0);
+        expect(s.initialized.size).toBe(liveNodes.size);
+      }),
+      { numRuns: 80 },
+    );
+  });
+
   it('a dead node: its marked regions go out of sync and its recovery claim is released', async () => {
     const bus = new MemoryBus({ delivery: 'manual' });
     const a = newLog(bus, 1, 8, 'nosync');

@@ -98,6 +98,39 @@ describe('MemoryBus', () => {
     expect(leave!.members).toEqual([{ nodeId: 3, pid: c.localPid }]);
   });
 
+  it('partition: each side sees the others leave (NODEDOWN) and orders alone; heal brings NODEUP', async () => {
+    const bus = new MemoryBus({ delivery: 'manual' });
+    const ts = [1, 2, 3].map((n) => bus.connect(n));
+    const recs = ts.map(record);
+    for (const t of ts) await t.join('g');
+    bus.drain();
+    bus.partition([[1, 2], [3]]);
+    bus.drain();
+    expect(bus.sideNodeCount(1)).toBe(2);
+    expect(bus.sideNodeCount(3)).toBe(1);
+    expect(recs[0]!.changes.at(-1)!.left).toEqual([{ nodeId: 3, pid: ts[2]!.localPid, reason: ChangeReason.nodeDown }]);
+    expect(recs[2]!.changes.at(-1)!.left.map((l) => [l.nodeId, l.reason])).toEqual([
+      [1, ChangeReason.nodeDown],
+      [2, ChangeReason.nodeDown],
+    ]);
+    await ts[0]!.mcast(Buffer.from('majority'));
+    await ts[2]!.mcast(Buffer.from('minority'));
+    bus.drain();
+    expect(recs[1]!.log.at(-1)).toBe('1/majority');
+    expect(recs[2]!.log.at(-1)).toBe('3/minority');
+    expect(recs[0]!.log).not.toContain('3/minority');
+    bus.heal();
+    bus.drain();
+    const up1 = recs[0]!.changes.at(-1)!;
+    const up3 = recs[2]!.changes.at(-1)!;
+    expect(up1.joined.map((j) => [j.nodeId, j.reason])).toEqual([[3, ChangeReason.nodeUp]]);
+    expect(up3.joined.map((j) => [j.nodeId, j.reason])).toEqual([
+      [1, ChangeReason.nodeUp],
+      [2, ChangeReason.nodeUp],
+    ]);
+    expect(up1.members).toEqual(up3.members);
+  });
+
   it('auto delivery runs asynchronously and bounds message size', async () => {
     const bus = new MemoryBus({ messageBytesMax: 8 });
     const a = bus.connect(1);
