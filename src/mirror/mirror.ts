@@ -211,6 +211,7 @@ export class MirrorExport implements Export {
       regionSizeBytes: this.regionSizeBytes,
       lengthBytes: this.lengthBytes,
       release: this.releaseParked,
+      idle: () => this.armCleanTimer(),
     });
   }
 
@@ -947,7 +948,7 @@ export class MirrorExport implements Export {
     log: DirtyLog;
     healthy: (i: number) => boolean;
     sourceLeg: () => number;
-    failLeg: (i: number, err: unknown) => void;
+    failLeg: (i: number, err: unknown, kind?: LegErrorKind) => void;
     emit: Emit;
   } {
     return {
@@ -956,7 +957,7 @@ export class MirrorExport implements Export {
       log: this.log,
       healthy: (i) => !this.health.isFailed(i),
       sourceLeg: () => (this.defaultLeg >= 0 && !this.health.isFailed(this.defaultLeg) ? this.defaultLeg : -1),
-      failLeg: (i, err) => this.failLeg(i, 'read', err),
+      failLeg: (i, err, kind = 'read') => this.failLeg(i, kind, err),
       emit: this.emit,
     };
   }

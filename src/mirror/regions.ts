@@ -42,6 +42,8 @@ export interface RegionHashOptions<P> {
   lengthBytes: number;
   /** Called with the parked writes of a region when its hold ends (re-classify them). */
   release: (parked: P[]) => void;
+  /** A region became idle-dirty outside dec() (after a hold): the mirror arms its lazy-clear timer. */
+  idle?: () => void;
 }
 
 export class RegionHash<P> {
@@ -54,6 +56,7 @@ export class RegionHash<P> {
   /** Idle dirty regions waiting to be cleared in the log (lazy clear). */
   private readonly idleDirty = new Set<number>();
   private readonly release: (parked: P[]) => void;
+  private readonly idle: () => void;
 
   constructor(opts: RegionHashOptions<P>) {
     assert(opts.regionSizeBytes > 0 && (opts.regionSizeBytes & (opts.regionSizeBytes - 1)) === 0, 'region size must be a power of two');
@@ -64,6 +67,7 @@ export class RegionHash<P> {
     assert.equal(this.regionCount, opts.log.regionCount, 'log and mirror disagree on the region count');
     this.regionShift = Math.log2(opts.regionSizeBytes);
     this.release = opts.release;
+    this.idle = opts.idle ?? (() => undefined);
   }
 
   regionOf(offsetBytes: number): number {
@@ -164,6 +168,7 @@ export class RegionHash<P> {
     for (const region of this.idleDirty) {
       const e = this.entries.get(region)!;
       if (nowMs - e.idleSinceMs < minIdleMs) continue;
+      if (e.held !== null) continue; // verify holds it briefly; clear it on a later pass
       if (e.markSeq !== 0 && e.markSeq > doneFlushSeq) continue; // never clear ahead of the mark's flush
       this.idleDirty.delete(region);
       e.idleSinceMs = -1;
@@ -189,7 +194,7 @@ export class RegionHash<P> {
     const e = this.getOrCreate(region);
     assert(e.held === null, 'region already held');
     e.held = why;
-    if (e.idleSinceMs >= 0) {
+    if (why === 'recovery' && e.idleSinceMs >= 0) {
       e.idleSinceMs = -1;
       this.idleDirty.delete(region);
     }
@@ -222,6 +227,12 @@ export class RegionHash<P> {
       e.markSeq = 0;
     }
     e.held = null;
+    if (e.pending === 0 && e.idleSinceMs < 0 && this.log.inSync(region) && !this.log.isClean(region)) {
+      // Writes drained during the hold (dec() skips held regions): queue the lazy clear now.
+      e.idleSinceMs = 0;
+      this.idleDirty.add(region);
+      this.idle();
+    }
     const parked = e.parked;
     e.parked = [];
     this.maybeForget(e);

@@ -204,15 +204,18 @@ export class DiskLog extends BitmapLog {
     this.touchedCleaned = false;
     this.touchedDirtied = false;
     this.legsChanged = false;
+    // Snapshot the bits BEFORE flushing the data legs: a region cleared while the data flush runs may have
+    // writes (a resync copy) that this data flush does not cover; it must wait for the next flush.
+    this.encodeArea();
     if (cleaned && this.activation) {
       try {
         await this.activation.flushDataLegs();
       } catch {
         // Which regions are really clean is unknown now: record all dirty (dm disk_flush).
         for (let r = 0; r < this.regionCount; r++) this.clean.set(r, false);
+        this.encodeArea();
       }
     }
-    this.encodeArea();
     try {
       await this.device.write(this.area, 0, { fua: false });
     } catch (err) {
@@ -232,7 +235,8 @@ export class DiskLog extends BitmapLog {
     }
   }
 
-  /** Build the on-disk area from memory (synchronously, so the bytes are one consistent snapshot). */
+  /** Build the on-disk area from memory (synchronously, so the bytes are one consistent snapshot). Leg
+   *  records and bits are copied at call time, so later changes go to the next flush. */
   encodeArea(): Buffer {
     this.area.fill(0);
     const legs: LegRecord[] = [];
