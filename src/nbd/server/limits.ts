@@ -42,6 +42,8 @@ export function resolveLimits(partial: Partial<ServerLimits> | undefined): Serve
     if (!Number.isSafeInteger(v) || v <= 0) throw new RangeError(`server limit ${k} must be a positive integer, got ${v}`);
   }
   if (l.requestBytesMax > 0xffffffff) throw new RangeError('requestBytesMax must fit in 32 bits');
+  // Below the socket's own high-water mark a full buffer might never emit 'drain' to resume us.
+  if (l.writeBufferedBytesMax < 64 * 1024) throw new RangeError('writeBufferedBytesMax must be at least 64 KiB');
   if (l.optionBytesMax < 4096 + 8) throw new RangeError('optionBytesMax must admit a 4096-byte export name');
   return Object.freeze(l);
 }
