@@ -42,6 +42,20 @@ describe.skipIf(!ok)('serve life cycle', () => {
     expect(server.output()).toContain('closed cleanly');
   });
 
+  it('tcp:127.0.0.1:0 listens on a free port and prints it', async () => {
+    const f = await createSparseFile(join(dir(), 'tcp.img'), 4 * MiB);
+    const server = await startServer({ dir: dir(), label: 'tcp', tables: [{ table: linearTable(f, 4 * MiB) }], extraArgs: ['--listen', 'tcp:127.0.0.1:0'] });
+    const m = /listening on tcp:127\.0\.0\.1:(\d+)/.exec(server.output());
+    expect(m, server.output()).not.toBeNull();
+    const port = Number(m![1]);
+    expect(port).toBeGreaterThan(0);
+    expect(server.output()).toContain(`nbdinfo nbd://127.0.0.1:${port}/volume`);
+    const info = JSON.parse((await run('nbdinfo', ['--json', `nbd://127.0.0.1:${port}/`])).stdout);
+    expect(info.exports[0]['export-name']).toBe('volume');
+    expect(info.exports[0]['export-size']).toBe(4 * MiB);
+    await server.stop();
+  });
+
   it('--read-only advertises read-only and refuses writes', async () => {
     const f = await createSparseFile(join(dir(), 'ro.img'), 4 * MiB);
     const server = await startServer({ dir: dir(), label: 'ro', tables: [{ table: linearTable(f, 4 * MiB) }], readOnly: true });
