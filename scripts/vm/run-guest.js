@@ -79,7 +79,7 @@ export function kvmLooksUsable() {
  *           memMiB?: number, extraArgs?: string[], userMac?: string }} o
  */
 export function qemuArgs(image, o) {
-  const tcg = o.accel === 'tcg';
+  const tcg = o.accel !== 'kvm';
   const args = [
     // tb-size=32: a 32 MiB translation cache instead of the default 1 GiB keeps the RSS near 235 MB.
     '-accel', tcg ? 'tcg,tb-size=32' : 'kvm', '-cpu', process.env.NBDM_VM_CPU ?? (tcg ? 'max' : 'host'),
