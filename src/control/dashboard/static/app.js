@@ -228,7 +228,7 @@ function renderVolume(v) {
   ui.eta.textContent = m && pct < 100 ? fmtEta(m.resync.etaSec) : '–';
   ui.held.textContent = String(v.heldWrites);
   ui.held.dataset.held = String(v.heldWrites);
-  ui.held.className = v.heldWrites > 0 ? 'held-on' : '';
+  ui.held.className = v.heldWrites > 0 ? 'held held-on' : 'held';
   ui.heldPeakEl.textContent = ui.heldPeak ? `(peak ${ui.heldPeak})` : '';
   ui.queued.textContent = `${v.queuedRequests} queued, ${v.inFlightRequests} in flight`;
   ui.log.textContent = m ? `${m.log.type}, health ${m.log.health}, ${m.logFlushes} flushes` : '–';
@@ -259,10 +259,10 @@ function buildCard(name) {
   ui.syncPct = el('b', { class: 'sync-pct' });
   ui.syncRegions = el('span', { class: 'muted' });
   ui.resyncRate = el('dd', { class: 'resync-rate' });
-  ui.resyncLimit = el('dd');
+  ui.resyncLimit = el('dd', { class: 'resync-limit' });
   ui.eta = el('dd', { class: 'eta' });
   ui.held = el('span', { class: 'held' });
-  ui.heldPeakEl = el('span', { class: 'muted' });
+  ui.heldPeakEl = el('span', { class: 'held-peak muted' });
   ui.queued = el('dd', {});
   ui.log = el('dd', {});
   const rateInput = el('input', { type: 'text', placeholder: 'e.g. 10M or 0', 'aria-label': 'resync rate (bytes/s)' });
