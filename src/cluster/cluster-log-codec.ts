@@ -12,6 +12,7 @@
 //   IS_REMOTE_RECOVERING 17  u32 region        (a write waits on the region: recover it next)
 //   CHECKPOINT 128       u32 id, u32 part, u32 parts, u32 nTargets, {u32 nodeId, u32 pid, u32 epoch}[],
 //                        u32 chunkBytes, chunk
+//   MERGE_WAITING 129    (empty)
 
 export const ClusterLogRequest = {
   CTR: 1,
@@ -33,6 +34,8 @@ export const ClusterLogRequest = {
   IS_REMOTE_RECOVERING: 17,
   /** Not a dm request: a part of a state checkpoint for joining members. */
   CHECKPOINT: 128,
+  /** Not a dm request: this member lost a partition merge and waits for the state. */
+  MERGE_WAITING: 129,
 } as const;
 
 export const WIRE_VERSION = 1;
@@ -55,6 +58,7 @@ export interface CheckpointTarget {
 export type ClusterLogMessage =
   | { type: typeof ClusterLogRequest.FLUSH; seq: number; marks: number[]; clears: number[] }
   | { type: typeof ClusterLogRequest.GET_RESYNC_WORK; seq: number }
+  | { type: typeof ClusterLogRequest.MERGE_WAITING; seq: number }
   | { type: typeof ClusterLogRequest.SET_REGION_SYNC; seq: number; region: number; inSync: boolean }
   | { type: typeof ClusterLogRequest.IS_REMOTE_RECOVERING; seq: number; region: number }
   | {
@@ -95,6 +99,7 @@ export function encodeMessage(m: ClusterLogMessage): Buffer {
       break;
     }
     case ClusterLogRequest.GET_RESYNC_WORK:
+    case ClusterLogRequest.MERGE_WAITING:
       body = Buffer.alloc(0);
       break;
     case ClusterLogRequest.SET_REGION_SYNC:
@@ -183,6 +188,9 @@ export function decodeMessage(b: Buffer, regionCount: number): ClusterLogMessage
     }
     case ClusterLogRequest.GET_RESYNC_WORK:
       r.end('GET_RESYNC_WORK');
+      return { type, seq };
+    case ClusterLogRequest.MERGE_WAITING:
+      r.end('MERGE_WAITING');
       return { type, seq };
     case ClusterLogRequest.SET_REGION_SYNC: {
       const reg = region('region');

@@ -19,9 +19,13 @@
 //  - Log server = lowest initialized member (node id, then pid), recomputed on every change; it sends
 //    the checkpoint (sync bits, marks, recovering region and recoverer, ...) to joining members.
 //  - A departed node's marks are purged and those regions set out of sync; its recovery claim released.
-//  - Partition merge (members come back with reason NODEUP): the side with more members before the
-//    merge (tie: lower lowest node id) keeps its state; the other side re-takes it from a checkpoint
-//    and re-sends its local marks.
+//  - Partition merge (members come back with reason NODEUP): a side with more members than all the
+//    others together (tie between two sides: the lower lowest node id) keeps its state; the other sides
+//    re-take it from a checkpoint and re-send their local marks. If no side qualifies (3+ sides, none
+//    larger than the rest), every member announces MERGE_WAITING and, once all have, all start over
+//    with every region out of sync (a full resync, whatever the sync mode).
+//  - Messages sent in a view are delivered in that view (virtual synchrony, as CPG/EVS provides and
+//    the memory bus emulates); the checkpoint/epoch logic relies on it.
 // One member per node per log (marks are kept per node id).
 import { ExportError } from '../nbd/export.js';
 import type {
@@ -100,6 +104,9 @@ export class ClusterLog implements DirtyLog {
   private buffer: Buffered[] = [];
   private readonly assembling = new Map<string, Buffer[]>();
   private initWaiters: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
+  /** Set after losing a partition merge: who announced MERGE_WAITING since (null: not in that mode). */
+  private mergeWaiting: Set<string> | null = null;
+  private lastView: Member[] = [];
 
   // local intent
   private readonly localMarks = new Set<number>();
@@ -443,19 +450,21 @@ export class ClusterLog implements DirtyLog {
       for (const j of c.joined) if (!this.joinIndex.has(memberKey(j))) this.joinIndex.set(memberKey(j), this.confIndex);
       this.maybeLoseMerge(c);
     }
+    this.lastView = [...c.members];
     if (!this.state) {
       for (const l of c.left) for (const k of this.assembling.keys()) if (k.startsWith(`${memberKey(l)}:`)) this.assembling.delete(k);
       this.bufferEvent({ kind: 'conf', c, index: this.confIndex });
       if (c.members.every((m) => this.joinIndex.has(memberKey(m)))) this.freshInit(c);
+      else this.maybeAllLost();
       return;
     }
     this.applyConf(this.state, c, true);
   }
 
   /**
-   * Partition merge: members coming back with NODEUP. The side with more members before the merge
-   * (tie: the lower lowest node id) keeps its state; this member, if on the other side, drops its state
-   * and waits for a checkpoint as if it had just joined with its side.
+   * Partition merge: members coming back with NODEUP. My side keeps its state if it has more members
+   * than all returning ones together (tie: the lower lowest node id); otherwise this member drops its
+   * state and waits for a checkpoint as if it had just joined with its side (see maybeAllLost).
    */
   private maybeLoseMerge(c: ConfigChange): void {
     const back = c.joined.filter((j) => j.reason === ChangeReason.nodeUp);
@@ -478,6 +487,11 @@ export class ClusterLog implements DirtyLog {
     this.workRequested = false;
     this.overlay.clear();
     this.hinted.clear();
+    // If every side lost (a heal of 3+ sides, none larger than the rest), nobody sends a checkpoint:
+    // everyone announces itself, and once all members have, they start over from a state that has every
+    // region out of sync (safe whatever the table's sync mode).
+    this.mergeWaiting = new Set();
+    this.send({ type: Req.MERGE_WAITING, seq: 0 }).catch(() => undefined);
   }
 
   private bufferEvent(e: Buffered): void {
@@ -489,20 +503,32 @@ export class ClusterLog implements DirtyLog {
   }
 
   private freshInit(c: ConfigChange): void {
-    const s = ReplicatedLogState.fresh(this.regionCount, this.opts.sync === 'nosync');
+    // After a lost merge the old state is gone for everyone: start with every region out of sync.
+    const allInSync = this.opts.sync === 'nosync' && this.mergeWaiting === null;
+    const s = ReplicatedLogState.fresh(this.regionCount, allInSync);
     s.members = [...c.members];
     for (const m of c.members) {
       const k = memberKey(m);
-      const ji = this.joinIndex.get(k)!;
+      const ji = this.joinIndex.get(k);
       if (ji === 0) s.initialized.add(k);
-      else s.waiting.set(k, this.confIndex - ji);
+      else s.waiting.set(k, this.confIndex - (ji ?? 0));
     }
     this.becomeInitialized(s);
     if (s.server() && this.isMe(s.server()!)) this.sendCheckpoint(s);
   }
 
+  /** Lost-merge mode: once every current member announced MERGE_WAITING, all start over together. */
+  private maybeAllLost(): void {
+    const w = this.mergeWaiting;
+    if (w === null || this.state !== null || this.lastView.length === 0) return;
+    if (!this.lastView.every((m) => w.has(memberKey(m)))) return;
+    for (const m of this.lastView) this.joinIndex.set(memberKey(m), 0);
+    this.freshInit({ members: this.lastView, left: [], joined: [] });
+  }
+
   private becomeInitialized(s: ReplicatedLogState): void {
     this.state = s;
+    this.mergeWaiting = null;
     this.buffer = [];
     this.assembling.clear();
     // Local marks (after a lost merge) must be re-recorded in the new state.
@@ -536,6 +562,10 @@ export class ClusterLog implements DirtyLog {
     if (!this.state) {
       if (m.type === Req.CHECKPOINT && this.collectCheckpoint(from, m)) return;
       this.bufferEvent({ kind: 'msg', from, m });
+      if (m.type === Req.MERGE_WAITING && this.mergeWaiting) {
+        this.mergeWaiting.add(memberKey(from));
+        this.maybeAllLost();
+      }
       return;
     }
     this.applyMsg(this.state, from, m, true);

@@ -18,6 +18,7 @@ const u32 = fc.integer({ min: 0, max: 0xffffffff });
 const messageArb: fc.Arbitrary<ClusterLogMessage> = fc.oneof(
   fc.record({ type: fc.constant(Req.FLUSH), seq: u32, marks: fc.array(region, { maxLength: 50 }), clears: fc.array(region, { maxLength: 50 }) }),
   fc.record({ type: fc.constant(Req.GET_RESYNC_WORK), seq: u32 }),
+  fc.record({ type: fc.constant(Req.MERGE_WAITING), seq: u32 }),
   fc.record({ type: fc.constant(Req.SET_REGION_SYNC), seq: u32, region, inSync: fc.boolean() }),
   fc.record({ type: fc.constant(Req.IS_REMOTE_RECOVERING), seq: u32, region }),
   fc

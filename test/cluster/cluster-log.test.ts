@@ -306,10 +306,16 @@ describe('ClusterLog on the memory bus', () => {
   it('partitions and heals (with a quorum gate): after the last heal every member holds the identical state', async () => {
     const NODES = 4;
     const REGIONS = 16;
-    type PartOp = Op | { kind: 'partition'; mask: number } | { kind: 'heal' };
+    type PartOp = Op | { kind: 'partition'; sideOf: number[] } | { kind: 'heal' };
     const partOp: fc.Arbitrary<PartOp> = fc.oneof(
       { weight: 6, arbitrary: opArb(NODES, REGIONS) },
-      { weight: 1, arbitrary: fc.record({ kind: fc.constant('partition' as const), mask: fc.integer({ min: 1, max: 2 ** NODES - 2 }) }) },
+      {
+        weight: 1,
+        arbitrary: fc.record({
+          kind: fc.constant('partition' as const),
+          sideOf: fc.array(fc.integer({ min: 0, max: 2 }), { minLength: NODES, maxLength: NODES }),
+        }),
+      },
       { weight: 1, arbitrary: fc.record({ kind: fc.constant('heal' as const) }) },
     );
     await fc.assert(
@@ -331,9 +337,8 @@ describe('ClusterLog on the memory bus', () => {
         const handed = new Map<number, number>();
         for (const op of ops) {
           if (op.kind === 'partition') {
-            const a = [...Array(NODES).keys()].map((i) => i + 1).filter((n) => op.mask & (1 << (n - 1)));
-            const b = [...Array(NODES).keys()].map((i) => i + 1).filter((n) => !(op.mask & (1 << (n - 1))));
-            bus.partition([a, b]);
+            // Up to three sides at once: heals may merge three sides in one change.
+            bus.partition([0, 1, 2].map((side) => op.sideOf.map((v, i) => (v === side ? i + 1 : 0)).filter((n) => n > 0)));
           } else if (op.kind === 'heal') {
             bus.heal();
           } else {
@@ -384,6 +389,39 @@ describe('ClusterLog on the memory bus', () => {
       }),
       { numRuns: 80 },
     );
+  });
+
+  it('heal of three sides: a larger side keeps its state; with no larger side all start over out of sync', async () => {
+    for (const [sides, winner] of [
+      [[[1], [2], [3, 4, 5]], 3],
+      [[[1, 2], [3, 4], [5]], null],
+    ] as const) {
+      const bus = new MemoryBus({ delivery: 'manual' });
+      const logs = [1, 2, 3, 4, 5].map((n) => newLog(bus, n, 8, 'nosync'));
+      await settle(bus, Promise.all(logs.map((l) => l.resume(activation))));
+      bus.partition(sides.map((x) => [...x]));
+      await quiesce(bus);
+      // Each side diverges: its first node marks a region of its own.
+      for (const side of sides) {
+        const l = logs[side[0]! - 1]!;
+        l.markRegion(side[0]!);
+        await settle(bus, l.flush());
+      }
+      bus.heal();
+      await quiesce(bus);
+      for (const l of logs) expect(l.initialized).toBe(true);
+      expect(new Set(logs.map((l) => l.digest())).size).toBe(1);
+      const s = logs[0]!.replicated!;
+      if (winner !== null) {
+        // Side {3,4,5}'s state: node 3's mark, regions of the nodes it lost (1, 2 held none) untouched.
+        expect([...(s.marksByNode.get(3) ?? [])]).toEqual([3]);
+        expect(logs[0]!.syncCount()).toBe(8);
+      } else {
+        expect(logs[0]!.syncCount()).toBe(0); // nobody kept a state: everything is resynced
+      }
+      expect(s.server()?.nodeId).toBe(1);
+      for (const l of logs) await l.close();
+    }
   });
 
   it('a dead node: its marked regions go out of sync and its recovery claim is released', async () => {
