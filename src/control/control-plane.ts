@@ -131,6 +131,24 @@ export class ControlPlane {
     return lines;
   }
 
+  /**
+   * Before the service closes: no repair starts any more, and a volume that is suspended or holds writes
+   * is brought back to a state the NBD server can drain: its inactive table is dropped, a flushing suspend
+   * fails held writes with EIO (as dm's), and the live table is resumed.
+   */
+  async beforeShutdown(): Promise<void> {
+    this.policy?.stop();
+    await this.policy?.idle();
+    await Promise.allSettled(
+      this.volumes.list().map(async (v) => {
+        if (v.state === 'ACTIVE' && v.info().heldWrites === 0) return;
+        await v.clear();
+        await v.suspend({ noflush: false });
+        await v.resume();
+      }),
+    );
+  }
+
   /** Stop the policy and the control socket; the volumes are closed by the service (through the proxies). */
   async close(): Promise<void> {
     this.policy?.stop();

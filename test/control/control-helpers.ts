@@ -1,6 +1,5 @@
 // Helpers for the control tests: start `nbd-mirror serve` with a control socket in the test's temp dir,
 // run control commands against it (the real CLI, a separate process), and small polling utilities.
-import { join } from 'node:path';
 import { CLI_PATH, startServer, type ServerHandle, type StartOptions } from '../helpers/server.js';
 import { run, type RunResult } from '../helpers/run.js';
 
@@ -14,7 +13,7 @@ export interface Controlled {
 }
 
 function controlledFor(server: ServerHandle): Controlled {
-  const controlPath = controlPathOf(server);
+  const controlPath = server.controlPath;
   const ctl = (...args: string[]) =>
     run(process.execPath, [CLI_PATH, ...args, '--control', controlPath], { allowFailure: true, timeoutMs: 60_000 });
   return {
@@ -32,16 +31,9 @@ function controlledFor(server: ServerHandle): Controlled {
   };
 }
 
-function controlPathOf(server: ServerHandle): string {
-  const i = server.args.indexOf('--control');
-  if (i < 0) throw new Error('server started without --control');
-  return server.args[i + 1]!;
-}
-
-/** startServer with `--control DIR/control.sock` where DIR is a dir we choose up front. */
+/** startServer (which gives every server `--control DIR/nbd.ctl`) in `dir`, plus control flags. */
 export async function startWithControl(dir: string, opts: StartOptions & { readonly controlArgs?: readonly string[] }): Promise<Controlled> {
-  const controlPath = join(dir, 'control.sock');
-  const server = await startServer({ ...opts, dir, extraArgs: [...(opts.extraArgs ?? []), '--control', controlPath, ...(opts.controlArgs ?? [])] });
+  const server = await startServer({ ...opts, dir, extraArgs: [...(opts.extraArgs ?? []), ...(opts.controlArgs ?? [])] });
   return controlledFor(server);
 }
 

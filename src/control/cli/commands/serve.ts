@@ -125,6 +125,7 @@ async function serve(flags: ServeFlags): Promise<void> {
 async function shutdown(service: Service, pidFile: string | undefined, control: ControlPlane, dashboard: ServeDashboard): Promise<void> {
   try {
     await dashboard.close();
+    await control.beforeShutdown();
     await service.close();
     await control.close();
   } finally {
