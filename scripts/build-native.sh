@@ -13,7 +13,13 @@ if [[ ! -f "$inc/cpg.h" || ! -f "$inc/quorum.h" ]]; then
   exit 0
 fi
 gyp="$here/node_modules/.bin/node-gyp"
-[[ -x "$gyp" ]] || gyp="node-gyp"
+[[ -x "$gyp" ]] || gyp="$(command -v node-gyp || true)"
+if [[ -z "$gyp" ]]; then
+  msg="build-native: node-gyp not found (a devDependency: run npm install); skipping the cluster addon, single-node volumes still work"
+  if [[ "${NBDM_NATIVE_REQUIRED:-}" == 1 ]]; then echo "$msg" >&2; exit 1; fi
+  echo "$msg"
+  exit 0
+fi
 args=(rebuild --loglevel=warn --directory="$here/native")
 # Build against Node's own installed headers (npm is configured with nodedir=/usr here) so nothing is
 # downloaded; honour an explicit npm_config_nodedir.
