@@ -164,7 +164,7 @@ export class Metrics {
 
   constructor(opts: { readonly node?: string } = {}) {
     if (opts.node !== undefined) this.registry.setDefaultLabels({ node: opts.node });
-    promClient.collectDefaultMetrics({ register: this.registry, prefix: 'nbd_mirror_process_' });
+    promClient.collectDefaultMetrics({ register: this.registry, prefix: 'nbd_mirror_' });
     const reg = (name: string, help: string, type: 'counter' | 'gauge' | 'histogram', values: () => MetricValue[]) =>
       this.registry.registerMetric(new ScrapeMetric(name, help, type, values) as unknown as promClient.Metric);
     reg('nbd_mirror_requests_total', 'NBD requests completed, by export and command', 'counter', () => this.perCommand((c, i) => c.requests[i]!));
