@@ -10,14 +10,16 @@
 // the build is used anyway (a type error in one half-written file must not block everyone's tests).
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const CACHE = join(ROOT, '.cache', 'e2e');
-/** Older builds beyond this many are removed (by age). */
+/** Builds always kept (newest first), whatever their age. */
 const BUILDS_KEPT = 4;
+/** An older build unused for this long is removed (a test run lasts minutes, not hours). */
+const BUILD_IDLE_MS_MAX = 3_600_000;
 
 function sourceFiles(dir: string): string[] {
   const out: string[] = [];
@@ -37,16 +39,22 @@ function sourceHash(): string {
   return h.digest('hex').slice(0, 16);
 }
 
+/**
+ * Remove builds nobody used for BUILD_IDLE_MS_MAX (each run touches its build), beyond the newest
+ * BUILDS_KEPT. Another run may still be spawning from an older build, so age, not count, decides.
+ */
 function prune(keep: string): void {
   // A tmp- dir is a build in progress (maybe another run's); one older than an hour was interrupted.
   for (const d of readdirSync(CACHE).filter((x) => x.startsWith('tmp-'))) {
-    if (Date.now() - statSync(join(CACHE, d)).mtimeMs > 3_600_000) rmSync(join(CACHE, d), { recursive: true, force: true });
+    if (Date.now() - statSync(join(CACHE, d)).mtimeMs > BUILD_IDLE_MS_MAX) rmSync(join(CACHE, d), { recursive: true, force: true });
   }
   const builds = readdirSync(CACHE)
     .filter((d) => d !== keep && !d.startsWith('tmp-'))
     .map((d) => ({ d, mtimeMs: statSync(join(CACHE, d)).mtimeMs }))
     .sort((a, b) => b.mtimeMs - a.mtimeMs);
-  for (const b of builds.slice(BUILDS_KEPT - 1)) rmSync(join(CACHE, b.d), { recursive: true, force: true });
+  for (const b of builds.slice(BUILDS_KEPT - 1)) {
+    if (Date.now() - b.mtimeMs > BUILD_IDLE_MS_MAX) rmSync(join(CACHE, b.d), { recursive: true, force: true });
+  }
 }
 
 export default function setup(): void {
@@ -75,6 +83,8 @@ export default function setup(): void {
       rmSync(tmp, { recursive: true, force: true }); // another run finished the same build first
     }
   }
+  const now = new Date();
+  utimesSync(buildDir, now, now); // mark it used, so a concurrent run does not prune it
   prune(hash);
   process.env.NBD_MIRROR_CLI = cli;
 }

@@ -3,7 +3,7 @@
 // alone: others rebuild it at any moment and a benchmark must not spawn a half-written build.
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -26,6 +26,20 @@ function sourceHash() {
     h.update(relative(ROOT, f)).update('\0').update(readFileSync(f)).update('\0');
   }
   return h.digest('hex').slice(0, 16);
+}
+
+/**
+ * A build of the current sources copied into `intoDir` (with a node_modules link), so the benchmark
+ * keeps working even if a test run prunes the shared cache meanwhile. Returns its bin/nbd-mirror.js.
+ */
+export function privateBuildCopy(intoDir) {
+  const cli = privateBuild();
+  const buildDir = dirname(dirname(cli));
+  const copy = join(intoDir, 'build');
+  cpSync(join(buildDir, 'dist'), join(copy, 'dist'), { recursive: true });
+  cpSync(join(buildDir, 'bin'), join(copy, 'bin'), { recursive: true });
+  symlinkSync(join(ROOT, 'node_modules'), join(copy, 'node_modules'));
+  return join(copy, 'bin', 'nbd-mirror.js');
 }
 
 /** Returns the path of bin/nbd-mirror.js in a complete private build of the current sources. */

@@ -15,7 +15,7 @@ import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { JOBS, runFio } from './fio.js';
-import { privateBuild } from './build.js';
+import { privateBuildCopy } from './build.js';
 import { mirrorTable, SERVERS, setCli, startServer } from './servers.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -221,8 +221,8 @@ async function main() {
   const dir = await mkdtemp(join(flags.dir, 'nbd-mirror-bench-'));
   const ctx = { dir, sizeBytes, files: { a: join(dir, 'leg-a.img'), b: join(dir, 'leg-b.img'), log: join(dir, 'mirror.log') } };
   const started = Date.now();
-  if (servers.some((s) => ['linear', 'mirror-core', 'mirror-disk'].includes(s))) setCli(flags.cli ?? privateBuild());
   try {
+    if (servers.some((s) => ['linear', 'mirror-core', 'mirror-disk'].includes(s))) setCli(flags.cli ?? privateBuildCopy(dir));
     console.log(`nbd-mirror bench: ${sizeBytes / 2 ** 20} MiB files in ${dir}, ${runtimeSec} s per job, servers: ${servers.join(', ')}`);
     await fillRandom(ctx.files.a, sizeBytes);
     await copyFile(ctx.files.a, ctx.files.b);
