@@ -128,7 +128,7 @@ export class ClusterLog implements DirtyLog {
   private readonly unsubs: Unsubscribe[] = [];
 
   private readonly workL = new Listeners<void>();
-  private readonly regionsL = new Listeners<readonly number[]>();
+  private readonly regionsL = new Listeners<readonly number[] | 'all'>();
   private readonly lostL = new Listeners<Error>();
   private readonly membershipL = new Listeners<{ members: Member[]; server: Member | undefined }>();
 
@@ -154,8 +154,11 @@ export class ClusterLog implements DirtyLog {
   onWorkAvailable(fn: () => void): Unsubscribe {
     return this.workL.add(fn);
   }
-  /** These regions' sync / remote-recovery answers changed: parked writes must re-check. */
-  onRegionsChanged(fn: (regions: readonly number[]) => void): Unsubscribe {
+  /**
+   * These regions' sync / remote-recovery answers changed: parked writes must re-check ('all': the whole
+   * state was (re)taken, e.g. after a partition merge).
+   */
+  onRegionsChanged(fn: (regions: readonly number[] | 'all') => void): Unsubscribe {
     return this.regionsL.add(fn);
   }
   /** The log cannot go on (transport lost): stop acknowledging writes. */
@@ -275,7 +278,12 @@ export class ClusterLog implements DirtyLog {
     this.legsChanged = false;
     if (this.pendingOps.size === 0) return;
     this.checkQuorate();
-    if (!this.state) throw new ExportError('EIO', `cluster log ${this.opts.uuid}: not active`);
+    if (!this.state) {
+      if (!this.joinRequested) throw new ExportError('EIO', `cluster log ${this.opts.uuid}: not active`);
+      // Re-taking the state after a partition merge: wait for it (bounded by resumeTimeoutMs).
+      await this.waitInitialized();
+      if (this.pendingOps.size === 0) return;
+    }
     const marks: number[] = [];
     const clears: number[] = [];
     for (const [r, op] of this.pendingOps) (op === 'mark' ? marks : clears).push(r);
@@ -535,6 +543,7 @@ export class ClusterLog implements DirtyLog {
     for (const r of this.localMarks) this.pendingOps.set(r, 'mark');
     for (const w of this.initWaiters.splice(0)) w.resolve();
     this.membershipL.emit({ members: s.members, server: s.server() });
+    this.regionsL.emit('all');
     this.workL.emit();
   }
 
