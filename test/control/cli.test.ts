@@ -2,10 +2,12 @@
 // table, info), --json, the socket's 0600 mode, suspend/resume with a real client (qemu-io) whose
 // request waits while suspended, reloads refused with the running table untouched, and wait on an event.
 import { spawn } from 'node:child_process';
-import { mkdir, readFile, stat } from 'node:fs/promises';
+import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { useTempDir } from '../helpers/e2e.js';
+import { run } from '../helpers/run.js';
+import { CLI_PATH } from '../helpers/server.js';
 import { linearTable, mirrorTable } from '../helpers/tables.js';
 import { createSparseFile, MiB, sectorsOf } from '../helpers/tmp.js';
 import { requireTools } from '../helpers/tools.js';
@@ -89,6 +91,36 @@ describe('formats', () => {
     expect(m.code).toBe(1);
     expect(m.stderr).toContain('takes no messages');
     await c.server.stop();
+  });
+});
+
+describe('TCP control listener', () => {
+  it('127.0.0.1 only, bearer token required', async () => {
+    const d = join(dir(), 'tcp');
+    await mkdir(d);
+    const f = await createSparseFile(join(d, 'lin.img'), SIZE);
+    const tokenFile = join(d, 'token');
+    await writeFile(tokenFile, 'a-long-enough-secret-token\n', { mode: 0o600 });
+    const wrongFile = join(d, 'wrong');
+    await writeFile(wrongFile, 'not-the-right-token-at-all\n');
+    const c = await startWithControl(d, { tables: [{ table: linearTable(f, SIZE), name: 'lin' }], controlArgs: ['--control-tcp', '0', '--control-token-file', tokenFile] });
+    const m = /control API on tcp:\/\/127\.0\.0\.1:(\d+)/.exec(c.server.output());
+    expect(m, c.server.output()).not.toBeNull();
+    const url = `tcp://127.0.0.1:${m![1]}`;
+    const ok = await run(process.execPath, [CLI_PATH, 'ls', '--control', url, '--control-token-file', tokenFile], { allowFailure: true });
+    expect(ok.stdout).toBe('lin\t(linear)\n');
+    const bad = await run(process.execPath, [CLI_PATH, 'ls', '--control', url, '--control-token-file', wrongFile], { allowFailure: true });
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toContain('missing or wrong bearer token');
+    const none = await run(process.execPath, [CLI_PATH, 'ls', '--control', url], { allowFailure: true });
+    expect(none.code).toBe(2);
+    expect(none.stderr).toContain('needs --control-token-file');
+    await c.server.stop();
+    // A short token is refused at start.
+    await writeFile(tokenFile, 'short\n');
+    const refused = await run(process.execPath, [CLI_PATH, 'serve', '--listen', `unix:${join(d, 'x.sock')}`, '--control', join(d, 'x.ctl'), '--table', linearTable(f, SIZE), '--control-tcp', '0', '--control-token-file', tokenFile], { allowFailure: true });
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toContain('token is shorter than 16 characters');
   });
 });
 

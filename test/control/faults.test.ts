@@ -106,6 +106,31 @@ describe.skipIf(!haveTools)('leg failure under a mirror', () => {
     expect(bytes.subarray(2 * MiB, 2 * MiB + 64 * 1024).every((b) => b === 0x3c)).toBe(true);
   });
 
+  it('nbd-mirror repair: drops the failed leg while a write is held; the write then succeeds', async () => {
+    const s = await setup('repair-cmd', { handleErrors: true });
+    const healthy = await s.c.ctl('repair', 'vol');
+    expect(healthy.code).toBe(0);
+    expect(healthy.stdout).toBe('vol: no failed leg: nothing to repair\n');
+    await s.bad.arm();
+    const child = spawn('qemu-io', ['-f', 'raw', '-c', 'write -P 0x6b 3M 64k', s.c.server.uri('vol')], { stdio: 'ignore' });
+    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    try {
+      await waitFor('a held write', async () => (await s.c.json<{ heldWrites: number }>('info', 'vol')).heldWrites >= 1);
+      const r = await s.c.ctl('repair', 'vol');
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toBe(`vol: removed ${s.bad.uri}; added -; 1 held writes completed\nvol: table now: 0 ${SECTORS} linear ${s.fileLeg} 0\n`);
+      expect(await exited).toBe(0);
+    } finally {
+      child.kill('SIGKILL');
+    }
+    const k = kinds(s.events);
+    expect(k.indexOf('repair-start')).toBeLessThan(k.indexOf('repair-done'));
+    s.closeEvents();
+    await s.c.server.stop();
+    const bytes = await readFile(s.fileLeg);
+    expect(bytes.subarray(3 * MiB, 3 * MiB + 64 * 1024).every((b) => b === 0x6b)).toBe(true);
+  });
+
   it('by hand: a flushing suspend fails the held write with EIO instead', async () => {
     const s = await setup('flushing', { handleErrors: true });
     await s.bad.arm();
