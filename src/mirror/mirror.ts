@@ -212,6 +212,7 @@ export class MirrorExport implements Export {
       lengthBytes: this.lengthBytes,
       release: this.releaseParked,
       idle: () => this.armCleanTimer(),
+      nowMs: () => this.scheduler.nowMs(),
     });
   }
 
@@ -460,7 +461,7 @@ export class MirrorExport implements Export {
         req.ackAfterSeq = Math.max(req.ackAfterSeq, this.legStaleSeq);
       }
     }
-    this.regions.dec(p.region, this.scheduler.nowMs(), this.flushSeqDone);
+    this.regions.dec(p.region, this.flushSeqDone);
     this.pieceCountedOut();
     if (this.regions.idleDirtyCount() > 0) this.armCleanTimer();
     if (--req.piecesLeft === 0) this.requestDone(req);
@@ -607,7 +608,7 @@ export class MirrorExport implements Export {
         p.req.hold = true;
         p.legsLeft = 0;
         p.legsOk = 1;
-        this.regions.dec(p.region, this.scheduler.nowMs(), this.flushSeqDone);
+        this.regions.dec(p.region, this.flushSeqDone);
         this.pieceCountedOut();
         if (--p.req.piecesLeft === 0) this.requestDone(p.req);
       } else {

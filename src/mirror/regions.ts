@@ -44,6 +44,8 @@ export interface RegionHashOptions<P> {
   release: (parked: P[]) => void;
   /** A region became idle-dirty outside dec() (after a hold): the mirror arms its lazy-clear timer. */
   idle?: () => void;
+  /** Clock for idle times; read only when a region goes idle (not on every write). */
+  nowMs: () => number;
 }
 
 export class RegionHash<P> {
@@ -57,6 +59,7 @@ export class RegionHash<P> {
   private readonly idleDirty = new Set<number>();
   private readonly release: (parked: P[]) => void;
   private readonly idle: () => void;
+  private readonly nowMs: () => number;
 
   constructor(opts: RegionHashOptions<P>) {
     assert(opts.regionSizeBytes > 0 && (opts.regionSizeBytes & (opts.regionSizeBytes - 1)) === 0, 'region size must be a power of two');
@@ -68,6 +71,7 @@ export class RegionHash<P> {
     this.regionShift = Math.log2(opts.regionSizeBytes);
     this.release = opts.release;
     this.idle = opts.idle ?? (() => undefined);
+    this.nowMs = opts.nowMs;
   }
 
   regionOf(offsetBytes: number): number {
@@ -144,7 +148,7 @@ export class RegionHash<P> {
   }
 
   /** A write completed. At zero pending an in-sync region waits for its lazy clear. */
-  dec(region: number, nowMs: number, doneFlushSeq: number): void {
+  dec(region: number, doneFlushSeq: number): void {
     const e = this.entries.get(region);
     assert(e !== undefined && e.pending > 0, 'dec without inc');
     e.pending--;
@@ -156,7 +160,7 @@ export class RegionHash<P> {
       d();
     }
     if (e.held === null && this.log.inSync(region) && !this.log.isClean(region)) {
-      e.idleSinceMs = nowMs;
+      e.idleSinceMs = this.nowMs();
       this.idleDirty.add(region);
     }
     this.maybeForget(e);
@@ -229,7 +233,7 @@ export class RegionHash<P> {
     e.held = null;
     if (e.pending === 0 && e.idleSinceMs < 0 && this.log.inSync(region) && !this.log.isClean(region)) {
       // Writes drained during the hold (dec() skips held regions): queue the lazy clear now.
-      e.idleSinceMs = 0;
+      e.idleSinceMs = this.nowMs();
       this.idleDirty.add(region);
       this.idle();
     }

@@ -8,7 +8,7 @@ async function setup(sync: 'nosync' | 'default' = 'nosync') {
   const log = new CoreLog({ regionSizeBytes: REGION, lengthBytes: 10 * REGION + 100, sync });
   await log.resume({ legDevices: ['/a', '/b'], flushDataLegs: async () => {} });
   const released: string[][] = [];
-  const rh = new RegionHash<string>({ log, regionSizeBytes: REGION, lengthBytes: 10 * REGION + 100, release: (p) => released.push(p) });
+  const rh = new RegionHash<string>({ log, regionSizeBytes: REGION, lengthBytes: 10 * REGION + 100, release: (p) => released.push(p), nowMs: () => 0 });
   return { log, rh, released };
 }
 
@@ -30,9 +30,9 @@ describe('region hash', () => {
     expect(rh.state(2)).toBe('dirty');
     expect(rh.inc(2, 1, 0)).toBe(1); // second write waits for the same flush
     expect(rh.inc(2, 2, 1)).toBe(0); // after flush 1: durable, no wait
-    rh.dec(2, 0, 1);
-    rh.dec(2, 0, 1);
-    rh.dec(2, 0, 1);
+    rh.dec(2, 1);
+    rh.dec(2, 1);
+    rh.dec(2, 1);
     expect(rh.state(2)).toBe('dirty'); // idle but not yet cleared
     expect(rh.idleDirtyCount()).toBe(1);
     expect(rh.clearIdle(10, 50, 1)).toBe(0); // not idle long enough
@@ -45,7 +45,7 @@ describe('region hash', () => {
   it('a write to an idle dirty region cancels its clear and needs no new mark', async () => {
     const { log, rh } = await setup();
     rh.inc(1, 1, 0);
-    rh.dec(1, 0, 1);
+    rh.dec(1, 1);
     expect(rh.inc(1, 2, 1)).toBe(0);
     expect(rh.idleDirtyCount()).toBe(0);
     expect(log.isClean(1)).toBe(false);
@@ -64,7 +64,7 @@ describe('region hash', () => {
     rh.park(4, 'w1');
     await Promise.resolve();
     expect(drained).toBe(false);
-    rh.dec(4, 0, 1);
+    rh.dec(4, 1);
     await p;
     expect(drained).toBe(true);
     expect(rh.idleDirtyCount()).toBe(0); // nosync: no lazy clear
@@ -81,7 +81,7 @@ describe('region hash', () => {
     rh.releaseHold(7, false);
     expect(log.inSync(7)).toBe(false);
     rh.inc(3, 1, 0);
-    rh.dec(3, 0, 1);
+    rh.dec(3, 1);
     expect(rh.idleDirtyCount()).toBe(1);
     rh.markNosync(3);
     expect(rh.idleDirtyCount()).toBe(0);
