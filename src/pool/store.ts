@@ -8,7 +8,7 @@
 // devices that leave the pool have their label wiped last. A crash at any point leaves every device with
 // either the old or the new commit readable, and the reader picks the newest.
 import { realpath, readdir, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { Leg } from '../mirror/legs/leg.js';
 import { defaultLegOpener } from '../mirror/open.js';
 import {
@@ -85,7 +85,8 @@ export async function expandDevicePaths(entries: readonly string[]): Promise<str
     seen.add(key);
     out.push(p);
   };
-  for (const e of entries) {
+  for (const given of entries) {
+    const e = /^nbd(\+unix|s)?:/.test(given) ? given : resolve(given);
     const st = /^nbd(\+unix|s)?:/.test(e) ? undefined : await stat(e).catch(() => undefined);
     if (st?.isDirectory()) {
       for (const f of (await readdir(e)).sort()) {

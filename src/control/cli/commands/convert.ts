@@ -1,0 +1,24 @@
+// `nbd-mirror convert VOL --mirrors N [--pool P] [--log disk|core]`: change the number of legs (lvconvert -m):
+// linear -> mirror, more legs, fewer legs, down to linear. New legs are resynced at the next activation
+// (the disk log has never seen them, so they are stale and never a resync source). Offline only.
+import { Option, type Command } from 'commander';
+import { addDevicesOption, addJsonOption, runPool, type PoolFlags } from '../../../pool/cli.js';
+import { PoolError } from '../../../pool/errors.js';
+import { volumeConvert } from '../../../pool/service.js';
+
+export function registerConvert(program: Command): void {
+  addJsonOption(addDevicesOption(program.command('convert')))
+    .argument('<volume>', 'volume name, or POOL/VOLUME')
+    .option('--pool <name>', 'the pool')
+    .requiredOption('--mirrors <n>', 'legs beyond the first (0 = linear)')
+    .addOption(new Option('--log <kind>', 'log of a volume becoming a mirror').choices(['disk', 'core']))
+    .option('--control <path>', 'control socket of a running server (default: the only one running)')
+    .description('change the number of mirror legs (lvconvert -m); not while it is served')
+    .action(async (ref: string, flags: PoolFlags & { pool?: string; mirrors: string; log?: 'disk' | 'core'; control?: string }) => {
+      await runPool(flags, async () => {
+        if (!/^[0-9]+$/.test(flags.mirrors)) throw new PoolError('EINVAL', `--mirrors ${flags.mirrors}: expected a number`);
+        const out = await volumeConvert(ref, flags.pool, Number(flags.mirrors), flags.log !== undefined ? { log: flags.log } : {}, flags);
+        return [{ volume: out.volume, pool: out.md.name, table: out.table }, `Volume ${out.md.name}/${out.volume.name} now has ${out.volume.legs.length} leg(s)\n  table: ${out.table}\n`];
+      });
+    });
+}

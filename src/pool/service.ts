@@ -1,0 +1,303 @@
+// Pool operations end to end: locate the pool on its devices, check every input, compute the next metadata
+// (ops.ts, pure), then commit it (store.ts). Every refusal happens before the first write. Used by the CLI
+// commands and by tests.
+import { realpath } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import { ControlClient, resolveControlTarget } from '../control/client.js';
+import { PoolError } from './errors.js';
+import { locate, locatePool, volumeRef, type LocateFlags } from './locate.js';
+import { parseMetadata, type PoolMetadata, type PoolVolume, type LogKind } from './metadata.js';
+import * as ops from './ops.js';
+import { diskLogState, serverState, type VolumeState } from './status.js';
+import { commit, expandDevicePaths, scanDevice, type DeviceScan, type LoadedPool } from './store.js';
+import { volumeTable } from './tables.js';
+
+export interface ControlFlag {
+  control?: string;
+}
+
+/** The pool (uuid, name) a scanned device belongs to, when its own metadata lists it. */
+function membership(scan: DeviceScan): { name: string; uuid: string } | null {
+  if (scan.label === null) return null;
+  for (const slot of scan.slots) {
+    try {
+      const md = parseMetadata(slot.text);
+      if (md.uuid === scan.label.poolUuid && md.devices.some((d) => d.uuid === scan.label!.deviceUuid)) return { name: md.name, uuid: md.uuid };
+    } catch {
+      // a damaged slot says nothing
+    }
+  }
+  return null;
+}
+
+/** Scan devices about to join a pool; refuse unreadable, duplicated or already used ones. */
+async function newDevices(paths: readonly string[]): Promise<{ path: string; sizeBytes: number }[]> {
+  if (paths.length === 0) throw new PoolError('EINVAL', 'give at least one device');
+  const seen = new Map<string, string>();
+  const out: { path: string; sizeBytes: number }[] = [];
+  for (const given of paths) {
+    const p = /^nbd/.test(given) ? given : resolve(given);
+    const key = /^nbd/.test(p) ? p : await realpath(p).catch(() => p);
+    if (seen.has(key)) throw new PoolError('EINVAL', `device ${p} is given twice (same as ${seen.get(key)})`);
+    seen.set(key, p);
+    const scan = await scanDevice(p);
+    if (scan.error !== undefined) throw new PoolError('ENODEV', scan.error);
+    const owner = membership(scan);
+    if (owner !== null) throw new PoolError('EBUSY', `device ${p} already belongs to pool ${owner.name} (uuid ${owner.uuid})`);
+    out.push({ path: p, sizeBytes: scan.sizeBytes });
+  }
+  return out;
+}
+
+function requireComplete(pool: LoadedPool): void {
+  if (pool.missing.length > 0) {
+    throw new PoolError('ENODEV', `pool ${pool.md.name} is missing ${pool.missing.map((d) => `${d.uuid} (last seen at ${d.path})`).join(', ')}: it cannot be changed without them`);
+  }
+}
+
+/** Paths as they are now, in the metadata's `path` fields (kept for humans; labels are the truth). */
+function withPaths(md: PoolMetadata, paths: ReadonlyMap<string, string>): PoolMetadata {
+  return { ...md, devices: md.devices.map((d) => ({ ...d, path: paths.get(d.uuid) ?? d.path })) };
+}
+
+export async function poolCreate(opts: { name: string; devices: string[]; clustered: boolean; extentSizeBytes?: number }, flags: LocateFlags): Promise<PoolMetadata> {
+  const devices = await newDevices(opts.devices);
+  const visible = await locate(flags, false);
+  const clash = visible.pools.find((p) => p.md.name === opts.name);
+  if (clash !== undefined) throw new PoolError('EEXIST', `pool name ${opts.name} is in use (uuid ${clash.md.uuid}, devices ${[...clash.paths.values()].join(' ')})`);
+  const md = ops.createPool({ name: opts.name, clustered: opts.clustered, devices, ...(opts.extentSizeBytes !== undefined ? { extentSizeBytes: opts.extentSizeBytes } : {}) });
+  await commit(null, md, { join: md.devices.map((d) => ({ path: d.path, uuid: d.uuid })) });
+  return md;
+}
+
+export async function poolExtend(name: string, paths: string[], flags: LocateFlags): Promise<PoolMetadata> {
+  const { pool } = await locatePool(flags, name);
+  requireComplete(pool);
+  const devices = await newDevices(paths);
+  const { md, added } = ops.extendPool(withPaths(pool.md, pool.paths), devices);
+  await commit(pool, md, { join: added.map((d) => ({ path: d.path, uuid: d.uuid })) });
+  return md;
+}
+
+async function deviceUuidOf(pool: LoadedPool, dev: string): Promise<string> {
+  if (pool.md.devices.some((d) => d.uuid === dev)) return dev;
+  const key = await realpath(dev).catch(() => dev);
+  for (const [uuid, p] of pool.paths) if ((await realpath(p).catch(() => p)) === key) return uuid;
+  throw new PoolError('ENOENT', `${dev} is not a device of pool ${pool.md.name} (devices: ${[...pool.paths.values()].join(' ')})`);
+}
+
+export async function poolReduce(name: string, dev: string, flags: LocateFlags): Promise<PoolMetadata> {
+  const { pool } = await locatePool(flags, name);
+  requireComplete(pool);
+  const uuid = await deviceUuidOf(pool, dev);
+  const md = ops.reducePool(withPaths(pool.md, pool.paths), uuid);
+  await commit(pool, md, { leave: [pool.paths.get(uuid)!] });
+  return md;
+}
+
+export async function poolChange(name: string, change: { clustered?: boolean }, flags: LocateFlags & ControlFlag): Promise<PoolMetadata> {
+  const { pool } = await locatePool(flags, name);
+  requireComplete(pool);
+  if (change.clustered === undefined) throw new PoolError('EINVAL', 'pool change: nothing to change (give --clustered y|n)');
+  if (change.clustered === pool.md.clustered) throw new PoolError('EINVAL', `pool ${name} is already ${change.clustered ? '' : 'not '}clustered`);
+  await refuseServed(pool, pool.md.volumes, flags, 'pool change');
+  const md = ops.setClustered(withPaths(pool.md, pool.paths), change.clustered);
+  await commit(pool, md);
+  return md;
+}
+
+export interface PoolSummary {
+  readonly name: string;
+  readonly uuid: string;
+  readonly seqno: number;
+  readonly clustered: boolean;
+  readonly extentSizeBytes: number;
+  readonly sizeBytes: number;
+  readonly freeBytes: number;
+  readonly devices: { uuid: string; path: string | null; sizeBytes: number; extents: number; freeExtents: number; missing: boolean }[];
+  readonly volumes: string[];
+  readonly orphans: readonly string[];
+}
+
+export function summarize(pool: LoadedPool): PoolSummary {
+  const md = pool.md;
+  const devices = md.devices.map((d) => ({
+    uuid: d.uuid,
+    path: pool.paths.get(d.uuid) ?? null,
+    sizeBytes: d.sizeBytes,
+    extents: d.extentCount,
+    freeExtents: ops.freeExtents(md, d.uuid),
+    missing: !pool.paths.has(d.uuid),
+  }));
+  return {
+    name: md.name,
+    uuid: md.uuid,
+    seqno: md.seqno,
+    clustered: md.clustered,
+    extentSizeBytes: md.extentSizeBytes,
+    sizeBytes: devices.reduce((a, d) => a + d.extents, 0) * md.extentSizeBytes,
+    freeBytes: devices.reduce((a, d) => a + d.freeExtents, 0) * md.extentSizeBytes,
+    devices,
+    volumes: md.volumes.map((v) => v.name),
+    orphans: pool.orphans,
+  };
+}
+
+export async function poolList(flags: LocateFlags): Promise<PoolSummary[]> {
+  return (await locate(flags)).pools.map(summarize);
+}
+
+export async function poolShow(name: string, flags: LocateFlags): Promise<PoolSummary & { metadata: PoolMetadata }> {
+  const { pool } = await locatePool(flags, name);
+  return { ...summarize(pool), metadata: pool.md };
+}
+
+/** Labelled devices with the pool each belongs to (pool scan). */
+export async function scanReport(entries: string[]): Promise<{ path: string; sizeBytes: number; pool: string | null; poolUuid: string | null; deviceUuid: string | null; seqno: number | null; error?: string }[]> {
+  const out = [];
+  for (const p of await expandDevicePaths(entries)) {
+    const s = await scanDevice(p);
+    const m = membership(s);
+    out.push({
+      path: p,
+      sizeBytes: s.sizeBytes,
+      pool: m?.name ?? null,
+      poolUuid: s.label?.poolUuid ?? null,
+      deviceUuid: s.label?.deviceUuid ?? null,
+      seqno: s.slots[0]?.seqno ?? null,
+      ...(s.error !== undefined ? { error: s.error } : {}),
+    });
+  }
+  return out;
+}
+
+// ------------------------------------------------------------------ volumes
+
+function controlClient(flags: ControlFlag): ControlClient | null {
+  try {
+    return new ControlClient(resolveControlTarget(flags.control !== undefined ? { control: flags.control } : {}));
+  } catch {
+    return null; // no server running: offline
+  }
+}
+
+/** Refuse when a reachable server serves one of `volumes` (changing it under a live server is not supported). */
+async function refuseServed(pool: LoadedPool, volumes: readonly PoolVolume[], flags: ControlFlag, what: string): Promise<void> {
+  const c = controlClient(flags);
+  if (c === null) return;
+  for (const v of volumes) {
+    const s = await serverState(c, pool.md, pool.paths, v).catch(() => null);
+    if (s !== null) throw new PoolError('EBUSY', `${what}: volume ${v.name} is being served (control socket ${c.target.kind === 'unix' ? c.target.path : 'tcp'}); stop serving it first`);
+  }
+}
+
+export interface VolumeCreateOptions {
+  readonly sizeBytes: number;
+  readonly mirrors: number;
+  readonly regionSizeBytes?: number;
+  readonly log?: LogKind;
+  readonly nosync?: boolean;
+}
+
+export async function volumeCreate(ref: string, poolFlag: string | undefined, o: VolumeCreateOptions, flags: LocateFlags): Promise<{ md: PoolMetadata; volume: PoolVolume; table: string }> {
+  const r = volumeRef(ref, poolFlag);
+  const { pool } = await locatePool(flags, r.pool);
+  requireComplete(pool);
+  if (o.regionSizeBytes !== undefined && o.regionSizeBytes > pool.md.extentSizeBytes) {
+    throw new PoolError('EINVAL', `--region-size ${o.regionSizeBytes} is larger than the pool's extent size (${pool.md.extentSizeBytes})`);
+  }
+  const { md, volume } = ops.createVolume(withPaths(pool.md, pool.paths), { name: r.volume, ...o });
+  await commit(pool, md);
+  return { md, volume, table: volumeTable(md, pool.paths, volume) };
+}
+
+export async function volumeRemove(ref: string, poolFlag: string | undefined, flags: LocateFlags & ControlFlag): Promise<PoolMetadata> {
+  const r = volumeRef(ref, poolFlag);
+  const { pool } = await locatePool(flags, r.pool);
+  requireComplete(pool);
+  const v = ops.findVolume(pool.md, r.volume);
+  await refuseServed(pool, [v], flags, 'remove');
+  const md = ops.removeVolume(withPaths(pool.md, pool.paths), r.volume);
+  await commit(pool, md);
+  return md;
+}
+
+export async function volumeResize(ref: string, poolFlag: string | undefined, sizeBytes: number, flags: LocateFlags & ControlFlag): Promise<{ md: PoolMetadata; volume: PoolVolume; oldSizeBytes: number }> {
+  const r = volumeRef(ref, poolFlag);
+  const { pool } = await locatePool(flags, r.pool);
+  requireComplete(pool);
+  await refuseServed(pool, [ops.findVolume(pool.md, r.volume)], flags, 'resize');
+  const out = ops.resizeVolume(withPaths(pool.md, pool.paths), r.volume, sizeBytes);
+  await commit(pool, out.md);
+  return out;
+}
+
+export async function volumeConvert(ref: string, poolFlag: string | undefined, mirrors: number, o: { log?: LogKind }, flags: LocateFlags & ControlFlag): Promise<{ md: PoolMetadata; volume: PoolVolume; table: string }> {
+  const r = volumeRef(ref, poolFlag);
+  const { pool } = await locatePool(flags, r.pool);
+  requireComplete(pool);
+  await refuseServed(pool, [ops.findVolume(pool.md, r.volume)], flags, 'convert');
+  const { md, volume } = ops.convertMirrors(withPaths(pool.md, pool.paths), r.volume, mirrors, o);
+  await commit(pool, md);
+  return { md, volume, table: volumeTable(md, pool.paths, volume) };
+}
+
+export async function volumeTableLine(ref: string, poolFlag: string | undefined, flags: LocateFlags): Promise<{ name: string; pool: string; table: string }> {
+  const r = volumeRef(ref, poolFlag);
+  const { pool } = await locatePool(flags, r.pool);
+  const v = ops.findVolume(pool.md, r.volume);
+  return { name: v.name, pool: pool.md.name, table: volumeTable(pool.md, pool.paths, v) };
+}
+
+/** Every volume of a pool as [name, table line], for serve --pool. */
+export async function poolTables(name: string, flags: LocateFlags): Promise<{ name: string; table: string }[]> {
+  const { pool } = await locatePool(flags, name);
+  if (pool.md.volumes.length === 0) throw new PoolError('ENOENT', `pool ${name} has no volumes to serve`);
+  return pool.md.volumes.map((v) => ({ name: v.name, table: volumeTable(pool.md, pool.paths, v) }));
+}
+
+export interface VolumeRow {
+  readonly name: string;
+  readonly pool: string;
+  readonly sizeBytes: number;
+  readonly legs: number;
+  readonly copyPercent: number | null;
+  readonly health: string;
+  readonly log: string;
+  readonly clustered: boolean;
+  readonly source: VolumeState['source'];
+  readonly error?: string;
+}
+
+export async function volumeList(poolName: string | undefined, flags: LocateFlags & ControlFlag): Promise<VolumeRow[]> {
+  const l = await locate(flags);
+  const pools = poolName === undefined ? l.pools : l.pools.filter((p) => p.md.name === poolName);
+  if (poolName !== undefined && pools.length === 0) throw new PoolError('ENOENT', `no pool named "${poolName}" on ${l.where}`);
+  const client = controlClient(flags);
+  const rows: VolumeRow[] = [];
+  for (const pool of pools) {
+    for (const v of pool.md.volumes) {
+      const log = v.legs.length === 1 ? 'linear' : v.log === 'disk' && v.logRun ? 'disk' : 'core';
+      let state: VolumeState = { copyPercent: null, health: '-', source: 'none' };
+      let error: string | undefined;
+      try {
+        state = (client ? await serverState(client, pool.md, pool.paths, v) : null) ?? (await diskLogState(pool.md, pool.paths, v));
+      } catch (e) {
+        error = (e as Error).message;
+      }
+      rows.push({
+        name: v.name,
+        pool: pool.md.name,
+        sizeBytes: v.sizeBytes,
+        legs: v.legs.length,
+        copyPercent: state.copyPercent,
+        health: state.health,
+        log,
+        clustered: pool.md.clustered,
+        source: state.source,
+        ...(error !== undefined ? { error } : {}),
+      });
+    }
+  }
+  return rows;
+}
