@@ -15,6 +15,12 @@ import { registerWait } from './commands/wait.js';
 import { registerMessage } from './commands/message.js';
 import { registerRepair } from './commands/repair.js';
 import { registerEvents } from './commands/events.js';
+import { registerPool, registerServePool } from './commands/pool.js';
+import { registerCreate } from './commands/create.js';
+import { registerList } from './commands/list.js';
+import { registerRemove } from './commands/remove.js';
+import { registerResize } from './commands/resize.js';
+import { registerConvert } from './commands/convert.js';
 import { EXIT_FAILURE, EXIT_USAGE, UsageError } from '../usage-error.js';
 
 const program = new Command('nbd-mirror')
@@ -34,6 +40,14 @@ registerWait(program);
 registerMessage(program);
 registerRepair(program);
 registerEvents(program);
+// Pools (src/pool): pool *, create, list, remove, resize, convert; serve --pool P.
+registerServePool(program);
+registerPool(program);
+registerCreate(program);
+registerList(program);
+registerRemove(program);
+registerResize(program);
+registerConvert(program);
 for (const sub of program.commands) sub.exitOverride();
 
 try {
