@@ -144,6 +144,9 @@ describe('NbdClient <-> NbdServer', () => {
       );
       backs.forEach((b, i) => expect(b.equals(pattern(sizes[i]!, round * 10 + i))).toBe(true));
     }
+    // The zero-copy path was taken: most payload bytes went straight from the socket into place.
+    const direct = h.server.stats().transmissions.reduce((n, t) => n + t.directReadBytes, 0);
+    expect(direct).toBeGreaterThan(3 * 3 * MiB);
     await c.close();
   });
 
@@ -173,9 +176,9 @@ describe('NbdClient <-> NbdServer', () => {
     await c.close();
   });
 
-  it('serves TCP on 127.0.0.1 with port 0', async () => {
-    const exp = new MemoryExport({ sizeBytes: MiB });
-    const server = new NbdServer({ exports: new Map([['x', { export: exp }]]) });
+  it('serves TCP on 127.0.0.1 with port 0 (and plain data events when directReads is off)', async () => {
+    const exp = new MemoryExport({ sizeBytes: 4 * MiB });
+    const server = new NbdServer({ exports: new Map([['x', { export: exp }]]), directReads: false });
     await server.listen({ kind: 'tcp', host: '127.0.0.1', port: 0 });
     const a = server.addresses()[0]!;
     expect(a.kind).toBe('tcp');
@@ -185,6 +188,12 @@ describe('NbdClient <-> NbdServer', () => {
     const b = Buffer.alloc(3);
     await c.read(b, 0);
     expect(b.toString()).toBe('tcp');
+    const big = pattern(2 * MiB, 77);
+    await c.write(big, MiB, { fua: false });
+    const back = Buffer.alloc(big.length);
+    await c.read(back, MiB);
+    expect(back.equals(big)).toBe(true);
+    expect(server.stats().transmissions[0]!.directReadBytes).toBe(0);
     await c.close();
     await server.close();
   });

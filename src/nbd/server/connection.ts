@@ -3,6 +3,7 @@
 
 import type { Duplex } from 'node:stream';
 import { ByteReader, StreamClosedError } from './byte-reader.js';
+import type { ReadController } from './direct-read.js';
 import { type HandshakeContext, serverHandshake } from './handshake.js';
 import type { ServerLimits } from './limits.js';
 import type { Logger } from './log.js';
@@ -20,6 +21,7 @@ export class Connection {
     private readonly ctx: HandshakeContext,
     private readonly limits: ServerLimits,
     private readonly log: Logger,
+    private readonly readController: ReadController | null = null,
   ) {
     socket.on('error', (err: Error) => this.log.debug({ conn: id, err: err.message }, 'socket error'));
     this.done = this.run().catch((err: unknown) => {
@@ -81,6 +83,7 @@ export class Connection {
     this.transmission = t;
     this.socket.once('close', () => t.closedBySocket());
     this.socket.once('end', () => t.inputEnd());
+    this.readController?.lendTo(t);
     t.start(leftover);
     if (inputEnded) t.inputEnd();
     if (this.closing) t.stop();

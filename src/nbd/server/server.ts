@@ -5,6 +5,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { unlink } from 'node:fs/promises';
 import { Connection } from './connection.js';
+import { adoptSocket, ReadController } from './direct-read.js';
 import { resolveLimits, type ServerLimits } from './limits.js';
 import { type Logger, NULL_LOGGER } from './log.js';
 import type { ExportRegistry } from './registry.js';
@@ -25,6 +26,8 @@ export interface ServerOptions {
   defaultExportName?: string;
   log?: Logger;
   limits?: Partial<ServerLimits>;
+  /** Read WRITE payloads straight into their buffers (default true); false uses plain 'data' events. */
+  directReads?: boolean;
 }
 
 export interface ServerStats {
@@ -49,7 +52,7 @@ export class NbdServer {
   /** Start listening; for tcp port 0 the bound port is in addresses(). */
   async listen(address: ListenAddress): Promise<void> {
     if (this.shuttingDown) throw new Error('server is closed');
-    const srv = createServer({ noDelay: true, allowHalfOpen: true }, (socket) => this.accept(socket));
+    const srv = createServer({ noDelay: true, allowHalfOpen: true, pauseOnConnect: true }, (socket) => this.accept(socket));
     await new Promise<void>((resolve, reject) => {
       srv.once('error', reject);
       if (address.kind === 'tcp') srv.listen(address.port, address.host, () => resolve());
@@ -87,12 +90,16 @@ export class NbdServer {
     for (const a of this.bound) if (a.kind === 'unix') await unlink(a.path).catch(() => undefined);
   }
 
-  private accept(socket: Socket): void {
+  private accept(raw: Socket): void {
     if (this.shuttingDown || this.connections.size >= this.limits.connectionsMax) {
       this.log.warn({ connections: this.connections.size }, 'connection refused: server closing or connectionsMax reached');
-      socket.destroy();
+      raw.destroy();
       return;
     }
+    const ctl = new ReadController();
+    const adopted = this.opts.directReads === false ? null : adoptSocket(raw, ctl, true);
+    const socket = adopted ?? raw;
+    if (adopted === null) raw.resume();
     const conn = new Connection(
       this.nextId++,
       socket,
@@ -104,6 +111,7 @@ export class NbdServer {
       },
       this.limits,
       this.log,
+      adopted === null ? null : ctl,
     );
     this.connections.add(conn);
     void conn.done.then(() => this.connections.delete(conn));

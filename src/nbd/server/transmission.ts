@@ -31,6 +31,7 @@ import {
 import { decodeRequestHeader, newRequestHeader, type RequestHeader } from '../codec/request.js';
 import { type Export, ExportError, type Extent } from '../export.js';
 import { BufferPool } from './buffer-pool.js';
+import type { DirectReadTarget } from './direct-read.js';
 import type { Negotiated } from './handshake.js';
 import type { ServerLimits } from './limits.js';
 import type { Logger } from './log.js';
@@ -55,9 +56,14 @@ export interface TransmissionStats {
   readonly inFlightBytes: number;
   readonly writeBufferedBytes: number;
   readonly paused: boolean;
+  /** WRITE payload bytes read straight into their buffer (direct-read.ts), no copy. */
+  readonly directReadBytes: number;
 }
 
-export class Transmission {
+/** Payload bytes still to come above which the next socket read goes straight into the payload. */
+const DIRECT_READ_BYTES_MIN = 16 * 1024;
+
+export class Transmission implements DirectReadTarget {
   private readonly exp: Export;
   private readonly sizeBytes: number;
   private readonly hdr: RequestHeader = newRequestHeader();
@@ -79,6 +85,9 @@ export class Transmission {
   private closed = false;
   private disconnectRequested = false;
   private inputEnded = false;
+  /** The chunk being processed is still referenced (write payload view or stash). */
+  private retained = false;
+  private directReadBytes = 0;
   private readonly pool = new BufferPool();
   private readonly onDataBound = (chunk: Buffer): void => this.onData(chunk);
   private readonly onDrainBound = (): void => this.maybeResume();
@@ -114,6 +123,7 @@ export class Transmission {
       inFlightBytes: this.inFlightBytes,
       writeBufferedBytes: this.socket.writableLength,
       paused: this.paused,
+      directReadBytes: this.directReadBytes,
     };
   }
 
@@ -145,7 +155,7 @@ export class Transmission {
     if (this.state === STATE_CLOSING) return;
     if (this.stash !== null) {
       // Data arriving while we hold a stash (pause() raced a chunk in flight): keep order.
-      this.stash = Buffer.concat([this.stash, chunk]);
+      this.stash = Buffer.concat([this.stash, chunk]); // a copy: the chunk itself is not kept
       return;
     }
     this.process(chunk);
@@ -160,6 +170,7 @@ export class Transmission {
       if (state === STATE_HEADER) {
         if (this.overBudget()) {
           this.stash = chunk.subarray(pos);
+          this.retained = true;
           this.pause();
           break;
         }
@@ -180,6 +191,7 @@ export class Transmission {
         const want = this.hdr.lengthBytes;
         if (this.payloadHave === 0 && len - pos >= want) {
           const data = chunk.subarray(pos, pos + want);
+          this.retained = true;
           pos += want;
           this.state = STATE_HEADER;
           this.dispatchWrite(data, false);
@@ -237,6 +249,36 @@ export class Transmission {
     if (stash !== null) this.process(stash);
     if (this.inputEnded && this.stash === null) this.stop();
     if (!this.paused && this.state !== STATE_CLOSING) this.socket.resume();
+  }
+
+  // ---- direct reads (see direct-read.ts) ---------------------------------------------------------
+
+  nextReadTarget(): Buffer | null {
+    if (this.state !== STATE_PAYLOAD || this.stash !== null) return null;
+    const want = this.hdr.lengthBytes;
+    if (want - this.payloadHave < DIRECT_READ_BYTES_MIN) return null;
+    let buf = this.payloadBuf;
+    if (buf === null) buf = this.payloadBuf = this.pool.take(want);
+    return buf.subarray(this.payloadHave);
+  }
+
+  directRead(n: number): void {
+    if (this.state !== STATE_PAYLOAD) return; // closing: the bytes are dropped with the connection
+    const buf = this.payloadBuf!;
+    this.payloadHave += n;
+    this.directReadBytes += n;
+    if (this.payloadHave === this.hdr.lengthBytes) {
+      this.payloadBuf = null;
+      this.payloadHave = 0;
+      this.state = STATE_HEADER;
+      this.dispatchWrite(buf, true);
+    }
+  }
+
+  takeRetained(): boolean {
+    const r = this.retained;
+    this.retained = false;
+    return r;
   }
 
   // ---- validation (the one place a request is judged) --------------------------------------------

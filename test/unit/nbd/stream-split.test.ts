@@ -149,12 +149,13 @@ describe('client reply parser', () => {
       client.blockStatus(0, 1024),
       client.flush(),
     ];
+    const settled = Promise.allSettled(ps); // handlers attached now: rejections are expected
     await until(() => sock.written.length > 0);
     for (const c of chunks) {
       sock.push(c);
       await new Promise((r) => setImmediate(r));
     }
-    const results = await Promise.allSettled(ps);
+    const results = await settled;
     sock.destroy();
     return { results, target };
   }
