@@ -114,6 +114,7 @@ export class DiskLog extends BitmapLog {
   private writeFailed = false;
   private flushFailed = false;
   private flushChain: Promise<void> = Promise.resolve();
+  private resumedOnce = false;
 
   constructor(opts: DiskLogOptions) {
     super(opts);
@@ -136,12 +137,13 @@ export class DiskLog extends BitmapLog {
       // dm: an unreadable log means every region is out of sync.
       this.writeFailed = true;
     }
+    // sync/nosync are table arguments: they apply to this log's first activation only, not to a resume
+    // after suspend (possibly with a reloaded leg set) of the same log.
+    const mode = this.resumedOnce ? 'default' : this.syncMode;
+    this.resumedOnce = true;
     const valid =
-      header !== null &&
-      header.magic === DISK_LOG_MAGIC &&
-      header.version === DISK_LOG_VERSION &&
-      this.syncMode === 'default';
-    const nosync = this.syncMode === 'nosync';
+      header !== null && header.magic === DISK_LOG_MAGIC && header.version === DISK_LOG_VERSION && mode === 'default';
+    const nosync = mode === 'nosync';
     if (valid) {
       this.clean.load(this.area.subarray(DISK_LOG_BITMAP_OFFSET_BYTES));
       // Regions the old log did not cover (the device grew) start dirty.

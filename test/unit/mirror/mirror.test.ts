@@ -315,4 +315,105 @@ describe('mirror errors', () => {
     expect(a.durable.equals(b.durable)).toBe(true);
     expect(r2.m.status().legs.every((l) => l.upToDate)).toBe(true);
   });
+
+  it('log device failure: without handle_errors writes proceed and log-failed is raised; with it they are held', async () => {
+    const logDev = new MemLeg('/log', 8192);
+    const { m, events } = await rig({ sync: 'nosync', disk: true, logDev });
+    logDev.failWrites = true;
+    await m.write(fill(10, 1), 0, { fua: false }); // needs a mark: the log write fails
+    expect(events.some((e) => e.name === 'log-failed')).toBe(true);
+    expect(m.status().log.health).toBe('D');
+    expect(m.statusLine()).toBe('2 /a /b 8/8 1 AA 3 disk /log D');
+
+    const logDev2 = new MemLeg('/log2', 8192);
+    const r2 = await rig({ sync: 'nosync', disk: true, logDev: logDev2, handleErrors: true });
+    logDev2.failWrites = true;
+    let done = false;
+    const w = r2.m.write(fill(10, 1), 0, { fua: false }).then(() => (done = true));
+    await settle();
+    expect(done).toBe(false);
+    expect(r2.legs[0]!.ops.write).toBe(0); // no data write without a durable mark
+    expect(r2.m.status().heldWrites).toBe(1);
+    // Replace the log (e.g. the lead's repair: log loss -> core log) and resume: the write completes.
+    await r2.m.suspend({ noflush: true });
+    r2.m.reload({ legs: r2.legs, log: new CoreLog({ regionSizeBytes: REGION, lengthBytes: SIZE, sync: 'nosync' }) });
+    await r2.m.resume();
+    await w;
+    expect(r2.legs[0]!.durable[0]).toBe(1);
+    expect(r2.legs[1]!.durable[0]).toBe(1);
+  });
+
+  it('keep_log: a leg failure does not hold writes', async () => {
+    const legs = [new MemLeg('/a', SIZE), new MemLeg('/b', SIZE)];
+    const m = await createMirror({
+      legs,
+      log: new CoreLog({ regionSizeBytes: REGION, lengthBytes: SIZE, sync: 'nosync' }),
+      regionSizeBytes: REGION,
+      lengthBytes: SIZE,
+      handleErrors: true,
+      keepLog: true,
+      scheduler: new ManualScheduler(),
+    });
+    legs[1]!.failWrites = true;
+    await m.write(fill(10, 1), 0, { fua: false });
+    expect(m.status().heldWrites).toBe(0);
+  });
+
+  it('primary lost while out of sync: unsynced regions fail, in-sync regions stay readable', async () => {
+    const { m, legs } = await rig({ autoStart: false });
+    // region 0 recovered, the rest not
+    m.startResync();
+    await m.pauseResync();
+    const syncedBefore = m.status().inSyncRegions;
+    legs[0]!.failReads = true;
+    legs[0]!.failWrites = true;
+    const buf = Buffer.alloc(16);
+    await expect(m.write(fill(16, 1), 7 * REGION, { fua: false })).rejects.toThrow();
+    await expect(m.read(buf, 7 * REGION)).rejects.toThrow(/source leg has failed|no healthy/);
+    if (syncedBefore > 0) {
+      // some region is in sync: served by the surviving leg
+      let r = 0;
+      while (m.status().inSyncRegions > 0 && r < 8 && m.regionState(r) === 'nosync') r++;
+      if (m.regionState(r) !== 'nosync') await m.read(buf, r * REGION);
+    }
+    expect(m.status().legs[0]!.isDefault).toBe(false);
+  });
+});
+
+describe('mirror suspend / reload / resume', () => {
+  it('requests issued while suspended wait for resume', async () => {
+    const { m, legs } = await rig({ sync: 'nosync' });
+    await m.suspend();
+    let done = false;
+    const w = m.write(fill(10, 3), 0, { fua: false }).then(() => (done = true));
+    const f = m.flush();
+    await settle();
+    expect(done).toBe(false);
+    expect(legs[0]!.ops.write).toBe(0);
+    await m.resume();
+    await Promise.all([w, f]);
+    expect(legs[1]!.durable[0]).toBe(3);
+  });
+
+  it('reload adding a new leg: the new leg is stale and catches up by a full resync from an up-to-date leg', async () => {
+    const logDev = new MemLeg('/log', 8192);
+    const { m, legs, events } = await rig({ sync: 'nosync', disk: true, logDev });
+    await m.write(fill(3 * REGION, 4), REGION, { fua: false });
+    const c = new MemLeg('/c', SIZE);
+    await m.suspend({ noflush: true });
+    m.reload({ legs: [legs[0]!, legs[1]!, c] });
+    await m.resume();
+    const st = m.status();
+    expect(st.legs.map((l) => l.upToDate)).toEqual([true, true, false]);
+    expect(st.inSyncRegions).toBe(0); // every region dirtied for the new leg
+    await settle(30);
+    await m.resyncIdle();
+    expect(c.durable.equals(legs[0]!.durable)).toBe(true);
+    expect(m.status().legs.every((l) => l.upToDate)).toBe(true);
+    expect(events.filter((e) => e.name === 'in-sync').length).toBeGreaterThanOrEqual(2);
+    // persisted: /c up to date in the disk log's leg records (flags at 32 + 2*48)
+    await m.flush();
+    await settle(5);
+    expect(logDev.durable.readUInt32LE(32 + 2 * 48) & 1).toBe(1);
+  });
 });
