@@ -151,6 +151,10 @@ export class MirrorExport implements Export {
   private logFailed = false;
 
   private cleanTimerCancel: (() => void) | null = null;
+  /** Writes waiting for a region another cluster node is recovering. */
+  private readonly remoteParked = new Map<number, Piece[]>();
+  private remotePollCancel: (() => void) | null = null;
+  private logUnsubs: (() => void)[] = [];
   private piecesInFlight = 0;
   private drainWaiters: (() => void)[] = [];
   private suspended = false;
@@ -166,6 +170,8 @@ export class MirrorExport implements Export {
   private readonly releaseParked = (parked: Piece[]): void => {
     for (const p of parked) this.classify(p);
   };
+  /** Unsubscribes from the log's optional cluster notifications (onWorkAvailable / onRegionsChanged). */
+  private logUnsubs: (() => void)[] = [];
 
   constructor(opts: MirrorOptions) {
     // Validate at the edge (the table parser already did; these guard programmatic callers).
@@ -203,6 +209,27 @@ export class MirrorExport implements Export {
     this.outstandingReads = new Array(16).fill(0);
     this.regions = this.newRegionHash();
     this.resync = new Resync(this.resyncHost(), this.resyncOptions);
+    this.subscribeLog();
+  }
+
+  /**
+   * Cluster logs tell the mirror when resync work was assigned to this node and when regions' remote
+   * recovery answers changed (a region recovered by another node): kick resync, re-classify parked writes.
+   */
+  private subscribeLog(): void {
+    for (const u of this.logUnsubs.splice(0)) u();
+    const log = this.log;
+    const w = log.onWorkAvailable?.(() => {
+      if (!this.suspended && !this.closed) this.resync.kick();
+    });
+    const r = log.onRegionsChanged?.((regions) => this.recheckParked(regions));
+    if (w) this.logUnsubs.push(w);
+    if (r) this.logUnsubs.push(r);
+  }
+
+  private recheckParked(regions: readonly number[] | 'all'): void {
+    if (this.suspended || this.closed) return; // afterActivation re-checks every region
+    for (const p of this.regions.takeParkedNotHeld(regions)) this.classify(p);
   }
 
   private newRegionHash(): RegionHash<Piece> {
@@ -225,6 +252,7 @@ export class MirrorExport implements Export {
   }
 
   private async resumeLog(): Promise<void> {
+    this.attachLog();
     const states: readonly LegLogState[] = await this.log.resume({
       legDevices: this.legs.map((l) => l.device),
       flushDataLegs: () => this.flushDataLegs(),
@@ -238,6 +266,7 @@ export class MirrorExport implements Export {
     this.inSyncAnnounced = false;
     this.checkInSync();
     if (this.resyncOptions.autoStart) this.resync.start();
+    this.recheckParked('all');
   }
 
   // ---------------------------------------------------------------- Export: capabilities and reads
@@ -365,7 +394,8 @@ export class MirrorExport implements Export {
   private classify(p: Piece): void {
     const r = p.region;
     if (this.regions.mustPark(r)) {
-      this.regions.park(r, p);
+      if (this.regions.isHeld(r)) this.regions.park(r, p);
+      else this.parkRemote(p);
       return;
     }
     this.piecesInFlight++;
@@ -510,6 +540,54 @@ export class MirrorExport implements Export {
       this.drainWaiters = [];
       for (const f of w) f();
     }
+  }
+
+  // ---------------------------------------------------------------- remote recovery (cluster logs)
+
+  /** Another node recovers the region: wait, re-checking on the log's notification or by polling. */
+  private parkRemote(p: Piece): void {
+    let list = this.remoteParked.get(p.region);
+    if (!list) {
+      list = [];
+      this.remoteParked.set(p.region, list);
+    }
+    list.push(p);
+    this.armRemotePoll();
+  }
+
+  private armRemotePoll(): void {
+    if (this.remotePollCancel || this.closed) return;
+    this.remotePollCancel = this.scheduler.after(this.limits.remoteRecoveryPollMs, () => {
+      this.remotePollCancel = null;
+      this.recheckRemote('all');
+      if (this.remoteParked.size) this.armRemotePoll();
+    });
+  }
+
+  private recheckRemote(regions: readonly number[] | 'all'): void {
+    if (this.remoteParked.size === 0) return;
+    const keys = regions === 'all' ? [...this.remoteParked.keys()] : regions;
+    for (const r of keys) {
+      const list = this.remoteParked.get(r);
+      if (!list) continue;
+      this.remoteParked.delete(r);
+      for (const p of list) this.classify(p);
+    }
+  }
+
+  /** Subscribe to the log's optional notifications (cluster logs). */
+  private attachLog(): void {
+    for (const u of this.logUnsubs) u();
+    const log = this.log;
+    this.logUnsubs = [
+      log.onWorkAvailable?.(() => this.resync.kick()),
+      log.onRegionsChanged?.((regions) => this.recheckRemote(regions)),
+      log.onLost?.((err) => {
+        if (this.logFailed) return;
+        this.logFailed = true;
+        this.emit('log-failed', { message: err.message });
+      }),
+    ].filter((u): u is () => void => u !== undefined);
   }
 
   // ---------------------------------------------------------------- FLUSH
@@ -848,6 +926,7 @@ export class MirrorExport implements Export {
         this.log = reload.log;
         this.regions = this.newRegionHash();
         this.resync = new Resync(this.resyncHost(), this.resyncOptions);
+        this.subscribeLog();
       }
       this.logFailed = false;
     }
@@ -983,7 +1062,13 @@ export class MirrorExport implements Export {
     this.suspendQueue = [];
     this.suspended = false;
     for (const f of queued) f(); // they see closed and fail
+    for (const u of this.logUnsubs.splice(0)) u();
     for (const p of this.regions.takeAllParked()) p.req.reject(new ExportError('ESHUTDOWN', 'mirror closed'));
+    for (const list of this.remoteParked.values()) for (const p of list) p.req.reject(new ExportError('ESHUTDOWN', 'mirror closed'));
+    this.remoteParked.clear();
+    this.remotePollCancel?.();
+    for (const u of this.logUnsubs) u();
+    this.logUnsubs = [];
     await Promise.all(this.legs.map((l) => l.close().catch(() => undefined)));
     await this.log.close().catch(() => undefined);
   }

@@ -88,10 +88,12 @@ describe('two mirrors sharing legs, coordinated by the cluster log (memory bus)'
     legs.get('a')!.bytes.fill(0x5a); // leg b is stale until resynced
     const n1 = await node(bus, 1, legs, 'sync');
     const n2 = await node(bus, 2, legs, 'sync');
-    // Until the engine subscribes itself (see the report): new work for this node -> kick its resync.
-    for (const n of [n1, n2]) {
-      n.log.onWorkAvailable(() => (n.exp as unknown as { startResync(): void }).startResync());
-      (n.exp as unknown as { startResync(): void }).startResync();
+    // No manual kicks: the engine subscribes to the log's onWorkAvailable / onRegionsChanged itself.
+    // Writes from both nodes to regions not yet in sync park until some node recovered them, then complete.
+    const writes: Promise<void>[] = [];
+    for (let i = 0; i < 8; i++) {
+      const who = i % 2 === 0 ? n1 : n2;
+      writes.push(who.exp.write(pattern(100 + i, 4096), (SIZE_BYTES / 8) * i + 4096, { fua: false }));
     }
     const recoverers = new Set<number>();
     const deadline = Date.now() + 20_000;
@@ -102,8 +104,15 @@ describe('two mirrors sharing legs, coordinated by the cluster log (memory bus)'
     }
     expect(n1.log.syncCount()).toBe(n1.log.regionCount);
     expect(n2.log.syncCount()).toBe(n2.log.regionCount);
+    await within(Promise.all(writes), 10_000, 'writes parked on unsynced regions');
+    await within(Promise.all([n1.exp.flush(), n2.exp.flush()]), 10_000, 'flush');
     expect(legs.get('a')!.bytes.equals(legs.get('b')!.bytes)).toBe(true);
     expect(recoverers.size).toBeGreaterThanOrEqual(1);
+    for (let i = 0; i < 8; i++) {
+      const got = Buffer.alloc(4096);
+      legs.get('b')!.bytes.copy(got, 0, (SIZE_BYTES / 8) * i + 4096);
+      expect(got.equals(pattern(100 + i, 4096))).toBe(true);
+    }
     expect(n1.log.digest()).toBe(n2.log.digest());
     await n1.exp.close();
     await n2.exp.close();

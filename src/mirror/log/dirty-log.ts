@@ -70,6 +70,17 @@ export interface DirtyLog {
   syncCount(): number;
   /** Cluster logs: another node is recovering this region (writes to it must wait). */
   isRemoteRecovering?(region: number): boolean;
+  /** Optional notifications (cluster logs). Each returns an unsubscribe function. */
+  /** New resync work may be available (call getResyncWork again). */
+  onWorkAvailable?(fn: () => void): () => void;
+  /** Sync / remote-recovery answers changed for these regions ('all': everything): re-check parked writes. */
+  onRegionsChanged?(fn: (regions: readonly number[] | 'all') => void): () => void;
+  /** The log cannot go on (e.g. cluster transport lost); flush() will reject from now on. */
+  onLost?(fn: (err: Error) => void): () => void;
+  /** Cluster logs: resync work may now be available to this node (call getResyncWork again). */
+  onWorkAvailable?(fn: () => void): () => void;
+  /** Cluster logs: these regions' inSync / isRemoteRecovering answers changed ('all': any region). */
+  onRegionsChanged?(fn: (regions: readonly number[] | 'all') => void): () => void;
 
   /** Per-leg states as last resumed/updated (legDevices order). */
   legStates(): readonly LegLogState[];
