@@ -16,6 +16,7 @@ import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { JOBS, runFio } from './fio.js';
 import { privateBuildCopy } from './build.js';
+import { writeBenchChart } from './chart.js';
 import { mirrorTable, SERVERS, setCli, startServer } from './servers.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -270,6 +271,7 @@ async function main() {
     await mkdir(dirname(flags.out), { recursive: true });
     await writeFile(flags.out, `${JSON.stringify(report, null, 2)}\n`);
     console.log(`\nwrote ${flags.out} (${report.elapsedSec.toFixed(0)} s)`);
+    console.log(`wrote ${await writeBenchChart(flags.out)} (chart: scripts/bench/chart.js)`);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

@@ -1,0 +1,181 @@
+#!/usr/bin/env node
+// node scripts/bench/chart.js [--in bench-results/latest.json] [--out docs/bench.svg]
+//
+// Draws the bench report (scripts/bench/run.js) as one self-contained SVG: our servers beside the anchors
+// (nbdkit file, qemu-nbd, qemu-nbd quorum, nbdcopy). Each fio job is a group of bars whose height is the
+// ratio to `nbdkit file` on the same job (IOPS for 4k jobs, bandwidth for 1m jobs; the dashed line is
+// 1.0x) and whose label is the absolute figure; a third panel compares the full resync with nbdcopy.
+// Pure: JSON in, SVG text out (renderBenchSvg); run.js calls writeBenchChart after each run.
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+const PANELS = [
+  { title: 'Single file: nbd-mirror linear vs the anchors', servers: ['linear', 'nbdkit', 'qemu-nbd'] },
+  { title: '2-leg mirror: nbd-mirror vs nbdkit on one leg (ceiling) and qemu-nbd quorum', servers: ['mirror-core', 'mirror-disk', 'nbdkit', 'qemu-quorum'] },
+];
+const OURS = new Set(['linear', 'mirror-core', 'mirror-disk']);
+const COLORS = {
+  linear: '#1f6feb',
+  'mirror-core': '#1f6feb',
+  'mirror-disk': '#58a6ff',
+  nbdkit: '#8b949e',
+  'qemu-nbd': '#d29922',
+  'qemu-quorum': '#d29922',
+  nbdcopy: '#8b949e',
+  ours: '#1f6feb',
+};
+const LABELS = {
+  linear: 'nbd-mirror linear',
+  'mirror-core': 'nbd-mirror mirror (core log)',
+  'mirror-disk': 'nbd-mirror mirror (disk log)',
+  nbdkit: 'nbdkit file',
+  'qemu-nbd': 'qemu-nbd',
+  'qemu-quorum': 'qemu-nbd quorum',
+};
+
+const WIDTH = 1000;
+const PANEL_HEIGHT = 300;
+const RESYNC_HEIGHT = 130;
+const MARGIN = { left: 60, right: 20, top: 40, bottom: 56 };
+/** Ratios above this are drawn clipped (with their true label). */
+const RATIO_AXIS_MAX = 2;
+
+const esc = (s) => String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
+
+function figure(job, r) {
+  return job.bs === '4k' ? r.iops : r.bwBytesPerSec;
+}
+
+function figureText(job, r) {
+  if (job.bs === '4k') return r.iops >= 10000 ? `${(r.iops / 1000).toFixed(1)}k` : String(Math.round(r.iops));
+  const mb = r.bwBytesPerSec / 1e6;
+  return mb >= 1000 ? `${(mb / 1000).toFixed(2)} GB/s` : `${mb.toFixed(0)} MB/s`;
+}
+
+function panel(report, p, y0) {
+  const out = [];
+  const servers = p.servers.filter((s) => report.servers?.[s] !== undefined);
+  const jobNames = Object.keys(report.jobs ?? {});
+  const plotW = WIDTH - MARGIN.left - MARGIN.right;
+  const plotH = PANEL_HEIGHT - MARGIN.top - MARGIN.bottom;
+  const top = y0 + MARGIN.top;
+  const base = top + plotH;
+  out.push(`<text x="${MARGIN.left}" y="${y0 + 22}" class="title">${esc(p.title)}</text>`);
+  if (servers.length === 0 || jobNames.length === 0) {
+    out.push(`<text x="${MARGIN.left}" y="${top + 30}" class="muted">not in this run</text>`);
+    return out;
+  }
+  // Axis: ratio to nbdkit file.
+  for (let t = 0; t <= RATIO_AXIS_MAX; t += 0.5) {
+    const y = base - (t / RATIO_AXIS_MAX) * plotH;
+    out.push(`<line x1="${MARGIN.left}" x2="${WIDTH - MARGIN.right}" y1="${y}" y2="${y}" class="${t === 1 ? 'one' : 'grid'}"/>`);
+    out.push(`<text x="${MARGIN.left - 6}" y="${y + 4}" class="axis" text-anchor="end">${t.toFixed(1)}x</text>`);
+  }
+  out.push(`<text x="14" y="${top + plotH / 2}" class="axis" transform="rotate(-90 14 ${top + plotH / 2})" text-anchor="middle">vs nbdkit file</text>`);
+  const groupW = plotW / jobNames.length;
+  const barW = Math.min(34, (groupW - 18) / servers.length);
+  jobNames.forEach((jobName, j) => {
+    const job = report.jobs[jobName];
+    const anchor = report.servers.nbdkit?.jobs?.[jobName];
+    const gx = MARGIN.left + j * groupW + (groupW - barW * servers.length) / 2;
+    servers.forEach((s, i) => {
+      const r = report.servers[s].jobs?.[jobName];
+      if (r === undefined) return;
+      const ratio = anchor !== undefined && figure(job, anchor) > 0 ? figure(job, r) / figure(job, anchor) : null;
+      const h = ratio === null ? 0 : (Math.min(ratio, RATIO_AXIS_MAX) / RATIO_AXIS_MAX) * plotH;
+      const x = gx + i * barW;
+      const cls = OURS.has(s) ? 'ours' : 'anchor';
+      out.push(
+        `<rect x="${x.toFixed(1)}" y="${(base - h).toFixed(1)}" width="${(barW - 3).toFixed(1)}" height="${h.toFixed(1)}" fill="${COLORS[s] ?? '#888'}" class="${cls}"><title>${esc(LABELS[s] ?? s)} ${esc(jobName)}: ${esc(figureText(job, r))}${ratio === null ? '' : ` (${ratio.toFixed(2)}x nbdkit)`}</title></rect>`,
+      );
+      const lx = x + (barW - 3) / 2;
+      const ly = base - h - 4;
+      out.push(`<text x="${lx.toFixed(1)}" y="${ly.toFixed(1)}" class="value" transform="rotate(-60 ${lx.toFixed(1)} ${ly.toFixed(1)})">${esc(figureText(job, r))}</text>`);
+    });
+    out.push(`<text x="${(MARGIN.left + (j + 0.5) * groupW).toFixed(1)}" y="${base + 18}" class="job" text-anchor="middle">${esc(jobName)}</text>`);
+    out.push(`<text x="${(MARGIN.left + (j + 0.5) * groupW).toFixed(1)}" y="${base + 32}" class="muted small" text-anchor="middle">${job.bs === '4k' ? 'IOPS' : 'bandwidth'}</text>`);
+  });
+  // Legend.
+  let lx = MARGIN.left;
+  const ly = base + 48;
+  for (const s of servers) {
+    out.push(`<rect x="${lx}" y="${ly - 9}" width="10" height="10" fill="${COLORS[s] ?? '#888'}"/>`);
+    const text = LABELS[s] ?? s;
+    out.push(`<text x="${lx + 14}" y="${ly}" class="legend${OURS.has(s) ? ' bold' : ''}">${esc(text)}</text>`);
+    lx += 24 + text.length * 6.6;
+  }
+  return out;
+}
+
+function resyncPanel(report, y0) {
+  const out = [];
+  const r = report.resync;
+  out.push(`<text x="${MARGIN.left}" y="${y0 + 22}" class="title">Full resync of ${esc(((r?.bytes ?? 0) / 2 ** 30).toFixed(1))} GiB: nbd-mirror vs nbdcopy (leg A to leg B)</text>`);
+  if (r === undefined || r === null || !(r.oursMBps > 0)) {
+    out.push(`<text x="${MARGIN.left}" y="${y0 + 50}" class="muted">not in this run</text>`);
+    return out;
+  }
+  const rows = [
+    { label: 'nbd-mirror resync (spawn to in-sync)', mbps: r.oursMBps, color: COLORS.ours, ours: true },
+    ...(r.engineReportedMBps > 0 ? [{ label: 'nbd-mirror engine rate', mbps: r.engineReportedMBps, color: '#58a6ff', ours: true }] : []),
+    ...(r.nbdcopyMBps > 0 ? [{ label: 'nbdcopy file to file', mbps: r.nbdcopyMBps, color: COLORS.nbdcopy, ours: false }] : []),
+  ];
+  const max = Math.max(...rows.map((x) => x.mbps));
+  const labelW = 250;
+  const barMax = WIDTH - MARGIN.left - MARGIN.right - labelW - 90;
+  rows.forEach((row, i) => {
+    const y = y0 + 40 + i * 26;
+    const w = (row.mbps / max) * barMax;
+    out.push(`<text x="${MARGIN.left}" y="${y + 13}" class="legend${row.ours ? ' bold' : ''}">${esc(row.label)}</text>`);
+    out.push(`<rect x="${MARGIN.left + labelW}" y="${y}" width="${w.toFixed(1)}" height="18" fill="${row.color}"/>`);
+    out.push(`<text x="${(MARGIN.left + labelW + w + 6).toFixed(1)}" y="${y + 13}" class="value">${row.mbps.toFixed(0)} MB/s</text>`);
+  });
+  return out;
+}
+
+/** The whole SVG for one bench report. */
+export function renderBenchSvg(report) {
+  const height = PANELS.length * PANEL_HEIGHT + RESYNC_HEIGHT + 60;
+  const m = report.machine ?? {};
+  const parts = [];
+  parts.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${WIDTH}" height="${height}" viewBox="0 0 ${WIDTH} ${height}" font-family="system-ui, -apple-system, Segoe UI, Roboto, sans-serif">`);
+  parts.push(`<style>
+  .title { font-size: 15px; font-weight: 600; fill: #1f2328; }
+  .axis, .job { font-size: 11px; fill: #57606a; }
+  .job { font-weight: 600; fill: #1f2328; }
+  .grid { stroke: #d0d7de; stroke-width: 1; }
+  .one { stroke: #1f2328; stroke-width: 1; stroke-dasharray: 4 3; }
+  .value { font-size: 10px; fill: #1f2328; }
+  .legend { font-size: 11px; fill: #1f2328; }
+  .bold { font-weight: 700; }
+  .muted { font-size: 12px; fill: #57606a; }
+  .small { font-size: 10px; }
+</style>`);
+  parts.push(`<rect width="100%" height="100%" fill="#ffffff"/>`);
+  const load = Array.isArray(m.loadavgAtStart) ? ` · load ${m.loadavgAtStart[0]}` : '';
+  parts.push(
+    `<text x="${MARGIN.left}" y="24" class="muted">nbd-mirror bench ${esc(String(report.date ?? '').slice(0, 16).replace('T', ' '))} · ${esc(m.cpuModel ?? '?')} x${esc(m.cpuCount ?? '?')}${esc(load)} · node ${esc(m.node ?? '?')} · ${esc(m.fio ?? 'fio')} · ${esc(m.nbdkit ?? '')} · ${esc(m.qemuNbd?.split(' (')[0] ?? '')} · ${esc(report.backingDir ?? '?')} · median of ${esc(report.rounds ?? 1)}</text>`,
+  );
+  PANELS.forEach((p, i) => parts.push(...panel(report, p, 30 + i * PANEL_HEIGHT)));
+  parts.push(...resyncPanel(report, 30 + PANELS.length * PANEL_HEIGHT));
+  parts.push('</svg>');
+  return `${parts.join('\n')}\n`;
+}
+
+/** Read the report, write the chart; returns the output path. */
+export async function writeBenchChart(inPath = join(ROOT, 'bench-results', 'latest.json'), outPath = join(ROOT, 'docs', 'bench.svg')) {
+  const report = JSON.parse(await readFile(inPath, 'utf8'));
+  await mkdir(dirname(outPath), { recursive: true });
+  await writeFile(outPath, renderBenchSvg(report));
+  return outPath;
+}
+
+if (process.argv[1] !== undefined && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  const { values } = parseArgs({ options: { in: { type: 'string' }, out: { type: 'string' } } });
+  const out = await writeBenchChart(values.in ? resolve(values.in) : undefined, values.out ? resolve(values.out) : undefined);
+  console.log(`wrote ${out}`);
+}
