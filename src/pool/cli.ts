@@ -13,7 +13,7 @@ export interface PoolFlags {
   json: boolean;
 }
 
-const INPUT_CODES: ReadonlySet<PoolErrorCode> = new Set(['EINVAL', 'ENOENT', 'EEXIST', 'ENOSPC', 'EBUSY']);
+const INPUT_CODES: ReadonlySet<PoolErrorCode> = new Set(['EINVAL', 'ENOENT', 'EEXIST', 'ENOSPC', 'EBUSY', 'ENODEV']);
 
 export function addDevicesOption(cmd: Command): Command {
   return cmd.option('--devices <dev...>', 'devices or directories holding the pool (default: env NBD_MIRROR_DEVICES)');
