@@ -25,6 +25,9 @@ export const DEFAULT_VOLUME_EXPORT_LIMITS: VolumeExportLimits = {
   queuedBytesMax: 256 * 1024 * 1024,
 };
 
+/** How often a suspend re-checks its drain predicate when nothing completes. */
+export const DRAIN_RECHECK_MS = 20;
+
 interface Waiter {
   readonly payloadBytes: number;
   go(): void;
@@ -74,8 +77,16 @@ export class VolumeExport implements Export {
     this.suspended = true;
     if (drain === 'none') return;
     const done = drain === 'all' ? (n: number) => n === 0 : drain;
+    // Re-checked on every completion and poke(), and every DRAIN_RECHECK_MS: a predicate may depend on
+    // state that changes without a completion here (a write becoming held in the engine).
     while (!done(this.inFlight)) {
-      await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, DRAIN_RECHECK_MS);
+        this.idleWaiters.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
     }
   }
 

@@ -382,12 +382,17 @@ export class Volume extends EventEmitter {
     const engine = engineOf(this.live.export);
     this.suspended = true;
     try {
-      // The engine's own suspend decides what happens to held writes (EIO when flushing, kept with noflush)
-      // and waits for its other I/O; the proxy then waits for what it forwarded.
-      const engineSuspended = engine.suspend(opts.noflush);
-      const draining = this.proxy.suspend(opts.noflush ? (n) => n <= engine.heldWriteCount() : 'all');
       await withTimeout(
-        Promise.all([engineSuspended, draining]),
+        (async () => {
+          // 1. Gate closed: wait until every forwarded request has completed or is held by the engine (no
+          //    request may reach the engine after its suspend, or it would wait inside it unseen).
+          await this.proxy.suspend((n) => n <= engine.heldWriteCount());
+          // 2. The engine's own suspend: stop resync, persist the log; held writes fail with EIO when
+          //    flushing, stay held with noflush.
+          await engine.suspend(opts.noflush);
+          // 3. Flushing: the failed held writes have now completed too.
+          if (!opts.noflush) await this.proxy.suspend('all');
+        })(),
         this.limits.suspendTimeoutMs,
         () => `suspend: ${this.proxy.inFlightCount} requests still in flight after ${this.limits.suspendTimeoutMs} ms`,
       );
@@ -500,6 +505,7 @@ export class Volume extends EventEmitter {
   private attach(t: LiveTable): void {
     t.sink.listener = (kind, payload) => {
       if (this.live.sink !== t.sink) return; // only the live table's events count
+      this.proxy.poke(); // a suspend may be waiting for a write to become held
       const data = (payload !== null && typeof payload === 'object' ? payload : { value: payload }) as Record<string, unknown>;
       this.record(kind, data, COUNTED_ENGINE_EVENTS.has(kind));
     };
