@@ -12,8 +12,10 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /dev/shm /tmp /run /mnt
 mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
+ln -sfn /run /var/run
 
 [ -f /test/env ] && . /test/env
 NBDM_MODE=${NBDM_MODE:-test}

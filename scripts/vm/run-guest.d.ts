@@ -43,6 +43,8 @@ export interface GuestOptions {
   onLine?: (line: string) => void;
   extraArgs?: string[];
   accel?: 'tcg' | 'kvm';
+  /** SIGKILL qemu as soon as a console line matches (the client machine dies: no DISC) */
+  killOn?: RegExp;
 }
 
 export declare function runGuest(opts: GuestOptions): Promise<GuestResult>;
@@ -50,6 +52,6 @@ export declare function describeResult(r: GuestResult): string;
 export declare function parseConsole(text: string): { steps: string[]; outcome: 'pass' | 'fail' | null; failReason: string | null; dmesg: string[] };
 export declare function chooseAccel(): Promise<'tcg' | 'kvm'>;
 export declare function kvmLooksUsable(): boolean;
-export declare function stopQemu(pidFile: string): Promise<void>;
+export declare function stopQemu(pidFile: string, signal?: NodeJS.Signals): Promise<void>;
 export declare function envFile(env: Record<string, string | number>): string;
 export declare function writeInitrdWithOverlay(baseInitrd: string, files: [string, string | Buffer, number?][], out: string): void;

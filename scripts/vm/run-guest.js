@@ -150,13 +150,13 @@ function qemuPeakRssKiB(pidFile) {
 }
 
 /** Kills the qemu whose pid is in pidFile (if it is still running). */
-export async function stopQemu(pidFile) {
+export async function stopQemu(pidFile, signal = 'SIGTERM') {
   let pid;
   try { pid = Number(fs.readFileSync(pidFile, 'utf8').trim()); } catch { return; }
   if (!(pid > 0)) return;
   const alive = () => { try { process.kill(pid, 0); return true; } catch { return false; } };
   if (!alive()) return;
-  try { process.kill(pid, 'SIGTERM'); } catch { return; }
+  try { process.kill(pid, signal); } catch { return; }
   const t0 = Date.now();
   while (alive() && Date.now() - t0 < STOP_GRACE_MS) await new Promise((r) => setTimeout(r, 50));
   if (alive()) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
@@ -166,7 +166,9 @@ export async function stopQemu(pidFile) {
  * Boots `image` with `script` as /test/test.sh and waits for it to power off.
  * @param {{ image?: string, script: string, env?: Record<string,string|number>, timeoutMs?: number,
  *           memMiB?: number, workDir?: string, onLine?: (line: string) => void, extraArgs?: string[],
- *           accel?: 'tcg'|'kvm' }} opts
+ *           accel?: 'tcg'|'kvm', killOn?: RegExp }} opts
+ * killOn: SIGKILL qemu as soon as a console line matches (a client machine that dies: no DISC, no FIN
+ * from a clean guest shutdown, requests possibly in flight).
  * @returns {Promise<GuestResult>}
  */
 export async function runGuest(opts) {
@@ -194,6 +196,7 @@ export async function runGuest(opts) {
   const stepTimes = [];
   let bootMs = null;
   let peakRssKiB = 0;
+  let killed = false;
   child.stdout.on('data', (chunk) => {
     logStream.write(chunk);
     const s = chunk.toString('utf8');
@@ -207,6 +210,7 @@ export async function runGuest(opts) {
       const m = /TEST: step (.*)$/.exec(line.replace(/\r/g, ''));
       if (m) stepTimes.push({ name: m[1], startMs: now });
       if (bootMs === null && /TEST: ready/.test(line)) bootMs = now;
+      if (opts.killOn?.test(line) && !killed) { killed = true; void stopQemu(pidFile, 'SIGKILL'); }
       opts.onLine?.(line);
     }
   });

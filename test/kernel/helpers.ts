@@ -10,6 +10,7 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { describeResult, runGuest, type GuestOptions, type GuestResult } from '../../scripts/vm/run-guest.js';
 import { ensureImage } from '../../scripts/vm/build-image.js';
+import { withSlots } from '../../scripts/vm/slots.js';
 import { findTool, IN_CI, unmet } from '../helpers/tools.js';
 import { run } from '../helpers/run.js';
 import { createSparseFile, makeTempDir, removeTempDir, SECTOR_BYTES } from '../helpers/tmp.js';
@@ -219,22 +220,21 @@ export function exists(p: string): boolean {
   return existsSync(p);
 }
 
-/** At most `n` bodies at once (guests are CPU-bound under TCG: one per core). */
-export class Slots {
-  private active = 0;
-  private readonly waiting: (() => void)[] = [];
-  constructor(private readonly n: number) {
-    if (!(n >= 1)) throw new RangeError(`slots must be >= 1, got ${n}`);
-  }
-  async use<T>(body: () => Promise<T>): Promise<T> {
-    if (this.active >= this.n) await new Promise<void>((res) => this.waiting.push(res));
-    else this.active++;
-    try {
-      return await body();
-    } finally {
-      const next = this.waiting.shift();
-      if (next) next(); // hand the slot over
-      else this.active--;
-    }
+/**
+ * Runs `body` holding `guests` machine-wide guest slots (scripts/vm/slots.js; NBDM_VM_SLOTS, default 2):
+ * TCG guests are CPU-bound, and vitest runs test files in parallel workers, so this bounds CPU and memory
+ * across all kernel test files, not just within one.
+ */
+export function withGuestSlots<T>(guests: number, body: () => Promise<T>): Promise<T> {
+  return withSlots(guests, body);
+}
+
+/** Peak resident set (VmHWM) of a process in MiB, 0 when it is gone. */
+export function peakRssMiB(pid: number): number {
+  try {
+    const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Math.round(Number(m[1]) / 1024) : 0;
+  } catch {
+    return 0;
   }
 }
