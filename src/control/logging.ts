@@ -25,7 +25,7 @@ export function createLogger(level: LogLevel, opts: LoggerOptions = {}): pino.Lo
   const pretty = opts.pretty ?? process.stderr.isTTY === true;
   const base = { node: opts.node ?? hostname() };
   if (pretty) {
-    const stream = PinoPretty({ destination: 2, sync: true, colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname,name' });
+    const stream = PinoPretty({ destination: 2, sync: true, colorize: true, singleLine: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname,name' });
     return pino({ name: 'nbd-mirror', level, base }, stream);
   }
   return pino({ name: 'nbd-mirror', level, base: { ...base, pid: process.pid } }, pino.destination({ dest: 2, sync: true }));
