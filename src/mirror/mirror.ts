@@ -170,8 +170,6 @@ export class MirrorExport implements Export {
   private readonly releaseParked = (parked: Piece[]): void => {
     for (const p of parked) this.classify(p);
   };
-  /** Unsubscribes from the log's optional cluster notifications (onWorkAvailable / onRegionsChanged). */
-  private logUnsubs: (() => void)[] = [];
 
   constructor(opts: MirrorOptions) {
     // Validate at the edge (the table parser already did; these guard programmatic callers).
@@ -209,27 +207,6 @@ export class MirrorExport implements Export {
     this.outstandingReads = new Array(16).fill(0);
     this.regions = this.newRegionHash();
     this.resync = new Resync(this.resyncHost(), this.resyncOptions);
-    this.subscribeLog();
-  }
-
-  /**
-   * Cluster logs tell the mirror when resync work was assigned to this node and when regions' remote
-   * recovery answers changed (a region recovered by another node): kick resync, re-classify parked writes.
-   */
-  private subscribeLog(): void {
-    for (const u of this.logUnsubs.splice(0)) u();
-    const log = this.log;
-    const w = log.onWorkAvailable?.(() => {
-      if (!this.suspended && !this.closed) this.resync.kick();
-    });
-    const r = log.onRegionsChanged?.((regions) => this.recheckParked(regions));
-    if (w) this.logUnsubs.push(w);
-    if (r) this.logUnsubs.push(r);
-  }
-
-  private recheckParked(regions: readonly number[] | 'all'): void {
-    if (this.suspended || this.closed) return; // afterActivation re-checks every region
-    for (const p of this.regions.takeParkedNotHeld(regions)) this.classify(p);
   }
 
   private newRegionHash(): RegionHash<Piece> {
@@ -266,7 +243,7 @@ export class MirrorExport implements Export {
     this.inSyncAnnounced = false;
     this.checkInSync();
     if (this.resyncOptions.autoStart) this.resync.start();
-    this.recheckParked('all');
+    this.recheckRemote('all');
   }
 
   // ---------------------------------------------------------------- Export: capabilities and reads
@@ -565,7 +542,7 @@ export class MirrorExport implements Export {
   }
 
   private recheckRemote(regions: readonly number[] | 'all'): void {
-    if (this.remoteParked.size === 0) return;
+    if (this.remoteParked.size === 0 || this.suspended || this.closed) return; // resume re-checks all
     const keys = regions === 'all' ? [...this.remoteParked.keys()] : regions;
     for (const r of keys) {
       const list = this.remoteParked.get(r);
@@ -580,7 +557,9 @@ export class MirrorExport implements Export {
     for (const u of this.logUnsubs) u();
     const log = this.log;
     this.logUnsubs = [
-      log.onWorkAvailable?.(() => this.resync.kick()),
+      log.onWorkAvailable?.(() => {
+        if (!this.suspended && !this.closed) this.resync.kick();
+      }),
       log.onRegionsChanged?.((regions) => this.recheckRemote(regions)),
       log.onLost?.((err) => {
         if (this.logFailed) return;
@@ -926,7 +905,6 @@ export class MirrorExport implements Export {
         this.log = reload.log;
         this.regions = this.newRegionHash();
         this.resync = new Resync(this.resyncHost(), this.resyncOptions);
-        this.subscribeLog();
       }
       this.logFailed = false;
     }
@@ -1062,7 +1040,6 @@ export class MirrorExport implements Export {
     this.suspendQueue = [];
     this.suspended = false;
     for (const f of queued) f(); // they see closed and fail
-    for (const u of this.logUnsubs.splice(0)) u();
     for (const p of this.regions.takeAllParked()) p.req.reject(new ExportError('ESHUTDOWN', 'mirror closed'));
     for (const list of this.remoteParked.values()) for (const p of list) p.req.reject(new ExportError('ESHUTDOWN', 'mirror closed'));
     this.remoteParked.clear();

@@ -34,12 +34,15 @@ export interface MirrorLimits {
   heldBytesMax: number;
   /** Largest single request accepted (advertised as blockSizeMax). */
   requestBytesMax: number;
+  /** Writes waiting on a region another cluster node recovers are re-checked at least this often (dm: HZ/5). */
+  remoteRecoveryPollMs: number;
 }
 
 export const MIRROR_LIMIT_DEFAULTS: MirrorLimits = {
   cleanDelayMs: 1000,
   heldBytesMax: 256 * 1024 * 1024,
   requestBytesMax: 32 * 1024 * 1024,
+  remoteRecoveryPollMs: 200,
 };
 
 export type LegErrorKind = 'write' | 'flush' | 'read' | 'sync';

@@ -266,24 +266,6 @@ export class RegionHash<P> {
   }
 
   /** All parked writes of every region, removed from the hash (suspend / shutdown). */
-  /**
-   * Cluster logs: the remote-recovery answer of these regions changed ('all': any region). Hands back
-   * the parked writes of those regions that are not held here, for the mirror to re-classify (they park
-   * again if they still must).
-   */
-  takeParkedNotHeld(regions: readonly number[] | 'all'): P[] {
-    const out: P[] = [];
-    const take = (e: RegionEntry<P> | undefined): void => {
-      if (!e || e.held !== null || e.parked.length === 0) return;
-      out.push(...e.parked);
-      e.parked = [];
-      this.maybeForget(e);
-    };
-    if (regions === 'all') for (const e of [...this.entries.values()]) take(e);
-    else for (const r of regions) take(this.entries.get(r));
-    return out;
-  }
-
   takeAllParked(): P[] {
     const out: P[] = [];
     for (const e of this.entries.values()) {

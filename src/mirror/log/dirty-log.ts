@@ -77,10 +77,6 @@ export interface DirtyLog {
   onRegionsChanged?(fn: (regions: readonly number[] | 'all') => void): () => void;
   /** The log cannot go on (e.g. cluster transport lost); flush() will reject from now on. */
   onLost?(fn: (err: Error) => void): () => void;
-  /** Cluster logs: resync work may now be available to this node (call getResyncWork again). */
-  onWorkAvailable?(fn: () => void): () => void;
-  /** Cluster logs: these regions' inSync / isRemoteRecovering answers changed ('all': any region). */
-  onRegionsChanged?(fn: (regions: readonly number[] | 'all') => void): () => void;
 
   /** Per-leg states as last resumed/updated (legDevices order). */
   legStates(): readonly LegLogState[];
