@@ -1,0 +1,76 @@
+// Scenario: a synced 2-leg mirror in a plain pool; `pool change --clustered y` switches every volume to the
+// cluster log form (userspace clustered-disk, uuid = volume uuid) on the SAME disk log extent, so the sync
+// state is kept: after serving the clustered table, a difference planted in a clean region survives
+// (0 bytes resynced). A pool created --clustered gives its volumes the cluster log without being asked.
+import { randomBytes } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseTable } from '../../src/mirror/table.js';
+import { readRange, writeRange } from '../helpers/crash.js';
+import { mirrorStatus, waitInSync } from '../helpers/mirror.js';
+import { run } from '../helpers/run.js';
+import { startServer, stopAllServers } from '../helpers/server.js';
+import { requireTools } from '../helpers/tools.js';
+import { makeTempDir, MiB, removeTempDir } from '../helpers/tmp.js';
+import { makeDevices, ok } from './pool-cli.js';
+
+const haveTools = requireTools('nbdcopy');
+let dir: string;
+let env: NodeJS.ProcessEnv;
+
+beforeAll(async () => {
+  dir = await makeTempDir('pool-clustered-');
+  env = { NBD_MIRROR_DEVICES: dir };
+  await ok(['pool', 'create', 'p', ...(await makeDevices(dir, ['a.img', 'b.img', 'c.img']))], env);
+  await ok(['create', 'p/v', '--size', '8M', '--mirrors', '1'], env);
+});
+afterAll(async () => {
+  try {
+    await stopAllServers();
+  } finally {
+    await removeTempDir(dir);
+  }
+});
+
+describe.runIf(haveTools)('pool change --clustered', () => {
+  it('keeps the disk log and its sync state: nothing is resynced', async () => {
+    let server = await startServer({ dir, tables: [], extraArgs: ['--pool', 'p'], env });
+    await writeFile(join(dir, 'data.bin'), randomBytes(8 * MiB));
+    await run('nbdcopy', ['--flush', join(dir, 'data.bin'), server.uri('v')]);
+    await waitInSync(server, 'v');
+    await server.stop();
+    const plain = parseTable((await ok(['table', 'p/v'], env)).trim());
+
+    const changed = await ok<{ clustered: boolean; seqno: number }>(['pool', 'change', 'p', '--clustered', 'y', '--json'], env);
+    expect(changed.clustered).toBe(true);
+    const line = (await ok(['table', 'v', '--pool', 'p'], env)).trim();
+    const show = await ok<{ metadata: { volumes: { uuid: string }[] } }>(['pool', 'show', 'p', '--json'], env);
+    expect(line).toContain(`mirror userspace 5 ${show.metadata.volumes[0]!.uuid} integrated_flush clustered-disk `);
+    const clustered = parseTable(line);
+    if (clustered.kind !== 'mirror' || plain.kind !== 'mirror') throw new Error('not mirrors');
+    expect(clustered.log.device).toBe(plain.log.device);
+    expect(clustered.legs).toEqual(plain.legs);
+
+    const leg2 = clustered.legs[1]!;
+    const planted = Buffer.from('planted-in-a-clean-region');
+    const at = leg2.offsetSectors * 512 + 5 * 512 * 1024 + 7;
+    await writeRange(leg2.device, at, planted);
+    server = await startServer({ dir, tables: [], extraArgs: ['--pool', 'p'], env });
+    const s = await mirrorStatus(server, 'v');
+    expect(s.inSyncRegions).toBe(s.regionCount);
+    await server.stop();
+    expect((await readRange(leg2.device, at, planted.length)).equals(planted)).toBe(true);
+
+    const list = await ok<{ volumes: { clustered: boolean; copyPercent: number }[] }>(['list', '--json', '--control', join(dir, 'none.sock')], env);
+    expect(list.volumes[0]).toMatchObject({ clustered: true, copyPercent: 100 });
+  });
+
+  it('a pool created --clustered gives every mirror the cluster log without being asked', async () => {
+    const devs = await makeDevices(dir, ['d.img', 'e.img']);
+    await ok(['pool', 'create', 'cp', '--clustered', ...devs], env);
+    await ok(['create', 'cp/w', '--size', '4M', '--mirrors', '1', '--log', 'core'], env);
+    expect((await ok(['table', 'cp/w'], env)).trim()).toMatch(/^0 8192 mirror userspace 4 [0-9a-f-]{36} integrated_flush clustered-core 1024 2 /);
+    expect((await ok(['pool', 'list'], env))).toMatch(/cp\s+2\s+1\s+wz---c/);
+  });
+});
