@@ -90,8 +90,6 @@ async function serve(flags: ServeFlags): Promise<void> {
   if (!flags.quiet) process.stdout.write([...dashboardLines, ...controlLines].map((l) => `${l}\n`).join(''));
 
   if (!flags.quiet) process.stdout.write(describeService(service, flags.readOnly));
-  if (flags.pidFile !== undefined) await writePidFile(flags.pidFile);
-  log.info({ exports: service.exports.map((e) => e.name), listen: service.listening.map(formatListenAddress) }, 'serving');
 
   let stopping = false;
   const stop = (signal: NodeJS.Signals): void => {
@@ -120,6 +118,10 @@ async function serve(flags: ServeFlags): Promise<void> {
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
+  // The pid file says "ready": only once SIGTERM/SIGINT are handled, so a signal sent as soon as it
+  // appears gets the clean shutdown, not node's default (immediate death).
+  if (flags.pidFile !== undefined) await writePidFile(flags.pidFile);
+  log.info({ exports: service.exports.map((e) => e.name), listen: service.listening.map(formatListenAddress) }, 'serving');
 }
 
 async function shutdown(service: Service, pidFile: string | undefined, control: ControlPlane, dashboard: ServeDashboard): Promise<void> {
