@@ -10,6 +10,6 @@ export interface ImageManifest {
   packages: Record<string, string>;
 }
 export declare function cacheDir(): string;
-export declare function ensureHostTools(): void;
+export declare function ensureHostTools(extra?: Record<string, string>): void;
 export declare function ensureImage(name: string): ImageManifest;
 export declare function stripModuleSignature(ko: Buffer): Buffer;

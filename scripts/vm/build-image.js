@@ -44,11 +44,15 @@ function which(cmd) {
   return r.status === 0 ? r.stdout.trim() : null;
 }
 
-/** Installs the harness's host packages when missing (root only; otherwise says what is missing). */
-export function ensureHostTools() {
-  const missing = Object.entries(HOST_PACKAGES).filter(([cmd]) => !which(cmd) && !fs.existsSync(`/sbin/${cmd}`));
+/**
+ * Installs the harness's host packages when missing (root only; otherwise says what is missing).
+ * @param {Record<string, string>} [extra] more command -> Debian package pairs (e.g. what a test uses)
+ */
+export function ensureHostTools(extra = {}) {
+  const wanted = { ...HOST_PACKAGES, ...extra };
+  const missing = Object.entries(wanted).filter(([cmd]) => !which(cmd) && !fs.existsSync(`/sbin/${cmd}`) && !fs.existsSync(`/usr/sbin/${cmd}`));
   if (missing.length === 0) return;
-  const pkgs = missing.map(([, pkg]) => pkg);
+  const pkgs = [...new Set(missing.map(([, pkg]) => pkg))];
   if (process.getuid?.() !== 0) {
     throw new Error(`kernel tests need host packages ${pkgs.join(' ')} (run scripts/install-deps.sh as root)`);
   }

@@ -188,6 +188,11 @@ export async function runGuest(opts) {
   });
   const t0 = Date.now();
   const child = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  // If this process exits first (a killed test worker), take the guest down with it.
+  const killOnExit = () => {
+    try { process.kill(Number(fs.readFileSync(pidFile, 'utf8').trim()), 'SIGKILL'); } catch { /* gone */ }
+  };
+  process.on('exit', killOnExit);
   const logStream = fs.createWriteStream(logPath);
   let text = '';
   let stderr = '';
@@ -226,6 +231,7 @@ export async function runGuest(opts) {
   if (first instanceof Error) throw new Error(`cannot start qemu-system-x86_64: ${first.message}`);
   const { code } = /** @type {{code: number|null}} */ (first);
   await stopQemu(pidFile); // normally already gone; never leave a guest behind
+  process.off('exit', killOnExit);
   await new Promise((r) => logStream.end(r));
   const wallMs = Date.now() - t0;
 

@@ -9,7 +9,7 @@ import { rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { describeResult, runGuest, type GuestOptions, type GuestResult } from '../../scripts/vm/run-guest.js';
-import { ensureImage } from '../../scripts/vm/build-image.js';
+import { ensureHostTools, ensureImage } from '../../scripts/vm/build-image.js';
 import { withSlots } from '../../scripts/vm/slots.js';
 import { findTool, IN_CI, unmet } from '../helpers/tools.js';
 import { run } from '../helpers/run.js';
@@ -34,8 +34,19 @@ export function prepareImage(name: string): { kernelVersion: string; initrd: str
   return ensureImage(name);
 }
 
+/** Debian package of each host tool the kernel tests use. */
+const TOOL_PACKAGES: Record<string, string> = {
+  e2fsck: 'e2fsprogs', debugfs: 'e2fsprogs', nbdinfo: 'libnbd-bin', nbdcopy: 'libnbd-bin', nbdkit: 'nbdkit',
+};
+
 /** Tools the kernel tests need on the host; under CI=true a missing one fails the file. */
 export function requireKernelTestTools(extra: string[] = []): boolean {
+  // As root, install what is missing first (apt-get install only if missing), as the harness promises.
+  try {
+    ensureHostTools(Object.fromEntries(['e2fsck', 'debugfs', 'nbdinfo', ...extra].map((t) => [t, TOOL_PACKAGES[t] ?? t])));
+  } catch (e) {
+    return unmet('host packages for the kernel tests', (e as Error).message);
+  }
   const needed = ['qemu-system-x86_64', 'depmod', 'dpkg-deb', 'apt-get', 'python3', 'e2fsck', 'debugfs', 'nbdinfo', ...extra];
   const missing = needed.filter((t) => findTool(t) === undefined);
   if (missing.length > 0) return unmet(`tools ${missing.join(', ')}`, 'run scripts/install-deps.sh as root');
