@@ -5,6 +5,7 @@
 // (the log device is not written yet: a whole-cluster restart resyncs everything); non-cluster tables
 // fall through to openLocalLog. Pass it as OpenTableOptions.openLog.
 import { openLocalLog, type LogOpener } from '../mirror/open.js';
+import { CpgError, CpgUnavailableError } from './cpg.js';
 import { openClusterLog } from './open-cluster-log.js';
 import type { Transport } from './transport.js';
 
@@ -23,13 +24,28 @@ export function clusterLogOpener(opts: ClusterLogOpenerOptions = {}): LogOpener 
           `is not written, so restarting the whole cluster resyncs every region`,
       );
     }
-    return openClusterLog({
-      uuid: spec.uuid,
-      regionSizeBytes: ctx.regionSizeBytes,
-      lengthBytes: ctx.lengthBytes,
-      sync: spec.sync,
-      integratedFlush: spec.integratedFlush,
-      transport: opts.transport?.(),
-    });
+    try {
+      return openClusterLog({
+        uuid: spec.uuid,
+        regionSizeBytes: ctx.regionSizeBytes,
+        lengthBytes: ctx.lengthBytes,
+        sync: spec.sync,
+        integratedFlush: spec.integratedFlush,
+        transport: opts.transport?.(),
+      });
+    } catch (err) {
+      if (err instanceof CpgUnavailableError) {
+        throw new Error(`cluster log '${spec.uuid}' needs corosync on this node: ${err.message}`);
+      }
+      if (err instanceof CpgError) {
+        throw new Error(
+          `cluster log '${spec.uuid}': cannot reach the local corosync daemon (${err.code}: ${err.message}). ` +
+            `Start corosync on every node with the cluster's nodelist in /etc/corosync/corosync.conf ` +
+            `(e.g. \`corosync\` or \`systemctl start corosync\`), or serve a table without a cluster log ` +
+            `(core or disk) for a single-node mirror.`,
+        );
+      }
+      throw err;
+    }
   };
 }

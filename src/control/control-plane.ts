@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { Option, type Command } from 'commander';
 import type { Export } from '../nbd/export.js';
+import type { LogOpener } from '../mirror/open.js';
 import type { TableSpec } from '../mirror/table.js';
 import { defaultControlPath } from './client.js';
 import { ControlError } from './control-error.js';
@@ -57,13 +58,15 @@ export class ControlPlane {
     private readonly spares: string[],
     private readonly readOnly: boolean,
     private readonly log: Log,
+    /** How mirror logs are built (serve passes the cluster log opener; default: local logs only). */
+    private readonly openLog: LogOpener | undefined,
   ) {
     // Every volume event also goes to the log (stderr JSON), as the engine's events did before.
     this.volumes.on('event', (ev: VolumeEvent) => logVolumeEvent(this.log, ev));
   }
 
   /** Validate the flags (UsageError naming the bad one) before anything is opened. */
-  static fromFlags(flags: ControlPlaneFlags, ctx: { readOnly: boolean; log: Log }): ControlPlane {
+  static fromFlags(flags: ControlPlaneFlags, ctx: { readOnly: boolean; log: Log; openLog?: LogOpener }): ControlPlane {
     const socketPath = resolve(flags.control ?? defaultControlPath());
     if (Buffer.byteLength(socketPath) > UNIX_SOCKET_PATH_BYTES_MAX) {
       throw new UsageError(`--control ${socketPath}: path is longer than ${UNIX_SOCKET_PATH_BYTES_MAX} bytes`);
@@ -92,12 +95,16 @@ export class ControlPlane {
     if (policy === 'allocate' && spares.length === 0) {
       throw new UsageError('--repair-policy allocate needs at least one --spare DEV');
     }
-    return new ControlPlane(socketPath, tcpPort, token, policy, spares, ctx.readOnly, ctx.log);
+    return new ControlPlane(socketPath, tcpPort, token, policy, spares, ctx.readOnly, ctx.log, ctx.openLog);
   }
 
   /** For startService: open one export as a Volume; the server serves the returned proxy. */
   readonly openExport = async (name: string, spec: TableSpec): Promise<Export> => {
-    const backend = tableBackend({ readOnly: this.readOnly, warn: (m) => this.log.warn({ volume: name }, m) });
+    const backend = tableBackend({
+      readOnly: this.readOnly,
+      warn: (m) => this.log.warn({ volume: name }, m),
+      ...(this.openLog ? { openTable: { openLog: this.openLog } } : {}),
+    });
     let v: Volume;
     try {
       v = await Volume.create(name, spec, backend);

@@ -13,6 +13,7 @@ import { DEFAULT_LISTEN, formatListenAddress, parseListenAddress, type ListenAdd
 import { buildServePlan } from '../../serve-plan.js';
 import { startService, type Service } from '../../service.js';
 import { addControlPlaneOptions, ControlPlane, type ControlPlaneFlags } from '../../control-plane.js';
+import { clusterLogOpener } from '../../../cluster/log-opener.js';
 import { EXIT_FAILURE, EXIT_OK, UsageError } from '../../usage-error.js';
 
 /** After SIGTERM, in-flight requests get this long to finish before we give up and exit non-zero. */
@@ -75,7 +76,8 @@ async function serve(flags: ServeFlags): Promise<void> {
   const plan = buildServePlan({ tables: flags.table, names: flags.name, tableFiles: await readTableFiles(flags.tableFile) });
   const listen = parseListens(flags.listen);
   const log = createLogger(flags.logLevel);
-  const control = ControlPlane.fromFlags(flags, { readOnly: flags.readOnly, log });
+  // Cluster tables (clustered-core / clustered-disk) get a corosync cluster log; others a local log.
+  const control = ControlPlane.fromFlags(flags, { readOnly: flags.readOnly, log, openLog: clusterLogOpener() });
   const dashboard = ServeDashboard.fromFlags(flags, log);
   const service = await startService({ plan, listen, readOnly: flags.readOnly, log, openExport: dashboard.meter(control.openExport) });
   const controlLines = await control.start().catch(async (e: unknown) => {
