@@ -17,6 +17,7 @@ const DEFAULT_TIMEOUT_MS = 90_000;
 /** MAC of the user-mode NIC (the guest's route to the NBD server); init finds it by this address. */
 export const USER_NIC_MAC = '52:54:00:12:34:56';
 const KVM_PROBE_TIMEOUT_MS = 20_000;
+const SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => fs.existsSync(p));
 const STOP_GRACE_MS = 2_000;
 const LOG_TAIL_LINES_MAX = 400;
 
@@ -187,7 +188,10 @@ export async function runGuest(opts) {
     accel, initrd, pidFile, serial: ['-serial', 'stdio'], memMiB: opts.memMiB, extraArgs: opts.extraArgs,
   });
   const t0 = Date.now();
-  const child = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  // setpriv --pdeathsig: qemu gets SIGKILL if this process dies (e.g. a test worker killed on timeout);
+  // setpriv execs qemu, so the pid in -pidfile is still the one to stop.
+  const [cmd, cmdArgs] = SETPRIV ? [SETPRIV, ['--pdeathsig', 'KILL', 'qemu-system-x86_64', ...args]] : ['qemu-system-x86_64', args];
+  const child = spawn(cmd, cmdArgs, { stdio: ['ignore', 'pipe', 'pipe'] });
   // If this process exits first (a killed test worker), take the guest down with it.
   const killOnExit = () => {
     try { process.kill(Number(fs.readFileSync(pidFile, 'utf8').trim()), 'SIGKILL'); } catch { /* gone */ }
