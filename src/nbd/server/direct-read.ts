@@ -9,13 +9,16 @@
 //
 // Data still reaches the protocol code as 'data' events emitted by the ReadController, so the
 // handshake reader and Transmission stay stream-agnostic. During the handshake each chunk is a
-// copy (the reader keeps chunks); in transmission a chunk is a view of a scratch buffer and the
-// Transmission says whether it kept a view (then a fresh scratch is used for the next read).
+// copy (the reader keeps chunks); in transmission a chunk is a view of a scratch buffer: the
+// Transmission copies small payloads out of it, and says if it still kept a view (a stash while
+// paused), in which case a fresh scratch is used for the next read.
 
 import { Socket } from 'node:net';
 
 /** What Transmission offers the reader: a place for the next read, and notice of bytes landed there. */
 export interface DirectReadTarget {
+  /** From now on 'data' chunks are views of a reused buffer: copy what must be kept. */
+  lendInput(): void;
   /** A buffer to read the next bytes into directly (the rest of a WRITE payload), or null. */
   nextReadTarget(): Buffer | null;
   /** n bytes were read into the buffer nextReadTarget() returned. */
@@ -34,6 +37,7 @@ export class ReadController {
 
   /** Transmission phase: chunks are lent (views), payload reads go direct. */
   lendTo(target: DirectReadTarget): void {
+    target.lendInput();
     this.target = target;
   }
 

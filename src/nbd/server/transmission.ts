@@ -88,6 +88,8 @@ export class Transmission implements DirectReadTarget {
   /** The chunk being processed is still referenced (write payload view or stash). */
   private retained = false;
   private directReadBytes = 0;
+  /** Input chunks are views of a buffer the reader reuses (direct-read.ts): never keep them. */
+  private inputLent = false;
   private readonly pool = new BufferPool();
   private readonly onDataBound = (chunk: Buffer): void => this.onData(chunk);
   private readonly onDrainBound = (): void => this.maybeResume();
@@ -190,11 +192,18 @@ export class Transmission implements DirectReadTarget {
       } else if (state === STATE_PAYLOAD) {
         const want = this.hdr.lengthBytes;
         if (this.payloadHave === 0 && len - pos >= want) {
-          const data = chunk.subarray(pos, pos + want);
-          this.retained = true;
+          let data: Buffer;
+          if (this.inputLent) {
+            // The chunk is a reused read buffer: copy (small, since larger payloads read directly).
+            data = this.pool.pooled(want) ? this.pool.take(want) : Buffer.allocUnsafe(want);
+            chunk.copy(data, 0, pos, pos + want);
+          } else {
+            data = chunk.subarray(pos, pos + want); // a view of the socket's own chunk: no copy
+            this.retained = true;
+          }
           pos += want;
           this.state = STATE_HEADER;
-          this.dispatchWrite(data, false);
+          this.dispatchWrite(data, this.inputLent);
         } else {
           let buf = this.payloadBuf;
           if (buf === null) buf = this.payloadBuf = this.pool.take(want);
@@ -252,6 +261,10 @@ export class Transmission implements DirectReadTarget {
   }
 
   // ---- direct reads (see direct-read.ts) ---------------------------------------------------------
+
+  lendInput(): void {
+    this.inputLent = true;
+  }
 
   nextReadTarget(): Buffer | null {
     if (this.state !== STATE_PAYLOAD || this.stash !== null) return null;
