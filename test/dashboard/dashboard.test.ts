@@ -121,9 +121,13 @@ describe.skipIf(!ok)('dashboard in chromium', () => {
     await expect.poll(() => vol.locator('tr[data-leg]').count()).toBe(2);
     expect(await vol.locator('tr[data-leg] .health').allTextContents()).toEqual(['A', 'A']);
     await expect.poll(() => timelineKinds(page), { timeout: UI_TIMEOUT_MS }).toEqual(expect.arrayContaining(['reload', 'resume', 'in-sync']));
-    // The resync sparkline saw bytes copied (16 MiB from leg a to leg c).
-    const hist = await page.evaluate(async () => ((await (await fetch('/api/state')).json()) as { history: Record<string, { resyncBytesPerSec: number }[]> }).history.vol ?? []);
-    expect(hist.some((s) => s.resyncBytesPerSec > 0)).toBe(true);
+    // The resync sparkline saw bytes copied (16 MiB from leg a to leg c) in the next 1 s sample.
+    const resyncSeen = () =>
+      page.evaluate(async () => {
+        const state = (await (await fetch('/api/state')).json()) as { history: Record<string, { resyncBytesPerSec: number }[]> };
+        return (state.history.vol ?? []).some((s) => s.resyncBytesPerSec > 0);
+      });
+    await expect.poll(resyncSeen, { timeout: UI_TIMEOUT_MS }).toBe(true);
     await shot(page, out, '3-reloaded-resynced');
     await client.close();
 

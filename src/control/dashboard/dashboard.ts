@@ -365,7 +365,9 @@ export class Dashboard {
     if (ev.kind === 'resync-progress') return; // state, shown by the next tick
     this.timeline.push(ev);
     if (this.timeline.length > TIMELINE_EVENTS_MAX) this.timeline.splice(0, this.timeline.length - TIMELINE_EVENTS_MAX);
-    this.broadcast({ kind: 'event', event: ev, volume: safeSnapshot(this.opts.volumes, ev.volume) });
+    if (this.subscribers.size === 0) return;
+    // A burst of held writes is one event each: those go without a snapshot (the next tick brings it).
+    this.broadcast({ kind: 'event', event: ev, volume: ev.kind === 'write-held' ? null : safeSnapshot(this.opts.volumes, ev.volume) });
   }
 
   private membership(view: ClusterView): void {
@@ -393,7 +395,7 @@ export class Dashboard {
       h.push(s);
       if (h.length > HISTORY_SAMPLES) h.splice(0, h.length - HISTORY_SAMPLES);
     }
-    this.broadcast({ kind: 'tick', tMs: now, volumes: volumes.map((v) => volumeSnapshot(v)), samples });
+    if (this.subscribers.size > 0) this.broadcast({ kind: 'tick', tMs: now, volumes: volumes.map((v) => volumeSnapshot(v)), samples });
   }
 
   private sample(v: Volume, nowMs: number): Sample {

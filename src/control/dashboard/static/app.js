@@ -136,8 +136,11 @@ function onTick(msg) {
 function onEvent(msg) {
   addTimelineRow(msg.event, true);
   if (msg.volume) renderVolume(msg.volume);
-  const v = msg.volume && state.volumes.get(msg.volume.name);
-  if (v && msg.event.kind === 'write-held') v.heldPeak = Math.max(v.heldPeak || 0, msg.event.data.heldCount || 0);
+  const ui = state.volumes.get(msg.event.volume);
+  if (ui && msg.event.kind === 'write-held') {
+    ui.heldPeak = Math.max(ui.heldPeak || 0, msg.event.data.heldCount || 0);
+    ui.heldPeakEl.textContent = `(peak ${ui.heldPeak})`;
+  }
 }
 
 // ------------------------------------------------------------------ timeline
