@@ -104,18 +104,20 @@ function onHello(msg) {
   state.server = { pid: msg.pid, startedAt: msg.startedAt, node: msg.node };
   $('#node').textContent = `node ${msg.node} · pid ${msg.pid} · up since ${fmtTime(msg.startedAt)}`;
   $('#node').dataset.pid = String(msg.pid);
-  if (prev && (prev.pid !== msg.pid || prev.startedAt !== msg.startedAt)) {
-    addTimelineRow({ time: new Date().toISOString(), volume: '', kind: 'server-restarted', data: { pid: msg.pid } }, true);
-    toast(`server restarted (pid ${msg.pid})`);
-  }
+  const restarted = prev && (prev.pid !== msg.pid || prev.startedAt !== msg.startedAt);
   state.history = new Map(Object.entries(msg.history || {}));
   const names = new Set(msg.volumes.map((v) => v.name));
   for (const name of [...state.volumes.keys()]) if (!names.has(name)) { state.volumes.get(name).card.remove(); state.volumes.delete(name); }
   for (const v of msg.volumes) renderVolume(v);
   const tbody = $('#timeline tbody');
-  if (!prev || prev.pid !== msg.pid || prev.startedAt !== msg.startedAt) {
+  if (restarted) {
+    // Stamped with the new server's start: below (older than) what the new server did since.
+    addTimelineRow({ time: msg.startedAt, volume: '', kind: 'server-restarted', data: { pid: msg.pid } });
+    toast(`server restarted (pid ${msg.pid})`);
+  }
+  if (!prev || restarted) {
     if (!prev) tbody.textContent = '';
-    for (const ev of msg.events || []) addTimelineRow(ev, false);
+    for (const ev of msg.events || []) addTimelineRow(ev);
   }
   renderCluster(msg.volumes);
 }
@@ -134,7 +136,7 @@ function onTick(msg) {
 }
 
 function onEvent(msg) {
-  addTimelineRow(msg.event, true);
+  addTimelineRow(msg.event);
   if (msg.volume) renderVolume(msg.volume);
   const ui = state.volumes.get(msg.event.volume);
   if (ui && msg.event.kind === 'write-held') {
