@@ -45,6 +45,12 @@ export interface PoolMetadata {
   readonly clustered: boolean;
   readonly devices: readonly PoolDevice[];
   readonly volumes: readonly PoolVolume[];
+  /**
+   * An online change in progress (intent): the volume as it will be once the running server has loaded its
+   * new table. Its new extents are reserved. Settled by the next command: kept if the server serves the new
+   * table, dropped otherwise (the old table is always safe to come back to).
+   */
+  readonly pending?: { readonly volume: PoolVolume };
 }
 
 export class MetadataError extends Error {
@@ -130,6 +136,15 @@ export function checkMetadata(md: PoolMetadata): void {
     }
     need((v.log === 'disk' && v.legs.length > 1) === (v.logRun !== undefined), `volume ${v.name}: a disk log needs a log run, nothing else has one`);
   }
+  if (md.pending !== undefined) {
+    const cur = md.volumes.find((v) => v.name === md.pending!.volume.name);
+    need(cur !== undefined, `pending change of unknown volume ${String(md.pending.volume?.name)}`);
+    const same = (a: ExtentRun, b: ExtentRun): boolean => a.device === b.device && a.startExtent === b.startExtent && a.extentCount === b.extentCount;
+    const curRuns = [...cur!.legs, ...(cur!.logRun ? [cur!.logRun] : [])];
+    for (const r of [...md.pending.volume.legs, ...(md.pending.volume.logRun ? [md.pending.volume.logRun] : [])]) {
+      if (!curRuns.some((c) => same(c, r))) claim(r, `pending change of ${cur!.name}`);
+    }
+  }
 }
 
 /** Free extents of one device as [start, count) runs, in order. */
@@ -137,7 +152,7 @@ export function freeRuns(md: PoolMetadata, deviceUuid: string): { start: number;
   const d = md.devices.find((x) => x.uuid === deviceUuid);
   if (d === undefined) return [];
   const used = new Array<boolean>(d.extentCount).fill(false);
-  for (const v of md.volumes) {
+  for (const v of [...md.volumes, ...(md.pending ? [md.pending.volume] : [])]) {
     for (const r of [...v.legs, ...(v.logRun ? [v.logRun] : [])]) {
       if (r.device !== deviceUuid) continue;
       for (let i = r.startExtent; i < r.startExtent + r.extentCount; i++) used[i] = true;

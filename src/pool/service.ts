@@ -6,7 +6,7 @@ import { resolve } from 'node:path';
 import { ControlClient, resolveControlTarget } from '../control/client.js';
 import { PoolError } from './errors.js';
 import { locate, locatePool, volumeRef, type LocateFlags } from './locate.js';
-import { parseMetadata, type PoolMetadata, type PoolVolume, type LogKind } from './metadata.js';
+import { checkMetadata, parseMetadata, type PoolMetadata, type PoolVolume, type LogKind } from './metadata.js';
 import * as ops from './ops.js';
 import { diskLogState, serverState, type VolumeState } from './status.js';
 import { commit, expandDevicePaths, scanDevice, type DeviceScan, type LoadedPool } from './store.js';
@@ -49,10 +49,31 @@ async function newDevices(paths: readonly string[]): Promise<{ path: string; siz
   return out;
 }
 
-function requireComplete(pool: LoadedPool): void {
+function requireComplete(pool: LoadedPool): LoadedPool {
   if (pool.missing.length > 0) {
     throw new PoolError('ENODEV', `pool ${pool.md.name} is missing ${pool.missing.map((d) => `${d.uuid} (last seen at ${d.path})`).join(', ')}: it cannot be changed without them`);
   }
+  return pool;
+}
+
+/** Metadata without a pending change, one seqno on. */
+function withoutPending(md: PoolMetadata, volumes: readonly PoolVolume[] = md.volumes): PoolMetadata {
+  const { pending: _pending, ...rest } = md;
+  return { ...rest, volumes, seqno: md.seqno + 1 };
+}
+
+/**
+ * Settle an online change a killed command left behind (metadata.pending): if a running server serves the
+ * pending table, the change happened (commit it); otherwise it did not (drop it). Either way one commit.
+ */
+async function settle(pool: LoadedPool, flags: ControlFlag): Promise<LoadedPool> {
+  const pending = pool.md.pending;
+  if (pending === undefined) return pool;
+  const c = controlClient(flags);
+  const served = c === null ? null : await serverState(c, pool.md, pool.paths, pending.volume).catch(() => null);
+  const md = served !== null ? withoutPending(pool.md, pool.md.volumes.map((v) => (v.name === pending.volume.name ? pending.volume : v))) : withoutPending(pool.md);
+  await commit(pool, md);
+  return { ...pool, md };
 }
 
 /** Paths as they are now, in the metadata's `path` fields (kept for humans; labels are the truth). */
@@ -70,9 +91,8 @@ export async function poolCreate(opts: { name: string; devices: string[]; cluste
   return md;
 }
 
-export async function poolExtend(name: string, paths: string[], flags: LocateFlags): Promise<PoolMetadata> {
-  const { pool } = await locatePool(flags, name);
-  requireComplete(pool);
+export async function poolExtend(name: string, paths: string[], flags: LocateFlags & ControlFlag): Promise<PoolMetadata> {
+  const pool = await settle(requireComplete((await locatePool(flags, name)).pool), flags);
   const devices = await newDevices(paths);
   const { md, added } = ops.extendPool(withPaths(pool.md, pool.paths), devices);
   await commit(pool, md, { join: added.map((d) => ({ path: d.path, uuid: d.uuid })) });
@@ -86,9 +106,8 @@ async function deviceUuidOf(pool: LoadedPool, dev: string): Promise<string> {
   throw new PoolError('ENOENT', `${dev} is not a device of pool ${pool.md.name} (devices: ${[...pool.paths.values()].join(' ')})`);
 }
 
-export async function poolReduce(name: string, dev: string, flags: LocateFlags): Promise<PoolMetadata> {
-  const { pool } = await locatePool(flags, name);
-  requireComplete(pool);
+export async function poolReduce(name: string, dev: string, flags: LocateFlags & ControlFlag): Promise<PoolMetadata> {
+  const pool = await settle(requireComplete((await locatePool(flags, name)).pool), flags);
   const uuid = await deviceUuidOf(pool, dev);
   const md = ops.reducePool(withPaths(pool.md, pool.paths), uuid);
   await commit(pool, md, { leave: [pool.paths.get(uuid)!] });
@@ -96,8 +115,7 @@ export async function poolReduce(name: string, dev: string, flags: LocateFlags):
 }
 
 export async function poolChange(name: string, change: { clustered?: boolean }, flags: LocateFlags & ControlFlag): Promise<PoolMetadata> {
-  const { pool } = await locatePool(flags, name);
-  requireComplete(pool);
+  const pool = await settle(requireComplete((await locatePool(flags, name)).pool), flags);
   if (change.clustered === undefined) throw new PoolError('EINVAL', 'pool change: nothing to change (give --clustered y|n)');
   if (change.clustered === pool.md.clustered) throw new PoolError('EINVAL', `pool ${name} is already ${change.clustered ? '' : 'not '}clustered`);
   await refuseServed(pool, pool.md.volumes, flags, 'pool change');
@@ -199,10 +217,9 @@ export interface VolumeCreateOptions {
   readonly nosync?: boolean;
 }
 
-export async function volumeCreate(ref: string, poolFlag: string | undefined, o: VolumeCreateOptions, flags: LocateFlags): Promise<{ md: PoolMetadata; volume: PoolVolume; table: string }> {
+export async function volumeCreate(ref: string, poolFlag: string | undefined, o: VolumeCreateOptions, flags: LocateFlags & ControlFlag): Promise<{ md: PoolMetadata; volume: PoolVolume; table: string }> {
   const r = volumeRef(ref, poolFlag);
-  const { pool } = await locatePool(flags, r.pool);
-  requireComplete(pool);
+  const pool = await settle(requireComplete((await locatePool(flags, r.pool)).pool), flags);
   if (o.regionSizeBytes !== undefined && o.regionSizeBytes > pool.md.extentSizeBytes) {
     throw new PoolError('EINVAL', `--region-size ${o.regionSizeBytes} is larger than the pool's extent size (${pool.md.extentSizeBytes})`);
   }
@@ -213,8 +230,7 @@ export async function volumeCreate(ref: string, poolFlag: string | undefined, o:
 
 export async function volumeRemove(ref: string, poolFlag: string | undefined, flags: LocateFlags & ControlFlag): Promise<PoolMetadata> {
   const r = volumeRef(ref, poolFlag);
-  const { pool } = await locatePool(flags, r.pool);
-  requireComplete(pool);
+  const pool = await settle(requireComplete((await locatePool(flags, r.pool)).pool), flags);
   const v = ops.findVolume(pool.md, r.volume);
   await refuseServed(pool, [v], flags, 'remove');
   const md = ops.removeVolume(withPaths(pool.md, pool.paths), r.volume);
@@ -224,22 +240,49 @@ export async function volumeRemove(ref: string, poolFlag: string | undefined, fl
 
 export async function volumeResize(ref: string, poolFlag: string | undefined, sizeBytes: number, flags: LocateFlags & ControlFlag): Promise<{ md: PoolMetadata; volume: PoolVolume; oldSizeBytes: number }> {
   const r = volumeRef(ref, poolFlag);
-  const { pool } = await locatePool(flags, r.pool);
-  requireComplete(pool);
+  const pool = await settle(requireComplete((await locatePool(flags, r.pool)).pool), flags);
   await refuseServed(pool, [ops.findVolume(pool.md, r.volume)], flags, 'resize');
   const out = ops.resizeVolume(withPaths(pool.md, pool.paths), r.volume, sizeBytes);
   await commit(pool, out.md);
   return out;
 }
 
-export async function volumeConvert(ref: string, poolFlag: string | undefined, mirrors: number, o: { log?: LogKind }, flags: LocateFlags & ControlFlag): Promise<{ md: PoolMetadata; volume: PoolVolume; table: string }> {
+export async function volumeConvert(ref: string, poolFlag: string | undefined, mirrors: number, o: { log?: LogKind }, flags: LocateFlags & ControlFlag): Promise<{ md: PoolMetadata; volume: PoolVolume; table: string; online: boolean }> {
   const r = volumeRef(ref, poolFlag);
-  const { pool } = await locatePool(flags, r.pool);
-  requireComplete(pool);
-  await refuseServed(pool, [ops.findVolume(pool.md, r.volume)], flags, 'convert');
-  const { md, volume } = ops.convertMirrors(withPaths(pool.md, pool.paths), r.volume, mirrors, o);
-  await commit(pool, md);
-  return { md, volume, table: volumeTable(md, pool.paths, volume) };
+  const pool = await settle(requireComplete((await locatePool(flags, r.pool)).pool), flags);
+  const current = ops.findVolume(pool.md, r.volume);
+  const c = controlClient(flags);
+  const served = c === null ? null : await serverState(c, pool.md, pool.paths, current).catch(() => null);
+  const base = withPaths(pool.md, pool.paths);
+  const { md, volume } = ops.convertMirrors(base, r.volume, mirrors, o);
+  const table = volumeTable(md, pool.paths, volume);
+  if (served === null || c === null) {
+    await commit(pool, md);
+    return { md, volume, table, online: false };
+  }
+  // Online (lvconvert on an active LV): intent first, then reload + suspend --noflush + resume, then commit.
+  const intent: PoolMetadata = { ...base, seqno: base.seqno + 1, pending: { volume } };
+  checkMetadata(intent);
+  await commit(pool, intent);
+  crashPoint('after-intent');
+  const path = (op: string): string => `/v1/volumes/${encodeURIComponent(volume.name)}/${op}`;
+  try {
+    await c.post(path('reload'), { table });
+    await c.post(path('suspend'), { noflush: true });
+    await c.post(path('resume'));
+  } catch (e) {
+    await commit(pool, withoutPending(intent)); // the server kept (or went back to) the old table
+    throw new PoolError('EIO', `convert ${volume.name}: the running server refused the new table: ${(e as Error).message}; nothing changed`);
+  }
+  crashPoint('after-resume');
+  const done = withoutPending(intent, md.volumes);
+  await commit(pool, done);
+  return { md: done, volume, table, online: true };
+}
+
+/** Test hook: NBD_MIRROR_POOL_CRASH_AT=<point> kills this process there with SIGKILL (a crash, no cleanup). */
+function crashPoint(point: string): void {
+  if (process.env.NBD_MIRROR_POOL_CRASH_AT === point) process.kill(process.pid, 'SIGKILL');
 }
 
 export async function volumeTableLine(ref: string, poolFlag: string | undefined, flags: LocateFlags): Promise<{ name: string; pool: string; table: string }> {
@@ -250,8 +293,9 @@ export async function volumeTableLine(ref: string, poolFlag: string | undefined,
 }
 
 /** Every volume of a pool as [name, table line], for serve --pool. */
-export async function poolTables(name: string, flags: LocateFlags): Promise<{ name: string; table: string }[]> {
-  const { pool } = await locatePool(flags, name);
+export async function poolTables(name: string, flags: LocateFlags & ControlFlag): Promise<{ name: string; table: string }[]> {
+  const located = (await locatePool(flags, name)).pool;
+  const pool = located.md.pending !== undefined && located.missing.length === 0 ? await settle(located, flags) : located;
   if (pool.md.volumes.length === 0) throw new PoolError('ENOENT', `pool ${name} has no volumes to serve`);
   return pool.md.volumes.map((v) => ({ name: v.name, table: volumeTable(pool.md, pool.paths, v) }));
 }

@@ -8,6 +8,7 @@ import { formatSize, parseSize } from '../../../pool/locate.js';
 import { volumeCreate } from '../../../pool/service.js';
 
 interface CreateFlags extends PoolFlags {
+  control?: string;
   pool?: string;
   size: string;
   mirrors: string;
@@ -25,6 +26,7 @@ export function registerCreate(program: Command): void {
     .option('--region-size <size>', 'mirror region size (default 512K)')
     .addOption(new Option('--log <kind>', 'dirty log: disk (survives restarts) or core').choices(['disk', 'core']).default('disk'))
     .option('--nosync', 'skip the initial resync (the legs are known to be equal, e.g. zeroed)', false)
+    .option('--control <path>', 'control socket of a running server (to settle an interrupted online change)')
     .description('create a volume in a pool (lvcreate)')
     .action(async (ref: string, flags: CreateFlags) => {
       await runPool(flags, async () => {

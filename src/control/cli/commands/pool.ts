@@ -78,10 +78,11 @@ export function registerPool(program: Command): void {
     });
 
   addJsonOption(addDevicesOption(pool.command('extend')))
+    .option('--control <path>', 'control socket of a running server (to settle an interrupted online change)')
     .argument('<name>', 'pool name')
     .argument('<dev...>', 'devices to add')
     .description('add devices to a pool')
-    .action(async (name: string, devs: string[], flags: PoolFlags) => {
+    .action(async (name: string, devs: string[], flags: PoolFlags & { control?: string }) => {
       await runPool(flags, async () => {
         const md = await poolExtend(name, devs, flags);
         return [md, `Pool ${name} extended by ${devs.join(' ')} (${md.devices.length} devices, seqno ${md.seqno})\n`];
@@ -89,10 +90,11 @@ export function registerPool(program: Command): void {
     });
 
   addJsonOption(addDevicesOption(pool.command('reduce')))
+    .option('--control <path>', 'control socket of a running server (to settle an interrupted online change)')
     .argument('<name>', 'pool name')
     .argument('<dev>', 'device to remove (refused while it holds extents)')
     .description('remove an unused device from a pool')
-    .action(async (name: string, dev: string, flags: PoolFlags) => {
+    .action(async (name: string, dev: string, flags: PoolFlags & { control?: string }) => {
       await runPool(flags, async () => {
         const md = await poolReduce(name, dev, flags);
         return [md, `Removed ${dev} from pool ${name} (${md.devices.length} devices left)\n`];
