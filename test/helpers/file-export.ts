@@ -1,11 +1,15 @@
-// A file-backed Export for protocol tests and the fio comparison: fs.promises FileHandle
-// read/write, fdatasync for flush/FUA. Not sparse-aware (blockStatus reports all data).
+// A file-backed Export for protocol tests and the fio comparison: fs read/write on the FileHandle's
+// fd (callback API, one thread-pool hop per call), fdatasync for flush/FUA. Not sparse-aware (blockStatus reports all data).
 
-import { read as fsRead, readSync, write as fsWrite } from 'node:fs';
+import { read as fsRead, readSync, write as fsWrite, writeSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 
-/** FILE_EXPORT_SYNC_READ_BYTES_MAX=n: reads up to n bytes use readSync (page-cache experiment). */
-const SYNC_READ_BYTES_MAX = Number(process.env.FILE_EXPORT_SYNC_READ_BYTES_MAX ?? 0);
+/**
+ * FILE_EXPORT_SYNC_BYTES_MAX=n: reads and writes up to n bytes use readSync/writeSync on the main
+ * thread instead of a libuv thread-pool hop (an experiment for page-cached files: it blocks the
+ * event loop for the syscall). Default 0: always asynchronous.
+ */
+const SYNC_BYTES_MAX = Number(process.env.FILE_EXPORT_SYNC_BYTES_MAX ?? 0);
 
 function preadOnce(fd: number, target: Buffer, at: number, n: number, position: number): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -52,7 +56,7 @@ export class FileExport implements Export {
   async read(target: Buffer, offsetBytes: number): Promise<void> {
     let done = 0;
     const fd = this.fh.fd;
-    if (target.length <= SYNC_READ_BYTES_MAX) done = readSync(fd, target, 0, target.length, offsetBytes);
+    if (target.length <= SYNC_BYTES_MAX) done = readSync(fd, target, 0, target.length, offsetBytes);
     while (done < target.length) {
       const bytesRead = await preadOnce(fd, target, done, target.length - done, offsetBytes + done);
       if (bytesRead === 0) {
@@ -65,6 +69,7 @@ export class FileExport implements Export {
 
   async write(data: Buffer, offsetBytes: number, flags: WriteFlags): Promise<void> {
     let done = 0;
+    if (data.length <= SYNC_BYTES_MAX) done = writeSync(this.fh.fd, data, 0, data.length, offsetBytes);
     while (done < data.length) {
       const bytesWritten = await pwriteOnce(this.fh.fd, data, done, data.length - done, offsetBytes + done);
       done += bytesWritten;

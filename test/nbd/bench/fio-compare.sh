@@ -3,7 +3,9 @@
 #   bash test/nbd/bench/fio-compare.sh [RUNTIME_S] [JOB...]
 # Jobs: randread1 (4k QD1), randwrite1 (4k QD1), randwrite32 (4k QD32), seqread8 (1M QD8),
 # seqwrite8 (1M QD8). Prints IOPS, MiB/s and the server's CPU time per I/O (user+sys from
-# /proc, so it is comparable even on a busy machine where IOPS are not). Builds src/nbd and
+# /proc, so it is comparable even on a busy machine where IOPS are not). "ours" is the file export
+# with async fs calls (a libuv thread-pool hop each); "ours-sync" does I/O up to 64 KiB with
+# readSync/writeSync on the event loop (page-cache experiment). Builds src/nbd and
 # test/helpers into a temp dir first; cleans up everything it created.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
@@ -44,6 +46,7 @@ run() { # server job
   local sock="$WORK/$1.sock" pid
   rm -f "$sock"
   if [ "$1" = ours ]; then node "$WORK/build/test/helpers/serve.js" --socket "$sock" --file "$WORK/img" >/dev/null & pid=$!
+  elif [ "$1" = ours-sync ]; then FILE_EXPORT_SYNC_BYTES_MAX=65536 node "$WORK/build/test/helpers/serve.js" --socket "$sock" --file "$WORK/img" >/dev/null & pid=$!
   else nbdkit -f -U "$sock" file "$WORK/img" & pid=$!; fi
   PIDS+=("$pid")
   for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
@@ -56,4 +59,4 @@ run() { # server job
     '{ios=$8*$9/1000+$49*$50/1000; printf "%-12s %-7s iops=%-8d MiB/s=%-7.0f cpu_us_per_io=%.1f\n", j, s, $8+$49, ($7+$48)/1024, (ios>0 ? c*1e6/hz/ios : 0)}'
 }
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"
-for j in $JOBS; do run nbdkit "$j"; run ours "$j"; done
+for j in $JOBS; do run nbdkit "$j"; run ours "$j"; run ours-sync "$j"; done
