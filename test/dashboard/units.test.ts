@@ -1,7 +1,9 @@
 // Pure parts of the dashboard and logging: the 2-bit region map encoding (against an independent
 // decoder written here), the histogram quantile, the metered export's counting, and event log fields.
 import { describe, expect, it } from 'vitest';
+import { clusterViewOf, onClusterMembership } from '../../src/control/dashboard/cluster-view.js';
 import { encodeRegionMap, REGION_CODES } from '../../src/control/dashboard/region-map.js';
+import type { DirtyLog } from '../../src/mirror/log/dirty-log.js';
 import { eventLevel, eventLogFields } from '../../src/control/logging.js';
 import { bucketQuantileMs, IoCounters, LATENCY_BUCKETS_SEC, MeteredExport } from '../../src/control/metrics.js';
 import { ExportError, type Export } from '../../src/nbd/export.js';
@@ -94,5 +96,23 @@ describe('event log lines', () => {
     expect(eventLevel(ev('write-held', { heldCount: 1 }))).toBe('warn');
     expect(eventLevel(ev('write-held', { heldCount: 2 }))).toBe('debug');
     expect(eventLogFields(ev('repair-start', { trigger: 'policy remove', removed: ['/dev/b'] }))).toMatchObject({ leg: '/dev/b', reason: 'policy remove' });
+  });
+});
+
+describe('cluster view', () => {
+  it('a core/disk log is single node; a cluster log reports members and log server as they change', () => {
+    expect(clusterViewOf({ type: 'core' } as unknown as DirtyLog)).toBeNull();
+    let push: ((m: { members: { nodeId: number; pid: number }[]; server: { nodeId: number; pid: number } | undefined }) => void) | undefined;
+    const log = { type: 'clustered-core', server: undefined as { nodeId: number; pid: number } | undefined, onMembership: (fn: typeof push) => ((push = fn), () => undefined) };
+    const seen: unknown[] = [];
+    const off = onClusterMembership((_l, v) => seen.push(v));
+    expect(clusterViewOf(log as unknown as DirtyLog)).toEqual({ members: [], server: null });
+    const a = { nodeId: 1, pid: 10 };
+    const b = { nodeId: 2, pid: 20 };
+    log.server = a;
+    push!({ members: [a, b], server: a });
+    expect(clusterViewOf(log as unknown as DirtyLog)).toEqual({ members: [a, b], server: a });
+    expect(seen).toEqual([{ members: [a, b], server: a }]);
+    off();
   });
 });
