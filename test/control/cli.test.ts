@@ -133,7 +133,7 @@ describe.skipIf(!haveTools)('suspend / resume / reload', () => {
     let exitCode: number | null | undefined;
     const exited = new Promise<number | null>((r) => child.on('exit', (code) => r((exitCode = code))));
     try {
-      await waitFor('the write to queue', async () => (await c.json<{ queuedRequests: number }>('info', 'vol')).queuedRequests >= 1);
+      await waitFor('the write to queue', async () => (await c.info('vol')).queuedRequests >= 1);
       await sleep(300);
       expect(exitCode, 'qemu-io must still be waiting while the volume is suspended').toBeUndefined();
       expect((await c.ctl('resume', 'vol')).code).toBe(0);
@@ -185,14 +185,14 @@ describe.skipIf(!haveTools)('suspend / resume / reload', () => {
     expect(r).toMatchObject({ swapped: true, how: 'in-place' });
     expect((await c.ctl('table', 'vol')).stdout).toBe(`${next}\n`);
     // The new leg is resynced from the others.
-    await waitFor('the new leg to be in sync', async () => /32\/32 1 AAA/.test((await c.ctl('status', 'vol')).stdout));
+    await waitFor('the new leg to be in sync', async () => /32\/32 1 AAA/.test((await c.status('vol'))));
     await c.server.stop();
   });
 
   it('wait returns on an event (in-sync after a reload adds a leg); --timeout gives up', async () => {
     const { d, legs, c } = await mirrorVolume('wait');
     // A core log without nosync resyncs at start and raises in-sync: event number 1.
-    await waitFor('first in-sync', async () => (await c.json<{ eventNr: number }>('info', 'vol')).eventNr >= 1);
+    await waitFor('first in-sync', async () => (await c.info('vol')).eventNr >= 1);
     const nr = (await c.json<{ eventNr: number }>('info', 'vol')).eventNr;
     const already = await c.ctl('wait', 'vol', '0');
     expect(already.stdout).toBe(`Event number:      ${nr}\n`);

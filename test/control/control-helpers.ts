@@ -2,6 +2,8 @@
 // run control commands against it (the real CLI, a separate process), and small polling utilities.
 import { CLI_PATH, startServer, type ServerHandle, type StartOptions } from '../helpers/server.js';
 import { run, type RunResult } from '../helpers/run.js';
+import { ControlClient } from '../../src/control/client.js';
+import type { VolumeInfo } from '../../src/control/volumes.js';
 
 export interface Controlled {
   readonly server: ServerHandle;
@@ -10,16 +12,23 @@ export interface Controlled {
   ctl(...args: string[]): Promise<RunResult>;
   /** Same, with --json, parsed; throws if the output is not JSON. */
   json<T = Record<string, unknown>>(...args: string[]): Promise<T>;
+  /** The volume's info straight from the control API (no CLI process: for polling). */
+  info(name: string): Promise<VolumeInfo>;
+  /** The status line straight from the control API, with a newline (as the CLI prints it). */
+  status(name: string): Promise<string>;
 }
 
 function controlledFor(server: ServerHandle): Controlled {
   const controlPath = server.controlPath;
   const ctl = (...args: string[]) =>
     run(process.execPath, [CLI_PATH, ...args, '--control', controlPath], { allowFailure: true, timeoutMs: 60_000 });
+  const api = new ControlClient({ kind: 'unix', path: controlPath });
   return {
     server,
     controlPath,
     ctl,
+    info: (name: string) => api.get<VolumeInfo>(`/v1/volumes/${encodeURIComponent(name)}/info`),
+    status: async (name: string) => `${(await api.get<{ status: string }>(`/v1/volumes/${encodeURIComponent(name)}/status`)).status}\n`,
     json: async <T>(...args: string[]) => {
       const r = await ctl(...args, '--json');
       try {

@@ -82,7 +82,7 @@ describe.skipIf(!haveTools)('leg failure under a mirror', () => {
     let exitCode: number | null | undefined;
     const exited = new Promise<number | null>((r) => child.on('exit', (code) => r((exitCode = code))));
     try {
-      await waitFor('a held write', async () => (await s.c.json<{ heldWrites: number }>('info', 'vol')).heldWrites >= 1);
+      await waitFor('a held write', async () => (await s.c.info('vol')).heldWrites >= 1);
       expect((await s.c.ctl('status', 'vol')).stdout).toMatch(/ 1 A[DF] 1 core\n$/);
       expect((await s.c.ctl('suspend', '--noflush', 'vol')).code).toBe(0);
       expect((await s.c.ctl('reload', 'vol', `0 ${SECTORS} linear ${s.fileLeg} 0`)).code).toBe(0);
@@ -115,7 +115,7 @@ describe.skipIf(!haveTools)('leg failure under a mirror', () => {
     const child = spawn('qemu-io', ['-f', 'raw', '-c', 'write -P 0x6b 3M 64k', s.c.server.uri('vol')], { stdio: 'ignore' });
     const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
     try {
-      await waitFor('a held write', async () => (await s.c.json<{ heldWrites: number }>('info', 'vol')).heldWrites >= 1);
+      await waitFor('a held write', async () => (await s.c.info('vol')).heldWrites >= 1);
       const r = await s.c.ctl('repair', 'vol');
       expect(r.code, r.stderr).toBe(0);
       expect(r.stdout).toBe(`vol: removed ${s.bad.uri}; added -; 1 held writes completed\nvol: table now: 0 ${SECTORS} linear ${s.fileLeg} 0\n`);
@@ -140,7 +140,7 @@ describe.skipIf(!haveTools)('leg failure under a mirror', () => {
     child.stderr!.on('data', (b: Buffer) => (out += b.toString()));
     const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
     try {
-      await waitFor('a held write', async () => (await s.c.json<{ heldWrites: number }>('info', 'vol')).heldWrites >= 1);
+      await waitFor('a held write', async () => (await s.c.info('vol')).heldWrites >= 1);
       const suspended = await s.c.ctl('suspend', 'vol');
       expect(suspended.code, suspended.stderr).toBe(0);
       // The held write was failed with EIO by the flushing suspend (nothing is held any more). The client's
@@ -189,7 +189,7 @@ describe.skipIf(!haveTools)('leg failure under a mirror', () => {
     expect(fio.errors).toBe(0);
     // nosync is dropped: the spare holds none of the data.
     expect((await s.c.ctl('table', 'vol')).stdout).toBe(`0 ${SECTORS} mirror core 1 1024 2 ${s.fileLeg} 0 ${spare} 0 1 handle_errors\n`);
-    await waitFor('the spare to be in sync', async () => / 32\/32 1 AA 1 core\n$/.test((await s.c.ctl('status', 'vol')).stdout));
+    await waitFor('the spare to be in sync', async () => / 32\/32 1 AA 1 core\n$/.test((await s.c.status('vol'))));
     s.closeEvents();
     await s.c.server.stop();
     const [a, b] = await Promise.all([readFile(s.fileLeg), readFile(spare)]);
