@@ -2,10 +2,14 @@
 // straight from received chunks, validate each request once at the edge (validateRequest), then
 // dispatch to the Export and send exactly one reply per request, in completion order.
 //
-// Hot path: a header is decoded in place when it lies inside one chunk; a write payload is a
-// subarray view of the chunk when contiguous (copied only when it spans chunks); a read reply is
-// one Buffer.allocUnsafe(header + data) the export fills through a subarray; replies completing
-// in the same tick leave in one corked writev. Nothing logs on the data path.
+// Hot path: a header is decoded in place when it lies inside one chunk. A WRITE payload of 16 KiB
+// or more is read by the kernel straight into its (pooled) buffer when the socket reads through
+// direct-read.ts; otherwise it is a subarray view of the chunk when contiguous (a copy when the
+// chunk is a reused read buffer, or when it spans chunks). A read reply is one buffer (header +
+// data) the export fills through a subarray. A lone reply is one socket.write; replies completing
+// together leave in one corked writev. Nothing logs on the data path.
+//
+// Assumes exports are done with a write's `data` once its promise settles (the buffer is reused).
 //
 // Backpressure: before each new request header we check the in-flight request count, in-flight
 // payload bytes and the bytes queued in the socket the client has not read. If any is over its
