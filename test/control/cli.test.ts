@@ -90,6 +90,22 @@ describe('formats', () => {
     const m = await c.ctl('message', 'lin', 'resync_rate', '1');
     expect(m.code).toBe(1);
     expect(m.stderr).toContain('takes no messages');
+    // `events` prints the hello, then each event as a JSON line; --count 2 exits after suspend + resume.
+    const child = spawn(process.execPath, [CLI_PATH, 'events', 'lin', '--count', '2', '--control', c.controlPath], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout!.on('data', (b: Buffer) => (out += b.toString()));
+    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    try {
+      await waitFor('the hello line', async () => out.includes('\n'));
+      expect((await c.ctl('suspend', 'lin')).code).toBe(0);
+      expect((await c.ctl('resume', 'lin')).code).toBe(0);
+      expect(await exited).toBe(0);
+    } finally {
+      child.kill('SIGKILL');
+    }
+    const lines = out.trim().split('\n').map((l) => JSON.parse(l) as { kind: string; volume?: string });
+    expect(lines.map((l) => l.kind)).toEqual(['hello', 'suspend', 'resume']);
+    expect(lines[1]!.volume).toBe('lin');
     await c.server.stop();
   });
 });
