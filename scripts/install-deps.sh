@@ -8,7 +8,7 @@ packages=(
   nbdkit libnbd-bin qemu-utils fio fuse3 e2fsprogs util-linux file
   gnutls-bin iproute2 procps
   corosync libcpg-dev libcorosync-common-dev libqb-dev libquorum-dev
-  qemu-system-x86 kmod cpio
+  qemu-system-x86 kmod cpio gfs2-utils
   chromium
 )
 
