@@ -1,12 +1,12 @@
 // Scenario: a synced 2-leg mirror in a plain pool; `pool change --clustered y` switches every volume to the
 // cluster log form (userspace clustered-disk, uuid = volume uuid) on the SAME disk log extent, so the sync
-// state is kept: after serving the clustered table, a difference planted in a clean region survives
-// (0 bytes resynced). A pool created --clustered gives its volumes the cluster log without being asked.
+// state is kept: after y and back to n, a difference planted in a clean region survives serving
+// (0 bytes resynced). (Serving the clustered form itself needs corosync: the CLUSTER helper's log.) A pool created --clustered gives its volumes the cluster log without being asked.
 import { randomBytes } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseTable } from '../../src/mirror/table.js';
+import { formatTable, parseTable } from '../../src/mirror/table.js';
 import { readRange, writeRange } from '../helpers/crash.js';
 import { mirrorStatus, waitInSync } from '../helpers/mirror.js';
 import { run } from '../helpers/run.js';
@@ -52,7 +52,11 @@ describe.runIf(haveTools)('pool change --clustered', () => {
     expect(clustered.log.device).toBe(plain.log.device);
     expect(clustered.legs).toEqual(plain.legs);
 
-    const leg2 = clustered.legs[1]!;
+    // Serving the clustered table needs corosync (the CLUSTER helper's log); here the pool goes back to
+    // plain and the sync state must have survived the round trip untouched: nothing resynced.
+    await ok(['pool', 'change', 'p', '--clustered', 'n'], env);
+    expect((await ok(['table', 'p/v'], env)).trim()).toBe(formatTable(plain));
+    const leg2 = plain.legs[1]!;
     const planted = Buffer.from('planted-in-a-clean-region');
     const at = leg2.offsetSectors * 512 + 5 * 512 * 1024 + 7;
     await writeRange(leg2.device, at, planted);
@@ -61,6 +65,7 @@ describe.runIf(haveTools)('pool change --clustered', () => {
     expect(s.inSyncRegions).toBe(s.regionCount);
     await server.stop();
     expect((await readRange(leg2.device, at, planted.length)).equals(planted)).toBe(true);
+    await ok(['pool', 'change', 'p', '--clustered', 'y'], env);
 
     const list = await ok<{ volumes: { clustered: boolean; copyPercent: number }[] }>(['list', '--json', '--control', join(dir, 'none.sock')], env);
     expect(list.volumes[0]).toMatchObject({ clustered: true, copyPercent: 100 });
