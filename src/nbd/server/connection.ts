@@ -1,10 +1,13 @@
 // One client connection: handshake, then transmission, then close. Owns the socket's lifecycle
 // and the handshake timeout; never throws out (every failure ends only this connection).
+// After STARTTLS the socket is replaced by the TLS stream (upgradeTls, see ../tls/server-tls.ts) and
+// the handshake continues over it; the timeout covers the TLS handshake too. Bytes the client sent
+// after STARTTLS before our reply (pipelined plaintext) end the connection.
 
 import type { Duplex } from 'node:stream';
 import { ByteReader, StreamClosedError } from './byte-reader.js';
 import type { ReadController } from './direct-read.js';
-import { type HandshakeContext, serverHandshake } from './handshake.js';
+import { type HandshakeContext, type HandshakeResult, serverHandshake } from './handshake.js';
 import type { ServerLimits } from './limits.js';
 import type { Logger } from './log.js';
 import { Transmission, type TransmissionStats } from './transmission.js';
@@ -17,11 +20,13 @@ export class Connection {
 
   constructor(
     readonly id: number,
-    private readonly socket: Duplex,
+    private socket: Duplex,
     private readonly ctx: HandshakeContext,
     private readonly limits: ServerLimits,
     private readonly log: Logger,
     private readonly readController: ReadController | null = null,
+    /** Runs the TLS handshake after STARTTLS; rejects if the peer proves nothing acceptable. */
+    private readonly upgradeTls: ((socket: Duplex) => Promise<Duplex>) | null = null,
   ) {
     socket.on('error', (err: Error) => this.log.debug({ conn: id, err: err.message }, 'socket error'));
     this.done = this.run().catch((err: unknown) => {
@@ -43,18 +48,47 @@ export class Connection {
 
   private async run(): Promise<void> {
     Transmission.tune(this.socket);
-    const closed = new Promise<void>((resolve) => this.socket.once('close', () => resolve()));
-    const reader = new ByteReader(this.socket, this.limits.optionBytesMax + 64);
+    let closed = new Promise<void>((resolve) => this.socket.once('close', () => resolve()));
+    let reader = new ByteReader(this.socket, this.limits.optionBytesMax + 64);
     const timer = setTimeout(() => {
-      this.log.warn({ conn: this.id }, 'handshake timed out');
+      this.log.warn({ conn: this.id, limit: 'handshakeTimeoutMs', handshakeTimeoutMs: this.limits.handshakeTimeoutMs }, 'handshake timed out');
       this.destroy();
     }, this.limits.handshakeTimeoutMs);
-    let result;
+    let result: HandshakeResult;
+    let upgraded = false;
     try {
       result = await serverHandshake(
         { read: (n) => reader.read(n), write: (b) => void this.socket.write(b) },
         this.ctx,
       );
+      if (result.kind === 'starttls') {
+        const pipelined = reader.detach();
+        if (pipelined.length > 0 || this.upgradeTls === null) {
+          result = { kind: 'disconnect', reason: `${pipelined.length} bytes sent after STARTTLS before its reply` };
+        } else {
+          let tlsSocket: Duplex;
+          try {
+            tlsSocket = await this.upgradeTls(this.socket);
+          } catch (err) {
+            this.log.warn({ conn: this.id, err: err instanceof Error ? err.message : String(err) }, 'TLS handshake failed: disconnecting');
+            this.destroy();
+            return;
+          }
+          this.socket = tlsSocket;
+          upgraded = true;
+          tlsSocket.on('error', (err: Error) => this.log.debug({ conn: this.id, err: err.message }, 'TLS socket error'));
+          closed = new Promise<void>((resolve) => tlsSocket.once('close', () => resolve()));
+          reader = new ByteReader(tlsSocket, this.limits.optionBytesMax + 64);
+          const resume = result.resume;
+          result = await serverHandshake(
+            { read: (n) => reader.read(n), write: (b) => void tlsSocket.write(b) },
+            this.ctx,
+            resume,
+          );
+          // A second STARTTLS is refused inside the handshake (NBD_REP_ERR_INVALID), never returned.
+          if (result.kind === 'starttls') throw new Error('STARTTLS accepted twice');
+        }
+      }
     } catch (err) {
       if (!(err instanceof StreamClosedError)) throw err;
       this.destroy();
@@ -83,7 +117,7 @@ export class Connection {
     this.transmission = t;
     this.socket.once('close', () => t.closedBySocket());
     this.socket.once('end', () => t.inputEnd());
-    this.readController?.lendTo(t);
+    if (!upgraded) this.readController?.lendTo(t); // over TLS, reads go through the TLS layer
     t.start(leftover);
     if (inputEnded) t.inputEnd();
     if (this.closing) t.stop();

@@ -1,7 +1,11 @@
 // Server side of the fixed newstyle handshake (cf. nbdkit's protocol-handshake-newstyle.c).
 // Owns: greeting, client flags, option haggling, computing transmission flags once per export.
-// Works over any byte source/sink (HandshakeIo), so it can be run again over a TLS stream after
-// NBD_OPT_STARTTLS once TLS exists; today STARTTLS is answered NBD_REP_ERR_POLICY.
+// Works over any byte source/sink (HandshakeIo), so after NBD_OPT_STARTTLS (answered ACK, result
+// 'starttls') the connection runs it again over the TLS stream with `resume`: no new greeting, the
+// option haggling starts afresh (structured replies and meta contexts forgotten, as proto.md says).
+// With ctx.tls mode 'require', every option before STARTTLS but ABORT gets NBD_REP_ERR_TLS_REQD
+// (LIST included, so export names never leak; EXPORT_NAME, which cannot be refused, disconnects).
+// ctx.authorize (authz.ts) refuses an export with NBD_REP_ERR_POLICY and hides it from LIST.
 // Every client-claimed length is checked against ServerLimits before it is read.
 
 import * as C from '../codec/constants.js';
@@ -34,6 +38,16 @@ export interface HandshakeContext {
   readonly limits: ServerLimits;
   /** True once the server is closing: options are answered NBD_REP_ERR_SHUTDOWN. */
   readonly shuttingDown: () => boolean;
+  /** TLS mode (absent: off) and whether this connection has upgraded already. */
+  readonly tls?: { readonly mode: 'off' | 'on' | 'require'; readonly active: () => boolean };
+  /** null if this peer may open the export (resolved name); else why not. `opening`: a refusal to log. */
+  readonly authorize?: (exportName: string, opening: boolean) => string | null;
+}
+
+/** Where a handshake continues after STARTTLS. */
+export interface HandshakeResume {
+  readonly noZeroes: boolean;
+  readonly optionsUsed: number;
 }
 
 /** What transmission needs to know, decided once at the end of the handshake. */
@@ -52,6 +66,7 @@ export interface Negotiated {
 export type HandshakeResult =
   | { readonly kind: 'go'; readonly negotiated: Negotiated }
   | { readonly kind: 'abort' }
+  | { readonly kind: 'starttls'; readonly resume: HandshakeResume }
   | { readonly kind: 'disconnect'; readonly reason: string };
 
 export class HandshakeViolation extends Error {
@@ -101,16 +116,22 @@ interface State {
  * soft-disconnected) or 'disconnect' (we must hard-disconnect; reason says why). Rejects only if
  * the stream closes or io fails.
  */
-export async function serverHandshake(io: HandshakeIo, ctx: HandshakeContext): Promise<HandshakeResult> {
-  io.write(encodeGreeting(HANDSHAKE_FLAGS));
-  const clientFlags = (await io.read(C.CLIENT_FLAGS_BYTES)).readUInt32BE(0);
-  if ((clientFlags & ~KNOWN_CLIENT_FLAGS) !== 0) {
-    return { kind: 'disconnect', reason: `unknown client flags 0x${clientFlags.toString(16)}` };
-  }
-  const noZeroes = (clientFlags & C.NBD_FLAG_C_NO_ZEROES) !== 0;
+export async function serverHandshake(io: HandshakeIo, ctx: HandshakeContext, resume?: HandshakeResume): Promise<HandshakeResult> {
+  let noZeroes: boolean;
+  if (resume === undefined) {
+    io.write(encodeGreeting(HANDSHAKE_FLAGS));
+    const clientFlags = (await io.read(C.CLIENT_FLAGS_BYTES)).readUInt32BE(0);
+    if ((clientFlags & ~KNOWN_CLIENT_FLAGS) !== 0) {
+      return { kind: 'disconnect', reason: `unknown client flags 0x${clientFlags.toString(16)}` };
+    }
+    noZeroes = (clientFlags & C.NBD_FLAG_C_NO_ZEROES) !== 0;
+  } else noZeroes = resume.noZeroes;
   const st: State = { structuredReplies: false, metaExportName: null, metaBaseAllocation: false };
+  const tlsMode = ctx.tls?.mode ?? 'off';
+  const tlsActive = ctx.tls?.active() ?? false;
+  const denied = (name: string): string | null => (ctx.authorize === undefined ? null : ctx.authorize(name, true));
 
-  for (let n = 0; n < ctx.limits.optionsMax; n++) {
+  for (let n = resume?.optionsUsed ?? 0; n < ctx.limits.optionsMax; n++) {
     const header = decodeOptionHeader(await io.read(C.OPTION_HEADER_BYTES));
     if (header === null) return { kind: 'disconnect', reason: 'bad option magic' };
     const { option, lengthBytes } = header;
@@ -121,12 +142,19 @@ export async function serverHandshake(io: HandshakeIo, ctx: HandshakeContext): P
     const reply = (type: number, payload?: Buffer): void => io.write(encodeOptionReply(option, type, payload));
     const error = (type: number, message: string): void => reply(type, Buffer.from(message, 'utf8'));
 
+    if (tlsMode === 'require' && !tlsActive && option !== C.NBD_OPT_STARTTLS && option !== C.NBD_OPT_ABORT) {
+      if (option === C.NBD_OPT_EXPORT_NAME) return { kind: 'disconnect', reason: 'NBD_OPT_EXPORT_NAME before STARTTLS (TLS is required)' };
+      error(C.NBD_REP_ERR_TLS_REQD, 'TLS is required: send NBD_OPT_STARTTLS first');
+      continue;
+    }
     if (option === C.NBD_OPT_EXPORT_NAME) {
       const name = decodeExportName(data);
       const found = name === null ? undefined : lookupExport(ctx.registry, ctx.defaultExportName, name);
       if (found === undefined || ctx.shuttingDown()) {
         return { kind: 'disconnect', reason: `NBD_OPT_EXPORT_NAME for unknown export ${JSON.stringify(name)}` };
       }
+      const why = denied(found.name);
+      if (why !== null) return { kind: 'disconnect', reason: `NBD_OPT_EXPORT_NAME for ${JSON.stringify(found.name)} refused by policy: ${why}` };
       const negotiated = negotiate(found, st, ctx);
       io.write(encodeExportNameReply(negotiated.capabilities.sizeBytes, negotiated.transmissionFlags, noZeroes));
       return { kind: 'go', negotiated };
@@ -145,13 +173,20 @@ export async function serverHandshake(io: HandshakeIo, ctx: HandshakeContext): P
           error(C.NBD_REP_ERR_INVALID, 'NBD_OPT_LIST takes no data');
           break;
         }
-        for (const [name, entry] of ctx.registry) reply(C.NBD_REP_SERVER, encodeRepServer(name, entry.description));
+        for (const [name, entry] of ctx.registry) {
+          if (ctx.authorize === undefined || ctx.authorize(name, false) === null) reply(C.NBD_REP_SERVER, encodeRepServer(name, entry.description));
+        }
         reply(C.NBD_REP_ACK);
         break;
       }
       case C.NBD_OPT_STARTTLS:
         if (lengthBytes !== 0) error(C.NBD_REP_ERR_INVALID, 'NBD_OPT_STARTTLS takes no data');
-        else error(C.NBD_REP_ERR_POLICY, 'TLS is not supported by this server');
+        else if (tlsMode === 'off') error(C.NBD_REP_ERR_POLICY, 'TLS is not enabled on this server');
+        else if (tlsActive) error(C.NBD_REP_ERR_INVALID, 'TLS is already negotiated');
+        else {
+          reply(C.NBD_REP_ACK);
+          return { kind: 'starttls', resume: { noZeroes, optionsUsed: n + 1 } };
+        }
         break;
       case C.NBD_OPT_INFO:
       case C.NBD_OPT_GO: {
@@ -163,6 +198,10 @@ export async function serverHandshake(io: HandshakeIo, ctx: HandshakeContext): P
         const found = lookupExport(ctx.registry, ctx.defaultExportName, req.name);
         if (found === undefined) {
           error(C.NBD_REP_ERR_UNKNOWN, `unknown export ${JSON.stringify(req.name)}`);
+          break;
+        }
+        if (denied(found.name) !== null) {
+          error(C.NBD_REP_ERR_POLICY, `not allowed to open export ${JSON.stringify(req.name)}`);
           break;
         }
         const negotiated = negotiate(found, st, ctx, req.name);
@@ -212,6 +251,10 @@ export async function serverHandshake(io: HandshakeIo, ctx: HandshakeContext): P
         const found = lookupExport(ctx.registry, ctx.defaultExportName, req.name);
         if (found === undefined) {
           error(C.NBD_REP_ERR_UNKNOWN, `unknown export ${JSON.stringify(req.name)}`);
+          break;
+        }
+        if (denied(found.name) !== null) {
+          error(C.NBD_REP_ERR_POLICY, `not allowed to open export ${JSON.stringify(req.name)}`);
           break;
         }
         const matches = isSet

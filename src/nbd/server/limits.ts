@@ -22,6 +22,8 @@ export interface ServerLimits {
   readonly handshakeTimeoutMs: number;
   /** Open connections per server; more are closed at once. */
   readonly connectionsMax: number;
+  /** Open connections per peer (TCP: remote address; unix: uid when known); more are closed at once. */
+  readonly connectionsPerPeerMax: number;
 }
 
 export const DEFAULT_SERVER_LIMITS: ServerLimits = Object.freeze({
@@ -34,6 +36,7 @@ export const DEFAULT_SERVER_LIMITS: ServerLimits = Object.freeze({
   metaContextQueriesMax: 128,
   handshakeTimeoutMs: 30_000,
   connectionsMax: 1024,
+  connectionsPerPeerMax: 256,
 });
 
 export function resolveLimits(partial: Partial<ServerLimits> | undefined): ServerLimits {

@@ -4,12 +4,15 @@
 
 import { createServer, type Server, type Socket } from 'node:net';
 import { unlink } from 'node:fs/promises';
+import { describePeer, type ExportPolicy, type PeerIdentity } from './authz.js';
 import { Connection } from './connection.js';
 import { adoptSocket, ReadController } from './direct-read.js';
 import { resolveLimits, type ServerLimits } from './limits.js';
 import { type Logger, NULL_LOGGER } from './log.js';
 import type { ExportRegistry } from './registry.js';
 import type { TransmissionStats } from './transmission.js';
+import type { ServerTls } from '../tls/server-tls.js';
+import { peerUid } from './peer-cred.js';
 
 export type { ExportEntry, ExportRegistry } from './registry.js';
 export type { ServerLimits } from './limits.js';
@@ -28,6 +31,10 @@ export interface ServerOptions {
   limits?: Partial<ServerLimits>;
   /** Read WRITE payloads straight into their buffers (default true); false uses plain 'data' events. */
   directReads?: boolean;
+  /** STARTTLS (../tls/server-tls.ts): mode off|on|require and the key material (reloadable). */
+  tls?: ServerTls;
+  /** Per-export allow rules (authz.ts); exports without rules are open. */
+  policy?: ExportPolicy;
 }
 
 export interface ServerStats {
@@ -41,6 +48,7 @@ export class NbdServer {
   private readonly listeners: Server[] = [];
   private readonly bound: ListenAddress[] = [];
   private readonly connections = new Set<Connection>();
+  private readonly perPeer = new Map<string, number>();
   private nextId = 1;
   private shuttingDown = false;
 
@@ -92,10 +100,33 @@ export class NbdServer {
 
   private accept(raw: Socket): void {
     if (this.shuttingDown || this.connections.size >= this.limits.connectionsMax) {
-      this.log.warn({ connections: this.connections.size }, 'connection refused: server closing or connectionsMax reached');
+      this.log.warn(
+        { connections: this.connections.size, limit: 'connectionsMax', connectionsMax: this.limits.connectionsMax },
+        'connection refused: server closing or connectionsMax reached',
+      );
       raw.destroy();
       return;
     }
+    const peer: PeerIdentity =
+      raw.remoteAddress !== undefined
+        ? { transport: 'tcp', address: raw.remoteAddress, tls: false }
+        : { transport: 'unix', uid: peerUid(raw), tls: false };
+    const peerKey = peer.transport === 'tcp' ? `addr:${peer.address}` : peer.uid === undefined ? null : `uid:${peer.uid}`;
+    if (peerKey !== null) {
+      const n = this.perPeer.get(peerKey) ?? 0;
+      if (n >= this.limits.connectionsPerPeerMax) {
+        this.log.warn(
+          { peer: describePeer(peer), connections: n, limit: 'connectionsPerPeerMax', connectionsPerPeerMax: this.limits.connectionsPerPeerMax },
+          'connection refused: connectionsPerPeerMax reached for this peer',
+        );
+        raw.destroy();
+        return;
+      }
+      this.perPeer.set(peerKey, n + 1);
+    }
+    const tls = this.opts.tls;
+    const policy = this.opts.policy;
+    const connId = this.nextId;
     const ctl = new ReadController();
     const adopted = this.opts.directReads === false ? null : adoptSocket(raw, ctl, true);
     const socket = adopted ?? raw;
@@ -108,12 +139,30 @@ export class NbdServer {
         defaultExportName: this.opts.defaultExportName,
         limits: this.limits,
         shuttingDown: () => this.shuttingDown,
+        ...(tls !== undefined ? { tls: { mode: tls.mode, active: () => peer.tls } } : {}),
+        ...(policy !== undefined
+          ? {
+              authorize: (name: string, opening: boolean): string | null => {
+                const why = policy.check(name, peer);
+                if (why !== null && opening) this.log.warn({ conn: connId, export: name, peer: describePeer(peer), reason: why }, 'export refused by policy');
+                return why;
+              },
+            }
+          : {}),
       },
       this.limits,
       this.log,
       adopted === null ? null : ctl,
+      tls === undefined ? null : (s) => tls.upgrade(s, peer),
     );
     this.connections.add(conn);
-    void conn.done.then(() => this.connections.delete(conn));
+    void conn.done.then(() => {
+      this.connections.delete(conn);
+      if (peerKey !== null) {
+        const n = (this.perPeer.get(peerKey) ?? 1) - 1;
+        if (n <= 0) this.perPeer.delete(peerKey);
+        else this.perPeer.set(peerKey, n);
+      }
+    });
   }
 }
