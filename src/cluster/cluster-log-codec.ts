@@ -13,6 +13,7 @@
 //   CHECKPOINT 128       u32 id, u32 part, u32 parts, u32 nTargets, {u32 nodeId, u32 pid, u32 epoch}[],
 //                        u32 chunkBytes, chunk
 //   MERGE_WAITING 129    (empty)
+//   FLUSH_ACK 130        u32 nodeId, u32 pid, u32 flushSeq   (this member applied that member's FLUSH)
 
 export const ClusterLogRequest = {
   CTR: 1,
@@ -36,6 +37,8 @@ export const ClusterLogRequest = {
   CHECKPOINT: 128,
   /** Not a dm request: this member lost a partition merge and waits for the state. */
   MERGE_WAITING: 129,
+  /** Not a dm request: the sender applied another member's FLUSH (its acknowledgement needs a majority). */
+  FLUSH_ACK: 130,
 } as const;
 
 export const WIRE_VERSION = 1;
@@ -61,6 +64,7 @@ export type ClusterLogMessage =
   | { type: typeof ClusterLogRequest.MERGE_WAITING; seq: number }
   | { type: typeof ClusterLogRequest.SET_REGION_SYNC; seq: number; region: number; inSync: boolean }
   | { type: typeof ClusterLogRequest.IS_REMOTE_RECOVERING; seq: number; region: number }
+  | { type: typeof ClusterLogRequest.FLUSH_ACK; seq: number; nodeId: number; pid: number; flushSeq: number }
   | {
       type: typeof ClusterLogRequest.CHECKPOINT;
       seq: number;
@@ -110,6 +114,12 @@ export function encodeMessage(m: ClusterLogMessage): Buffer {
     case ClusterLogRequest.IS_REMOTE_RECOVERING:
       body = Buffer.alloc(4);
       body.writeUInt32LE(u32(m.region, 'region'), 0);
+      break;
+    case ClusterLogRequest.FLUSH_ACK:
+      body = Buffer.alloc(12);
+      body.writeUInt32LE(u32(m.nodeId, 'nodeId'), 0);
+      body.writeUInt32LE(u32(m.pid, 'pid'), 4);
+      body.writeUInt32LE(u32(m.flushSeq, 'flushSeq'), 8);
       break;
     case ClusterLogRequest.CHECKPOINT: {
       const head = Buffer.alloc(16 + 12 * m.targets.length + 4);
@@ -203,6 +213,13 @@ export function decodeMessage(b: Buffer, regionCount: number): ClusterLogMessage
       const reg = region('region');
       r.end('IS_REMOTE_RECOVERING');
       return { type, seq, region: reg };
+    }
+    case ClusterLogRequest.FLUSH_ACK: {
+      const nodeId = r.u32('nodeId');
+      const pid = r.u32('pid');
+      const flushSeq = r.u32('flushSeq');
+      r.end('FLUSH_ACK');
+      return { type, seq, nodeId, pid, flushSeq };
     }
     case ClusterLogRequest.CHECKPOINT: {
       const id = r.u32('checkpoint id');

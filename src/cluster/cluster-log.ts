@@ -9,7 +9,13 @@
 //
 // Semantics (spec section 7, improved where LVM's cmirrord fell short):
 //  - markRegion/clearRegion are local until flush(): one FLUSH request carries them (integrated flush);
-//    flush() resolves when that request came back in the total order, i.e. every member applied it.
+//    flush() resolves when that request came back in the total order AND members making a majority of
+//    the group (counting this one) acknowledged applying it (FLUSH_ACK). Extended virtual synchrony
+//    delivers a partitioned member's own messages to it in the transitional configuration, before it
+//    learns about the split: without the acknowledgements a minority would acknowledge writes whose
+//    marks the majority never saw (and purges with the node). After members vanish from the network
+//    (NODEDOWN), flushes also wait until corosync's quorum view no longer lists them, then fail with EIO
+//    if this side is not quorate.
 //  - isClean(region): this node holds no mark. The cluster-wide view (no node's mark) is
 //    isCleanClusterWide(region).
 //  - One region is recovered cluster-wide at a time: getResyncWork() asks the group (GET_RESYNC_WORK)
@@ -79,7 +85,21 @@ export interface ClusterLogOptions {
   integratedFlush?: boolean;
   /** When given and false, flush() fails with EIO: an inquorate partition must not acknowledge writes. */
   isQuorate?: () => boolean;
+  /**
+   * Corosync's quorum view changes (ring node ids). When given, a flush pending across a membership
+   * change that lost nodes (NODEDOWN) completes only once a quorum view without those nodes arrived.
+   */
+  onQuorumChange?: (fn: (view: { quorate: boolean; nodeIds: readonly number[] }) => void) => Unsubscribe;
   limits?: Partial<ClusterLogLimits>;
+}
+
+interface FlushWaiter {
+  resolve: () => void;
+  reject: (e: Error) => void;
+  /** The FLUSH came back to this member in the total order. */
+  delivered: boolean;
+  /** Members (memberKey) that acknowledged applying it. */
+  acks: Set<string>;
 }
 
 type Buffered = { kind: 'conf'; c: ConfigChange; index: number } | { kind: 'msg'; from: Member; m: ClusterLogMessage };
@@ -117,7 +137,10 @@ export class ClusterLog implements DirtyLog {
   private readonly hinted = new Set<number>();
   private seq = 0;
   private checkpointId = 0;
-  private readonly flushWaiters = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
+  private readonly flushWaiters = new Map<number, FlushWaiter>();
+  /** Nodes that left with NODEDOWN and are still in the last quorum view (split side not known yet). */
+  private readonly suspectNodes = new Set<number>();
+  private quorumNodeIds: ReadonlySet<number> | null = null;
 
   private legs: LegLogState[] = [];
   private legsChanged = false;
@@ -147,6 +170,16 @@ export class ClusterLog implements DirtyLog {
       this.t.onConfigChange((c) => this.onConfig(c)),
       this.t.onLost((e) => this.fail(new ExportError('EIO', `cluster log ${opts.uuid}: ${e.message}`))),
     );
+    if (opts.onQuorumChange) {
+      this.unsubs.push(
+        opts.onQuorumChange((v) => {
+          this.quorumNodeIds = new Set(v.nodeIds);
+          for (const n of [...this.suspectNodes]) if (!this.quorumNodeIds.has(n)) this.suspectNodes.delete(n);
+          this.settleFlushes();
+          if (this.state) this.workL.emit(); // resync may go on (or was held while the side was unknown)
+        }),
+      );
+    }
   }
 
   // ---- notifications for the mirror ---------------------------------------------------------------
@@ -313,7 +346,6 @@ export class ClusterLog implements DirtyLog {
       throw err instanceof ExportError ? err : new ExportError('EIO', `cluster log flush: ${(err as Error).message}`);
     }
     await last;
-    this.checkQuorate();
   }
 
   private checkQuorate(): void {
@@ -323,12 +355,35 @@ export class ClusterLog implements DirtyLog {
   }
 
   private deliveredPromise(seq: number): Promise<void> {
-    return new Promise<void>((resolve, reject) => this.flushWaiters.set(seq, { resolve, reject }));
+    return new Promise<void>((resolve, reject) => this.flushWaiters.set(seq, { resolve, reject, delivered: false, acks: new Set() }));
+  }
+
+  /**
+   * Completes the flushes that came back, were acknowledged by a majority of the current group and whose
+   * split side is known (no suspect node left); an inquorate side fails them with EIO.
+   */
+  private settleFlushes(): void {
+    if (this.flushWaiters.size === 0 || this.suspectNodes.size > 0) return;
+    const view = new Set(this.lastView.map(memberKey));
+    const required = Math.floor(this.lastView.length / 2);
+    for (const [seq, w] of this.flushWaiters) {
+      if (!w.delivered) continue;
+      let acks = 0;
+      for (const k of w.acks) if (view.has(k)) acks++;
+      if (acks < required) continue;
+      this.flushWaiters.delete(seq);
+      if (this.opts.isQuorate && !this.opts.isQuorate()) {
+        w.reject(new ExportError('EIO', `cluster log ${this.opts.uuid}: this node is not quorate`));
+      } else {
+        w.resolve();
+      }
+    }
   }
 
   getResyncWork(): number | null {
     const s = this.state;
     if (!s || this.suspended || this.failure || this.closed) return null;
+    if (this.suspectNodes.size > 0 || (this.opts.isQuorate && !this.opts.isQuorate())) return null;
     const rec = s.recovering;
     if (rec && rec.nodeId === this.me.nodeId) {
       if (this.handedOut !== rec.region && !this.overlay.has(rec.region)) {
@@ -448,6 +503,11 @@ export class ClusterLog implements DirtyLog {
 
   private onConfig(c: ConfigChange): void {
     if (this.closed) return;
+    if (this.opts.onQuorumChange) {
+      for (const l of c.left) {
+        if (l.reason === ChangeReason.nodeDown && (this.quorumNodeIds === null || this.quorumNodeIds.has(l.nodeId))) this.suspectNodes.add(l.nodeId);
+      }
+    }
     if (!this.joinSeen) {
       if (!c.joined.some((j) => this.isMe(j))) return;
       this.joinSeen = true;
@@ -459,6 +519,7 @@ export class ClusterLog implements DirtyLog {
       this.maybeLoseMerge(c);
     }
     this.lastView = [...c.members];
+    this.settleFlushes();
     if (!this.state) {
       for (const l of c.left) for (const k of this.assembling.keys()) if (k.startsWith(`${memberKey(l)}:`)) this.assembling.delete(k);
       this.bufferEvent({ kind: 'conf', c, index: this.confIndex });
@@ -568,6 +629,26 @@ export class ClusterLog implements DirtyLog {
       return; // not ours / corrupt: every member drops it the same way
     }
     const from: Member = { nodeId: d.nodeId, pid: d.pid };
+    if (m.type === Req.FLUSH) {
+      if (this.isMe(from)) {
+        const w = this.flushWaiters.get(m.seq);
+        if (w) {
+          w.delivered = true;
+          this.settleFlushes();
+        }
+      } else {
+        this.send({ type: Req.FLUSH_ACK, seq: 0, nodeId: from.nodeId, pid: from.pid, flushSeq: m.seq }).catch(() => undefined);
+      }
+    } else if (m.type === Req.FLUSH_ACK) {
+      if (m.nodeId === this.me.nodeId && m.pid === this.me.pid) {
+        const w = this.flushWaiters.get(m.flushSeq);
+        if (w) {
+          w.acks.add(memberKey(from));
+          this.settleFlushes();
+        }
+      }
+      return; // not part of the replicated state
+    }
     if (!this.state) {
       if (m.type === Req.CHECKPOINT && this.collectCheckpoint(from, m)) return;
       this.bufferEvent({ kind: 'msg', from, m });
@@ -620,13 +701,6 @@ export class ClusterLog implements DirtyLog {
     switch (m.type) {
       case Req.FLUSH: {
         s.applyFlush(from.nodeId, m.marks, m.clears);
-        if (mine) {
-          const w = this.flushWaiters.get(m.seq);
-          if (w) {
-            this.flushWaiters.delete(m.seq);
-            w.resolve();
-          }
-        }
         break;
       }
       case Req.GET_RESYNC_WORK: {

@@ -43,6 +43,7 @@ export function openClusterLog(opts: OpenClusterLogOptions): ClusterLog {
     limits: opts.limits,
     transport,
     isQuorate: () => quorum.quorate,
+    onQuorumChange: (fn) => quorum.onChange((q) => fn({ quorate: q.quorate, nodeIds: q.nodeIds })),
   });
   const close = log.close.bind(log);
   log.close = async () => {

@@ -21,6 +21,7 @@ const messageArb: fc.Arbitrary<ClusterLogMessage> = fc.oneof(
   fc.record({ type: fc.constant(Req.MERGE_WAITING), seq: u32 }),
   fc.record({ type: fc.constant(Req.SET_REGION_SYNC), seq: u32, region, inSync: fc.boolean() }),
   fc.record({ type: fc.constant(Req.IS_REMOTE_RECOVERING), seq: u32, region }),
+  fc.record({ type: fc.constant(Req.FLUSH_ACK), seq: u32, nodeId: u32, pid: u32, flushSeq: u32 }),
   fc
     .record({
       type: fc.constant(Req.CHECKPOINT),
