@@ -269,3 +269,46 @@ export function convertMirrors(md: PoolMetadata, name: string, mirrors: number, 
   const volume: PoolVolume = { ...v, log, legs: [...v.legs, ...p.legs], ...(needLog && p.logRun ? { logRun: p.logRun } : {}) };
   return { md: replaceVolume(md, volume), volume };
 }
+
+export interface RunMove {
+  readonly volume: string;
+  readonly from: ExtentRun;
+  readonly to: ExtentRun;
+}
+
+/**
+ * pvmove: every run (legs and disk logs) on device `fromUuid` gets a new run of the same size on another
+ * device that the volume does not use yet (only `toUuid` if given). The caller copies the data of each move
+ * BEFORE committing the result, so until the commit the old runs stay authoritative.
+ */
+export function moveDevice(md: PoolMetadata, fromUuid: string, toUuid?: string): { md: PoolMetadata; moves: RunMove[] } {
+  const from = md.devices.find((d) => d.uuid === fromUuid);
+  if (from === undefined) throw new PoolError('ENOENT', `device ${fromUuid} is not in pool ${md.name}`);
+  if (toUuid !== undefined && toUuid === fromUuid) throw new PoolError('EINVAL', 'move: source and destination are the same device');
+  let cur = md;
+  const moves: RunMove[] = [];
+  for (const v of md.volumes) {
+    let vol = cur.volumes.find((x) => x.name === v.name)!;
+    const runs: { run: ExtentRun; kind: 'leg' | 'log'; index: number }[] = [
+      ...vol.legs.map((run, index) => ({ run, kind: 'leg' as const, index })),
+      ...(vol.logRun ? [{ run: vol.logRun, kind: 'log' as const, index: 0 }] : []),
+    ].filter((r) => r.run.device === fromUuid);
+    for (const r of runs) {
+      const used = new Set([...vol.legs.map((l) => l.device), ...(vol.logRun ? [vol.logRun.device] : [])]);
+      const candidates = cur.devices
+        .filter((d) => d.uuid !== fromUuid && !used.has(d.uuid) && (toUuid === undefined || d.uuid === toUuid))
+        .filter((d) => !(r.kind === 'log' && /^nbd/.test(d.path)))
+        .map((d) => bestFit(cur, d.uuid, r.run.extentCount))
+        .filter((x): x is ExtentRun => x !== undefined);
+      const to = candidates[0];
+      if (to === undefined) {
+        throw new PoolError('ENOSPC', `move: no device ${toUuid !== undefined ? `(of the one given) ` : ''}has ${r.run.extentCount} free contiguous extents for the ${r.kind} of ${v.name} outside the devices it already uses`);
+      }
+      moves.push({ volume: v.name, from: r.run, to });
+      vol = r.kind === 'leg' ? { ...vol, legs: vol.legs.map((l, i) => (i === r.index ? to : l)) } : { ...vol, logRun: to };
+      cur = { ...cur, volumes: cur.volumes.map((x) => (x.name === vol.name ? vol : x)) };
+    }
+  }
+  if (moves.length === 0) throw new PoolError('EINVAL', `move: device ${from.path} holds no extents`);
+  return { md: next(md, { volumes: cur.volumes }), moves };
+}

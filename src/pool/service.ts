@@ -2,11 +2,12 @@
 // (ops.ts, pure), then commit it (store.ts). Every refusal happens before the first write. Used by the CLI
 // commands and by tests.
 import { realpath } from 'node:fs/promises';
+import { FileLeg } from '../mirror/legs/file.js';
 import { resolve } from 'node:path';
 import { ControlClient, resolveControlTarget } from '../control/client.js';
 import { PoolError } from './errors.js';
 import { locate, locatePool, volumeRef, type LocateFlags } from './locate.js';
-import { checkMetadata, parseMetadata, type PoolMetadata, type PoolVolume, type LogKind } from './metadata.js';
+import { checkMetadata, extentOffsetBytes, parseMetadata, type PoolMetadata, type PoolVolume, type LogKind } from './metadata.js';
 import * as ops from './ops.js';
 import { diskLogState, serverState, type VolumeState } from './status.js';
 import { commit, expandDevicePaths, scanDevice, type DeviceScan, type LoadedPool } from './store.js';
@@ -344,4 +345,40 @@ export async function volumeList(poolName: string | undefined, flags: LocateFlag
     }
   }
   return rows;
+}
+
+/** Bytes copied per step of a move (bounded memory). */
+export const MOVE_CHUNK_BYTES = 1024 * 1024;
+
+/**
+ * pvmove (offline): copy every run off `dev` to its new place, flush, then commit the metadata. A crash
+ * before the commit leaves the old runs authoritative (the copies are just unused extents).
+ */
+export async function poolMove(name: string, dev: string, to: string | undefined, flags: LocateFlags & ControlFlag): Promise<{ md: PoolMetadata; moves: ops.RunMove[]; bytes: number }> {
+  const pool = await settle(requireComplete((await locatePool(flags, name)).pool), flags);
+  const fromUuid = await deviceUuidOf(pool, dev);
+  const toUuid = to === undefined ? undefined : await deviceUuidOf(pool, to);
+  const { md, moves } = ops.moveDevice(withPaths(pool.md, pool.paths), fromUuid, toUuid);
+  await refuseServed(pool, pool.md.volumes.filter((v) => moves.some((m) => m.volume === v.name)), flags, 'pool move');
+  let bytes = 0;
+  const buf = Buffer.alloc(MOVE_CHUNK_BYTES);
+  for (const m of moves) {
+    const src = await FileLeg.open(pool.paths.get(m.from.device)!, { offsetBytes: extentOffsetBytes(md, m.from.startExtent), readOnly: true });
+    const dst = await FileLeg.open(pool.paths.get(m.to.device)!, { offsetBytes: extentOffsetBytes(md, m.to.startExtent) });
+    try {
+      const total = m.from.extentCount * md.extentSizeBytes;
+      for (let off = 0; off < total; off += MOVE_CHUNK_BYTES) {
+        const chunk = buf.subarray(0, Math.min(MOVE_CHUNK_BYTES, total - off));
+        await src.read(chunk, off);
+        await dst.write(chunk, off, { fua: false });
+        bytes += chunk.length;
+      }
+      await dst.flush();
+    } finally {
+      await src.close();
+      await dst.close();
+    }
+  }
+  await commit(pool, md);
+  return { md, moves, bytes };
 }

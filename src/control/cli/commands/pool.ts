@@ -5,7 +5,7 @@ import type { Command } from 'commander';
 import { addDevicesOption, addJsonOption, columns, runPool, type PoolFlags } from '../../../pool/cli.js';
 import { PoolError } from '../../../pool/errors.js';
 import { formatSize, parseSize } from '../../../pool/locate.js';
-import { poolChange, poolCreate, poolExtend, poolList, poolReduce, poolShow, poolTables, scanReport, volumeTableLine, type PoolSummary } from '../../../pool/service.js';
+import { poolChange, poolCreate, poolExtend, poolList, poolMove, poolReduce, poolShow, poolTables, scanReport, volumeTableLine, type PoolSummary } from '../../../pool/service.js';
 import { UsageError } from '../../usage-error.js';
 import type { PoolMetadata } from '../../../pool/metadata.js';
 
@@ -98,6 +98,19 @@ export function registerPool(program: Command): void {
       await runPool(flags, async () => {
         const md = await poolReduce(name, dev, flags);
         return [md, `Removed ${dev} from pool ${name} (${md.devices.length} devices left)\n`];
+      });
+    });
+
+  addJsonOption(addDevicesOption(pool.command('move')))
+    .argument('<name>', 'pool name')
+    .argument('<dev>', 'device to empty')
+    .option('--to <dev>', 'only onto this device')
+    .option('--control <path>', 'control socket of a running server (moving served volumes is refused)')
+    .description('move every extent off a device (pvmove; offline: copies, then commits)')
+    .action(async (name: string, dev: string, flags: PoolFlags & { to?: string; control?: string }) => {
+      await runPool(flags, async () => {
+        const out = await poolMove(name, dev, flags.to, flags);
+        return [out, `Moved ${out.moves.length} run(s) (${formatSize(out.bytes)}) off ${dev}: ${out.moves.map((m) => m.volume).join(', ')}\n`];
       });
     });
 
