@@ -1,9 +1,11 @@
 // Pool operations end to end: locate the pool on its devices, check every input, compute the next metadata
 // (ops.ts, pure), then commit it (store.ts). Every refusal happens before the first write. Used by the CLI
 // commands and by tests.
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { realpath } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { FileLeg } from '../mirror/legs/file.js';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { ControlClient, resolveControlTarget } from '../control/client.js';
 import { PoolError } from './errors.js';
 import { locate, locatePool, volumeRef, type LocateFlags } from './locate.js';
@@ -57,6 +59,49 @@ function requireComplete(pool: LoadedPool): LoadedPool {
   return pool;
 }
 
+/**
+ * A pool about to be changed: locked against other commands on this host (lock file per pool uuid, held
+ * until the process exits; a lock whose pid is gone is taken over), read again under the lock, complete,
+ * and with any interrupted online change settled. (Not a cluster-wide lock: clvmd's role is not done.)
+ */
+async function openForChange(flags: LocateFlags & ControlFlag, name: string): Promise<LoadedPool> {
+  const first = (await locatePool(flags, name)).pool;
+  lockPool(first.md.uuid, name);
+  return settle(requireComplete((await locatePool(flags, name)).pool), flags);
+}
+
+const heldLocks = new Set<string>();
+
+export function lockDir(): string {
+  return process.env.NBD_MIRROR_LOCK_DIR ?? (process.getuid?.() === 0 ? '/run/lock/nbd-mirror' : join(tmpdir(), `nbd-mirror-locks-${process.getuid?.() ?? 'user'}`));
+}
+
+function lockPool(uuid: string, name: string): void {
+  const path = join(lockDir(), `${uuid}.lock`);
+  if (heldLocks.has(path)) return;
+  mkdirSync(lockDir(), { recursive: true, mode: 0o700 });
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      writeFileSync(path, `${process.pid}\n`, { flag: 'wx', mode: 0o600 });
+      heldLocks.add(path);
+      if (heldLocks.size === 1) process.on('exit', () => heldLocks.forEach((p) => rmSync(p, { force: true })));
+      return;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      const pid = Number(readFileSync(path, 'utf8').trim());
+      let alive = false;
+      try {
+        alive = Number.isSafeInteger(pid) && pid > 0 && process.kill(pid, 0);
+      } catch (k) {
+        alive = (k as NodeJS.ErrnoException).code === 'EPERM';
+      }
+      if (alive) throw new PoolError('EBUSY', `pool ${name} is being changed by process ${pid} (lock ${path})`);
+      rmSync(path, { force: true }); // its owner is gone: take it over
+    }
+  }
+  throw new PoolError('EBUSY', `pool ${name}: cannot take the lock ${path}`);
+}
+
 /** Metadata without a pending change, one seqno on. */
 function withoutPending(md: PoolMetadata, volumes: readonly PoolVolume[] = md.volumes): PoolMetadata {
   const { pending: _pending, ...rest } = md;
@@ -93,7 +138,7 @@ export async function poolCreate(opts: { name: string; devices: string[]; cluste
 }
 
 export async function poolExtend(name: string, paths: string[], flags: LocateFlags & ControlFlag): Promise<PoolMetadata> {
-  const pool = await settle(requireComplete((await locatePool(flags, name)).pool), flags);
+  const pool = await openForChange(flags, name);
   const devices = await newDevices(paths);
   const { md, added } = ops.extendPool(withPaths(pool.md, pool.paths), devices);
   await commit(pool, md, { join: added.map((d) => ({ path: d.path, uuid: d.uuid })) });
@@ -108,7 +153,7 @@ async function deviceUuidOf(pool: LoadedPool, dev: string): Promise<string> {
 }
 
 export async function poolReduce(name: string, dev: string, flags: LocateFlags & ControlFlag): Promise<PoolMetadata> {
-  const pool = await settle(requireComplete((await locatePool(flags, name)).pool), flags);
+  const pool = await openForChange(flags, name);
   const uuid = await deviceUuidOf(pool, dev);
   const md = ops.reducePool(withPaths(pool.md, pool.paths), uuid);
   await commit(pool, md, { leave: [pool.paths.get(uuid)!] });
@@ -116,7 +161,7 @@ export async function poolReduce(name: string, dev: string, flags: LocateFlags &
 }
 
 export async function poolChange(name: string, change: { clustered?: boolean }, flags: LocateFlags & ControlFlag): Promise<PoolMetadata> {
-  const pool = await settle(requireComplete((await locatePool(flags, name)).pool), flags);
+  const pool = await openForChange(flags, name);
   if (change.clustered === undefined) throw new PoolError('EINVAL', 'pool change: nothing to change (give --clustered y|n)');
   if (change.clustered === pool.md.clustered) throw new PoolError('EINVAL', `pool ${name} is already ${change.clustered ? '' : 'not '}clustered`);
   await refuseServed(pool, pool.md.volumes, flags, 'pool change');
@@ -220,7 +265,7 @@ export interface VolumeCreateOptions {
 
 export async function volumeCreate(ref: string, poolFlag: string | undefined, o: VolumeCreateOptions, flags: LocateFlags & ControlFlag): Promise<{ md: PoolMetadata; volume: PoolVolume; table: string }> {
   const r = volumeRef(ref, poolFlag);
-  const pool = await settle(requireComplete((await locatePool(flags, r.pool)).pool), flags);
+  const pool = await openForChange(flags, r.pool);
   if (o.regionSizeBytes !== undefined && o.regionSizeBytes > pool.md.extentSizeBytes) {
     throw new PoolError('EINVAL', `--region-size ${o.regionSizeBytes} is larger than the pool's extent size (${pool.md.extentSizeBytes})`);
   }
@@ -231,7 +276,7 @@ export async function volumeCreate(ref: string, poolFlag: string | undefined, o:
 
 export async function volumeRemove(ref: string, poolFlag: string | undefined, flags: LocateFlags & ControlFlag): Promise<PoolMetadata> {
   const r = volumeRef(ref, poolFlag);
-  const pool = await settle(requireComplete((await locatePool(flags, r.pool)).pool), flags);
+  const pool = await openForChange(flags, r.pool);
   const v = ops.findVolume(pool.md, r.volume);
   await refuseServed(pool, [v], flags, 'remove');
   const md = ops.removeVolume(withPaths(pool.md, pool.paths), r.volume);
@@ -241,7 +286,7 @@ export async function volumeRemove(ref: string, poolFlag: string | undefined, fl
 
 export async function volumeResize(ref: string, poolFlag: string | undefined, sizeBytes: number, flags: LocateFlags & ControlFlag): Promise<{ md: PoolMetadata; volume: PoolVolume; oldSizeBytes: number }> {
   const r = volumeRef(ref, poolFlag);
-  const pool = await settle(requireComplete((await locatePool(flags, r.pool)).pool), flags);
+  const pool = await openForChange(flags, r.pool);
   await refuseServed(pool, [ops.findVolume(pool.md, r.volume)], flags, 'resize');
   const out = ops.resizeVolume(withPaths(pool.md, pool.paths), r.volume, sizeBytes);
   await commit(pool, out.md);
@@ -250,7 +295,7 @@ export async function volumeResize(ref: string, poolFlag: string | undefined, si
 
 export async function volumeConvert(ref: string, poolFlag: string | undefined, mirrors: number, o: { log?: LogKind }, flags: LocateFlags & ControlFlag): Promise<{ md: PoolMetadata; volume: PoolVolume; table: string; online: boolean }> {
   const r = volumeRef(ref, poolFlag);
-  const pool = await settle(requireComplete((await locatePool(flags, r.pool)).pool), flags);
+  const pool = await openForChange(flags, r.pool);
   const current = ops.findVolume(pool.md, r.volume);
   const c = controlClient(flags);
   const served = c === null ? null : await serverState(c, pool.md, pool.paths, current).catch(() => null);
@@ -355,7 +400,7 @@ export const MOVE_CHUNK_BYTES = 1024 * 1024;
  * before the commit leaves the old runs authoritative (the copies are just unused extents).
  */
 export async function poolMove(name: string, dev: string, to: string | undefined, flags: LocateFlags & ControlFlag): Promise<{ md: PoolMetadata; moves: ops.RunMove[]; bytes: number }> {
-  const pool = await settle(requireComplete((await locatePool(flags, name)).pool), flags);
+  const pool = await openForChange(flags, name);
   const fromUuid = await deviceUuidOf(pool, dev);
   const toUuid = to === undefined ? undefined : await deviceUuidOf(pool, to);
   const { md, moves } = ops.moveDevice(withPaths(pool.md, pool.paths), fromUuid, toUuid);

@@ -1,5 +1,7 @@
 // Bad input to the pool commands (real CLI): each refusal names the problem, exits 2, prints
 // {"error":{code,message}} with --json, and leaves every device's metadata area byte-identical.
+import { existsSync } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeTempDir, removeTempDir } from '../helpers/tmp.js';
@@ -52,8 +54,24 @@ describe('pool command refusals write nothing', () => {
     });
   }
 
-  it('the pool is unchanged: seqno 2, one volume', async () => {
+  it('a change while another live process holds the pool lock; a stale lock is taken over', async () => {
+    const uuid = (await ok<{ uuid: string }>(['pool', 'show', 'p1', '--json'], { NBD_MIRROR_DEVICES: dir })).uuid;
+    const locks = join(dir, 'locks');
+    await mkdir(locks);
+    await writeFile(join(locks, `${uuid}.lock`), `${process.pid}\n`); // this test process: alive
+    const before = await areaHashes(all);
+    const r = await cli(['create', 'p1/w', '--size', '4M', '--mirrors', '0', '--json'], { NBD_MIRROR_DEVICES: dir, NBD_MIRROR_LOCK_DIR: locks });
+    expect(r.code).toBe(2);
+    expect(JSON.parse(r.stdout).error).toMatchObject({ code: 'EBUSY', message: expect.stringMatching(`being changed by process ${process.pid}`) });
+    expect(await areaHashes(all)).toEqual(before);
+    await writeFile(join(locks, `${uuid}.lock`), '2147483646\n'); // no such process
+    await ok(['create', 'p1/w', '--size', '4M', '--mirrors', '0'], { NBD_MIRROR_DEVICES: dir, NBD_MIRROR_LOCK_DIR: locks });
+    expect(existsSync(join(locks, `${uuid}.lock`))).toBe(false); // released at exit
+    await ok(['remove', 'p1/w', '--control', join(dir, 'none.sock')], { NBD_MIRROR_DEVICES: dir, NBD_MIRROR_LOCK_DIR: locks });
+  });
+
+  it('the pool is unchanged but for the lock test: seqno 4, one volume', async () => {
     const j = await ok<{ pools: { name: string; seqno: number; volumes: string[] }[] }>(['pool', 'list', '--json'], { NBD_MIRROR_DEVICES: dir });
-    expect(j.pools).toEqual([expect.objectContaining({ name: 'p1', seqno: 2, volumes: ['v'] })]);
+    expect(j.pools).toEqual([expect.objectContaining({ name: 'p1', seqno: 4, volumes: ['v'] })]);
   });
 });
