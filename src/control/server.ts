@@ -218,7 +218,8 @@ export class ControlServer {
         if (!Array.isArray(argv) || !argv.every((a) => typeof a === 'string')) {
           throw new ControlError('EINVAL', 'message: "argv" must be an array of strings');
         }
-        const answer = await v.message(argv as string[]);
+        const serverMessage = this.opts.volumes.serverMessages.get(argv[0] as string);
+        const answer = serverMessage !== undefined ? await serverMessage(argv as string[]) : await v.message(argv as string[]);
         send(res, 200, { name, answer });
         return;
       }

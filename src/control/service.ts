@@ -12,7 +12,7 @@ import { connect } from 'node:net';
 import { dirname } from 'node:path';
 import { existsSync } from 'node:fs';
 import type { Export } from '../nbd/export.js';
-import { NbdServer } from '../nbd/server/server.js';
+import { NbdServer, type ServerOptions } from '../nbd/server/server.js';
 import type { Logger } from '../nbd/server/log.js';
 import type { ExportEntry } from '../nbd/server/registry.js';
 import { parseTable, TableError, type TableSpec } from '../mirror/table.js';
@@ -32,6 +32,8 @@ export interface ServiceOptions {
   readonly log: Logger;
   /** Open each export through the control plane (control-plane.ts: a Volume's proxy) instead of openTable. */
   readonly openExport?: (name: string, spec: TableSpec) => Promise<Export>;
+  /** TLS, allow rules and limits for the NBD server (serve-tls.ts). */
+  readonly server?: Pick<ServerOptions, 'tls' | 'policy' | 'limits'>;
 }
 
 export interface OpenedExport {
@@ -89,7 +91,7 @@ export async function startService(opts: ServiceOptions): Promise<Service> {
   }
 
   const registry = new Map<string, ExportEntry>(opened.map((o) => [o.name, { export: o.export }]));
-  const server = new NbdServer({ exports: registry, defaultExportName: opts.plan.defaultExportName, log: opts.log });
+  const server = new NbdServer({ ...opts.server, exports: registry, defaultExportName: opts.plan.defaultExportName, log: opts.log });
   const listening: ListenAddress[] = [];
   try {
     for (const address of opts.listen) {

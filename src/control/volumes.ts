@@ -534,6 +534,8 @@ export class Volume extends EventEmitter {
 /** The registry: name -> Volume, and one merged event stream. */
 export class Volumes extends EventEmitter {
   private readonly byName = new Map<string, Volume>();
+  /** Messages the server itself answers whatever the volume (e.g. reload-tls, set by serve). */
+  readonly serverMessages = new Map<string, (argv: readonly string[]) => Promise<string>>();
 
   add(v: Volume): void {
     assert.ok(!this.byName.has(v.name), `duplicate volume ${v.name}`);

@@ -23,6 +23,8 @@ import { ExportError, type Extent } from '../export.js';
 import { ByteReader } from '../server/byte-reader.js';
 import { type NbdUri, parseNbdUri } from '../uri.js';
 import { type ClientNegotiated, clientHandshake, HandshakeError, OPTION_REPLY_BYTES_MAX } from './handshake.js';
+import { clientTlsMaterial, startClientTls } from '../tls/client-tls.js';
+import type { ClientTlsMaterial } from '../tls/config.js';
 
 export { HandshakeError } from './handshake.js';
 
@@ -112,7 +114,16 @@ export class NbdClient {
     const u = typeof uri === 'string' ? parseNbdUri(uri) : uri;
     const label = typeof uri === 'string' ? uri : JSON.stringify(uri);
     const exportName = opts.exportName ?? u.exportName;
-    const socket = u.kind === 'unix' ? netConnect({ path: u.socketPath }) : netConnect({ host: u.host, port: u.port, noDelay: true });
+    // nbds: read the key material before connecting, so a bad file fails without touching the network.
+    let material: ClientTlsMaterial | null = null;
+    if (u.tls !== undefined) {
+      try {
+        material = clientTlsMaterial(u.tls);
+      } catch (err) {
+        throw new ExportError('EIO', `nbd connect ${label}: ${(err as Error).message}`);
+      }
+    }
+    let socket: Socket = u.kind === 'unix' ? netConnect({ path: u.socketPath }) : netConnect({ host: u.host, port: u.port, noDelay: true });
     const timeoutMs = opts.connectTimeoutMs ?? 30_000;
     const timer = setTimeout(() => socket.destroy(new Error(`timed out after ${timeoutMs} ms`)), timeoutMs);
     try {
@@ -120,12 +131,29 @@ export class NbdClient {
         socket.once('connect', resolve);
         socket.once('error', reject);
       });
-      const reader = new ByteReader(socket, OPTION_REPLY_BYTES_MAX + 64);
+      let reader = new ByteReader(socket, OPTION_REPLY_BYTES_MAX + 64);
+      const plain = socket;
       let negotiated: ClientNegotiated;
+      const starttls =
+        material === null
+          ? undefined
+          : async () => {
+              const early = reader.detach();
+              if (early.length > 0) throw new HandshakeError('server sent data after its STARTTLS reply');
+              const secure = await startClientTls(plain, u, material!);
+              socket = secure;
+              reader = new ByteReader(secure, OPTION_REPLY_BYTES_MAX + 64);
+              return { read: (n: number) => reader.read(n), write: (b: Buffer) => void secure.write(b) };
+            };
       try {
         negotiated = await clientHandshake(
-          { read: (n) => reader.read(n), write: (b) => void socket.write(b) },
-          { exportName, structuredReplies: opts.structuredReplies ?? true, blockStatus: opts.blockStatus ?? true },
+          { read: (n) => reader.read(n), write: (b) => void plain.write(b) },
+          {
+            exportName,
+            structuredReplies: opts.structuredReplies ?? true,
+            blockStatus: opts.blockStatus ?? true,
+            ...(starttls !== undefined ? { starttls } : {}),
+          },
         );
       } finally {
         clearTimeout(timer);

@@ -34,6 +34,11 @@ export interface ClientHandshakeOptions {
   readonly exportName: string;
   readonly structuredReplies: boolean;
   readonly blockStatus: boolean;
+  /**
+   * nbds: send NBD_OPT_STARTTLS first; on ACK this runs the TLS handshake and returns the io to
+   * continue on. Any other reply fails the handshake (never a silent plaintext fallback).
+   */
+  readonly starttls?: () => Promise<HandshakeIo>;
 }
 
 export interface ClientNegotiated {
@@ -72,6 +77,13 @@ export async function clientHandshake(io: HandshakeIo, opts: ClientHandshakeOpti
   const fixed = (handshakeFlags & C.NBD_FLAG_FIXED_NEWSTYLE) !== 0;
   const noZeroes = (handshakeFlags & C.NBD_FLAG_NO_ZEROES) !== 0;
   io.write(encodeClientFlags((fixed ? C.NBD_FLAG_C_FIXED_NEWSTYLE : 0) | (noZeroes ? C.NBD_FLAG_C_NO_ZEROES : 0)));
+  if (opts.starttls !== undefined) {
+    if (!fixed) throw new HandshakeError('server is not fixed-newstyle: cannot negotiate TLS');
+    io.write(encodeOption(C.NBD_OPT_STARTTLS));
+    const r = await readOptionReply(io, C.NBD_OPT_STARTTLS);
+    if (r.type !== C.NBD_REP_ACK) throw refusal('STARTTLS', r);
+    io = await opts.starttls();
+  }
 
   let structuredReplies = false;
   let baseAllocationContextId: number | null = null;

@@ -15,11 +15,12 @@ import { startService, type Service } from '../../service.js';
 import { addControlPlaneOptions, ControlPlane, type ControlPlaneFlags } from '../../control-plane.js';
 import { clusterLogOpener } from '../../../cluster/log-opener.js';
 import { EXIT_FAILURE, EXIT_OK, UsageError } from '../../usage-error.js';
+import { addServeTlsOptions, reloadTls, serveServerOptions, type ServeTlsFlags } from '../../serve-tls.js';
 
 /** After SIGTERM, in-flight requests get this long to finish before we give up and exit non-zero. */
 export const SHUTDOWN_GRACE_MS = 8000;
 
-interface ServeFlags extends ControlPlaneFlags, DashboardFlags {
+interface ServeFlags extends ControlPlaneFlags, DashboardFlags, ServeTlsFlags {
   table: string[];
   name: string[];
   tableFile: string[];
@@ -33,8 +34,8 @@ interface ServeFlags extends ControlPlaneFlags, DashboardFlags {
 const collect = (value: string, previous: string[]): string[] => [...previous, value];
 
 export function registerServe(program: Command): void {
-  addDashboardOptions(addControlPlaneOptions(program
-    .command('serve')))
+  addServeTlsOptions(addDashboardOptions(addControlPlaneOptions(program
+    .command('serve'))))
     .description('serve dm tables (linear or mirror) over NBD until SIGTERM or SIGINT')
     .option('--table <line>', 'a dm table line, e.g. "0 2097152 linear /srv/a.img 0" (repeatable)', collect, [])
     .option('--name <export>', 'export name for the --table at the same position (repeatable)', collect, [])
@@ -76,10 +77,20 @@ async function serve(flags: ServeFlags): Promise<void> {
   const plan = buildServePlan({ tables: flags.table, names: flags.name, tableFiles: await readTableFiles(flags.tableFile) });
   const listen = parseListens(flags.listen);
   const log = createLogger(flags.logLevel);
+  const serverOptions = serveServerOptions(flags, plan.exports.map((e) => e.name), log);
   // Cluster tables (clustered-core / clustered-disk) get a corosync cluster log; others a local log.
   const control = ControlPlane.fromFlags(flags, { readOnly: flags.readOnly, log, openLog: clusterLogOpener() });
   const dashboard = ServeDashboard.fromFlags(flags, log);
-  const service = await startService({ plan, listen, readOnly: flags.readOnly, log, openExport: dashboard.meter(control.openExport) });
+  const service = await startService({ plan, listen, readOnly: flags.readOnly, log, openExport: dashboard.meter(control.openExport), server: serverOptions });
+  // Re-read TLS keys on SIGHUP and `nbd-mirror message NAME reload-tls`; connected clients keep their sessions.
+  control.volumes.serverMessages.set('reload-tls', async () => reloadTls(serverOptions.tls, log));
+  process.on('SIGHUP', () => {
+    try {
+      reloadTls(serverOptions.tls, log);
+    } catch {
+      // logged by reloadTls; the old keys stay
+    }
+  });
   const controlLines = await control.start().catch(async (e: unknown) => {
     await service.close().catch(() => undefined);
     throw e;

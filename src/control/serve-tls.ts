@@ -1,0 +1,156 @@
+// `serve` flags for TLS, per-export authorization and the NBD server's hostile-client limits, and how
+// they become NbdServer options. Owns flag validation (UsageError naming the flag) and key reloads
+// (SIGHUP and `nbd-mirror message NAME reload-tls`): a reload that fails keeps the old keys.
+//
+//   --tls off|on|require        nbdkit's words: off = no STARTTLS; on = offered, plaintext allowed;
+//                               require = every option before STARTTLS but ABORT gets NBD_REP_ERR_TLS_REQD
+//   --tls-certificates DIR      ca-cert.pem, server-cert.pem, server-key.pem (nbdkit/qemu layout)
+//   --tls-psk FILE              psktool identity:hexkey lines (takes priority, as in nbdkit)
+//   --tls-verify-peer           X.509: require a client certificate signed by ca-cert.pem
+//   --allow EXPORT=psk:ID|dn:SUBJECT|uid:N|addr:CIDR   (repeatable; see src/nbd/server/authz.ts)
+//   --connections-max N, --connections-per-peer-max N, --handshake-timeout-ms N, --option-bytes-max N,
+//   --in-flight-requests-max N, --in-flight-bytes-max N   (src/nbd/server/limits.ts)
+import { type Command, Option } from 'commander';
+import { AllowRuleError, ExportPolicy, parseAllowSpec, type AllowSpec } from '../nbd/server/authz.js';
+import type { Logger } from '../nbd/server/log.js';
+import { peerCredAvailable } from '../nbd/server/peer-cred.js';
+import { DEFAULT_SERVER_LIMITS, type ServerLimits } from '../nbd/server/limits.js';
+import { resolveLimits } from '../nbd/server/limits.js';
+import { TLS_MODES, TlsConfigError, type TlsMode } from '../nbd/tls/config.js';
+import { ServerTls } from '../nbd/tls/server-tls.js';
+import { ControlError } from './control-error.js';
+import { UsageError } from './usage-error.js';
+
+export interface ServeTlsFlags {
+  tls: TlsMode;
+  tlsCertificates?: string;
+  tlsPsk?: string;
+  tlsVerifyPeer: boolean;
+  allow: string[];
+  connectionsMax?: string;
+  connectionsPerPeerMax?: string;
+  handshakeTimeoutMs?: string;
+  optionBytesMax?: string;
+  inFlightRequestsMax?: string;
+  inFlightBytesMax?: string;
+}
+
+const collect = (value: string, previous: string[]): string[] => [...previous, value];
+
+/** Flag name -> ServerLimits key. */
+const LIMIT_FLAGS: readonly [keyof ServeTlsFlags & string, string, keyof ServerLimits][] = [
+  ['connectionsMax', '--connections-max', 'connectionsMax'],
+  ['connectionsPerPeerMax', '--connections-per-peer-max', 'connectionsPerPeerMax'],
+  ['handshakeTimeoutMs', '--handshake-timeout-ms', 'handshakeTimeoutMs'],
+  ['optionBytesMax', '--option-bytes-max', 'optionBytesMax'],
+  ['inFlightRequestsMax', '--in-flight-requests-max', 'inFlightRequestsMax'],
+  ['inFlightBytesMax', '--in-flight-bytes-max', 'inFlightBytesMax'],
+];
+
+export function addServeTlsOptions(cmd: Command): Command {
+  cmd
+    .addOption(new Option('--tls <mode>', 'STARTTLS: off, on (offered) or require').choices(TLS_MODES).default('off'))
+    .option('--tls-certificates <dir>', 'X.509: directory with ca-cert.pem, server-cert.pem, server-key.pem')
+    .option('--tls-psk <file>', 'TLS-PSK: psktool file of identity:hexkey lines')
+    .option('--tls-verify-peer', 'X.509: require a client certificate signed by ca-cert.pem', false)
+    .option('--allow <rule>', 'EXPORT=psk:IDENTITY|dn:SUBJECT|uid:N|addr:CIDR; an export with rules refuses everyone else (repeatable)', collect, []);
+  const d = DEFAULT_SERVER_LIMITS;
+  cmd
+    .option('--connections-max <n>', `open NBD connections in total (default ${d.connectionsMax})`)
+    .option('--connections-per-peer-max <n>', `open NBD connections per client address / uid (default ${d.connectionsPerPeerMax})`)
+    .option('--handshake-timeout-ms <ms>', `time from accept to the end of the handshake, TLS included (default ${d.handshakeTimeoutMs})`)
+    .option('--option-bytes-max <n>', `largest handshake option accepted (default ${d.optionBytesMax})`)
+    .option('--in-flight-requests-max <n>', `requests served at once per connection (default ${d.inFlightRequestsMax})`)
+    .option('--in-flight-bytes-max <n>', `payload bytes held per connection (default ${d.inFlightBytesMax})`);
+  return cmd;
+}
+
+export interface ServeServerOptions {
+  readonly tls?: ServerTls;
+  readonly policy?: ExportPolicy;
+  readonly limits: ServerLimits;
+}
+
+/** Validate the flags and read the key material (UsageError naming the flag or file). */
+export function serveServerOptions(flags: ServeTlsFlags, exportNames: readonly string[], log: Logger): ServeServerOptions {
+  const partial: Partial<Record<keyof ServerLimits, number>> = {};
+  for (const [key, flag, limit] of LIMIT_FLAGS) {
+    const v = flags[key];
+    if (v === undefined) continue;
+    if (typeof v !== 'string' || !/^[0-9]+$/.test(v) || !Number.isSafeInteger(Number(v)) || Number(v) <= 0) {
+      throw new UsageError(`${flag} ${String(v)}: expected a positive integer`);
+    }
+    partial[limit] = Number(v);
+  }
+  let limits: ServerLimits;
+  try {
+    limits = resolveLimits(partial);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+
+  let tls: ServerTls | undefined;
+  const mode = flags.tls ?? 'off';
+  if (mode !== 'off' || flags.tlsCertificates !== undefined || flags.tlsPsk !== undefined || flags.tlsVerifyPeer) {
+    try {
+      tls = new ServerTls(
+        {
+          mode,
+          verifyPeer: flags.tlsVerifyPeer ?? false,
+          ...(flags.tlsCertificates !== undefined && flags.tlsPsk === undefined ? { certificatesDir: flags.tlsCertificates } : {}),
+          ...(flags.tlsPsk !== undefined ? { pskFile: flags.tlsPsk } : {}),
+        },
+        log,
+      );
+    } catch (e) {
+      if (e instanceof TlsConfigError) throw new UsageError(e.message);
+      throw e;
+    }
+    if (mode === 'off') tls = undefined; // unreachable: checkServerTlsSettings refuses key flags with off
+  }
+
+  let policy: ExportPolicy | undefined;
+  const rules = flags.allow ?? [];
+  if (rules.length > 0) {
+    const specs: AllowSpec[] = [];
+    for (const text of rules) {
+      try {
+        specs.push(parseAllowSpec(text));
+      } catch (e) {
+        if (e instanceof AllowRuleError) throw new UsageError(e.message);
+        throw e;
+      }
+    }
+    for (const s of specs) {
+      if (!exportNames.includes(s.exportName)) {
+        throw new UsageError(`--allow ${s.exportName}=...: no export named "${s.exportName}" (exports: ${exportNames.join(', ')})`);
+      }
+      if ((s.rule.kind === 'psk' || s.rule.kind === 'dn') && tls === undefined) {
+        throw new UsageError(`--allow ${s.exportName}=${s.rule.kind}:...: needs --tls on or --tls require`);
+      }
+      if (s.rule.kind === 'psk' && tls?.kind !== 'psk') throw new UsageError(`--allow ${s.exportName}=psk:...: needs --tls-psk FILE`);
+      if (s.rule.kind === 'dn' && (tls?.kind !== 'x509' || !flags.tlsVerifyPeer)) {
+        throw new UsageError(`--allow ${s.exportName}=dn:...: needs --tls-certificates DIR and --tls-verify-peer`);
+      }
+      if (s.rule.kind === 'psk' && !tls!.pskIdentities().includes(s.rule.identity)) {
+        log.warn({ export: s.exportName, identity: s.rule.identity }, '--allow names a PSK identity that is not in the PSK file (yet)');
+      }
+    }
+    policy = new ExportPolicy(specs);
+    if (policy.usesUid && !peerCredAvailable()) {
+      log.warn({}, '--allow uid: rules match nobody: the peer-credentials addon (native/peercred) is not built, so unix peer uids are unknown');
+    }
+  }
+  return { ...(tls !== undefined ? { tls } : {}), ...(policy !== undefined ? { policy } : {}), limits };
+}
+
+/** SIGHUP / reload-tls: re-read the keys; the answer line, or an error naming the problem. */
+export function reloadTls(tls: ServerTls | undefined, log: Logger): string {
+  if (tls === undefined) throw new ControlError('EINVAL', 'reload-tls: TLS is off (serve --tls on|require): nothing to reload');
+  try {
+    return tls.reload();
+  } catch (e) {
+    log.error({ err: (e as Error).message }, 'TLS key reload failed: keeping the old keys');
+    throw new ControlError('EINVAL', `reload-tls: ${(e as Error).message} (the old keys stay in use)`);
+  }
+}
