@@ -11,9 +11,24 @@
 //
 // Hot path: no copies, no per-call buffers; one pread/pwrite per request unless the kernel returns a
 // short count. Callers (the mirror, LinearExport) validate ranges; we assert them.
+//
+// Adaptive synchronous I/O (syncio below): libuv runs fs calls on its thread pool, which costs two thread
+// switches and an event-loop wakeup per call (tens of microseconds, far more on a loaded machine), while a
+// page-cache hit costs a few microseconds. So a small (<= SYNC_IO_BYTES_MAX) non-FUA read or write is done
+// with readSync/writeSync on the main thread while that is cheap, and goes through the pool otherwise.
+// The trade-off: a synchronous call blocks the event loop (every connection) for its duration, and loses
+// concurrency on a device that is slow (cache misses on a disk). Hence the guard: each synchronous call is
+// timed; a window of SYNC_IO_WINDOW_CALLS calls of which over a quarter took more than SYNC_IO_SLOW_US,
+// or one call over SYNC_IO_STALL_US, switches the leg to the thread pool for SYNC_IO_BACKOFF_MS, then it
+// tries again. (Not "only when nothing else is in flight": synchronous calls never stay in flight, and on
+// a page-cached file they beat the pool at any queue depth; the slowness guard is what keeps concurrency
+// for a slow device.) Worst case without a backoff: a client's queue of small requests that each just miss
+// SYNC_IO_SLOW_US blocks the loop for queue depth x that long. FUA writes (O_DSYNC), flush and zero always
+// use the pool: they wait for the device. NBD_MIRROR_SYNC_IO=0 turns the synchronous path off.
 
 import { strict as assert } from 'node:assert';
-import { constants as fsConstants, promises as fsp, read as fsRead, write as fsWrite, type Stats } from 'node:fs';
+import { constants as fsConstants, promises as fsp, read as fsRead, readSync, write as fsWrite, writeSync, type Stats } from 'node:fs';
+import { performance } from 'node:perf_hooks';
 import { basename } from 'node:path';
 import type { FileHandle } from 'node:fs/promises';
 import { ExportError } from '../../nbd/export.js';
@@ -22,6 +37,8 @@ import { LegOpenError, toExportError } from './errors.js';
 
 /** Largest single zero-fill write; the shared zero buffer has this size (allocated once, lazily). */
 export const ZERO_CHUNK_BYTES = 1024 * 1024;
+
+const RESOLVED: Promise<void> = Promise.resolve();
 
 let zeroChunk: Buffer | undefined;
 function sharedZeroChunk(): Buffer {
@@ -36,6 +53,18 @@ export interface FileLegOptions {
   /** Open read-only (reads only; writes reject with EPERM). */
   readonly readOnly?: boolean;
 }
+
+/** Largest read/write done synchronously on the main thread (see the header). */
+export const SYNC_IO_BYTES_MAX = 64 * 1024;
+/** A synchronous call slower than this (microseconds) counts as slow: the device, not the page cache. */
+export const SYNC_IO_SLOW_US = 1000;
+/** Synchronous calls per judgement window; more than a quarter slow in one window backs off. */
+export const SYNC_IO_WINDOW_CALLS = 64;
+/** One synchronous call slower than this (microseconds) backs off at once (the device stalled). */
+export const SYNC_IO_STALL_US = 50_000;
+/** How long a leg stays on the thread pool after a backoff before trying synchronous calls again. */
+export const SYNC_IO_BACKOFF_MS = 1000;
+const SYNC_IO_ENABLED = process.env.NBD_MIRROR_SYNC_IO !== '0';
 
 /** Linux dev_t -> major:minor (glibc gnu_dev_major/minor), exact for any 64-bit dev_t. */
 export function deviceNumbers(rdev: number | bigint): { major: number; minor: number } {
@@ -181,11 +210,101 @@ export class FileLeg implements Leg {
     });
   }
 
-  async read(target: Buffer, offsetBytes: number): Promise<void> {
+  // ---- adaptive synchronous I/O (see the header) ------------------------------------------------------
+  private windowCalls = 0;
+  private windowSlow = 0;
+  /** performance.now() before which the leg uses the thread pool only (backoff after slow sync calls). */
+  private poolOnlyUntilMs = 0;
+  /** Synchronous and pool calls so far, and backoffs (diagnostics and tests). */
+  readonly syncStats = { syncCalls: 0, poolCalls: 0, backoffs: 0 };
+
+  private useSync(length: number): boolean {
+    return SYNC_IO_ENABLED && length <= SYNC_IO_BYTES_MAX && (this.poolOnlyUntilMs === 0 || this.backoffOver());
+  }
+
+  private backoffOver(): boolean {
+    if (performance.now() < this.poolOnlyUntilMs) return false;
+    this.poolOnlyUntilMs = 0;
+    return true;
+  }
+
+  /**
+   * Account one synchronous call that started at `startMs`. A lone slow call may be the process being
+   * preempted (a busy machine), so only a window with many slow calls, or one stall, means the device is slow.
+   */
+  private timed(startMs: number): void {
+    const nowMs = performance.now();
+    const us = (nowMs - startMs) * 1000;
+    this.syncStats.syncCalls++;
+    this.windowCalls++;
+    if (us > SYNC_IO_SLOW_US) this.windowSlow++;
+    if (us > SYNC_IO_STALL_US || (this.windowCalls >= SYNC_IO_WINDOW_CALLS && this.windowSlow * 4 > this.windowCalls)) {
+      this.poolOnlyUntilMs = nowMs + SYNC_IO_BACKOFF_MS;
+      this.syncStats.backoffs++;
+    }
+    if (this.windowCalls >= SYNC_IO_WINDOW_CALLS || this.poolOnlyUntilMs !== 0) {
+      this.windowCalls = 0;
+      this.windowSlow = 0;
+    }
+  }
+
+  private readSyncAll(target: Buffer, offsetBytes: number): Promise<void> {
     const length = target.length;
-    this.checkRange(offsetBytes, length);
+    const base = this.offsetBytes + offsetBytes;
+    const startMs = performance.now();
+    let done = 0;
+    try {
+      while (done < length) {
+        const n = readSync(this.fh.fd, target, done, length - done, base + done);
+        if (n === 0) {
+          target.fill(0, done); // EOF inside sizeBytes: the file shrank
+          break;
+        }
+        done += n;
+      }
+    } catch (err) {
+      return Promise.reject(toExportError(err, this.device, `read of ${length} bytes at ${offsetBytes}`));
+    } finally {
+      this.timed(startMs);
+    }
+    return RESOLVED;
+  }
+
+  private writeSyncAll(data: Buffer, offsetBytes: number): Promise<void> {
+    const length = data.length;
+    const position = this.offsetBytes + offsetBytes;
+    const startMs = performance.now();
+    let done = 0;
+    try {
+      while (done < length) {
+        const n = writeSync(this.fh.fd, data, done, length - done, position + done);
+        if (n === 0) throw new ExportError('ENOSPC', `${this.device}: write made no progress at ${position + done}`);
+        done += n;
+      }
+    } catch (err) {
+      return Promise.reject(toExportError(err, this.device, `write of ${length} bytes at ${offsetBytes}`));
+    } finally {
+      this.timed(startMs);
+    }
+    return RESOLVED;
+  }
+
+  // read/write are not `async` so the synchronous path costs no extra promise; they never throw.
+  read(target: Buffer, offsetBytes: number): Promise<void> {
+    try {
+      this.checkRange(offsetBytes, target.length);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    if (this.useSync(target.length)) return this.readSyncAll(target, offsetBytes);
+    return this.readPool(target, offsetBytes);
+  }
+
+  private async readPool(target: Buffer, offsetBytes: number): Promise<void> {
+    const length = target.length;
     const base = this.offsetBytes + offsetBytes;
     let done = 0;
+    this.syncStats.poolCalls++;
     this.begin();
     try {
       while (done < length) {
@@ -204,13 +323,23 @@ export class FileLeg implements Leg {
     }
   }
 
-  async write(data: Buffer, offsetBytes: number, flags: LegWriteFlags): Promise<void> {
-    this.checkRange(offsetBytes, data.length);
+  write(data: Buffer, offsetBytes: number, flags: LegWriteFlags): Promise<void> {
+    try {
+      this.checkRange(offsetBytes, data.length);
+    } catch (err) {
+      return Promise.reject(err);
+    }
     const fh = flags.fua ? this.fhSync : this.fh;
-    if (this.fhSync === null || fh === null) throw new ExportError('EPERM', `${this.device}: leg is read-only`);
+    if (this.fhSync === null || fh === null) return Promise.reject(new ExportError('EPERM', `${this.device}: leg is read-only`));
+    if (!flags.fua && this.useSync(data.length)) return this.writeSyncAll(data, offsetBytes);
+    return this.writePool(fh.fd, data, offsetBytes);
+  }
+
+  private async writePool(fd: number, data: Buffer, offsetBytes: number): Promise<void> {
+    this.syncStats.poolCalls++;
     this.begin();
     try {
-      await this.writeAll(fh.fd, data, this.offsetBytes + offsetBytes, 'write');
+      await this.writeAll(fd, data, this.offsetBytes + offsetBytes, 'write');
     } finally {
       this.end();
     }
