@@ -55,7 +55,9 @@ function showText(s: PoolSummary & { metadata: PoolMetadata }): string {
           ]),
         );
   const orphans = s.orphans.length > 0 ? `Orphaned labels (not in the metadata): ${s.orphans.join(' ')}\n` : '';
-  return `${lines}\n${devs}\n${vols}${orphans}`;
+  const p = s.metadata.pending;
+  const pending = p !== undefined ? `Pending online change of ${p.volume.name} (${p.volume.legs.length} leg(s)): settled by the next change\n` : '';
+  return `${lines}\n${devs}\n${vols}${orphans}${pending}`;
 }
 
 export function registerPool(program: Command): void {
