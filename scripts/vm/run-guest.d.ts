@@ -11,7 +11,7 @@ export interface GuestStep {
 }
 
 export interface GuestResult {
-  outcome: 'pass' | 'fail' | 'timeout' | 'crash';
+  outcome: 'pass' | 'fail' | 'timeout' | 'crash' | 'aborted';
   passed: boolean;
   failReason: string | null;
   steps: GuestStep[];
@@ -45,6 +45,8 @@ export interface GuestOptions {
   accel?: 'tcg' | 'kvm';
   /** SIGKILL qemu as soon as a console line matches (the client machine dies: no DISC) */
   killOn?: RegExp;
+  /** stop qemu when this fires (outcome 'aborted' unless the guest already reported PASS/FAIL) */
+  abort?: AbortSignal;
 }
 
 export declare function runGuest(opts: GuestOptions): Promise<GuestResult>;

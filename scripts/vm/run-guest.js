@@ -29,7 +29,7 @@ const LOG_TAIL_LINES_MAX = 400;
  */
 /**
  * @typedef {object} GuestResult
- * @property {'pass'|'fail'|'timeout'|'crash'} outcome
+ * @property {'pass'|'fail'|'timeout'|'crash'|'aborted'} outcome
  * @property {boolean} passed
  * @property {string|null} failReason
  * @property {GuestStep[]} steps
@@ -167,9 +167,11 @@ export async function stopQemu(pidFile, signal = 'SIGTERM') {
  * Boots `image` with `script` as /test/test.sh and waits for it to power off.
  * @param {{ image?: string, script: string, env?: Record<string,string|number>, timeoutMs?: number,
  *           memMiB?: number, workDir?: string, onLine?: (line: string) => void, extraArgs?: string[],
- *           accel?: 'tcg'|'kvm', killOn?: RegExp }} opts
+ *           accel?: 'tcg'|'kvm', killOn?: RegExp, abort?: AbortSignal }} opts
  * killOn: SIGKILL qemu as soon as a console line matches (a client machine that dies: no DISC, no FIN
  * from a clean guest shutdown, requests possibly in flight).
+ * abort: stop qemu when it fires (e.g. the other node of a pair failed; outcome 'aborted' unless the
+ * guest already reported PASS/FAIL).
  * @returns {Promise<GuestResult>}
  */
 export async function runGuest(opts) {
@@ -229,9 +231,14 @@ export async function runGuest(opts) {
   let timedOut = false;
   const exited = new Promise((resolve) => child.on('close', (code, signal) => resolve({ code, signal })));
   const timer = setTimeout(() => { timedOut = true; void stopQemu(pidFile); }, timeoutMs);
+  let aborted = false;
+  const onAbort = () => { aborted = true; void stopQemu(pidFile); };
+  if (opts.abort?.aborted) onAbort();
+  else opts.abort?.addEventListener('abort', onAbort, { once: true });
   const spawnError = new Promise((resolve) => child.on('error', (e) => resolve(e)));
   const first = await Promise.race([exited, spawnError]);
   clearTimeout(timer);
+  opts.abort?.removeEventListener('abort', onAbort);
   if (first instanceof Error) throw new Error(`cannot start qemu-system-x86_64: ${first.message}`);
   const { code } = /** @type {{code: number|null}} */ (first);
   await stopQemu(pidFile); // normally already gone; never leave a guest behind
@@ -242,7 +249,9 @@ export async function runGuest(opts) {
   const parsed = parseConsole(text);
   let outcome = parsed.outcome ?? (timedOut ? 'timeout' : 'crash');
   if (timedOut && parsed.outcome === null) outcome = 'timeout';
+  if (aborted && !timedOut && parsed.outcome === null) outcome = 'aborted';
   let failReason = parsed.failReason;
+  if (outcome === 'aborted') failReason = 'stopped by the caller (abort signal)';
   if (outcome === 'timeout') failReason = `guest did not finish within ${timeoutMs} ms`;
   if (outcome === 'crash') failReason = `qemu exited (code ${code}) without a TEST: PASS/FAIL line${stderr ? `: ${stderr.trim()}` : ''}`;
   const steps = stepTimes.map((s, i) => ({

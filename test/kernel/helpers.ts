@@ -36,7 +36,7 @@ export function prepareImage(name: string): { kernelVersion: string; initrd: str
 
 /** Debian package of each host tool the kernel tests use. */
 const TOOL_PACKAGES: Record<string, string> = {
-  e2fsck: 'e2fsprogs', debugfs: 'e2fsprogs', nbdinfo: 'libnbd-bin', nbdcopy: 'libnbd-bin', nbdkit: 'nbdkit',
+  'fsck.gfs2': 'gfs2-utils', e2fsck: 'e2fsprogs', debugfs: 'e2fsprogs', nbdinfo: 'libnbd-bin', nbdcopy: 'libnbd-bin', nbdkit: 'nbdkit',
 };
 
 /** Tools the kernel tests need on the host; under CI=true a missing one fails the file. */
@@ -188,6 +188,13 @@ export async function e2fsckClean(file: string): Promise<string> {
   const r = await run('e2fsck', ['-fn', file], { allowFailure: true, timeoutMs: 60_000 });
   if (r.code !== 0) throw new Error(`e2fsck -fn ${file} exit ${r.code}:\n${r.stdout}\n${r.stderr}`);
   return r.stdout;
+}
+
+/** `fsck.gfs2 -n FILE` (no changes; journals must be clean): throws with its output unless it exits 0. */
+export async function gfs2FsckClean(file: string): Promise<string> {
+  const r = await run('fsck.gfs2', ['-n', file], { allowFailure: true, timeoutMs: 120_000 });
+  if (r.code !== 0) throw new Error(`fsck.gfs2 -n ${file} exit ${r.code}:\n${r.stdout}\n${r.stderr}`);
+  return r.stdout + r.stderr;
 }
 
 /** sha256 of every regular file under `root` of an ext4 image, read on the host with debugfs rdump. */

@@ -1,24 +1,36 @@
 # Guest side of the two-node GFS2 test: one script for both nodes (NODE_ID 1 or 2). Node 1 makes the
-# filesystem; the nodes signal each other over the private cluster link with busybox nc.
-# env: NODE_ID, CLUSTER_MAC, DATA_MIB
+# filesystem; both mount it; each writes its own directory (/mnt/nodeN) and files in a shared directory
+# (/mnt/shared, created by both at once, plus one file both write at interleaved offsets), records sha256 sums in a
+# manifest on the filesystem, then verifies the other node's files through its own mount. The nodes signal
+# each other over the private cluster link with busybox nc. Messages, in order (each one: sender -> waiter):
+#   1 -> 2 mkfs-done;  2 -> 1 mounted;  (both write)  2 -> 1 written;  1 -> 2 written;  (both verify)
+#   2 -> 1 verified;  1 -> 2 verified;  both unmount and detach.
+# env: NODE_ID, CLUSTER_MAC, BIG_FILE_KIB, SMALL_FILES, SHARED_BLOCKS, COROSYNC_TOKEN_MS, KNET_PING_TIMEOUT_MS,
+#      SIGNAL_WAIT_S (how long a node waits for its peer at each rendezvous)
 peer=$((3 - NODE_ID))
 my_ip=192.168.100.$NODE_ID
 peer_ip=192.168.100.$peer
 SIGNAL_PORT=7000
+SIGNAL_WAIT_S=${SIGNAL_WAIT_S:-240}
 
-# wait_for MESSAGE: block until the peer sends MESSAGE (one line) to our signal port; prints the rest.
+# wait_for MESSAGE: block until the peer sends MESSAGE (one line) to our signal port.
 wait_for() {
+  echo "WAIT: $1"
   while :; do
-    line=$(nc -l -p "$SIGNAL_PORT") || fail "nc -l failed waiting for $1"
-    case "$line" in "$1"*) echo "${line#"$1"}"; return 0 ;; esac
+    line=$(timeout "$SIGNAL_WAIT_S" nc -l -p "$SIGNAL_PORT") || fail "no '$1' from node $peer within ${SIGNAL_WAIT_S} s"
+    case "$line" in "$1"*) return 0 ;; esac
   done
 }
+# block K: the 4 KiB written at block K of shared/blocks (by node K % 2 + 1).
+block() { yes "node$(( $1 % 2 + 1 )) block $1" | head -c 4096; }
+
 # send MESSAGE: deliver MESSAGE to the peer's signal port (retries until it listens).
 send() {
   n=0
   until echo "$1" | nc "$peer_ip" "$SIGNAL_PORT" 2>/dev/null; do
-    n=$((n + 1)); [ "$n" -lt 600 ] || fail "peer never took '$1'"; sleep 0.1
+    n=$((n + 1)); [ "$n" -lt $((SIGNAL_WAIT_S * 10)) ] || fail "node $peer never took '$1'"; sleep 0.1
   done
+  echo "SENT: $1"
 }
 
 step cluster-net
@@ -72,9 +84,10 @@ timestamp: off
 }
 EOC
 corosync > /tmp/corosync.log 2>&1 || { cat /tmp/corosync.log; fail "corosync did not start"; }
+# two_node is quorate alone; wait until the peer is a member too (the DLM lockspace needs both).
 n=0
-until corosync-quorumtool -s 2>/dev/null | grep -q 'Quorate: *Yes'; do
-  n=$((n + 1)); [ "$n" -lt 600 ] || { corosync-quorumtool -s; cat /tmp/corosync.log; fail "no quorum"; }; sleep 0.1
+until corosync-quorumtool -s 2>/dev/null | grep -q 'Total votes: *2'; do
+  n=$((n + 1)); [ "$n" -lt $((SIGNAL_WAIT_S * 10)) ] || { corosync-quorumtool -s; cat /tmp/corosync.log; fail "peer never joined the membership"; }; sleep 0.1
 done
 echo "MEMBERSHIPS: $(grep -c 'A new membership' /tmp/corosync.log)"
 
@@ -86,7 +99,7 @@ printf 'enable_fencing=0\nenable_startup_fencing=0\n' > /etc/dlm/dlm.conf
 dlm_controld > /tmp/dlm.log 2>&1 || { cat /tmp/dlm.log; fail "dlm_controld did not start"; }
 n=0
 until [ -e "/sys/kernel/config/dlm/cluster/comms/$NODE_ID/local" ]; do
-  n=$((n + 1)); [ "$n" -lt 300 ] || { dlm_tool status; cat /tmp/dlm.log; fail "dlm comms not configured"; }; sleep 0.1
+  n=$((n + 1)); [ "$n" -lt 600 ] || { dlm_tool status; cat /tmp/dlm.log; fail "dlm comms not configured"; }; sleep 0.1
 done
 
 if [ "$NODE_ID" = 1 ]; then
@@ -94,28 +107,64 @@ if [ "$NODE_ID" = 1 ]; then
   mkfs.gfs2 -O -p lock_dlm -t nbdm:fs -j 2 -J 16 /dev/nbd0 > /tmp/mkfs.log 2>&1 || { cat /tmp/mkfs.log; fail "mkfs.gfs2"; }
   send mkfs-done
   step mount
-  mount -t gfs2 /dev/nbd0 /mnt
-  wait_for mounted > /dev/null
-  step write
-  dd if=/dev/urandom of=/mnt/data bs=64k count=$(( ${DATA_MIB:-8} * 16 )) conv=fsync 2>/dev/null
-  sum=$(sha256sum /mnt/data | cut -d' ' -f1)
-  echo "SUM: $sum"
-  send "written $sum"
-  step leave
-  wait_for verified > /dev/null
+  mount -t gfs2 /dev/nbd0 /mnt || fail "mount -t gfs2 on node 1"
+  wait_for mounted
 else
   step wait-mkfs
-  wait_for mkfs-done > /dev/null
+  wait_for mkfs-done
   step mount
-  mount -t gfs2 /dev/nbd0 /mnt
+  mount -t gfs2 /dev/nbd0 /mnt || fail "mount -t gfs2 on node 2"
   send mounted
-  step verify
-  want=$(wait_for written | tr -d ' ')
-  got=$(sha256sum /mnt/data | cut -d' ' -f1)
-  echo "SUM: $got"
-  expect_eq "sha256 of the file node 1 wrote" "$got" "$want"
-  step leave
 fi
-umount /mnt
-[ "$NODE_ID" = 2 ] && send verified
+
+step write
+# Both nodes at once: mkdir -p of the shared directory races on purpose (GFS2 + DLM must settle it).
+mkdir -p "/mnt/node$NODE_ID" /mnt/shared
+i=0
+while [ "$i" -lt "${SMALL_FILES:-6}" ]; do
+  i=$((i + 1))
+  dd if=/dev/urandom of="/mnt/node$NODE_ID/f$i" bs=4k count=$(( (i * 13 + NODE_ID * 7) % 32 + 1 )) conv=fsync 2>/dev/null
+  dd if=/dev/urandom of="/mnt/shared/n$NODE_ID-f$i" bs=512 count=$(( (i + NODE_ID) % 9 + 1 )) conv=fsync 2>/dev/null
+done
+# One shared file written by both nodes at once, 4 KiB blocks interleaved (node 1 the even ones, node 2 the
+# odd ones, each past the other's end of file): the inode's glock moves between the nodes on every write.
+# (Not O_APPEND: GFS2 drops the glock between reading i_size and writing, so concurrent appends from two
+# nodes can overwrite each other -- fs/gfs2/file.c gfs2_file_write_iter.)
+k=$((NODE_ID - 1))
+while [ "$k" -lt "${SHARED_BLOCKS:-16}" ]; do
+  block "$k" > /tmp/blk
+  dd if=/tmp/blk of=/mnt/shared/blocks bs=4096 seek="$k" conv=notrunc,fsync 2>/dev/null
+  k=$((k + 2))
+done
+dd if=/dev/urandom of="/mnt/node$NODE_ID/big" bs=64k count=$(( ${BIG_FILE_KIB:-4096} / 64 )) conv=fsync 2>/dev/null
+cd /mnt
+find "node$NODE_ID" shared -type f ! -name blocks | grep -v "^shared/n$peer-" | sort | xargs sha256sum > "/tmp/sums$NODE_ID"
+cd /
+cp "/tmp/sums$NODE_ID" "/mnt/node$NODE_ID.sums"
+sync
+sed 's/^/SUM: /' "/tmp/sums$NODE_ID"
+echo "FILES: $(wc -l < "/tmp/sums$NODE_ID")"
+
+if [ "$NODE_ID" = 1 ]; then wait_for written; send written; else send written; wait_for written; fi
+
+step verify
+cd /mnt
+# The peer's manifest as the peer wrote it, then every file it names, read through this node's mount.
+[ -s "node$peer.sums" ] || fail "manifest of node $peer missing or empty"
+sha256sum -c -s "node$peer.sums" || { sha256sum -c "node$peer.sums"; fail "node $peer's files differ on node $NODE_ID"; }
+echo "VERIFIED: $(wc -l < "node$peer.sums") files of node $peer"
+k=0
+while [ "$k" -lt "${SHARED_BLOCKS:-16}" ]; do
+  got=$(dd if=shared/blocks bs=4096 skip="$k" count=1 2>/dev/null | sha256sum | cut -d' ' -f1)
+  expect_eq "block $k of shared/blocks (written by node $((k % 2 + 1)))" "$got" "$(block "$k" | sha256sum | cut -d' ' -f1)"
+  k=$((k + 1))
+done
+expect_eq "size of shared/blocks" "$(stat -c %s shared/blocks)" "$(( ${SHARED_BLOCKS:-16} * 4096 ))"
+expect_eq "files in shared/" "$(ls shared | wc -l)" "$(( ${SMALL_FILES:-6} * 2 + 1 ))"
+cd /
+
+if [ "$NODE_ID" = 1 ]; then wait_for verified; send verified; else send verified; wait_for verified; fi
+
+step leave
+umount /mnt || fail "umount on node $NODE_ID"
 nbd_detach /dev/nbd0
