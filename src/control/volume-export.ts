@@ -117,12 +117,40 @@ export class VolumeExport implements Export {
     return this.target.capabilities();
   }
 
+  // read and write (the hot path) skip forward()'s closure and async frame while the gate is open.
   read(target: Buffer, offsetBytes: number): Promise<void> {
-    return this.forward(0, (e) => e.read(target, offsetBytes));
+    if (this.suspended || this.closed) return this.forward(0, (e) => e.read(target, offsetBytes));
+    this.inFlight++;
+    let p: Promise<void>;
+    try {
+      p = this.target.read(target, offsetBytes);
+    } catch (err) {
+      this.settled();
+      return Promise.reject(err);
+    }
+    return p.then(this.settledOk, this.settledFailed);
   }
   write(data: Buffer, offsetBytes: number, flags: WriteFlags): Promise<void> {
-    return this.forward(data.length, (e) => e.write(data, offsetBytes, flags));
+    if (this.suspended || this.closed) return this.forward(data.length, (e) => e.write(data, offsetBytes, flags));
+    this.inFlight++;
+    let p: Promise<void>;
+    try {
+      p = this.target.write(data, offsetBytes, flags);
+    } catch (err) {
+      this.settled();
+      return Promise.reject(err);
+    }
+    return p.then(this.settledOk, this.settledFailed);
   }
+  private settled(): void {
+    this.inFlight--;
+    if (this.idleWaiters.length > 0) this.poke();
+  }
+  private readonly settledOk = (): void => this.settled();
+  private readonly settledFailed = (err: unknown): never => {
+    this.settled();
+    throw err;
+  };
   flush(): Promise<void> {
     return this.forward(0, (e) => e.flush());
   }
