@@ -9,11 +9,14 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, test } from 'vitest';
+import { connect, type Socket } from 'node:net';
+import { NbdClient } from '../../src/nbd/client/client.js';
+import { acquireSlots } from '../../scripts/vm/slots.js';
 import { run } from '../helpers/run.js';
 import { MiB } from '../helpers/tmp.js';
 import {
   bootGuest, describeGuest, e2fsckClean, fileSha256, guestSums, hostSums, requireKernelTestTools,
-  peakRssMiB, prepareImage, serverConnections, startVolume, withGuestSlots, type GuestResult, type ServerKind, type TestVolume,
+  peakRssMiB, prepareImage, serverConnections, startVolume, type GuestResult, type ServerKind, type TestVolume,
 } from './helpers.js';
 
 const KIND = (process.env.NBDM_KERNEL_SERVER ?? 'mirror') as ServerKind;
@@ -21,10 +24,20 @@ const VOLUME_BYTES = 64 * MiB;
 const DROP_VOLUME_BYTES = 32 * MiB;
 /** Safety net against hangs; a guest on a 2-core host at load 20 took 50 s just to boot. */
 const GUEST_TIMEOUT_MS = 200_000;
-/** Includes waiting for a machine-wide guest slot (scripts/vm/slots.js) behind other kernel tests. */
-const TEST_TIMEOUT_MS = 450_000;
+/**
+ * Waiting for a machine-wide guest slot (scripts/vm/slots.js) behind other kernel tests, e.g. the GFS2 pair
+ * holding both slots for a few minutes; bounded separately so a long wait is not mistaken for a hang.
+ */
+const SLOT_WAIT_MS = 600_000;
+/** Host phases of one test (server start/stop, e2fsck, sha256 of legs, debugfs, nbdcopy) on a busy host. */
+const HOST_PHASES_MS = 150_000;
+const TEST_TIMEOUT_MS = SLOT_WAIT_MS + GUEST_TIMEOUT_MS + HOST_PHASES_MS;
 /** First run: package downloads, kernel unpack and image build (~1 min on a busy 2-core machine). */
 const IMAGE_BUILD_TIMEOUT_MS = 300_000;
+/** nbd-client -t: the kernel fails a request (and shuts the connection) after this long without a reply. */
+const REQUEST_TIMEOUT_S = 8;
+/** Where the other (host) client of the bad-input test keeps its marker (past the guest's busy region). */
+const MARKER_OFFSET_BYTES = 28 * MiB;
 const TREE_FILES = 41; // 4 dirs x 5 files x 2 + the big file (see guest/ext4-roundtrip.sh)
 const GUEST_DIR = join(import.meta.dirname, 'guest');
 const script = (name: string) => readFileSync(join(GUEST_DIR, name), 'utf8');
@@ -60,11 +73,16 @@ class Run {
 }
 
 async function withRun(label: string, body: (r: Run) => Promise<void>): Promise<void> {
-  await withGuestSlots(1, async () => {
+  const tWait = Date.now();
+  const release = await acquireSlots(1, { timeoutMs: SLOT_WAIT_MS });
+  try {
     const t0 = Date.now();
     const r = new Run(label);
+    r.phases.push(`slot-wait=${t0 - tWait}`);
     try { await body(r); } finally { await r.finish(t0); }
-  });
+  } finally {
+    release();
+  }
 }
 
 async function roundTrip(t: Run, nbdClientArgs: string, expectConnections: number): Promise<void> {
@@ -99,6 +117,38 @@ async function roundTrip(t: Run, nbdClientArgs: string, expectConnections: numbe
   expect(Object.fromEntries(sumsOnHost)).toEqual(Object.fromEntries(sumsInGuest));
 }
 
+/** Opens a connection to 127.0.0.1:port and hands it to `fn` once connected; resolves when it is closed. */
+function rawConnection(port: number, fn: (s: Socket, greeting: Promise<Buffer>) => void): Promise<void> {
+  return new Promise((resolve) => {
+    const s = connect({ host: '127.0.0.1', port });
+    let got = Buffer.alloc(0);
+    const greeting = new Promise<Buffer>((res) => {
+      s.on('data', (c: Buffer) => { got = Buffer.concat([got, c]); if (got.length >= 18) res(got); });
+    });
+    s.on('error', () => { /* a reset is expected */ });
+    s.on('close', () => resolve());
+    s.once('connect', () => fn(s, greeting));
+    setTimeout(() => s.destroy(), 10_000).unref();
+  });
+}
+
+/** Clients that die mid-handshake: gone at once, reset after the greeting, gone halfway through NBD_OPT_GO. */
+async function handshakeKills(port: number): Promise<void> {
+  const optHeader = (opt: number, len: number) => {
+    const b = Buffer.alloc(16);
+    b.write('IHAVEOPT', 0, 'latin1');
+    b.writeUInt32BE(opt, 8);
+    b.writeUInt32BE(len, 12);
+    return b;
+  };
+  const flags = Buffer.from([0, 0, 0, 3]); // FIXED_NEWSTYLE | NO_ZEROES
+  const NBD_OPT_GO = 7;
+  await rawConnection(port, (s) => s.destroy());
+  await rawConnection(port, (s, g) => void g.then(() => s.resetAndDestroy()));
+  await rawConnection(port, (s, g) => void g.then(() => { s.write(flags); s.write(optHeader(NBD_OPT_GO, 1000).subarray(0, 10)); setTimeout(() => s.resetAndDestroy(), 100); }));
+  await rawConnection(port, (s, g) => void g.then(() => { s.write(flags); s.write(optHeader(NBD_OPT_GO, 1000)); s.end(Buffer.alloc(5)); }));
+}
+
 describe.skipIf(!ok).concurrent(`kernel nbd client, ext4 (${KIND})`, () => {
   beforeAll(() => {
     const t0 = Date.now();
@@ -114,31 +164,68 @@ describe.skipIf(!ok).concurrent(`kernel nbd client, ext4 (${KIND})`, () => {
     await withRun('ext4 -C 4', (t) => roundTrip(t, '-C 4', 4));
   }, TEST_TIMEOUT_MS);
 
-  test('guest killed mid-write without NBD_CMD_DISC; the server keeps serving', async () => {
-    await withRun('drop without DISC', async (t) => {
+  test('bad input: kernel request timeout on a stalled server, guest killed mid-write without DISC, clients killed mid-handshake; the server keeps serving its other clients', async () => {
+    await withRun('bad input', async (t) => {
       const v = (t.volume = await t.timed('server-start', () => startVolume(KIND, DROP_VOLUME_BYTES)));
       const patternKiB = 1024;
       const patternOffsetKiB = 1024;
-      const r = await t.timed('guest', () => bootGuest({
-        script: script('disconnect-without-disc.sh'),
-        env: {
-          NBDM_NBD_PORT: v.port, NBDM_NBD_EXPORT: v.exportName,
-          PATTERN_KIB: patternKiB, PATTERN_OFFSET_KIB: patternOffsetKiB, BUSY_OFFSET_KIB: 8192,
-        },
-        timeoutMs: GUEST_TIMEOUT_MS,
-        killOn: /TEST: PASS/,
-      }));
+      // Another client, connected before the guest and used again after everything the guest did.
+      const other = await NbdClient.connect(`nbd://127.0.0.1:${v.port}/${v.exportName}`);
+      const marker = Buffer.alloc(64 * 1024, 0x5a);
+      await other.write(marker, MARKER_OFFSET_BYTES, { fua: true });
+      let stopped = false;
+      const resume = () => { if (stopped) { stopped = false; process.kill(v.pid, 'SIGCONT'); } };
+      let r: GuestResult;
+      try {
+        r = await t.timed('guest', () => bootGuest({
+          script: script('disconnect-without-disc.sh'),
+          env: {
+            NBDM_NBD_PORT: v.port, NBDM_NBD_EXPORT: v.exportName,
+            PATTERN_KIB: patternKiB, PATTERN_OFFSET_KIB: patternOffsetKiB, BUSY_OFFSET_KIB: 8192,
+            REQUEST_TIMEOUT_S: REQUEST_TIMEOUT_S, STALL_READ_OFFSET_KIB: 16384,
+          },
+          timeoutMs: GUEST_TIMEOUT_MS,
+          killOn: /TEST: PASS/,
+          onLine: (line) => {
+            // The server stalls (SIGSTOP) until the kernel's request timeout has failed a read and shut
+            // the connection down; then it resumes and finds that connection's socket closed under it.
+            if (/TEST: step stall/.test(line) && !stopped && v.alive()) { stopped = true; process.kill(v.pid, 'SIGSTOP'); }
+            if (/TEST: step timed-out/.test(line)) resume();
+          },
+        }));
+      } finally {
+        resume();
+      }
       t.report(r);
       t.assertPassed(r);
-      expect(r.steps.at(-1)?.name).toBe('die-without-disc');
+      expect(r.steps.map((s) => s.name)).toEqual(
+        ['attach', 'write-pattern', 'stall', 'timed-out', 'reattach', 'read-back', 'writes-in-flight', 'die-without-disc'],
+      );
+      expect(r.log).toMatch(/TIMED-OUT: after \d+ reads/);
 
-      // The guest is gone; so must its connection be, and the server still alive and serving.
+      // The guest is gone; so must its connections be, and the server still alive and serving.
       const deadline = Date.now() + 5_000;
       await t.timed('conn-gone', async () => {
-        while (serverConnections(v.port) > 0 && Date.now() < deadline) await new Promise((res) => setTimeout(res, 50));
+        while (serverConnections(v.port) > 1 && Date.now() < deadline) await new Promise((res) => setTimeout(res, 50));
       });
-      expect(serverConnections(v.port)).toBe(0);
+      expect(serverConnections(v.port)).toBe(1); // the other client
       expect(v.alive()).toBe(true);
+
+      // Clients that die mid-handshake (closed, reset, or gone halfway through an option).
+      await t.timed('handshake-kills', () => handshakeKills(v.port));
+      const deadline2 = Date.now() + 5_000;
+      while (serverConnections(v.port) > 1 && Date.now() < deadline2) await new Promise((res) => setTimeout(res, 50));
+      expect(serverConnections(v.port)).toBe(1);
+      expect(v.alive()).toBe(true);
+
+      // The client connected all along still works.
+      const back = Buffer.alloc(marker.length);
+      await other.read(back, MARKER_OFFSET_BYTES);
+      expect(back.equals(marker)).toBe(true);
+      await other.write(Buffer.alloc(4096, 0x33), MARKER_OFFSET_BYTES, { fua: false });
+      await other.flush();
+      await other.close();
+
       const copy = join(v.dir, 'copy.img');
       await t.timed('nbdcopy', () => run('nbdcopy', [`nbd://127.0.0.1:${v.port}/${v.exportName}`, copy], { timeoutMs: 60_000 }));
       const data = readFileSync(copy);
@@ -149,8 +236,10 @@ describe.skipIf(!ok).concurrent(`kernel nbd client, ext4 (${KIND})`, () => {
       const got = data.subarray(patternOffsetKiB * 1024, (patternOffsetKiB + patternKiB) * 1024);
       expect(got.equals(pattern)).toBe(true);
       expect(data.subarray(0, patternOffsetKiB * 1024).every((b) => b === 0)).toBe(true);
+      expect(data.subarray(MARKER_OFFSET_BYTES, MARKER_OFFSET_BYTES + 4096).every((b) => b === 0x33)).toBe(true);
+      expect(data.subarray(MARKER_OFFSET_BYTES + 4096, MARKER_OFFSET_BYTES + marker.length).every((b) => b === 0x5a)).toBe(true);
 
-      await t.timed('server-stop', () => v.stop()); // SIGTERM: ours must exit 0 after the abrupt disconnect
+      await t.timed('server-stop', () => v.stop()); // SIGTERM: ours must exit 0 after all of the above
       if (v.legs.length === 2) {
         const [a, b] = await t.timed('legs-sha256', () => Promise.all(v.legs.map(fileSha256)));
         expect(b).toBe(a);
