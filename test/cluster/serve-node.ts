@@ -1,0 +1,163 @@
+// serve-node.ts — test-side helpers for `nbd-mirror serve` running inside a cluster node's namespace:
+// start (ready = pid file), kill -9 / SIGTERM by PID, dm status and resync bytes (/metrics inside the
+// namespace) per node, a writer that records which writes were acknowledged, and the read-back check.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { expect } from 'vitest';
+import { NbdClient } from '../../src/nbd/client/client.js';
+import { run } from '../helpers/run.js';
+import { CLI_PATH } from '../helpers/server.js';
+import { ADDON, type Harness, now } from './harness.js';
+
+const READY_MS = 30_000;
+
+export async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let t: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([p, new Promise<T>((_, rej) => (t = setTimeout(() => rej(new Error(`${what}: no answer in ${ms} ms`)), ms)))]);
+  } finally {
+    clearTimeout(t);
+  }
+}
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export function pattern(tag: number, bytes: number): Buffer {
+  const b = Buffer.alloc(bytes);
+  for (let i = 0; i < bytes; i += 4) b.writeUInt32LE((tag * 2654435761 + i) >>> 0, i);
+  return b;
+}
+
+export class Node {
+  child: ChildProcess | undefined;
+  output = '';
+  exited = true;
+  constructor(
+    readonly h: Harness,
+    readonly n: number,
+    readonly dir: string,
+    readonly table: string,
+    readonly dashboardPort: number,
+  ) {}
+  get sock(): string {
+    return path.join(this.dir, `n${this.n}.sock`);
+  }
+  get ctl(): string {
+    return path.join(this.dir, `n${this.n}.ctl`);
+  }
+  get uri(): string {
+    return `nbd+unix:///volume?socket=${this.sock}`;
+  }
+  async start(): Promise<number> {
+    const t0 = now();
+    const pidFile = path.join(this.dir, `n${this.n}.pid`);
+    const table = this.table;
+    const args = ['serve', '--listen', `unix:${this.sock}`, '--pid-file', pidFile, '--control', this.ctl, '--dashboard', String(this.dashboardPort), '--table', table, '--name', 'volume', '--quiet'];
+    this.output = '';
+    this.exited = false;
+    const child = spawn('ip', ['netns', 'exec', `${this.h.prefix}-n${this.n}`, process.execPath, CLI_PATH, ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, NBD_MIRROR_CPG_ADDON: ADDON },
+    });
+    this.child = child;
+    const collect = (b: Buffer) => (this.output = (this.output + b.toString()).slice(-16384));
+    child.stdout!.on('data', collect);
+    child.stderr!.on('data', collect);
+    child.on('exit', () => (this.exited = true));
+    while (!existsSync(pidFile) || (await readFile(pidFile, 'utf8')).trim() !== String(child.pid)) {
+      if (this.exited) throw new Error(`node ${this.n} serve exited: ${this.output}`);
+      if (now() - t0 > READY_MS) throw new Error(`node ${this.n} serve not ready: ${this.output}`);
+      await sleep(50);
+    }
+    return now() - t0;
+  }
+  async kill9(): Promise<void> {
+    if (!this.child || this.exited) return;
+    const gone = new Promise((r) => this.child!.once('exit', r));
+    process.kill(this.child.pid!, 'SIGKILL');
+    await gone;
+  }
+  async stop(): Promise<void> {
+    if (!this.child || this.exited) return;
+    const gone = new Promise((r) => this.child!.once('exit', r));
+    process.kill(this.child.pid!, 'SIGTERM');
+    await within(gone, 20_000, `node ${this.n} SIGTERM`).catch(async () => this.kill9());
+  }
+  async status(): Promise<{ inSync: number; regions: number; raw: string }> {
+    const r = await run(process.execPath, [CLI_PATH, 'status', 'volume', '--control', this.ctl, '--json']);
+    const raw = (JSON.parse(r.stdout) as { status: string }).status;
+    const t = raw.trim().split(/\s+/);
+    const [a, b] = t[4 + Number(t[3])]!.split('/').map(Number);
+    return { inSync: a!, regions: b!, raw };
+  }
+  /** Resync bytes copied by this node's engine (nbd_mirror_resync_bytes_total from its /metrics). */
+  async resyncBytes(): Promise<number> {
+    const r = await run('ip', ['netns', 'exec', `${this.h.prefix}-n${this.n}`, 'curl', '-sf', `http://127.0.0.1:${this.dashboardPort}/metrics`]);
+    const m = /^nbd_mirror_resync_bytes_total\{[^}]*\} (\d+)/m.exec(r.stdout);
+    if (!m) throw new Error(`no resync metric from node ${this.n}`);
+    return Number(m[1]);
+  }
+}
+
+/** Writes 64 KiB blocks (each + flush) into [offset, offset+len) through uri until stopped; records the acked. */
+export function writer(uri: string, offsetBytes: number, lengthBytes: number, tag: number) {
+  const acked: number[] = [];
+  let stop = false;
+  let error: unknown;
+  const BLOCK = 64 * 1024;
+  const done = (async () => {
+    const c = await NbdClient.connect(uri);
+    try {
+      for (let i = 0; !stop; i = (i + 7) % (lengthBytes / BLOCK)) {
+        const off = offsetBytes + i * BLOCK;
+        await c.write(pattern(tag * 100000 + i, BLOCK), off, { fua: false });
+        await c.flush();
+        acked.push(i);
+      }
+    } catch (e) {
+      error = e;
+    } finally {
+      await c.close().catch(() => undefined);
+    }
+  })();
+  return {
+    acked,
+    block: BLOCK,
+    stop: async () => {
+      stop = true;
+      await done;
+    },
+    done,
+    get error() {
+      return error;
+    },
+  };
+}
+
+/** Reads back every acked block (the last write of each block index) through uri. */
+export async function checkAcked(uri: string, offsetBytes: number, acked: number[], block: number, tag: number): Promise<number> {
+  const c = await NbdClient.connect(uri);
+  try {
+    const seen = new Set(acked);
+    for (const i of seen) {
+      const got = Buffer.alloc(block);
+      await c.read(got, offsetBytes + i * block);
+      expect(got.equals(pattern(tag * 100000 + i, block)), `block ${i}`).toBe(true);
+    }
+    return seen.size;
+  } finally {
+    await c.close();
+  }
+}
+
+export async function waitAllInSync(nodes: Node[], ms: number): Promise<number> {
+  const t0 = now();
+  for (;;) {
+    const s = await Promise.all(nodes.map((n) => n.status()));
+    if (s.every((x) => x.inSync === x.regions)) return now() - t0;
+    if (now() - t0 > ms) throw new Error(`not in sync: ${s.map((x) => x.raw).join(' | ')}`);
+    await sleep(100);
+  }
+}
+
