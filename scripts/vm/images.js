@@ -1,7 +1,7 @@
 // Guest image definitions: which Debian packages, binaries and kernel modules each test image carries.
 // Owns only data; scripts/vm/build-image.js turns a definition into a cached vmlinux + initramfs.
 //
-// Adding an image (the GFS2 one is sketched below): list its packages (fetched with `apt-get download`,
+// Adding an image: list its packages (fetched with `apt-get download`,
 // unpacked, never installed), the binaries to copy (their shared libraries are found with ldd), the
 // modules to insmod at boot in order (their dependencies from modules.dep are added before each one),
 // and any extra directories init must create.
@@ -34,8 +34,8 @@ export const IMAGES = {
     etcFiles: ['/etc/mke2fs.conf'],
     memMiB: 160,
   },
-  // Hook for the GFS2 tests (issue 8, tests 4 and 5): two guests, corosync + dlm_controld + gfs2.
-  // Not exercised yet; see /work/shared/notes/kernel-tests-in-qemu.md for the cluster bring-up facts.
+  // GFS2 tests (issue 8; test/kernel/gfs2.test.ts): two guests, corosync + dlm_controld + gfs2.
+  // See /work/shared/notes/kernel-tests-in-qemu.md for the cluster bring-up facts.
   gfs2: {
     name: 'gfs2',
     packages: [
