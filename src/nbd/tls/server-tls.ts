@@ -98,8 +98,11 @@ export class ServerTls {
         tlsSocket.destroy();
         reject(new TlsUpgradeError(why));
       };
-      const onError = (err: Error): void =>
-        fail(unknownIdentity !== undefined ? `unknown PSK identity "${unknownIdentity}"` : `TLS handshake failed: ${err.message}`);
+      const onError = (err: Error): void => {
+        if (unknownIdentity !== undefined) fail(`unknown PSK identity "${unknownIdentity}"`);
+        else if (pskIdentity !== undefined && /binder does not verify/.test(err.message)) fail(`wrong PSK key for identity "${pskIdentity}"`);
+        else fail(`TLS handshake failed: ${err.message.trim()}`);
+      };
       const onClose = (): void => fail(unknownIdentity !== undefined ? `unknown PSK identity "${unknownIdentity}"` : 'connection closed during the TLS handshake');
       const onSecure = (): void => {
         cleanup();
