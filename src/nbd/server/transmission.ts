@@ -82,6 +82,7 @@ export class Transmission implements DirectReadTarget {
   // Unparsed input kept while paused.
   private stash: Buffer | null = null;
   private paused = false;
+  private limitLogged = false;
   private processing = false;
   private corked = false;
   private inFlightRequests = 0;
@@ -251,6 +252,17 @@ export class Transmission implements DirectReadTarget {
     if (!this.paused) {
       this.paused = true;
       this.socket.pause();
+      if (!this.limitLogged) {
+        // Once per connection: which limit stopped reading (normal backpressure, but worth a line).
+        this.limitLogged = true;
+        const limit =
+          this.inFlightRequests >= this.limits.inFlightRequestsMax
+            ? 'inFlightRequestsMax'
+            : this.inFlightBytes >= this.limits.inFlightBytesMax
+              ? 'inFlightBytesMax'
+              : 'writeBufferedBytesMax';
+        this.log.info({ limit, [limit]: this.limits[limit], inFlightRequests: this.inFlightRequests, inFlightBytes: this.inFlightBytes }, 'connection limit reached: reading paused until requests complete');
+      }
     }
   }
 
