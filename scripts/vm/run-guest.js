@@ -19,6 +19,11 @@ export const USER_NIC_MAC = '52:54:00:12:34:56';
 const KVM_PROBE_TIMEOUT_MS = 20_000;
 const SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => fs.existsSync(p));
 const STOP_GRACE_MS = 2_000;
+/**
+ * After the guest's final line (PASS, or FAIL's dmesg block) it powers off by itself; under heavy host load
+ * `poweroff -f` was seen to hang for minutes, so qemu is stopped after this grace period instead.
+ */
+const POWEROFF_GRACE_MS = 10_000;
 const LOG_TAIL_LINES_MAX = 400;
 
 /**
@@ -208,6 +213,8 @@ export async function runGuest(opts) {
   let bootMs = null;
   let peakRssKiB = 0;
   let killed = false;
+  /** @type {NodeJS.Timeout|undefined} */
+  let finalTimer;
   child.stdout.on('data', (chunk) => {
     logStream.write(chunk);
     const s = chunk.toString('utf8');
@@ -222,6 +229,9 @@ export async function runGuest(opts) {
       if (m) stepTimes.push({ name: m[1], startMs: now });
       if (bootMs === null && /TEST: ready/.test(line)) bootMs = now;
       if (opts.killOn?.test(line) && !killed) { killed = true; void stopQemu(pidFile, 'SIGKILL'); }
+      if (!finalTimer && /TEST: (PASS|dmesg-end)/.test(line)) {
+        finalTimer = setTimeout(() => void stopQemu(pidFile), POWEROFF_GRACE_MS);
+      }
       opts.onLine?.(line);
     }
   });
@@ -238,6 +248,7 @@ export async function runGuest(opts) {
   const spawnError = new Promise((resolve) => child.on('error', (e) => resolve(e)));
   const first = await Promise.race([exited, spawnError]);
   clearTimeout(timer);
+  clearTimeout(finalTimer);
   opts.abort?.removeEventListener('abort', onAbort);
   if (first instanceof Error) throw new Error(`cannot start qemu-system-x86_64: ${first.message}`);
   const { code } = /** @type {{code: number|null}} */ (first);

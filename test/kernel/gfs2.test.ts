@@ -20,7 +20,7 @@ import { beforeAll, describe, expect, test } from 'vitest';
 import { acquireSlots } from '../../scripts/vm/slots.js';
 import { MiB } from '../helpers/tmp.js';
 import {
-  bootGuest, describeGuest, fileSha256, freePort, gfs2FsckClean, peakRssMiB, prepareImage, requireKernelTestTools,
+  bootGuest, describeGuest, fileSha256, freeUdpPort, gfs2FsckClean, peakRssMiB, prepareImage, requireKernelTestTools,
   startVolume, type GuestResult, type ServerKind,
 } from './helpers.js';
 
@@ -71,15 +71,15 @@ describe.skipIf(!ok)(`kernel nbd client, GFS2 on two nodes over one server (${KI
     };
     const v = await timed('server-start', () => startVolume(KIND, VOLUME_BYTES));
     try {
-      const linkPort = await freePort();
+      // The cluster link: qemu's UDP socket netdev, point to point between two 127.0.0.1 ports, so neither
+      // guest has to wait for the other's qemu to listen (both boot at once).
+      const linkPorts = [await freeUdpPort(), await freeUdpPort()];
       const pairFailed = new AbortController();
-      let node1Started!: () => void;
-      const node1Up = new Promise<void>((res) => (node1Started = res));
       const progress = (id: number) => (line: string) => {
         const m = /TEST: (step \S+|PASS|FAIL.*)/.exec(line);
         if (m) console.log(`[kernel] gfs2 +${((Date.now() - t0) / 1000).toFixed(1)}s node${id} ${m[1]} (load ${load()})`);
       };
-      const boot = (id: number, onLine: (l: string) => void) => bootGuest({
+      const boot = (id: number) => bootGuest({
         image: 'gfs2',
         script,
         env: {
@@ -88,21 +88,18 @@ describe.skipIf(!ok)(`kernel nbd client, GFS2 on two nodes over one server (${KI
         },
         timeoutMs: GUEST_TIMEOUT_MS,
         memMiB: GUEST_MEM_MIB,
-        onLine,
+        onLine: progress(id),
         abort: pairFailed.signal,
         extraArgs: [
-          '-netdev', `socket,id=c0,${id === 1 ? 'listen' : 'connect'}=127.0.0.1:${linkPort}`,
+          '-netdev', `socket,id=c0,udp=127.0.0.1:${linkPorts[2 - id]},localaddr=127.0.0.1:${linkPorts[id - 1]}`,
           '-device', `virtio-net-pci,netdev=c0,mac=${clusterMac(id)},romfile=`,
         ],
       }).then((r) => {
         if (!r.passed) pairFailed.abort(); // the peer would only wait for it until SIGNAL_WAIT_S
         return r;
       });
-      // qemu listens on the link before the guest prints anything: node 2 connects after node 1's first line.
-      const log1 = progress(1);
-      const n1 = boot(1, (l) => { node1Started(); log1(l); });
-      await Promise.race([node1Up, n1]);
-      const n2 = boot(2, progress(2));
+      const n1 = boot(1);
+      const n2 = boot(2);
       const [r1, r2] = await timed('guests', () => Promise.all([n1, n2]));
       const show = (r: GuestResult) => `${r.outcome} ${r.wallMs} ms (boot ${r.bootMs}, RSS ${Math.round(r.peakRssKiB / 1024)} MiB) ` +
         r.steps.map((s) => `${s.name}=${s.durationMs}`).join(' ');

@@ -163,6 +163,46 @@ expect_eq "size of shared/blocks" "$(stat -c %s shared/blocks)" "$(( ${SHARED_BL
 expect_eq "files in shared/" "$(ls shared | wc -l)" "$(( ${SMALL_FILES:-6} * 2 + 1 ))"
 cd /
 
+if [ "${FAILOVER:-0}" = 1 ]; then
+  # Test 5: node 2 dies (the host SIGKILLs its qemu and its nbd-mirror node together) while writing;
+  # node 1 must see it leave, let the DLM recover and replay node 2's journal, and go on working.
+  if [ "$NODE_ID" = 2 ]; then
+    send verified
+    step doomed
+    ( i=0; while :; do i=$((i + 1)); dd if=/dev/urandom of="/mnt/node2/busy$((i % 4))" bs=64k count=4 conv=fsync 2>/dev/null; done ) &
+    sleep "${BUSY_S:-3}"
+    step die
+    echo "TEST: PASS"
+    sleep 600
+  fi
+  wait_for verified
+  step peer-gone
+  n=0
+  until corosync-quorumtool -s 2>/dev/null | grep -q 'Total votes: *1'; do
+    n=$((n + 1)); [ "$n" -lt $((SIGNAL_WAIT_S * 10)) ] || { corosync-quorumtool -s; fail "node 2 never left the membership"; }; sleep 0.1
+  done
+  step recovery
+  # Any glock node 2 held blocks until the DLM has recovered and node 2's journal is replayed.
+  mkdir -p /mnt/node1/after
+  i=0
+  while [ "$i" -lt 4 ]; do
+    i=$((i + 1))
+    dd if=/dev/urandom of="/mnt/node1/after/f$i" bs=64k count=4 conv=fsync 2>/dev/null
+  done
+  ls -l /mnt/node2 > /dev/null
+  cd /mnt
+  sha256sum -c -s node2.sums || { sha256sum -c node2.sums; fail "node 2's files differ after its death"; }
+  find node1/after -type f | sort | xargs sha256sum > /tmp/after
+  sha256sum -c -s /tmp/after || fail "node 1's new files unreadable"
+  cd /
+  echo "RECOVERY: $(dmesg | grep -c 'jid=1: Done' || true) journal replays of jid 1"
+  dmesg | grep -E 'jid=1|dlm: fs: (remove member|dlm_recover [0-9]+ generation)' | tail -n 6
+  step leave
+  umount /mnt || fail "umount on node 1"
+  nbd_detach /dev/nbd0
+  exit 0
+fi
+
 if [ "$NODE_ID" = 1 ]; then wait_for verified; send verified; else send verified; wait_for verified; fi
 
 step leave
