@@ -92,7 +92,9 @@ export function qemuArgs(image, o) {
     '-smp', '1', '-m', String(o.memMiB ?? image.memMiB),
     '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
     '-kernel', image.vmlinux, '-initrd', o.initrd ?? image.initrd,
-    '-append', `console=ttyS0 quiet panic=-1 ${o.append ?? ''}`.trim(),
+    // no_timer_check: a descheduled TCG vCPU on a loaded host failed the IO-APIC timer check at boot
+    // ("Kernel panic - not syncing: IO-APIC + timer doesn't work!"), seen once at load ~12.
+    '-append', `console=ttyS0 quiet panic=-1 no_timer_check ${o.append ?? ''}`.trim(),
     '-netdev', 'user,id=n0', '-device', `virtio-net-pci,netdev=n0,romfile=,mac=${o.userMac ?? USER_NIC_MAC}`,
     ...o.serial, '-pidfile', o.pidFile,
     ...(o.extraArgs ?? []),
