@@ -33,7 +33,7 @@ describe.skipIf(!haveTools)('a leg dies during resync', () => {
     const fileLeg = join(d, 'a.img');
     const original = patternBlock(0, SIZE, 0xa1);
     await writeFile(fileLeg, original);
-    const bad = await startFaultLeg(d, 'b', SIZE, { delayWriteMs: 250 });
+    const bad = await startFaultLeg(d, 'b', SIZE, { delayWriteMs: 600 });
     nbdkits.push(bad);
     const table = `0 ${SECTORS} mirror core 1 1024 2 ${fileLeg} 0 ${bad.uri} 0 1 handle_errors`;
     const c = await startWithControl(d, { tables: [{ table, name: 'vol' }], controlArgs: ['--repair-policy', 'remove'] });
