@@ -17,6 +17,9 @@
 //   POST /v1/volumes/NAME/clear                        -> {name}
 //   POST /v1/volumes/NAME/message  {argv: [..]}        -> {name, answer}
 //   POST /v1/volumes/NAME/repair   {spares?: [..]}     -> RepairResult
+//   POST /v1/volumes/NAME/verify   {repair?}           -> VolumeVerifyResult, when the run ends (verify.ts:
+//        progress as verify-* events on the stream; EBUSY if one runs; EINVAL on a linear volume;
+//        closing the request cancels the run)
 //   GET  /v1/events[?volume=NAME]  (WebSocket)         -> {kind:'hello', volumes}, then VolumeEvent...
 import { timingSafeEqual } from 'node:crypto';
 import { chmod, lstat, mkdir, unlink } from 'node:fs/promises';
@@ -26,6 +29,7 @@ import { dirname } from 'node:path';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { CONTROL_ERROR_CODES, ControlError } from './control-error.js';
 import { repairVolume } from './repair.js';
+import { verifyVolume } from './verify.js';
 import { errorText, type VolumeEvent, type Volumes } from './volumes.js';
 
 /** Largest JSON request body accepted. */
@@ -231,6 +235,15 @@ export class ControlServer {
         }
         const r = await repairVolume(v, { spares: spares as string[], trigger: 'manual' });
         send(res, 200, { name, ...r });
+        return;
+      }
+      case 'POST verify': {
+        const body = await readJson(req);
+        const repair = optionalBool(body.repair, 'repair') ?? false;
+        const abort = new AbortController();
+        res.on('close', () => abort.abort());
+        const r = await verifyVolume(v, { repair, signal: abort.signal });
+        send(res, 200, r);
         return;
       }
       default:

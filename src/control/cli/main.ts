@@ -15,6 +15,7 @@ import { registerWait } from './commands/wait.js';
 import { registerMessage } from './commands/message.js';
 import { registerRepair } from './commands/repair.js';
 import { registerEvents } from './commands/events.js';
+import { registerVerify } from './commands/verify.js';
 import { registerPool, registerServePool } from './commands/pool.js';
 import { registerCreate } from './commands/create.js';
 import { registerList } from './commands/list.js';
@@ -40,6 +41,7 @@ registerWait(program);
 registerMessage(program);
 registerRepair(program);
 registerEvents(program);
+registerVerify(program);
 // Pools (src/pool): pool *, create, list, remove, resize, convert; serve --pool P.
 registerServePool(program);
 registerPool(program);

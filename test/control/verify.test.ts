@@ -1,0 +1,152 @@
+// `nbd-mirror verify NAME [--repair] [--json]` against a real `nbd-mirror serve` over file legs: data
+// written through a real client (qemu-io), a byte corrupted in one leg file behind the server's back
+// once its region is clean, verify reports that region (exit 1), --repair fixes it (exit 0, legs equal),
+// --json parses, verify during fio writes finds nothing on a healthy mirror, a second concurrent verify
+// is refused, a linear volume has nothing to verify (exit 2).
+import { spawn } from 'node:child_process';
+import { mkdir, open, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { ControlClient } from '../../src/control/client.js';
+import { useTempDir } from '../helpers/e2e.js';
+import { run } from '../helpers/run.js';
+import { linearTable, mirrorTable } from '../helpers/tables.js';
+import { createSparseFile, MiB } from '../helpers/tmp.js';
+import { requireTools } from '../helpers/tools.js';
+import { startWithControl, sleep, waitFor } from './control-helpers.js';
+
+const SIZE = 16 * MiB;
+const REGION_BYTES = 512 * 1024; // mirrorTable's default region (1024 sectors)
+const REGION_COUNT = SIZE / REGION_BYTES;
+/** The engine clears an idle region after cleanDelayMs (1 s); wait a little longer. */
+const CLEAN_WAIT_MS = 1500;
+const dir = useTempDir('control-verify');
+const haveTools = requireTools('qemu-io', 'fio');
+
+async function mirrorVolume(sub: string) {
+  const d = join(dir(), sub);
+  await mkdir(d);
+  const legs = [await createSparseFile(join(d, 'leg0.img'), SIZE), await createSparseFile(join(d, 'leg1.img'), SIZE)];
+  const c = await startWithControl(d, { tables: [{ table: mirrorTable({ legs, sizeBytes: SIZE, sync: 'nosync' }), name: 'vol' }] });
+  return { d, legs, c };
+}
+
+async function flipByte(file: string, offsetBytes: number): Promise<void> {
+  const fh = await open(file, 'r+');
+  try {
+    const b = Buffer.alloc(1);
+    await fh.read(b, 0, 1, offsetBytes);
+    b[0] = b[0]! ^ 0xff;
+    await fh.write(b, 0, 1, offsetBytes);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+describe.skipIf(!haveTools)('verify', () => {
+  it('reports a corrupted region (exit 1), --repair fixes it (exit 0, legs equal), --json parses', async () => {
+    const { legs, c } = await mirrorVolume('corrupt');
+    await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5a 0 4M', '-c', 'write -P 0xa5 8M 1M', c.server.uri('vol')]);
+    await sleep(CLEAN_WAIT_MS);
+
+    const clean = await c.ctl('verify', 'vol');
+    expect(clean.code, clean.stderr).toBe(0);
+    expect(clean.stdout).toContain(`vol: verify done: ${REGION_COUNT} of ${REGION_COUNT} regions checked`);
+    expect(clean.stdout).toContain('vol: no mismatches');
+
+    // Region 5 (2.5 MiB..3 MiB) and region 17 (8.5 MiB..9 MiB) on leg 1; region 6 too (a range).
+    await flipByte(legs[1]!, 5 * REGION_BYTES + 1234);
+    await flipByte(legs[1]!, 6 * REGION_BYTES + 7);
+    await flipByte(legs[1]!, 17 * REGION_BYTES + 4096);
+    const bad = await c.ctl('verify', 'vol');
+    expect(bad.code, bad.stderr).toBe(1);
+    expect(bad.stdout).toContain('vol: 3 mismatched regions: 5-6,17');
+    // Not a terminal: plain progress lines on stderr.
+    expect(bad.stderr).toMatch(/vol: verify: [0-9.]+% \(/);
+
+    const j = await c.json<{ mismatchedRegions: number[]; mismatchRanges: string; regionsChecked: number; repaired: number; cancelled: null | string }>('verify', 'vol');
+    expect(j).toMatchObject({ mismatchedRegions: [5, 6, 17], mismatchRanges: '5-6,17', regionsChecked: REGION_COUNT, repaired: 0, cancelled: null });
+
+    const fix = await c.ctl('verify', 'vol', '--repair');
+    expect(fix.code, fix.stderr).toBe(0);
+    expect(fix.stdout).toContain('vol: 3 mismatched regions: 5-6,17');
+    expect(fix.stdout).toContain('vol: 3 regions repaired');
+    const [a, b] = await Promise.all(legs.map((l) => readFile(l)));
+    expect(a!.equals(b!)).toBe(true);
+    await run('cmp', [legs[0]!, legs[1]!]);
+
+    const after = await c.ctl('verify', 'vol');
+    expect(after.code).toBe(0);
+    expect(after.stdout).toContain('vol: no mismatches');
+    // The mismatches were streamed as warnings and logged by the server.
+    expect(c.server.output()).toMatch(/verify-mismatch/);
+  });
+
+  it('while fio writes: no mismatches on a healthy mirror; a second verify is refused; refusals', async () => {
+    const { d, c } = await mirrorVolume('busy');
+    const api = new ControlClient({ kind: 'unix', path: c.controlPath });
+    const job = join(d, 'writes.fio');
+    await writeFile(
+      job,
+      ['[w]', 'ioengine=nbd', `uri=${c.server.uri('vol')}`, 'rw=randwrite', 'bs=4k-64k', 'bs_unaligned=0', 'iodepth=8', `size=${SIZE}`, 'time_based=1', 'runtime=6', ''].join('\n'),
+    );
+    const fio = spawn('fio', [job], { stdio: 'ignore', cwd: d });
+    const fioDone = new Promise<number | null>((resolve) => fio.on('exit', (code) => resolve(code)));
+    try {
+      await sleep(500);
+      const seen: Record<string, unknown>[] = [];
+      const ws = await api.events('vol', (ev) => seen.push(ev));
+      const first = c.ctl('verify', 'vol', '--json');
+      await waitFor('verify-start on the event stream', async () => seen.some((e) => e.kind === 'verify-start'));
+      // Straight through the API (no process start): the first run is still going.
+      const second = await api.post('/v1/volumes/vol/verify', {}).then(
+        () => null,
+        (e: unknown) => e as { code: string; message: string },
+      );
+      expect(second).toMatchObject({ code: 'EBUSY', message: 'a verify of "vol" is already running' });
+      const r = await first;
+      expect(r.code, r.stderr).toBe(0);
+      const result = JSON.parse(r.stdout) as { mismatchedRegions: number[]; regionsChecked: number; regionsSkipped: number };
+      expect(result.mismatchedRegions).toEqual([]);
+      expect(result.regionsChecked + result.regionsSkipped).toBe(REGION_COUNT);
+      expect(result.regionsChecked).toBeGreaterThan(0);
+      const prog = seen.filter((e) => e.kind === 'verify-progress').map((e) => e.data as { regionsDone: number; regionCount: number; mismatches: number; bytesPerSec: number | null });
+      expect(prog.length).toBeGreaterThanOrEqual(2);
+      expect(prog.at(-1)).toMatchObject({ regionsDone: REGION_COUNT, regionCount: REGION_COUNT, mismatches: 0 });
+      expect(seen.some((e) => e.kind === 'verify-done')).toBe(true);
+      ws.terminate();
+      expect(fio.exitCode ?? 'running').toBe('running'); // the verify ran while writes did
+    } finally {
+      const code = await fioDone;
+      expect(code).toBe(0);
+    }
+    // A verify after the writes settled: still clean, legs equal.
+    await sleep(CLEAN_WAIT_MS);
+    const again = await c.ctl('verify', 'vol');
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stdout).toContain('vol: no mismatches');
+
+    const unknown = await c.ctl('verify', 'nope');
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr).toContain('no volume named "nope"');
+  });
+
+  it('a linear volume: nothing to verify (exit 2); a suspended volume is refused', async () => {
+    const d = join(dir(), 'linear');
+    await mkdir(d);
+    const f = await createSparseFile(join(d, 'lin.img'), SIZE);
+    const lin = await startWithControl(d, { tables: [{ table: linearTable(f, SIZE), name: 'lin' }] });
+    const r = await lin.ctl('verify', 'lin');
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('nothing to verify: "lin" is linear');
+    await lin.server.stop();
+
+    const { c } = await mirrorVolume('suspended');
+    expect((await c.ctl('suspend', 'vol')).code).toBe(0);
+    const s = await c.ctl('verify', 'vol');
+    expect(s.code).toBe(1);
+    expect(s.stderr).toContain('is suspended');
+    expect((await c.ctl('resume', 'vol')).code).toBe(0);
+  });
+});
