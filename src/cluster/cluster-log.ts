@@ -176,7 +176,10 @@ export class ClusterLog implements DirtyLog {
           this.quorumNodeIds = new Set(v.nodeIds);
           for (const n of [...this.suspectNodes]) if (!this.quorumNodeIds.has(n)) this.suspectNodes.delete(n);
           this.settleFlushes();
-          if (this.state) this.workL.emit(); // resync may go on (or was held while the side was unknown)
+          if (this.state && !this.sideUnsafe()) {
+            this.regionsL.emit('all'); // writes parked while the side was unknown / inquorate re-check
+            this.workL.emit(); // resync may go on
+          }
         }),
       );
     }
@@ -348,6 +351,11 @@ export class ClusterLog implements DirtyLog {
     await last;
   }
 
+  /** Members vanished from the network and the quorum view has not settled, or this side is inquorate. */
+  private sideUnsafe(): boolean {
+    return this.suspectNodes.size > 0 || (this.opts.isQuorate !== undefined && !this.opts.isQuorate());
+  }
+
   private checkQuorate(): void {
     if (this.opts.isQuorate && !this.opts.isQuorate()) {
       throw new ExportError('EIO', `cluster log ${this.opts.uuid}: this node is not quorate`);
@@ -383,7 +391,7 @@ export class ClusterLog implements DirtyLog {
   getResyncWork(): number | null {
     const s = this.state;
     if (!s || this.suspended || this.failure || this.closed) return null;
-    if (this.suspectNodes.size > 0 || (this.opts.isQuorate && !this.opts.isQuorate())) return null;
+    if (this.sideUnsafe()) return null;
     const rec = s.recovering;
     if (rec && rec.nodeId === this.me.nodeId) {
       if (this.handedOut !== rec.region && !this.overlay.has(rec.region)) {
@@ -424,6 +432,9 @@ export class ClusterLog implements DirtyLog {
   isRemoteRecovering(region: number): boolean {
     const s = this.state;
     if (!s) return true;
+    // While this node's side of a split is unknown or inquorate, the majority may be recovering any
+    // region (it purged this node's marks): every write waits, even to regions marked here before.
+    if (this.sideUnsafe()) return true;
     if (this.inSync(region)) return false;
     const rec = s.recovering;
     if (rec && rec.region === region && rec.nodeId === this.me.nodeId) return false; // ours: the local hold decides
