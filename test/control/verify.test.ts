@@ -2,7 +2,8 @@
 // written through a real client (qemu-io), a byte corrupted in one leg file behind the server's back
 // once its region is clean, verify reports that region (exit 1), --repair fixes it (exit 0, legs equal),
 // --json parses, verify during fio writes finds nothing on a healthy mirror, a second concurrent verify
-// is refused, a linear volume has nothing to verify (exit 2).
+// is refused, a linear volume has nothing to verify (exit 2); the dashboard's Verify button (chromium)
+// runs the same API and shows the result.
 import { spawn } from 'node:child_process';
 import { mkdir, open, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -14,6 +15,7 @@ import { linearTable, mirrorTable } from '../helpers/tables.js';
 import { createSparseFile, MiB } from '../helpers/tmp.js';
 import { requireTools } from '../helpers/tools.js';
 import { startWithControl, sleep, waitFor } from './control-helpers.js';
+import { dashboardUrlOf, freePort, launchChromium, requireChromium } from '../dashboard/dashboard-helpers.js';
 
 const SIZE = 16 * MiB;
 const REGION_BYTES = 512 * 1024; // mirrorTable's default region (1024 sectors)
@@ -148,5 +150,45 @@ describe.skipIf(!haveTools)('verify', () => {
     expect(s.code).toBe(1);
     expect(s.stderr).toContain('is suspended');
     expect((await c.ctl('resume', 'vol')).code).toBe(0);
+  });
+});
+
+describe.skipIf(!(haveTools && requireChromium()))('verify from the dashboard', () => {
+  it('the Verify button runs the verify API and shows the result (clean, then the mismatched region); no progress rows in the timeline', async () => {
+    const d = join(dir(), 'dash');
+    await mkdir(d);
+    const legs = [await createSparseFile(join(d, 'leg0.img'), SIZE), await createSparseFile(join(d, 'leg1.img'), SIZE)];
+    const port = await freePort();
+    const c = await startWithControl(d, {
+      tables: [{ table: mirrorTable({ legs, sizeBytes: SIZE, sync: 'nosync' }), name: 'vol' }],
+      extraArgs: ['--dashboard', String(port)],
+    });
+    const url = await dashboardUrlOf(c.server);
+    await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5a 0 2M', c.server.uri('vol')]);
+    await sleep(CLEAN_WAIT_MS);
+    const browser = await launchChromium();
+    try {
+      const page = await browser.newPage();
+      await page.goto(url);
+      const card = page.locator('section.volume[data-volume="vol"]');
+      const button = card.locator('button[data-action="verify"]');
+      await waitFor('the Verify button enabled', async () => (await button.count()) === 1 && !(await button.isDisabled()), 20_000);
+      const result = card.locator('.verify-result');
+      await button.click();
+      await waitFor('a clean verify result', async () => (await result.getAttribute('data-state')) === 'clean', 20_000);
+      expect(await result.textContent()).toContain(`${REGION_COUNT}/${REGION_COUNT} regions checked; no mismatches`);
+
+      await flipByte(legs[0]!, 3 * REGION_BYTES + 100);
+      await button.click();
+      await waitFor('a mismatch result', async () => (await result.getAttribute('data-state')) === 'mismatch', 20_000);
+      expect(await result.getAttribute('data-mismatches')).toBe('3');
+      expect(await result.textContent()).toContain('1 mismatched: 3');
+      const kinds = await page.$$eval('#timeline tbody tr', (rows) => rows.map((r) => (r as HTMLElement).dataset.kind ?? ''));
+      expect(kinds).toContain('verify-mismatch');
+      expect(kinds).toContain('verify-done');
+      expect(kinds).not.toContain('verify-progress');
+    } finally {
+      await browser.close();
+    }
   });
 });

@@ -265,8 +265,11 @@ export class Dashboard {
         if (typeof rate !== 'number' || !Number.isSafeInteger(rate) || rate < 0) throw new ControlError('EINVAL', 'resync-rate: "bytesPerSec" must be a non-negative integer');
         return c.post(`${base}/message`, { argv: ['resync_rate', String(rate)] });
       }
-      case 'verify':
-        return c.post(`${base}/message`, { argv: ['verify'] });
+      case 'verify': {
+        // Answered when the run ends; progress reaches the page as verify-progress events.
+        if (body.repair !== undefined && typeof body.repair !== 'boolean') throw new ControlError('EINVAL', 'verify: "repair" must be true or false');
+        return c.post(`${base}/verify`, { repair: body.repair === true });
+      }
       case 'resync':
         return c.post(`${base}/message`, { argv: ['resync'] });
       case 'repair':
@@ -363,6 +366,11 @@ export class Dashboard {
 
   private event(ev: VolumeEvent): void {
     if (ev.kind === 'resync-progress') return; // state, shown by the next tick
+    if (ev.kind === 'verify-progress') {
+      // Progress, not history: to the page only, without a snapshot.
+      if (this.subscribers.size > 0) this.broadcast({ kind: 'event', event: ev, volume: null });
+      return;
+    }
     this.timeline.push(ev);
     if (this.timeline.length > TIMELINE_EVENTS_MAX) this.timeline.splice(0, this.timeline.length - TIMELINE_EVENTS_MAX);
     if (this.subscribers.size === 0) return;

@@ -136,6 +136,8 @@ function onTick(msg) {
 }
 
 function onEvent(msg) {
+  if (msg.event.kind === 'verify-progress' || msg.event.kind === 'verify-done') showVerify(msg.event);
+  if (msg.event.kind === 'verify-progress') return; // progress, not a timeline row
   addTimelineRow(msg.event);
   if (msg.volume) renderVolume(msg.volume);
   const ui = state.volumes.get(msg.event.volume);
@@ -143,6 +145,30 @@ function onEvent(msg) {
     ui.heldPeak = Math.max(ui.heldPeak || 0, msg.event.data.heldCount || 0);
     ui.heldPeakEl.textContent = `(peak ${ui.heldPeak})`;
   }
+}
+
+/** The volume card's verify line: progress while a verify runs, then its result. */
+function showVerify(ev) {
+  const ui = state.volumes.get(ev.volume);
+  if (!ui) return;
+  const d = ev.data || {};
+  if (ev.kind === 'verify-progress') {
+    const pct = d.totalBytes ? (100 * d.bytesDone) / d.totalBytes : 100;
+    ui.verify.dataset.state = 'running';
+    ui.verify.textContent = `verify${d.repair ? ' --repair' : ''}: ${pct.toFixed(1)}% (${d.regionsDone}/${d.regionCount} regions), ` +
+      `${d.bytesPerSec == null ? '?' : `${fmtBytes(d.bytesPerSec)}/s`}, ETA ${d.etaSec == null ? '?' : `${d.etaSec} s`}, ${d.mismatches} mismatched so far`;
+  } else {
+    ui.verify.dataset.state = d.cancelled ? 'cancelled' : (d.mismatchedRegions || []).length > d.repaired ? 'mismatch' : 'clean';
+    ui.verify.dataset.mismatches = d.mismatchRanges || '';
+    ui.verify.textContent = verifySummary(d);
+  }
+}
+
+function verifySummary(d) {
+  const n = (d.mismatchedRegions || []).length;
+  return `verify ${d.cancelled ? `cancelled (${d.cancelled})` : 'done'}: ${d.regionsChecked}/${d.regionCount} regions checked` +
+    `${d.regionsSkipped ? `, ${d.regionsSkipped} skipped` : ''}; ${n ? `${n} mismatched: ${d.mismatchRanges}` : 'no mismatches'}` +
+    `${d.repair ? `; ${d.repaired} repaired` : ''}`;
 }
 
 // ------------------------------------------------------------------ timeline
@@ -165,6 +191,9 @@ function eventDetails(ev) {
     case 'resume': return d.swapped ? `new table (${d.how}), ${d.heldWritesReissued} held writes reissued` : `${d.heldWrites ?? 0} held writes`;
     case 'reload': return `inactive table: ${d.table}`;
     case 'in-sync': return `all ${d.regionCount} regions in sync`;
+    case 'verify-start': return `${d.repair ? 'repair' : 'check'} of ${d.regionCount} regions`;
+    case 'verify-done': return verifySummary(d);
+    case 'verify-mismatch': return `region ${d.region}: legs ${(d.legIndexes || []).join(', ')} differ`;
     case 'membership': return `members ${(d.members || []).join(' ')}; log server ${d.server ?? '–'}`;
     case 'server-restarted': return `pid ${d.pid}`;
     default: return Object.entries(d).map(([k, v]) => `${k}=${typeof v === 'object' ? JSON.stringify(v) : v}`).join(' ');
@@ -317,7 +346,8 @@ function buildCard(name) {
           el('dt', {}, 'held writes'), el('dd', {}, ui.held, ' ', ui.heldPeakEl),
           el('dt', {}, 'requests'), ui.queued,
           el('dt', {}, 'log'), ui.log),
-        actions),
+        actions,
+        ui.verify = el('div', { class: 'verify-result muted small', 'data-state': 'idle' }, '')),
       el('div', {}, ui.mapWrap, el('h3', {}, 'Last minutes'), ui.sparks)));
   const tip = $('#tip') || document.body.appendChild(el('div', { id: 'tip' }));
   ui.canvas.addEventListener('mousemove', (e) => regionTip(ui, e, tip));
@@ -350,7 +380,8 @@ async function act(name, action, body, confirmText) {
     });
     const j = await r.json().catch(() => ({}));
     if (!r.ok) throw new Error(j.error ? `${j.error.code}: ${j.error.message}` : `HTTP ${r.status}`);
-    toast(`${name}: ${action} done${j.reason ? ` (${j.reason})` : ''}`);
+    if (action === 'verify') toast(`${name}: ${verifySummary(j)}`, (j.mismatchedRegions || []).length > j.repaired || !!j.cancelled);
+    else toast(`${name}: ${action} done${j.reason ? ` (${j.reason})` : ''}`);
   } catch (e) {
     toast(`${name}: ${action} failed: ${e.message}`, true);
   }
