@@ -9,6 +9,7 @@ import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { run } from '../helpers/run.js';
+import { findTool } from '../helpers/tools.js';
 import { CLI_PATH } from '../helpers/server.js';
 import { startNbdkitErrorLeg, type NbdkitLeg } from '../control/nbdkit-leg.js';
 import { clusterUnavailableReason, Harness, now } from './harness.js';
@@ -24,7 +25,9 @@ const UUID = 'LVM-e2elegfail';
 const DASHBOARD_PORT = 18_378;
 const DETECT_MS = 20_000;
 
-const unavailable = await clusterUnavailableReason();
+const unavailable =
+  (await clusterUnavailableReason()) ??
+  (['nbdkit', 'cmp'].map((t) => (findTool(t) ? undefined : `${t} missing (apt-get install nbdkit diffutils)`)).find((x) => x !== undefined));
 if (unavailable && process.env.CI === 'true') throw new Error(`cluster tests cannot run under CI: ${unavailable}`);
 
 describe.skipIf(unavailable !== undefined)(`leg failure on a 3-node cluster mirror${unavailable ? ` (skipped: ${unavailable})` : ''}`, () => {

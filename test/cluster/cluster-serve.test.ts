@@ -9,12 +9,13 @@
 //  (c) a node restarts and rejoins: it gets the state (in sync) and its writes are seen by others;
 //  (e) a partition isolates one node: it stops acknowledging writes to new regions; the majority goes on.
 // Times are printed (detection/takeover/resync). Skips where it cannot run unless CI=true.
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NbdClient } from '../../src/nbd/client/client.js';
 import { run } from '../helpers/run.js';
+import { findTool } from '../helpers/tools.js';
 import { clusterUnavailableReason, Harness, now } from './harness.js';
 import { checkAcked, Node, pattern, sleep, waitAllInSync, within, writer } from './serve-node.js';
 
@@ -29,7 +30,9 @@ const UUID = 'LVM-e2ecluster';
 /** Each node's dashboard (/metrics) on 127.0.0.1 inside its own namespace (namespaces do not share it). */
 const DASHBOARD_PORT = 18_377;
 
-const unavailable = (await clusterUnavailableReason()) ?? (existsSync('/usr/bin/fio') ? undefined : 'fio missing');
+const unavailable =
+  (await clusterUnavailableReason()) ??
+  (['fio', 'curl', 'cmp'].map((t) => (findTool(t) ? undefined : `${t} missing (apt-get install fio curl diffutils)`)).find((x) => x !== undefined));
 if (unavailable && process.env.CI === 'true') throw new Error(`cluster tests cannot run under CI: ${unavailable}`);
 
 function fioJob(uri: string, offsetBytes: number, extra: string[] = []): string {
