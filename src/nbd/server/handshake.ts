@@ -181,7 +181,7 @@ export async function serverHandshake(io: HandshakeIo, ctx: HandshakeContext, re
       }
       case C.NBD_OPT_STARTTLS:
         if (lengthBytes !== 0) error(C.NBD_REP_ERR_INVALID, 'NBD_OPT_STARTTLS takes no data');
-        else if (tlsMode === 'off') error(C.NBD_REP_ERR_POLICY, 'TLS is not enabled on this server');
+        else if (tlsMode === 'off') error(C.NBD_REP_ERR_POLICY, 'TLS is not supported by this server'); // serve --tls off
         else if (tlsActive) error(C.NBD_REP_ERR_INVALID, 'TLS is already negotiated');
         else {
           reply(C.NBD_REP_ACK);
