@@ -69,7 +69,9 @@ function mappedV4(address: string): string {
 
 /** Parse `EXPORT=KIND:VALUE`. Pure; throws AllowRuleError naming the problem. */
 export function parseAllowSpec(text: string): AllowSpec {
-  const eq = text.indexOf('=');
+  // The export name ends at the first "=KIND:" (names may contain "=", dn values do too).
+  const m = /^(.*?)=(psk|dn|uid|addr):/s.exec(text);
+  const eq = m === null ? text.indexOf('=') : m[1]!.length;
   if (eq < 0) throw new AllowRuleError(text, 'expected EXPORT=psk:IDENTITY|dn:SUBJECT|uid:N|addr:CIDR');
   const exportName = text.slice(0, eq);
   const rest = text.slice(eq + 1);
