@@ -153,6 +153,37 @@ describe.skipIf(!haveTools)('verify', () => {
   });
 });
 
+describe.skipIf(!haveTools)('verify cancelled', () => {
+  it('a suspend during a verify cancels it (exit 1, "cancelled"); the volume resumes and serves', async () => {
+    const big = 512 * MiB; // sparse: reading it is quick, but not instant
+    const d = join(dir(), 'cancel');
+    await mkdir(d);
+    const legs = [await createSparseFile(join(d, 'leg0.img'), big), await createSparseFile(join(d, 'leg1.img'), big)];
+    const c = await startWithControl(d, { tables: [{ table: mirrorTable({ legs, sizeBytes: big, sync: 'nosync' }), name: 'vol' }] });
+    const api = new ControlClient({ kind: 'unix', path: c.controlPath });
+    const seen: Record<string, unknown>[] = [];
+    const ws = await api.events('vol', (ev) => seen.push(ev));
+    try {
+      const verify = c.ctl('verify', 'vol');
+      await waitFor('verify under way', async () => seen.some((e) => e.kind === 'verify-progress' && (e.data as { regionsDone: number }).regionsDone > 0), 20_000, 10);
+      await api.post('/v1/volumes/vol/suspend', { noflush: false });
+      const r = await verify;
+      expect(r.code, r.stdout + r.stderr).toBe(1);
+      expect(r.stdout).toMatch(/vol: verify cancelled \(volume suspend(ed)?\): [0-9]+ of 1024 regions checked/);
+      const done = seen.find((e) => e.kind === 'verify-done')?.data as { cancelled: string; regionsChecked: number };
+      expect(done.cancelled).toMatch(/suspend/);
+      expect(done.regionsChecked).toBeLessThan(1024);
+      await api.post('/v1/volumes/vol/resume', {});
+      await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x11 0 64k', '-c', 'read -P 0x11 0 64k', c.server.uri('vol')]);
+      // A new verify runs after the cancelled one.
+      const again = await c.json<{ cancelled: null | string; mismatchedRegions: number[] }>('verify', 'vol');
+      expect(again).toMatchObject({ cancelled: null, mismatchedRegions: [] });
+    } finally {
+      ws.terminate();
+    }
+  });
+});
+
 describe.skipIf(!(haveTools && requireChromium()))('verify from the dashboard', () => {
   it('the Verify button runs the verify API and shows the result (clean, then the mismatched region); no progress rows in the timeline', async () => {
     const d = join(dir(), 'dash');
