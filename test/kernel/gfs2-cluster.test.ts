@@ -148,7 +148,7 @@ describe.skipIf(!toolsOk || unavailable !== undefined)(
         // The survivors resync what node 2 had marked dirty (whole regions), then everything is in sync.
         const syncMs = await timed('in-sync', () => waitAllInSync([nodes[0]!, nodes[2]!], 120_000));
         const resynced = (await Promise.all([nodes[0]!.resyncBytes(), nodes[2]!.resyncBytes()])).reduce((a, b) => a + b, 0) - resyncBefore;
-        console.log(`[kernel] gfs2-cluster: resynced ${resynced} bytes (${resynced / REGION_BYTES} regions) in ${syncMs} ms after guest 1 left`);
+        console.log(`[kernel] gfs2-cluster: resynced ${resynced} bytes (${resynced / REGION_BYTES} regions) in ${Math.round(syncMs)} ms after guest 1 left`);
         expect(resynced).toBeGreaterThan(0);
         expect(resynced % REGION_BYTES).toBe(0);
         expect(resynced).toBeLessThan(VOLUME_BYTES);

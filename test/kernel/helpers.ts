@@ -4,7 +4,8 @@
 // the leg files (e2fsck -fn, debugfs rdump), and booting a guest whose console is attached on failure.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createReadStream, existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { createReadStream, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { rm } from 'node:fs/promises';
 import { createSocket } from 'node:dgram';
 import { createServer } from 'node:net';
@@ -203,9 +204,31 @@ export async function e2fsckClean(file: string): Promise<string> {
   return r.stdout;
 }
 
+/**
+ * fsck.gfs2 calls sync(2), which waits for writeback on every block device of the machine: another test's
+ * wedged loop device held it in D state for minutes. The leg is a private file whose writer has exited, so
+ * a machine-wide sync adds nothing; an LD_PRELOAD shim makes it a no-op (built once with cc; without a C
+ * compiler fsck.gfs2 runs as is).
+ */
+let noSyncShim: Promise<string | undefined> | undefined;
+function noSyncPreload(): Promise<string | undefined> {
+  noSyncShim ??= (async () => {
+    if (findTool('cc') === undefined) return undefined;
+    const dir = mkdtempSync(join(tmpdir(), 'nbdm-nosync-'));
+    writeFileSync(join(dir, 'nosync.c'), 'void sync(void) {}\n');
+    const so = join(dir, 'nosync.so');
+    const r = await run('cc', ['-shared', '-fPIC', '-o', so, join(dir, 'nosync.c')], { allowFailure: true, timeoutMs: 60_000 });
+    process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
+    return r.code === 0 ? so : undefined;
+  })();
+  return noSyncShim;
+}
+
 /** `fsck.gfs2 -n FILE` (no changes; journals must be clean): throws with its output unless it exits 0. */
 export async function gfs2FsckClean(file: string): Promise<string> {
-  const r = await run('fsck.gfs2', ['-n', file], { allowFailure: true, timeoutMs: 120_000 });
+  const preload = await noSyncPreload();
+  const env = preload ? { ...process.env, LD_PRELOAD: preload } : process.env;
+  const r = await run('fsck.gfs2', ['-n', file], { allowFailure: true, timeoutMs: 120_000, env });
   if (r.code !== 0) throw new Error(`fsck.gfs2 -n ${file} exit ${r.code}:\n${r.stdout}\n${r.stderr}`);
   return r.stdout + r.stderr;
 }
