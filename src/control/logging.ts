@@ -50,6 +50,7 @@ const EVENT_LEVELS: Record<string, Level> = {
   'verify-mismatch': 'warn',
   'repair-skipped': 'warn',
   'resync-progress': 'debug',
+  'verify-progress': 'debug',
   membership: 'info',
 };
 

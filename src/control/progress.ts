@@ -1,4 +1,4 @@
-// Progress for long CLI waits (`nbd-mirror wait NAME --sync`, and verify once the engine has it): a
+// Progress for long CLI waits (`nbd-mirror wait NAME --sync`, `nbd-mirror verify NAME`): a
 // cli-progress bar with rate and ETA when stderr is a terminal, plain lines otherwise (logs, CI, pipes),
 // at most one per PLAIN_LINE_INTERVAL_MS plus the last one. stdout keeps only the command's answer.
 //
@@ -53,6 +53,8 @@ export class Progress {
   private last: { tMs: number; doneBytes: number } | undefined;
   private rateBytesPerSec: number | null = null;
   private lastLineMs = -Infinity;
+  /** The last plain line written: stop() does not repeat it. */
+  private lastLineText = '';
   private doneBytes = 0;
   private stopped = false;
 
@@ -98,7 +100,8 @@ export class Progress {
       this.bar.update(doneBytes, this.payload());
     } else if (t - this.lastLineMs >= PLAIN_LINE_INTERVAL_MS || doneBytes >= this.opts.totalBytes) {
       this.lastLineMs = t;
-      this.stream.write(`${this.line()}\n`);
+      this.lastLineText = this.line();
+      this.stream.write(`${this.lastLineText}\n`);
     }
   }
 
@@ -107,7 +110,7 @@ export class Progress {
     if (this.stopped) return;
     this.stopped = true;
     if (this.bar !== undefined) this.bar.stop();
-    else if (this.now() !== this.lastLineMs) this.stream.write(`${this.line()}\n`);
+    else if (this.line() !== this.lastLineText) this.stream.write(`${this.line()}\n`);
   }
 
   line(): string {
