@@ -1,6 +1,7 @@
 // The uid of the process on the other end of an accepted unix socket (SO_PEERCRED), for `uid:` allow
 // rules and the per-peer connection limit. Node has no API for it, so it comes from an optional tiny
-// N-API addon (native/peercred/, built by scripts/build-native.sh when a compiler is there). Without
+// N-API addon, native/peercred/ (build: node-gyp rebuild --directory=native/peercred --nodedir=/usr;
+// NBDM_PEERCRED_ADDON=PATH overrides where it is looked for; NBDM_NO_PEERCRED=1 disables it). Without
 // the addon peerUid() returns undefined: uid: rules then match nobody (fail closed) and unix clients
 // are not counted per peer. peerCredAvailable() says which case we are in (serve logs it).
 
@@ -19,20 +20,22 @@ function load(): PeerCredAddon | null {
   if (addon !== undefined) return addon;
   addon = null;
   if (process.env.NBDM_NO_PEERCRED === '1') return addon;
-  try {
-    const here = dirname(fileURLToPath(import.meta.url));
-    const require = createRequire(import.meta.url);
-    // src/nbd/server or dist/nbd/server -> repository root
-    for (const rel of ['../../../native/build/Release/nbdm_peercred.node', '../../../../native/build/Release/nbdm_peercred.node']) {
-      try {
-        addon = require(join(here, rel)) as PeerCredAddon;
-        break;
-      } catch {
-        // try the next location
-      }
+  const require = createRequire(import.meta.url);
+  const candidates: string[] = [];
+  if (process.env.NBDM_PEERCRED_ADDON !== undefined) candidates.push(process.env.NBDM_PEERCRED_ADDON);
+  // src/nbd/server, dist/nbd/server or a private build under .cache/e2e/<hash>/dist: walk up to the repository.
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 8; i++) {
+    candidates.push(join(dir, 'native', 'peercred', 'build', 'Release', 'nbdm_peercred.node'));
+    dir = dirname(dir);
+  }
+  for (const path of candidates) {
+    try {
+      addon = require(path) as PeerCredAddon;
+      break;
+    } catch {
+      // not built there; try the next location
     }
-  } catch {
-    addon = null;
   }
   return addon;
 }
