@@ -14,6 +14,8 @@
 //                        u32 chunkBytes, chunk
 //   MERGE_WAITING 129    (empty)
 //   FLUSH_ACK 130        u32 nodeId, u32 pid, u32 flushSeq   (this member applied that member's FLUSH)
+//   DISK_MARK 131        (empty)                             (clustered-disk: the server's write point)
+//   DISK_DONE 132        u32 markSeq                         (that write is durable on the log device)
 
 export const ClusterLogRequest = {
   CTR: 1,
@@ -39,6 +41,11 @@ export const ClusterLogRequest = {
   MERGE_WAITING: 129,
   /** Not a dm request: the sender applied another member's FLUSH (its acknowledgement needs a majority). */
   FLUSH_ACK: 130,
+  /** Not a dm request (clustered-disk): the log server's marker; the FLUSHes ordered before it go to its
+   *  next log device write. Its id is the header seq. */
+  DISK_MARK: 131,
+  /** Not a dm request: the server's write for DISK_MARK `markSeq` is durable on the log device. */
+  DISK_DONE: 132,
 } as const;
 
 export const WIRE_VERSION = 1;
@@ -65,6 +72,8 @@ export type ClusterLogMessage =
   | { type: typeof ClusterLogRequest.SET_REGION_SYNC; seq: number; region: number; inSync: boolean }
   | { type: typeof ClusterLogRequest.IS_REMOTE_RECOVERING; seq: number; region: number }
   | { type: typeof ClusterLogRequest.FLUSH_ACK; seq: number; nodeId: number; pid: number; flushSeq: number }
+  | { type: typeof ClusterLogRequest.DISK_MARK; seq: number }
+  | { type: typeof ClusterLogRequest.DISK_DONE; seq: number; markSeq: number }
   | {
       type: typeof ClusterLogRequest.CHECKPOINT;
       seq: number;
@@ -104,7 +113,12 @@ export function encodeMessage(m: ClusterLogMessage): Buffer {
     }
     case ClusterLogRequest.GET_RESYNC_WORK:
     case ClusterLogRequest.MERGE_WAITING:
+    case ClusterLogRequest.DISK_MARK:
       body = Buffer.alloc(0);
+      break;
+    case ClusterLogRequest.DISK_DONE:
+      body = Buffer.alloc(4);
+      body.writeUInt32LE(u32(m.markSeq, 'markSeq'), 0);
       break;
     case ClusterLogRequest.SET_REGION_SYNC:
       body = Buffer.alloc(5);
@@ -213,6 +227,14 @@ export function decodeMessage(b: Buffer, regionCount: number): ClusterLogMessage
       const reg = region('region');
       r.end('IS_REMOTE_RECOVERING');
       return { type, seq, region: reg };
+    }
+    case ClusterLogRequest.DISK_MARK:
+      r.end('DISK_MARK');
+      return { type, seq };
+    case ClusterLogRequest.DISK_DONE: {
+      const markSeq = r.u32('markSeq');
+      r.end('DISK_DONE');
+      return { type, seq, markSeq };
     }
     case ClusterLogRequest.FLUSH_ACK: {
       const nodeId = r.u32('nodeId');

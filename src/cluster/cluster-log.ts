@@ -32,6 +32,13 @@
 //    with every region out of sync (a full resync, whatever the sync mode).
 //  - Messages sent in a view are delivered in that view (virtual synchrony, as CPG/EVS provides and
 //    the memory bus emulates); the checkpoint/epoch logic relies on it.
+//  - clustered-disk (logDevice given): the log server writes the state to the log device in dm's disk-log
+//    layout (cluster-disk-area.ts): clean bit = in sync and marked by no node. A FLUSH carrying marks
+//    resolves only after the server announced (DISK_DONE) a durable write of a snapshot taken at a
+//    DISK_MARK ordered after that FLUSH; clears and sync results are written lazily (next write, or a
+//    timer). A new server (failover) re-marks and re-writes at once, covering every pending flush. The
+//    first member(s) of a group, having no checkpoint, take the sync bits from the device's clean bits.
+//    Each node flushes its own data legs before it sends clears (a clean bit never covers cached data).
 // One member per node per log (marks are kept per node id).
 import { ExportError } from '../nbd/export.js';
 import type {
@@ -52,6 +59,9 @@ import {
   type CheckpointTarget,
   type ClusterLogMessage,
 } from './cluster-log-codec.js';
+import type { Leg } from '../mirror/legs/leg.js';
+import type { Bitmap } from '../mirror/log/bitmap.js';
+import { ClusterDiskArea } from './cluster-disk-area.js';
 import { compareMembers, memberKey, ReplicatedLogState } from './cluster-log-state.js';
 import {
   ChangeReason,
@@ -68,10 +78,13 @@ export interface ClusterLogLimits {
   resumeTimeoutMs: number;
   /** Events buffered while waiting for a checkpoint before the log gives up (bounded memory). */
   waitBufferEventsMax: number;
+  /** clustered-disk: the server writes clears / sync results at most this long after they were applied. */
+  diskLazyWriteMs: number;
 }
 export const CLUSTER_LOG_LIMITS_DEFAULT: ClusterLogLimits = {
   resumeTimeoutMs: 60_000,
   waitBufferEventsMax: 1_000_000,
+  diskLazyWriteMs: 1_000,
 };
 
 export interface ClusterLogOptions {
@@ -91,6 +104,8 @@ export interface ClusterLogOptions {
    */
   onQuorumChange?: (fn: (view: { quorate: boolean; nodeIds: readonly number[] }) => void) => Unsubscribe;
   limits?: Partial<ClusterLogLimits>;
+  /** clustered-disk: the shared log device (the server writes it; the first member reads it). */
+  logDevice?: Leg;
 }
 
 interface FlushWaiter {
@@ -100,12 +115,17 @@ interface FlushWaiter {
   delivered: boolean;
   /** Members (memberKey) that acknowledged applying it. */
   acks: Set<string>;
+  /** clustered-disk: carries marks, so it waits for the server's durable write. */
+  needsDisk: boolean;
+  durable: boolean;
+  /** `${serverKey}:${markSeq}` of the DISK_MARK whose write covers it. */
+  coveredBy: string | null;
 }
 
 type Buffered = { kind: 'conf'; c: ConfigChange; index: number } | { kind: 'msg'; from: Member; m: ClusterLogMessage };
 
 export class ClusterLog implements DirtyLog {
-  readonly type = 'clustered-core';
+  readonly type: 'clustered-core' | 'clustered-disk';
   readonly regionSizeBytes: number;
   readonly regionCount: number;
   readonly group: string;
@@ -149,6 +169,20 @@ export class ClusterLog implements DirtyLog {
   private failure: Error | null = null;
   private closed = false;
   private readonly unsubs: Unsubscribe[] = [];
+  private activation: LogActivation | null = null;
+
+  // clustered-disk
+  private readonly disk: ClusterDiskArea | null;
+  /** Clean bits read at activation (sync bits of a fresh state), null: none / not a disk log. */
+  private diskClean: Bitmap | null = null;
+  /** Server: a DISK_MARK of ours is on its way (not yet delivered back). */
+  private diskMarkSent = false;
+  /** Server: a write is running. */
+  private diskWriting = false;
+  /** Server: state changed (marks) after the last marker was delivered: mark again after this write. */
+  private diskAgain = false;
+  private diskLazyTimer: NodeJS.Timeout | null = null;
+  private wasServer = false;
 
   private readonly workL = new Listeners<void>();
   private readonly regionsL = new Listeners<readonly number[] | 'all'>();
@@ -164,6 +198,10 @@ export class ClusterLog implements DirtyLog {
     this.regionSizeBytes = opts.regionSizeBytes;
     this.regionCount = regionCountFor(opts.lengthBytes, opts.regionSizeBytes);
     this.group = `nbdm-log:${opts.uuid}`;
+    this.disk = opts.logDevice
+      ? new ClusterDiskArea({ device: opts.logDevice, regionSizeBytes: opts.regionSizeBytes, lengthBytes: opts.lengthBytes })
+      : null;
+    this.type = this.disk ? 'clustered-disk' : 'clustered-core';
     this.me = { nodeId: this.t.localNodeId, pid: this.t.localPid };
     this.unsubs.push(
       this.t.onDeliver((d) => this.onDeliver(d)),
@@ -229,7 +267,11 @@ export class ClusterLog implements DirtyLog {
   // ---- DirtyLog -----------------------------------------------------------------------------------
   async resume(activation: LogActivation): Promise<readonly LegLogState[]> {
     if (this.failure) throw this.failure;
+    this.activation = activation;
     if (!this.joinRequested) {
+      // Read before joining: only a member that finds no state holder (whole-cluster start) uses it, and
+      // nobody writes the device while no server exists.
+      if (this.disk && this.opts.sync === 'default') this.diskClean = await this.disk.readClean();
       this.joinRequested = true;
       const ready = this.waitInitialized();
       ready.catch(() => undefined); // observed below; a failed join must not leave it unhandled
@@ -324,6 +366,15 @@ export class ClusterLog implements DirtyLog {
     const clears: number[] = [];
     for (const [r, op] of this.pendingOps) (op === 'mark' ? marks : clears).push(r);
     this.pendingOps.clear();
+    if (this.disk && clears.length > 0 && this.activation) {
+      // The server may record these regions clean: their data must not sit in a leg's volatile cache.
+      try {
+        await this.activation.flushDataLegs();
+      } catch {
+        for (const r of clears) if (!this.localMarks.has(r) && !this.pendingOps.has(r)) this.pendingOps.set(r, 'clear');
+        clears.length = 0;
+      }
+    }
     // Split so no message exceeds the transport's limit.
     const perMessage = Math.max(1, Math.floor((this.t.messageBytesMax - flushMessageBytes(0)) / 4));
     const all: Array<['m' | 'c', number]> = [...marks.map((r): ['m', number] => ['m', r]), ...clears.map((r): ['c', number] => ['c', r])];
@@ -332,7 +383,7 @@ export class ClusterLog implements DirtyLog {
       for (let i = 0; i < all.length; i += perMessage) {
         const part = all.slice(i, i + perMessage);
         const seq = ++this.seq;
-        last = this.deliveredPromise(seq);
+        last = this.deliveredPromise(seq, this.disk !== null && part.some(([k]) => k === 'm'));
         await this.t.mcast(
           encodeMessage({
             type: Req.FLUSH,
@@ -362,8 +413,10 @@ export class ClusterLog implements DirtyLog {
     }
   }
 
-  private deliveredPromise(seq: number): Promise<void> {
-    return new Promise<void>((resolve, reject) => this.flushWaiters.set(seq, { resolve, reject, delivered: false, acks: new Set() }));
+  private deliveredPromise(seq: number, needsDisk: boolean): Promise<void> {
+    return new Promise<void>((resolve, reject) =>
+      this.flushWaiters.set(seq, { resolve, reject, delivered: false, acks: new Set(), needsDisk, durable: false, coveredBy: null }),
+    );
   }
 
   /**
@@ -376,6 +429,7 @@ export class ClusterLog implements DirtyLog {
     const required = Math.floor(this.lastView.length / 2);
     for (const [seq, w] of this.flushWaiters) {
       if (!w.delivered) continue;
+      if (w.needsDisk && !w.durable) continue;
       let acks = 0;
       for (const k of w.acks) if (view.has(k)) acks++;
       if (acks < required) continue;
@@ -462,24 +516,29 @@ export class ClusterLog implements DirtyLog {
   }
 
   status(kind: LogStatusKind): string[] {
-    if (kind === 'info') return ['3', 'clustered-core', this.opts.uuid, this.health()];
+    if (kind === 'info') return ['3', this.type, this.opts.uuid, this.health()];
     const args = [this.opts.uuid];
     if (this.opts.integratedFlush) args.push('integrated_flush');
-    args.push('clustered-core', String(this.regionSizeBytes / 512));
+    args.push(this.type);
+    if (this.disk) args.push(this.disk.device.device);
+    args.push(String(this.regionSizeBytes / 512));
     if (this.opts.sync !== 'default') args.push(this.opts.sync);
     return ['userspace', String(args.length), ...args];
   }
 
   health(): LogHealthChar {
-    return this.failure ? 'D' : 'A';
+    if (this.failure) return 'D';
+    return this.disk ? this.disk.health() : 'A';
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    if (this.diskLazyTimer) clearTimeout(this.diskLazyTimer);
     for (const u of this.unsubs.splice(0)) u();
     this.rejectAll(new ExportError('EIO', 'cluster log closed'));
     await this.t.close();
+    await this.disk?.close();
   }
 
   // ---- sending ----------------------------------------------------------------------------------
@@ -586,6 +645,9 @@ export class ClusterLog implements DirtyLog {
     // After a lost merge the old state is gone for everyone: start with every region out of sync.
     const allInSync = this.opts.sync === 'nosync' && this.mergeWaiting === null;
     const s = ReplicatedLogState.fresh(this.regionCount, allInSync);
+    // clustered-disk whole-cluster start: regions recorded clean on the log device are in sync.
+    if (this.diskClean && this.mergeWaiting === null) s.sync.copyFrom(this.diskClean);
+    this.diskClean = null;
     s.members = [...c.members];
     for (const m of c.members) {
       const k = memberKey(m);
@@ -608,6 +670,7 @@ export class ClusterLog implements DirtyLog {
 
   private becomeInitialized(s: ReplicatedLogState): void {
     this.state = s;
+    this.diskClean = null;
     this.mergeWaiting = null;
     this.buffer = [];
     this.assembling.clear();
@@ -617,6 +680,7 @@ export class ClusterLog implements DirtyLog {
     this.membershipL.emit({ members: s.members, server: s.server() });
     this.regionsL.emit('all');
     this.workL.emit();
+    this.diskServerCheck(s);
   }
 
   private applyConf(s: ReplicatedLogState, c: ConfigChange, live: boolean): void {
@@ -629,6 +693,67 @@ export class ClusterLog implements DirtyLog {
     this.membershipL.emit({ members: s.members, server: s.server() });
     const server = s.server();
     if (s.waiting.size > 0 && server && this.isMe(server)) this.sendCheckpoint(s);
+    this.diskServerCheck(s);
+  }
+
+  // ---- clustered-disk: the server writes the log device -------------------------------------------
+  /** On becoming the server (start, failover): write the whole state now, covering pending flushes. */
+  private diskServerCheck(s: ReplicatedLogState): void {
+    const server = s.server();
+    const amServer = server !== undefined && this.isMe(server);
+    if (this.disk && amServer && !this.wasServer) this.diskRequestWrite();
+    this.wasServer = amServer;
+  }
+
+  /** Server: get a write point in the total order (DISK_MARK); the write happens when it comes back. */
+  private diskRequestWrite(): void {
+    if (!this.disk || this.closed || this.failure) return;
+    if (this.diskLazyTimer) {
+      clearTimeout(this.diskLazyTimer);
+      this.diskLazyTimer = null;
+    }
+    if (this.diskWriting) {
+      this.diskAgain = true;
+      return;
+    }
+    if (this.diskMarkSent) return; // the marker on its way is ordered after what was applied so far
+    this.diskMarkSent = true;
+    this.send({ type: Req.DISK_MARK, seq: 0 }).catch(() => {
+      this.diskMarkSent = false;
+    });
+  }
+
+  /** Server: clears and sync results are persisted lazily. */
+  private diskLazyWrite(): void {
+    if (!this.disk || this.diskLazyTimer || this.diskMarkSent || this.closed) return;
+    if (this.diskWriting) {
+      this.diskAgain = true;
+      return;
+    }
+    this.diskLazyTimer = setTimeout(() => {
+      this.diskLazyTimer = null;
+      this.diskRequestWrite();
+    }, this.limits.diskLazyWriteMs);
+    this.diskLazyTimer.unref?.();
+  }
+
+  /** Server: its DISK_MARK came back: snapshot the state now (synchronously), write, announce. */
+  private diskWrite(s: ReplicatedLogState, markSeq: number): void {
+    const disk = this.disk!;
+    this.diskMarkSent = false;
+    this.diskWriting = true;
+    this.diskAgain = false;
+    disk
+      .writeState(s.sync, s.marksByNode.values(), this.legs)
+      .then(
+        () => this.send({ type: Req.DISK_DONE, seq: 0, markSeq }),
+        (err: Error) => this.fail(new ExportError('EIO', `cluster log ${this.opts.uuid}: ${err.message}`)),
+      )
+      .catch(() => undefined)
+      .finally(() => {
+        this.diskWriting = false;
+        if (this.diskAgain) this.diskRequestWrite();
+      });
   }
 
   private onDeliver(d: Delivery): void {
@@ -712,6 +837,33 @@ export class ClusterLog implements DirtyLog {
     switch (m.type) {
       case Req.FLUSH: {
         s.applyFlush(from.nodeId, m.marks, m.clears);
+        if (live && this.disk && this.isServer(s)) {
+          if (m.marks.length > 0) this.diskRequestWrite();
+          else this.diskLazyWrite();
+        }
+        break;
+      }
+      case Req.DISK_MARK: {
+        const server = s.server();
+        if (!live || !server || memberKey(server) !== memberKey(from)) break;
+        // Every FLUSH of mine delivered so far is in the snapshot the server takes now.
+        for (const w of this.flushWaiters.values()) {
+          if (w.needsDisk && w.delivered && !w.durable) w.coveredBy = `${memberKey(from)}:${m.seq}`;
+        }
+        if (mine && this.disk) this.diskWrite(s, m.seq);
+        break;
+      }
+      case Req.DISK_DONE: {
+        if (!live) break;
+        const key = `${memberKey(from)}:${m.markSeq}`;
+        let any = false;
+        for (const w of this.flushWaiters.values()) {
+          if (w.coveredBy === key) {
+            w.durable = true;
+            any = true;
+          }
+        }
+        if (any) this.settleFlushes();
         break;
       }
       case Req.GET_RESYNC_WORK: {
@@ -730,6 +882,7 @@ export class ClusterLog implements DirtyLog {
         if (live) {
           this.regionsL.emit([m.region]);
           if (ended || !m.inSync) this.workL.emit();
+          if (this.disk && this.isServer(s)) this.diskLazyWrite();
         }
         break;
       }
@@ -743,6 +896,11 @@ export class ClusterLog implements DirtyLog {
         if (m.part === m.parts - 1 && s.initialized.has(memberKey(from))) s.applyCheckpointDone(m.targets);
         break;
     }
+  }
+
+  private isServer(s: ReplicatedLogState): boolean {
+    const server = s.server();
+    return server !== undefined && this.isMe(server);
   }
 
   private fail(e: Error): void {

@@ -1,9 +1,9 @@
 // log-opener.ts — the LogOpener (src/mirror/open.ts) that gives cluster tables a real cluster log.
 //
 // Owns: the choice per table: `userspace ... clustered-core` (and the old clustered_core / cluster
-// forms) get a ClusterLog over corosync CPG; clustered-disk gets the same replicated log with a warning
-// (the log device is not written yet: a whole-cluster restart resyncs everything); non-cluster tables
-// fall through to openLocalLog. Pass it as OpenTableOptions.openLog.
+// forms) get a ClusterLog over corosync CPG; clustered-disk gets the same log writing dm's disk-log layout
+// on the (shared) log device from the log server, so a whole-cluster restart resyncs only dirty regions;
+// non-cluster tables fall through to openLocalLog. Pass it as OpenTableOptions.openLog.
 import { openLocalLog, type LogOpener } from '../mirror/open.js';
 import { CpgError, CpgUnavailableError } from './cpg.js';
 import { openClusterLog } from './open-cluster-log.js';
@@ -18,12 +18,7 @@ export function clusterLogOpener(opts: ClusterLogOpenerOptions = {}): LogOpener 
   return async (spec, ctx) => {
     if (!spec.clustered) return openLocalLog(spec, ctx);
     if (spec.uuid === undefined || spec.uuid === '') throw new Error('cluster log without a uuid');
-    if (spec.kind === 'disk') {
-      ctx.warn(
-        `cluster log '${spec.uuid}': clustered-disk runs as a replicated in-memory log for now; the log device ` +
-          `is not written, so restarting the whole cluster resyncs every region`,
-      );
-    }
+    if (spec.kind === 'disk' && ctx.device === undefined) throw new Error(`cluster log '${spec.uuid}': log device was not opened`);
     try {
       return openClusterLog({
         uuid: spec.uuid,
@@ -32,6 +27,7 @@ export function clusterLogOpener(opts: ClusterLogOpenerOptions = {}): LogOpener 
         sync: spec.sync,
         integratedFlush: spec.integratedFlush,
         transport: opts.transport?.(),
+        ...(spec.kind === 'disk' ? { logDevice: ctx.device } : {}),
       });
     } catch (err) {
       if (err instanceof CpgUnavailableError) {

@@ -1,9 +1,11 @@
 // open-cluster-log.ts — builds a ClusterLog for a table's `userspace ... clustered-core` log.
 //
+// (clustered-disk: the same log given the shared log device.)
 // Owns: choosing the transport (corosync CPG through the addon unless one is given, e.g. a MemoryBus
 // member in simulations), wiring corosync's quorum into the log's flush gate, and closing what it opened
 // when the log closes. Throws CpgUnavailableError (with install/build instructions) when corosync
 // support is missing.
+import type { Leg } from '../mirror/legs/leg.js';
 import type { SyncMode } from '../mirror/log/dirty-log.js';
 import { ClusterLog, type ClusterLogLimits } from './cluster-log.js';
 import { CorosyncQuorum, CpgTransport, type CpgLimits } from './cpg.js';
@@ -19,6 +21,8 @@ export interface OpenClusterLogOptions {
   transport?: Transport;
   cpgLimits?: Partial<CpgLimits>;
   limits?: Partial<ClusterLogLimits>;
+  /** clustered-disk: the shared log device. */
+  logDevice?: Leg;
 }
 
 /** The caller still calls resume() (the mirror does, on activation). */
@@ -41,6 +45,7 @@ export function openClusterLog(opts: OpenClusterLogOptions): ClusterLog {
     sync: opts.sync,
     integratedFlush: opts.integratedFlush,
     limits: opts.limits,
+    ...(opts.logDevice ? { logDevice: opts.logDevice } : {}),
     transport,
     isQuorate: () => quorum.quorate,
     onQuorumChange: (fn) => quorum.onChange((q) => fn({ quorate: q.quorate, nodeIds: q.nodeIds })),

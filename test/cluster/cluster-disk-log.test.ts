@@ -1,0 +1,216 @@
+// cluster-disk-log.test.ts — clustered-disk on the in-memory bus with one shared memory log device (each
+// node reaches it through its own handle whose flush can be held): a FLUSH carrying marks resolves only
+// after the server's log write is durable, a whole-cluster restart loads the dirty regions only (clears
+// persisted lazily), and after the server dies the next one takes over writing (pending flushes included).
+import { describe, expect, it } from 'vitest';
+import { ClusterLog } from '../../src/cluster/cluster-log.js';
+import { MemoryBus } from '../../src/cluster/memory-bus.js';
+import type { Leg, LegWriteFlags } from '../../src/mirror/legs/leg.js';
+import { MemoryLeg } from '../../src/mirror/legs/memory.js';
+import { Bitmap } from '../../src/mirror/log/bitmap.js';
+import { DISK_LOG_BITMAP_OFFSET_BYTES, DISK_LOG_MAGIC, diskLogAreaBytes } from '../../src/mirror/log/disk.js';
+import type { LogActivation, SyncMode } from '../../src/mirror/log/dirty-log.js';
+
+const REGION_BYTES = 4096;
+const REGIONS = 64;
+const activation: LogActivation = { legDevices: ['a', 'b'], flushDataLegs: async () => undefined };
+const turn = () => new Promise<void>((r) => setImmediate(r));
+
+/** One node's handle on the shared log device; `hold` makes its flushes wait (a slow / dying server). */
+class Handle implements Leg {
+  readonly device = 'shared-log';
+  readonly sizeBytes: number;
+  hold: Promise<void> | null = null;
+  writes = 0;
+  constructor(private readonly inner: MemoryLeg) {
+    this.sizeBytes = inner.sizeBytes;
+  }
+  read(t: Buffer, o: number) {
+    return this.inner.read(t, o);
+  }
+  async write(d: Buffer, o: number, f: LegWriteFlags) {
+    this.writes++;
+    await this.inner.write(d, o, f);
+  }
+  async flush() {
+    if (this.hold) await this.hold;
+    await this.inner.flush();
+  }
+  trim(o: number, l: number) {
+    return this.inner.trim(o, l);
+  }
+  zero(o: number, l: number, f: { mayTrim: boolean }) {
+    return this.inner.zero(o, l, f);
+  }
+  async close() {}
+}
+
+/** Clean bits as they would survive a crash of the log device. */
+function durableClean(dev: MemoryLeg): Bitmap {
+  const b = dev.durableBytes!;
+  expect(b.readUInt32LE(0)).toBe(DISK_LOG_MAGIC);
+  const bm = new Bitmap(REGIONS);
+  bm.load(b.subarray(DISK_LOG_BITMAP_OFFSET_BYTES, DISK_LOG_BITMAP_OFFSET_BYTES + bm.bytes.length));
+  return bm;
+}
+
+async function until(bus: MemoryBus, cond: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 20_000; i++) {
+    if (cond()) return;
+    bus.drain();
+    await turn();
+  }
+  throw new Error(`timed out: ${what}`);
+}
+
+function tracked<T>(p: Promise<T>): { p: Promise<T>; done: () => boolean; failed: () => unknown } {
+  let done = false;
+  let err: unknown;
+  p.then(
+    () => (done = true),
+    (e) => {
+      done = true;
+      err = e ?? new Error('rejected');
+    },
+  );
+  return { p, done: () => done, failed: () => err };
+}
+
+interface Cluster {
+  bus: MemoryBus;
+  logs: Map<number, ClusterLog>;
+  handles: Map<number, Handle>;
+}
+
+async function start(dev: MemoryLeg, nodes: number[], sync: SyncMode): Promise<Cluster> {
+  const bus = new MemoryBus({ delivery: 'manual' });
+  const logs = new Map<number, ClusterLog>();
+  const handles = new Map<number, Handle>();
+  for (const n of nodes) {
+    const h = new Handle(dev);
+    handles.set(n, h);
+    logs.set(
+      n,
+      new ClusterLog({
+        transport: bus.connect(n),
+        uuid: 'disk-uuid',
+        regionSizeBytes: REGION_BYTES,
+        lengthBytes: REGIONS * REGION_BYTES,
+        sync,
+        logDevice: h,
+        limits: { diskLazyWriteMs: 5 },
+      }),
+    );
+  }
+  const all = tracked(Promise.all([...logs.values()].map((l) => l.resume(activation))));
+  await until(bus, all.done, 'resume');
+  expect(all.failed()).toBeUndefined();
+  return { bus, logs, handles };
+}
+
+async function flushOn(c: Cluster, node: number): Promise<void> {
+  const f = tracked(c.logs.get(node)!.flush());
+  await until(c.bus, f.done, `flush on ${node}`);
+  expect(f.failed()).toBeUndefined();
+}
+
+async function stop(c: Cluster): Promise<void> {
+  for (const l of c.logs.values()) await l.close();
+}
+
+const newDevice = () => new MemoryLeg({ device: 'shared-log', sizeBytes: diskLogAreaBytes(REGIONS), volatileCache: true });
+
+describe('clustered-disk log on the memory bus', () => {
+  it('a mark is acknowledged only after the server made it durable on the log device', async () => {
+    const dev = newDevice();
+    const c = await start(dev, [1, 2], 'nosync');
+    expect(c.logs.get(2)!.type).toBe('clustered-disk');
+    expect(c.logs.get(1)!.status('table')).toContain('clustered-disk');
+    await until(c.bus, () => dev.durableBytes!.readUInt32LE(0) === DISK_LOG_MAGIC, 'initial write');
+    expect(durableClean(dev).population()).toBe(REGIONS);
+
+    let release!: () => void;
+    c.handles.get(1)!.hold = new Promise<void>((r) => (release = r));
+    c.logs.get(2)!.markRegion(3);
+    const f = tracked(c.logs.get(2)!.flush());
+    for (let i = 0; i < 50; i++) {
+      c.bus.drain();
+      await turn();
+    }
+    expect(f.done()).toBe(false); // delivered and acknowledged by the group, but not durable yet
+    expect(durableClean(dev).get(3)).toBe(true);
+    c.handles.get(1)!.hold = null;
+    release();
+    await until(c.bus, f.done, 'flush after the log write');
+    expect(f.failed()).toBeUndefined();
+    expect(durableClean(dev).get(3)).toBe(false);
+    // Only the server writes the device.
+    expect(c.handles.get(2)!.writes).toBe(0);
+    await stop(c);
+  });
+
+  it('a whole-cluster restart loads the dirty regions only (clears persisted lazily)', async () => {
+    const dev = newDevice();
+    let c = await start(dev, [1, 2, 3], 'nosync');
+    for (const [node, region] of [[2, 1], [3, 5], [1, 7], [2, 9]] as const) {
+      c.logs.get(node)!.markRegion(region);
+      await flushOn(c, node);
+    }
+    c.logs.get(2)!.clearRegion(9);
+    await flushOn(c, 2);
+    c.logs.get(1)!.clearRegion(7);
+    await flushOn(c, 1);
+    // The clears reach the device lazily (diskLazyWriteMs); wait for it, then the whole cluster goes.
+    await until(c.bus, () => durableClean(dev).get(9) && durableClean(dev).get(7), 'lazy clear write');
+    await new Promise((r) => setTimeout(r, 20));
+    c.bus.drain();
+    await stop(c);
+    dev.crash(); // the volatile cache is lost with the nodes
+
+    c = await start(dev, [1, 2, 3], 'default');
+    for (const l of c.logs.values()) {
+      expect(l.syncCount()).toBe(REGIONS - 2);
+      expect(l.inSync(1)).toBe(false);
+      expect(l.inSync(5)).toBe(false);
+      expect(l.inSync(7)).toBe(true);
+      expect(l.inSync(9)).toBe(true);
+    }
+    await stop(c);
+
+    // The table's sync mode still wins over the device: 'sync' resyncs everything.
+    c = await start(dev, [1, 2], 'sync');
+    expect(c.logs.get(1)!.syncCount()).toBe(0);
+    await stop(c);
+  });
+
+  it('after the server dies the next member takes over writing, pending flushes included', async () => {
+    const dev = newDevice();
+    const c = await start(dev, [1, 2, 3], 'nosync');
+    c.logs.get(3)!.markRegion(10);
+    await flushOn(c, 3);
+    expect(durableClean(dev).get(10)).toBe(false);
+
+    // The server's log write never completes; node 3's flush must wait, then complete via node 2.
+    c.handles.get(1)!.hold = new Promise<void>(() => undefined);
+    c.logs.get(3)!.markRegion(11);
+    const f = tracked(c.logs.get(3)!.flush());
+    for (let i = 0; i < 50; i++) {
+      c.bus.drain();
+      await turn();
+    }
+    expect(f.done()).toBe(false);
+    const before = c.handles.get(2)!.writes;
+    c.bus.killNode(1);
+    c.logs.delete(1);
+    await until(c.bus, f.done, 'flush after failover');
+    expect(f.failed()).toBeUndefined();
+    expect(c.handles.get(2)!.writes).toBeGreaterThan(before);
+    expect(durableClean(dev).get(11)).toBe(false);
+
+    // New marks after the failover go through node 2's writes.
+    c.logs.get(3)!.markRegion(12);
+    await flushOn(c, 3);
+    expect(durableClean(dev).get(12)).toBe(false);
+    await stop(c);
+  });
+});
