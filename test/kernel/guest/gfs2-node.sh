@@ -5,8 +5,11 @@
 # each other over the private cluster link with busybox nc. Messages, in order (each one: sender -> waiter):
 #   1 -> 2 mkfs-done;  2 -> 1 mounted;  (both write)  2 -> 1 written;  1 -> 2 written;  (both verify)
 #   2 -> 1 verified;  1 -> 2 verified;  both unmount and detach.
+# FAILOVER=1 (test 5): after 2 -> 1 verified, node 2 keeps writing and prints `step die` (the host kills it
+# and its nbd-mirror node); node 1 waits for corosync to drop node 2, then writes and re-reads (DLM recovery,
+# journal replay of jid 1), unmounts and detaches.
 # env: NODE_ID, CLUSTER_MAC, BIG_FILE_KIB, SMALL_FILES, SHARED_BLOCKS, COROSYNC_TOKEN_MS, KNET_PING_TIMEOUT_MS,
-#      SIGNAL_WAIT_S (how long a node waits for its peer at each rendezvous)
+#      SIGNAL_WAIT_S (how long a node waits for its peer at each rendezvous), FAILOVER, BUSY_S
 peer=$((3 - NODE_ID))
 my_ip=192.168.100.$NODE_ID
 peer_ip=192.168.100.$peer
