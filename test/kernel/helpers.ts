@@ -4,14 +4,14 @@
 // the leg files (e2fsck -fn, debugfs rdump), and booting a guest whose console is attached on failure.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createReadStream, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, createReadStream, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { rm } from 'node:fs/promises';
 import { createSocket } from 'node:dgram';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { describeResult, runGuest, type GuestOptions, type GuestResult } from '../../scripts/vm/run-guest.js';
-import { ensureHostTools, ensureImage } from '../../scripts/vm/build-image.js';
+import { cacheDir, ensureHostTools, ensureImage } from '../../scripts/vm/build-image.js';
 import { withSlots } from '../../scripts/vm/slots.js';
 import { findTool, IN_CI, unmet } from '../helpers/tools.js';
 import { run } from '../helpers/run.js';
@@ -213,13 +213,21 @@ export async function e2fsckClean(file: string): Promise<string> {
 let noSyncShim: Promise<string | undefined> | undefined;
 function noSyncPreload(): Promise<string | undefined> {
   noSyncShim ??= (async () => {
+    const so = join(cacheDir(), 'nosync.so'); // kept in the VM cache, built once per machine
+    if (existsSync(so)) return so;
     if (findTool('cc') === undefined) return undefined;
     const dir = mkdtempSync(join(tmpdir(), 'nbdm-nosync-'));
-    writeFileSync(join(dir, 'nosync.c'), 'void sync(void) {}\n');
-    const so = join(dir, 'nosync.so');
-    const r = await run('cc', ['-shared', '-fPIC', '-o', so, join(dir, 'nosync.c')], { allowFailure: true, timeoutMs: 60_000 });
-    process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
-    return r.code === 0 ? so : undefined;
+    try {
+      writeFileSync(join(dir, 'nosync.c'), 'void sync(void) {}\n');
+      const r = await run('cc', ['-shared', '-fPIC', '-o', join(dir, 'nosync.so'), join(dir, 'nosync.c')], { allowFailure: true, timeoutMs: 60_000 });
+      if (r.code !== 0) return undefined;
+      mkdirSync(cacheDir(), { recursive: true });
+      copyFileSync(join(dir, 'nosync.so'), `${so}.${process.pid}`);
+      renameSync(`${so}.${process.pid}`, so); // atomic: concurrent workers never load a half-written file
+      return so;
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   })();
   return noSyncShim;
 }
