@@ -57,14 +57,25 @@ export function formatRanges(sorted: readonly number[]): string {
   return out.join(',');
 }
 
-const running = new WeakMap<Volume, true>();
+/** The run of each volume, settled when it has stopped touching the legs. */
+const running = new WeakMap<Volume, Promise<unknown>>();
 
-export async function verifyVolume(v: Volume, opts: { repair: boolean; signal?: AbortSignal }): Promise<VolumeVerifyResult> {
+/** Resolves once no verify runs on `v` (Volume.close waits for it, after 'closed' cancelled the run). */
+export async function verifyStopped(v: Volume): Promise<void> {
+  await running.get(v)?.catch(() => undefined);
+}
+
+export function verifyVolume(v: Volume, opts: { repair: boolean; signal?: AbortSignal }): Promise<VolumeVerifyResult> {
   const exp = v.liveExport;
   if (!(exp instanceof MirrorExport)) throw new ControlError('EINVAL', `nothing to verify: "${v.name}" is ${v.liveSpec.kind}`);
   if (running.has(v)) throw new ControlError('EBUSY', `a verify of "${v.name}" is already running`);
   if (v.state !== 'ACTIVE') throw new ControlError('EBUSY', `"${v.name}" is suspended: resume it before verifying`);
-  running.set(v, true);
+  const run = runVerify(v, exp, opts).finally(() => running.delete(v));
+  running.set(v, run);
+  return run;
+}
+
+async function runVerify(v: Volume, exp: MirrorExport, opts: { repair: boolean; signal?: AbortSignal }): Promise<VolumeVerifyResult> {
 
   let cancelled: string | null = null;
   const stop = { aborted: false };
@@ -152,7 +163,6 @@ export async function verifyVolume(v: Volume, opts: { repair: boolean; signal?: 
     }
     progress(true);
   } finally {
-    running.delete(v);
     v.off('event', onEvent);
     v.off('closed', onClosed);
     opts.signal?.removeEventListener('abort', onAbort);

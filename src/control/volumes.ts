@@ -24,6 +24,7 @@ import { ControlError } from './control-error.js';
 import { engineFeatures, engineOf, type LegState } from './engine.js';
 import { LegAcquisitions, LegPool, legKey } from './leg-pool.js';
 import { VolumeExport, type VolumeExportLimits } from './volume-export.js';
+import { verifyStopped } from './verify.js';
 
 /** Anything with emit(name, payload) (the mirror's MirrorEventSink). */
 export interface EventSink {
@@ -365,6 +366,7 @@ export class Volume extends EventEmitter {
     this.closed = true;
     this.proxy.shutdown();
     this.emit('closed');
+    await verifyStopped(this); // a running verify stops at its current region before the legs close
     await this.ops.run(async () => {
       const prepared = this.inactive;
       this.inactive = undefined;
