@@ -16,6 +16,7 @@
 //   FLUSH_ACK 130        u32 nodeId, u32 pid, u32 flushSeq   (this member applied that member's FLUSH)
 //   DISK_MARK 131        (empty)                             (clustered-disk: the server's write point)
 //   DISK_DONE 132        u32 markSeq                         (that write is durable on the log device)
+//   REPAIR 133           u32 count, count x (u32 bytes, UTF-8 device name)  (cluster-wide repair: drop these legs)
 
 export const ClusterLogRequest = {
   CTR: 1,
@@ -46,7 +47,13 @@ export const ClusterLogRequest = {
   DISK_MARK: 131,
   /** Not a dm request: the server's write for DISK_MARK `markSeq` is durable on the log device. */
   DISK_DONE: 132,
+  /** Not a dm request: every node repairs the volume, dropping these leg devices (nbd-mirror repair). */
+  REPAIR: 133,
 } as const;
+
+/** A REPAIR names at most this many devices, each at most REPAIR_DEVICE_BYTES_MAX bytes. */
+export const REPAIR_DEVICES_MAX = 32;
+export const REPAIR_DEVICE_BYTES_MAX = 4096;
 
 export const WIRE_VERSION = 1;
 const HEADER_BYTES = 8;
@@ -74,6 +81,7 @@ export type ClusterLogMessage =
   | { type: typeof ClusterLogRequest.FLUSH_ACK; seq: number; nodeId: number; pid: number; flushSeq: number }
   | { type: typeof ClusterLogRequest.DISK_MARK; seq: number }
   | { type: typeof ClusterLogRequest.DISK_DONE; seq: number; markSeq: number }
+  | { type: typeof ClusterLogRequest.REPAIR; seq: number; removed: string[] }
   | {
       type: typeof ClusterLogRequest.CHECKPOINT;
       seq: number;
@@ -120,6 +128,20 @@ export function encodeMessage(m: ClusterLogMessage): Buffer {
       body = Buffer.alloc(4);
       body.writeUInt32LE(u32(m.markSeq, 'markSeq'), 0);
       break;
+    case ClusterLogRequest.REPAIR: {
+      if (m.removed.length > REPAIR_DEVICES_MAX) throw new ClusterLogCodecError(`REPAIR names ${m.removed.length} devices (max ${REPAIR_DEVICES_MAX})`);
+      const parts: Buffer[] = [Buffer.alloc(4)];
+      parts[0]!.writeUInt32LE(m.removed.length, 0);
+      for (const d of m.removed) {
+        const name = Buffer.from(d, 'utf8');
+        if (name.length === 0 || name.length > REPAIR_DEVICE_BYTES_MAX) throw new ClusterLogCodecError(`REPAIR device name of ${name.length} bytes`);
+        const len = Buffer.alloc(4);
+        len.writeUInt32LE(name.length, 0);
+        parts.push(len, name);
+      }
+      body = Buffer.concat(parts);
+      break;
+    }
     case ClusterLogRequest.SET_REGION_SYNC:
       body = Buffer.alloc(5);
       body.writeUInt32LE(u32(m.region, 'region'), 0);
@@ -231,6 +253,18 @@ export function decodeMessage(b: Buffer, regionCount: number): ClusterLogMessage
     case ClusterLogRequest.DISK_MARK:
       r.end('DISK_MARK');
       return { type, seq };
+    case ClusterLogRequest.REPAIR: {
+      const n = r.u32('device count');
+      if (n > REPAIR_DEVICES_MAX) throw new ClusterLogCodecError(`REPAIR names ${n} devices (max ${REPAIR_DEVICES_MAX})`);
+      const removed: string[] = [];
+      for (let i = 0; i < n; i++) {
+        const len = r.u32('device name bytes');
+        if (len === 0 || len > REPAIR_DEVICE_BYTES_MAX) throw new ClusterLogCodecError(`REPAIR device name of ${len} bytes`);
+        removed.push(r.bytes(len, 'device name').toString('utf8'));
+      }
+      r.end('REPAIR');
+      return { type, seq, removed };
+    }
     case ClusterLogRequest.DISK_DONE: {
       const markSeq = r.u32('markSeq');
       r.end('DISK_DONE');

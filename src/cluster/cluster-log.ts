@@ -188,6 +188,7 @@ export class ClusterLog implements DirtyLog {
   private readonly regionsL = new Listeners<readonly number[] | 'all'>();
   private readonly lostL = new Listeners<Error>();
   private readonly membershipL = new Listeners<{ members: Member[]; server: Member | undefined }>();
+  private readonly repairL = new Listeners<{ removed: string[]; from: Member; fromMe: boolean }>();
 
   constructor(opts: ClusterLogOptions) {
     if (!Number.isSafeInteger(opts.regionSizeBytes) || opts.regionSizeBytes <= 0) throw new RangeError('regionSizeBytes');
@@ -238,6 +239,19 @@ export class ClusterLog implements DirtyLog {
   /** The log cannot go on (transport lost): stop acknowledging writes. */
   onLost(fn: (e: Error) => void): Unsubscribe {
     return this.lostL.add(fn);
+  }
+  /** A cluster-wide repair was requested (REPAIR delivered, own ones included with fromMe). */
+  onRepair(fn: (r: { removed: string[]; from: Member; fromMe: boolean }) => void): Unsubscribe {
+    return this.repairL.add(fn);
+  }
+  /**
+   * Ask every node serving this log to repair its volume by dropping these leg devices (each node's
+   * control plane applies it: suspend --noflush, reload, resume). Resolves once handed to the transport.
+   */
+  async requestRepair(removed: readonly string[]): Promise<void> {
+    if (this.failure) throw this.failure;
+    if (this.closed) throw new ExportError('EIO', 'cluster log closed');
+    await this.send({ type: Req.REPAIR, seq: 0, removed: [...removed] });
   }
   onMembership(fn: (m: { members: Member[]; server: Member | undefined }) => void): Unsubscribe {
     return this.membershipL.add(fn);
@@ -853,6 +867,9 @@ export class ClusterLog implements DirtyLog {
         if (mine && this.disk) this.diskWrite(s, m.seq);
         break;
       }
+      case Req.REPAIR:
+        if (live) this.repairL.emit({ removed: m.removed, from, fromMe: mine });
+        break;
       case Req.DISK_DONE: {
         if (!live) break;
         const key = `${memberKey(from)}:${m.markSeq}`;
