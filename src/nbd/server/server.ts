@@ -128,7 +128,9 @@ export class NbdServer {
     const policy = this.opts.policy;
     const connId = this.nextId;
     const ctl = new ReadController();
-    const adopted = this.opts.directReads === false ? null : adoptSocket(raw, ctl, true);
+    // Under TLS (on or require) the handle goes to the TLS layer after STARTTLS; an adopted handle with a
+    // user read buffer under it measured 2-4x slower for 1 MiB I/O over TLS, so TLS servers use plain reads.
+    const adopted = this.opts.directReads === false || tls !== undefined ? null : adoptSocket(raw, ctl, true);
     const socket = adopted ?? raw;
     if (adopted === null) raw.resume();
     const conn = new Connection(
