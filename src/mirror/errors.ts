@@ -58,6 +58,15 @@ export class LegHealth {
     return newlyFailed;
   }
 
+  /**
+   * Whether writes still go to leg i: dm's do_write maps every leg; only a leg that failed a write or a
+   * flush is skipped (a leg failed by a read or a resync copy keeps taking writes: if it cannot, the write
+   * error marks it D, which the repair policy acts on; skipping it would hold every write forever).
+   */
+  takesWrites(i: number): boolean {
+    return (this.legs[i]!.errorBits & (ERROR_BIT.write | ERROR_BIT.flush)) === 0;
+  }
+
   /** dm's device_status_char: A, else the worst error kind seen: F > D > S > R, else U. */
   healthChar(i: number): string {
     const l = this.legs[i]!;

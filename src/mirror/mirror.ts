@@ -404,8 +404,9 @@ export class MirrorExport implements Export {
       }
       return;
     }
+    // Every leg without a write/flush error (dm maps every leg; a read- or resync-failed leg still takes writes).
     let healthy = 0;
-    for (let i = 0; i < legCount; i++) if (!this.health.isFailed(i)) healthy++;
+    for (let i = 0; i < legCount; i++) if (this.health.takesWrites(i)) healthy++;
     if (healthy === 0) {
       p.legsLeft = 0;
       this.pieceDone(p);
@@ -413,7 +414,7 @@ export class MirrorExport implements Export {
     }
     p.missedLeg = inSync && healthy < legCount;
     p.legsLeft = healthy;
-    for (let i = 0; i < legCount; i++) if (!this.health.isFailed(i)) this.issue(p, i);
+    for (let i = 0; i < legCount; i++) if (this.health.takesWrites(i)) this.issue(p, i);
   }
 
   private issue(p: Piece, legIndex: number): void {
