@@ -57,12 +57,18 @@ export function formatRanges(sorted: readonly number[]): string {
   return out.join(',');
 }
 
-/** The run of each volume, settled when it has stopped touching the legs. */
-const running = new WeakMap<Volume, Promise<unknown>>();
+/** The run of each volume (settled when it has stopped touching the legs) and how to stop it. */
+const running = new WeakMap<Volume, { done: Promise<unknown>; cancel: (why: string) => void }>();
 
 /** Resolves once no verify runs on `v` (Volume.close waits for it, after 'closed' cancelled the run). */
 export async function verifyStopped(v: Volume): Promise<void> {
-  await running.get(v)?.catch(() => undefined);
+  await running.get(v)?.done.catch(() => undefined);
+}
+
+/** Cancel a running verify and wait until it stopped (after the region it is on): suspend does this first. */
+export async function stopVerify(v: Volume, why: string): Promise<void> {
+  running.get(v)?.cancel(why);
+  await verifyStopped(v);
 }
 
 export function verifyVolume(v: Volume, opts: { repair: boolean; signal?: AbortSignal }): Promise<VolumeVerifyResult> {
@@ -70,19 +76,26 @@ export function verifyVolume(v: Volume, opts: { repair: boolean; signal?: AbortS
   if (!(exp instanceof MirrorExport)) throw new ControlError('EINVAL', `nothing to verify: "${v.name}" is ${v.liveSpec.kind}`);
   if (running.has(v)) throw new ControlError('EBUSY', `a verify of "${v.name}" is already running`);
   if (v.state !== 'ACTIVE') throw new ControlError('EBUSY', `"${v.name}" is suspended: resume it before verifying`);
-  const run = runVerify(v, exp, opts).finally(() => running.delete(v));
-  running.set(v, run);
-  return run;
+  const entry: { done: Promise<unknown>; cancel: (why: string) => void } = { done: Promise.resolve(), cancel: () => undefined };
+  running.set(v, entry);
+  const done = runVerify(v, exp, opts, (c) => (entry.cancel = c)).finally(() => running.delete(v));
+  entry.done = done;
+  return done;
 }
 
-async function runVerify(v: Volume, exp: MirrorExport, opts: { repair: boolean; signal?: AbortSignal }): Promise<VolumeVerifyResult> {
-
+async function runVerify(
+  v: Volume,
+  exp: MirrorExport,
+  opts: { repair: boolean; signal?: AbortSignal },
+  register: (cancel: (why: string) => void) => void,
+): Promise<VolumeVerifyResult> {
   let cancelled: string | null = null;
   const stop = { aborted: false };
   const cancel = (why: string) => {
     if (cancelled === null) cancelled = why;
     stop.aborted = true;
   };
+  register(cancel);
   const onEvent = (ev: VolumeEvent) => {
     if (ev.kind === 'suspend' || ev.kind === 'reload' || ev.kind === 'resume') cancel(`volume ${ev.kind}`);
   };

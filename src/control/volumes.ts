@@ -24,7 +24,7 @@ import { ControlError } from './control-error.js';
 import { engineFeatures, engineOf, type LegState } from './engine.js';
 import { LegAcquisitions, LegPool, legKey } from './leg-pool.js';
 import { VolumeExport, type VolumeExportLimits } from './volume-export.js';
-import { verifyStopped } from './verify.js';
+import { stopVerify, verifyStopped } from './verify.js';
 
 /** Anything with emit(name, payload) (the mirror's MirrorEventSink). */
 export interface EventSink {
@@ -381,6 +381,8 @@ export class Volume extends EventEmitter {
   private async suspendNow(opts: { noflush: boolean }): Promise<void> {
     this.assertOpen();
     if (this.suspended) return;
+    // A running verify stops first (after its current region): nothing of it touches legs while suspended.
+    await stopVerify(this, 'volume suspended');
     const engine = engineOf(this.live.export);
     this.suspended = true;
     try {
