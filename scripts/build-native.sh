@@ -26,4 +26,8 @@ args=(rebuild --loglevel=warn --directory="$here/native")
 if [[ -z "${npm_config_nodedir:-}" && -f /usr/include/node/node_api.h ]]; then
   args+=(--nodedir=/usr)
 fi
-exec "$gyp" "${args[@]}"
+"$gyp" "${args[@]}"
+# The optional unix peer-uid addon (SO_PEERCRED for --allow EXPORT=uid:N) needs only Node's headers.
+peer_args=(rebuild --loglevel=warn --directory="$here/native/peercred")
+[[ " ${args[*]} " == *" --nodedir=/usr "* ]] && peer_args+=(--nodedir=/usr)
+"$gyp" "${peer_args[@]}"
