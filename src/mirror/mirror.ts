@@ -447,6 +447,11 @@ export class MirrorExport implements Export {
       // A discard never degrades the mirror (dm: discard errors are not leg failures); trimmed data is
       // unspecified anyway.
       p.legsOk++;
+    } else if (this.health.isFailed(legIndex)) {
+      // Already failed (read or resync copy) and recorded stale: as if skipped (the region stays in sync
+      // among the other legs), but the write error is recorded (D) so the repair policy acts on it.
+      p.missedLeg = true;
+      this.failLeg(legIndex, 'write', err);
     } else {
       p.legErrors++;
       this.failLeg(legIndex, 'write', err);
