@@ -7,6 +7,7 @@
 import { openLocalLog, type LogOpener } from '../mirror/open.js';
 import { CpgError, CpgUnavailableError } from './cpg.js';
 import { openClusterLog } from './open-cluster-log.js';
+import { registerClusterLog } from './repair-relay.js';
 import type { Transport } from './transport.js';
 
 export interface ClusterLogOpenerOptions {
@@ -20,7 +21,7 @@ export function clusterLogOpener(opts: ClusterLogOpenerOptions = {}): LogOpener 
     if (spec.uuid === undefined || spec.uuid === '') throw new Error('cluster log without a uuid');
     if (spec.kind === 'disk' && ctx.device === undefined) throw new Error(`cluster log '${spec.uuid}': log device was not opened`);
     try {
-      return openClusterLog({
+      const log = openClusterLog({
         uuid: spec.uuid,
         regionSizeBytes: ctx.regionSizeBytes,
         lengthBytes: ctx.lengthBytes,
@@ -29,6 +30,8 @@ export function clusterLogOpener(opts: ClusterLogOpenerOptions = {}): LogOpener 
         transport: opts.transport?.(),
         ...(spec.kind === 'disk' ? { logDevice: ctx.device } : {}),
       });
+      registerClusterLog(spec.uuid, log); // cluster-wide repair (repair-relay.ts)
+      return log;
     } catch (err) {
       if (err instanceof CpgUnavailableError) {
         throw new Error(`cluster log '${spec.uuid}' needs corosync on this node: ${err.message}`);

@@ -7,6 +7,11 @@
 // - RepairPolicy: `serve --repair-policy none|remove|allocate [--spare DEV]...`: on a leg-failed event
 //   with health D, F or U, repair that volume (once at a time per volume; failures during a repair
 //   trigger another pass afterwards).
+// - Cluster tables: a remove-only repair (no spare added) is also sent on the log's group as a REPAIR
+//   (src/cluster/repair-relay.ts) before this node suspends; every other node's RepairPolicy (whatever its
+//   policy name) applies it to its volume with that log uuid, so `nbd-mirror repair NAME` on one node
+//   repairs all nodes.
+import { onClusterRepair, requestClusterRepair, type ClusterRepairRequest } from '../cluster/repair-relay.js';
 import type { LegSpec, MirrorTableSpec, TableSpec } from '../mirror/table.js';
 import { formatTable } from '../mirror/table.js';
 import { sectors } from '../units.js';
@@ -103,6 +108,15 @@ export async function repairVolume(
     return { repaired: false, reason };
   }
   v.record('repair-start', { trigger: opts.trigger, policy, removed: plan.removed, added: plan.added, table: plan.line }, false);
+  const live = v.liveSpec;
+  if (!opts.trigger.startsWith(CLUSTER_TRIGGER) && plan.added.length === 0 && live.kind === 'mirror' && live.log.clustered && live.log.uuid) {
+    // Before suspending: a reload to linear closes the cluster log.
+    try {
+      if (await requestClusterRepair(live.log.uuid, plan.removed)) v.record('repair-cluster-sent', { uuid: live.log.uuid, removed: plan.removed }, false);
+    } catch (e) {
+      v.record('repair-cluster-failed', { uuid: live.log.uuid, message: errorText(e) }, false);
+    }
+  }
   await v.suspend({ noflush: true });
   try {
     await v.reload(plan.line);
@@ -115,6 +129,9 @@ export async function repairVolume(
   v.record('repair-done', { trigger: opts.trigger, table: plan.line, removed: plan.removed, added: plan.added, heldWritesReissued: r.heldWritesReissued }, false);
   return { repaired: true, table: plan.line, removed: plan.removed, added: plan.added, heldWritesReissued: r.heldWritesReissued };
 }
+
+/** Trigger prefix of repairs applied because another node asked (never re-sent to the cluster). */
+export const CLUSTER_TRIGGER = 'cluster';
 
 /** dmeventd's part: react to leg failures with the configured policy. */
 export class RepairPolicy {
@@ -132,6 +149,27 @@ export class RepairPolicy {
     this.spares = [...spares];
     this.onEvent = (ev) => this.consider(ev);
     if (policy !== 'none') volumes.on('event', this.onEvent);
+    // Cluster-wide repairs asked by other nodes apply whatever the local policy (like a manual repair).
+    this.unsubCluster = onClusterRepair((r) => this.applyClusterRepair(r));
+  }
+
+  private readonly unsubCluster: () => void;
+
+  private applyClusterRepair(r: ClusterRepairRequest): void {
+    const v = this.volumes.list().find((x) => x.liveSpec.kind === 'mirror' && x.liveSpec.log.uuid === r.uuid);
+    if (v === undefined) return;
+    const prev = this.running.get(v.name) ?? Promise.resolve();
+    const trigger = `${CLUSTER_TRIGGER} node ${r.fromNodeId}`;
+    const p = prev
+      .then(() => repairVolume(v, { spares: [], policy: 'remove', trigger, failed: new Set(r.removed) }))
+      .then(
+        () => undefined,
+        (e: unknown) => void v.record('repair-failed', { trigger, message: errorText(e) }, false),
+      )
+      .finally(() => {
+        if (this.running.get(v.name) === p) this.running.delete(v.name);
+      });
+    this.running.set(v.name, p);
   }
 
   /** Spares not yet used by a repair. */
@@ -141,6 +179,7 @@ export class RepairPolicy {
 
   stop(): void {
     this.volumes.off('event', this.onEvent);
+    this.unsubCluster();
   }
 
   /** Resolves when no repair is running (tests, shutdown). */

@@ -1,0 +1,45 @@
+// repair-relay.ts — cluster-wide repair between the control plane and the cluster logs of this process.
+//
+// Owns: the registry of live ClusterLogs by log uuid (the newest opened through clusterLogOpener; dropped
+// on close), sending a REPAIR on a log's group (requestClusterRepair), and fanning REPAIRs from other
+// nodes out to subscribers (the control plane's repair policy applies them to the volume with that uuid).
+import type { ClusterLog } from './cluster-log.js';
+import type { Unsubscribe } from './transport.js';
+
+export interface ClusterRepairRequest {
+  readonly uuid: string;
+  /** Leg devices every node drops. */
+  readonly removed: readonly string[];
+  readonly fromNodeId: number;
+}
+
+const live = new Map<string, ClusterLog>();
+const listeners = new Set<(r: ClusterRepairRequest) => void>();
+
+/** Called by the log opener for every ClusterLog it opens. */
+export function registerClusterLog(uuid: string, log: ClusterLog): void {
+  live.set(uuid, log);
+  log.onRepair((r) => {
+    if (r.fromMe || live.get(uuid) !== log) return;
+    for (const fn of [...listeners]) fn({ uuid, removed: r.removed, fromNodeId: r.from.nodeId });
+  });
+  const close = log.close.bind(log);
+  log.close = async () => {
+    if (live.get(uuid) === log) live.delete(uuid);
+    await close();
+  };
+}
+
+/** Multicast a REPAIR on the log's group; false when this process has no live cluster log for the uuid. */
+export async function requestClusterRepair(uuid: string, removed: readonly string[]): Promise<boolean> {
+  const log = live.get(uuid);
+  if (log === undefined) return false;
+  await log.requestRepair(removed);
+  return true;
+}
+
+/** REPAIRs sent by other nodes (own requests are not repeated). */
+export function onClusterRepair(fn: (r: ClusterRepairRequest) => void): Unsubscribe {
+  listeners.add(fn);
+  return () => listeners.delete(fn);
+}

@@ -1,0 +1,113 @@
+// cluster-repair.test.ts — cluster-wide repair: a leg fails under load on a 3-node cluster mirror with
+// handle_errors (two files and one nbdkit --filter=error leg, as cluster-leg-failure.test.ts); every node
+// holds its writes; `nbd-mirror repair` is run on ONE node only: its REPAIR on the log's group makes every
+// other node drop the leg too (suspend --noflush, reload, resume), held writes complete on all nodes,
+// nothing acknowledged is lost, the two remaining legs are identical. Skips unless CI=true.
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { run } from '../helpers/run.js';
+import { findTool } from '../helpers/tools.js';
+import { CLI_PATH } from '../helpers/server.js';
+import { startNbdkitErrorLeg, type NbdkitLeg } from '../control/nbdkit-leg.js';
+import { clusterUnavailableReason, Harness, now } from './harness.js';
+import { checkAcked, Node, sleep, waitAllInSync, writer } from './serve-node.js';
+
+const NODES = 3;
+const TOKEN_MS = 1000;
+const MiB = 1024 * 1024;
+const SLICE_BYTES = 4 * MiB;
+const SIZE_BYTES = NODES * SLICE_BYTES;
+const REGION_SECTORS = 256;
+const UUID = 'LVM-e2eclrepair';
+const DASHBOARD_PORT = 18_378;
+const DETECT_MS = 20_000;
+
+const unavailable =
+  (await clusterUnavailableReason()) ??
+  (['nbdkit', 'cmp'].map((t) => (findTool(t) ? undefined : `${t} missing (apt-get install nbdkit diffutils)`)).find((x) => x !== undefined));
+if (unavailable && process.env.CI === 'true') throw new Error(`cluster tests cannot run under CI: ${unavailable}`);
+
+describe.skipIf(unavailable !== undefined)(`cluster-wide repair on a 3-node cluster mirror${unavailable ? ` (skipped: ${unavailable})` : ''}`, () => {
+  let h: Harness;
+  let dir: string;
+  let files: string[];
+  let bad: NbdkitLeg;
+  const nodes: Node[] = [];
+  const times: Record<string, number> = {};
+
+  beforeAll(async () => {
+    h = new Harness('r');
+    dir = path.join(h.runDir, 'data');
+    mkdirSync(dir);
+    files = [0, 1].map((i) => path.join(dir, `leg${i}.img`));
+    for (const f of files) await run('truncate', ['-s', String(SIZE_BYTES), f]);
+    bad = await startNbdkitErrorLeg(dir, 'bad', SIZE_BYTES);
+    await h.start(NODES, TOKEN_MS);
+    const table = `0 ${SIZE_BYTES / 512} mirror userspace 4 ${UUID} clustered-core ${REGION_SECTORS} nosync 3 ${files[0]} 0 ${files[1]} 0 ${bad.uri} 0 1 handle_errors`;
+    for (let i = 1; i <= NODES; i++) nodes.push(new Node(h, i, dir, table, DASHBOARD_PORT));
+    for (const n of nodes) await n.start();
+  }, 120_000);
+
+  afterAll(async () => {
+    console.log(`cluster-wide repair times (ms): ${JSON.stringify(times)}`);
+    for (const n of nodes) await n.kill9().catch(() => undefined);
+    await bad?.stop().catch(() => undefined);
+    await h?.teardown();
+  }, 60_000);
+
+  it('`nbd-mirror repair` on ONE node repairs every node: held writes complete everywhere, legs equal', async () => {
+    const ws = nodes.map((n, i) => writer(n.uri, i * SLICE_BYTES, SLICE_BYTES, 40 + i));
+    await sleep(1000);
+    for (const w of ws) expect(w.acked.length).toBeGreaterThan(0);
+    const tFail = now();
+    await bad.arm();
+    // Every node notices (health of the third leg no longer A: D on its own writes, or S when the failure hit
+    // the resync of a region another node's failed write put out of sync) and holds its writes.
+    await Promise.all(
+      nodes.map(async (n) => {
+        for (;;) {
+          const s = await n.status();
+          const t = s.raw.trim().split(/\s+/);
+          const health = t[6 + Number(t[3])]!;
+          if (health[2] !== 'A') return;
+          if (now() - tFail > DETECT_MS) throw new Error(`node ${n.n} did not fail the leg: ${s.raw}`);
+          await sleep(50);
+        }
+      }),
+    );
+    times.dAllNodesDetectedMs = now() - tFail;
+    const acksAtFailure = ws.map((w) => w.acked.length);
+    await sleep(500);
+    // Held, not failed: no writer saw an error, and (after the writes in flight at the failure) none advanced.
+    for (const w of ws) expect(w.error).toBeUndefined();
+    const held = ws.map((w, i) => w.acked.length - acksAtFailure[i]!);
+    expect(held.every((x) => x <= 1)).toBe(true);
+    const tRepair = now();
+    const r = await run(process.execPath, [CLI_PATH, 'repair', 'volume', '--control', nodes[1]!.ctl, '--json']);
+    expect(JSON.parse(r.stdout)).toMatchObject({ repaired: true });
+    // The other nodes apply the REPAIR sent on the log's group: their tables lose the failed leg too.
+    for (const n of nodes) {
+      for (;;) {
+        const raw = (await n.status().catch(() => ({ raw: '' }))).raw;
+        if (raw !== '' && !raw.includes(bad.uri)) break;
+        if (now() - tRepair > DETECT_MS) throw new Error(`node ${n.n} not repaired: ${raw} ${n.output.slice(-2000)}`);
+        await sleep(50);
+      }
+    }
+    times.dRepairAllNodesMs = now() - tRepair;
+    // Writes go on on every node after the repair.
+    const after = ws.map((w) => w.acked.length);
+    await sleep(1000);
+    ws.forEach((w, i) => expect(w.acked.length, `node ${i + 1} writes after repair`).toBeGreaterThan(after[i]!));
+    for (const w of ws) await w.stop();
+    for (const w of ws) expect(w.error).toBeUndefined();
+    await waitAllInSync(nodes, 30_000);
+    for (const n of nodes) {
+      const s = await n.status();
+      expect(s.raw).toContain(' 2 '); // two legs left
+    }
+    for (let i = 0; i < NODES; i++) await checkAcked(nodes[(i + 1) % NODES]!.uri, i * SLICE_BYTES, ws[i]!.acked, ws[i]!.block, 40 + i);
+    await run('cmp', [files[0]!, files[1]!]);
+  });
+});
