@@ -218,6 +218,7 @@ export class ClusterLog implements DirtyLog {
           if (this.state && !this.sideUnsafe()) {
             this.regionsL.emit('all'); // writes parked while the side was unknown / inquorate re-check
             this.workL.emit(); // resync may go on
+            if (this.disk && this.isServer(this.state)) this.diskRequestWrite(); // writes skipped while unsafe
           }
         }),
       );
@@ -755,6 +756,9 @@ export class ClusterLog implements DirtyLog {
   private diskWrite(s: ReplicatedLogState, markSeq: number): void {
     const disk = this.disk!;
     this.diskMarkSent = false;
+    // A minority (or a side not yet known) must not overwrite the majority's record of the shared device
+    // with a state lacking the majority's marks; the write is redone when the side is safe again.
+    if (this.sideUnsafe()) return;
     this.diskWriting = true;
     this.diskAgain = false;
     disk
