@@ -27,7 +27,8 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { connect } from 'node:net';
 import { dirname } from 'node:path';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { CONTROL_ERROR_CODES, ControlError } from './control-error.js';
+import { ControlError } from './control-error.js';
+import { readJsonObject, sendJson, sendJsonError } from './http-json.js';
 import { repairVolume } from './repair.js';
 import { verifyVolume } from './verify.js';
 import { errorText, type VolumeEvent, type Volumes } from './volumes.js';
@@ -284,41 +285,11 @@ export class ControlServer {
 // -------------------------------------------------------------------- helpers
 
 function send(res: ServerResponse, status: number, body: unknown): void {
-  const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
-  res.end(text);
+  sendJson(res, status, body);
 }
 
-/** The one place a ControlError code becomes an HTTP status. */
-function sendError(res: ServerResponse, e: unknown): void {
-  const err = e instanceof ControlError ? e : new ControlError('EIO', errorText(e));
-  if (res.headersSent) {
-    res.destroy();
-    return;
-  }
-  send(res, CONTROL_ERROR_CODES[err.code], { error: { code: err.code, message: err.message } });
-}
-
-async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
-  const chunks: Buffer[] = [];
-  let total = 0;
-  for await (const c of req as AsyncIterable<Buffer>) {
-    total += c.length;
-    if (total > CONTROL_BODY_BYTES_MAX) throw new ControlError('EINVAL', `request body above ${CONTROL_BODY_BYTES_MAX} bytes`);
-    chunks.push(c);
-  }
-  if (total === 0) return {};
-  let body: unknown;
-  try {
-    body = JSON.parse(Buffer.concat(chunks).toString('utf8'));
-  } catch (e) {
-    throw new ControlError('EINVAL', `request body is not JSON: ${errorText(e)}`);
-  }
-  if (body === null || typeof body !== 'object' || Array.isArray(body)) {
-    throw new ControlError('EINVAL', 'request body must be a JSON object');
-  }
-  return body as Record<string, unknown>;
-}
+const sendError = (res: ServerResponse, e: unknown): void => sendJsonError(res, e);
+const readJson = (req: IncomingMessage): Promise<Record<string, unknown>> => readJsonObject(req, CONTROL_BODY_BYTES_MAX);
 
 function optionalInt(text: string | null, what: string): number | undefined {
   if (text === null) return undefined;

@@ -18,7 +18,8 @@ import { fileURLToPath } from 'node:url';
 import { Option, type Command } from 'commander';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { ControlClient, readToken } from '../client.js';
-import { CONTROL_ERROR_CODES, ControlError } from '../control-error.js';
+import { ControlError } from '../control-error.js';
+import { readJsonObject, sendJson as sendJsonReply, sendJsonError } from '../http-json.js';
 import { bucketQuantileMs, mirrorSample, type IoCounters, type Metrics } from '../metrics.js';
 import { planRepair } from '../repair.js';
 import { UsageError } from '../usage-error.js';
@@ -507,36 +508,7 @@ export function findStaticDir(): string {
   throw new Error(`dashboard: cannot find its static files (looked in ${own} and src/control/dashboard/static above ${here})`);
 }
 
-function sendJson(res: ServerResponse, status: number, body: unknown): void {
-  const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' });
-  res.end(text);
-}
-
-function sendError(res: ServerResponse, e: unknown): void {
-  const err = e instanceof ControlError ? e : new ControlError('EIO', errorText(e));
-  if (res.headersSent) {
-    res.destroy();
-    return;
-  }
-  sendJson(res, CONTROL_ERROR_CODES[err.code], { error: { code: err.code, message: err.message } });
-}
-
-async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
-  const chunks: Buffer[] = [];
-  let total = 0;
-  for await (const c of req as AsyncIterable<Buffer>) {
-    total += c.length;
-    if (total > DASHBOARD_BODY_BYTES_MAX) throw new ControlError('EINVAL', `request body above ${DASHBOARD_BODY_BYTES_MAX} bytes`);
-    chunks.push(c);
-  }
-  if (total === 0) return {};
-  let body: unknown;
-  try {
-    body = JSON.parse(Buffer.concat(chunks).toString('utf8'));
-  } catch (e) {
-    throw new ControlError('EINVAL', `request body is not JSON: ${errorText(e)}`);
-  }
-  if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new ControlError('EINVAL', 'request body must be a JSON object');
-  return body as Record<string, unknown>;
-}
+const NO_STORE = { 'cache-control': 'no-store' };
+const sendJson = (res: ServerResponse, status: number, body: unknown): void => sendJsonReply(res, status, body, NO_STORE);
+const sendError = (res: ServerResponse, e: unknown): void => sendJsonError(res, e, NO_STORE);
+const readJson = (req: IncomingMessage): Promise<Record<string, unknown>> => readJsonObject(req, DASHBOARD_BODY_BYTES_MAX);
