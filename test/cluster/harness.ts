@@ -5,7 +5,7 @@
 // (killed by PID in teardown), and a per-run transpiled copy of src/cluster + fixtures (Node 20 cannot
 // run .ts; TypeScript's transpileModule writes plain ESM .js, no type checking, in milliseconds).
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
@@ -183,6 +183,8 @@ export class Harness {
     this.jsDir = path.join(this.runDir, 'js');
     mkdirSync(this.jsDir);
     transpileTree(this.jsDir);
+    // The transpiled modules import packages (buffer-layout via the disk log): resolve them from ours.
+    symlinkSync(path.join(ROOT, 'node_modules'), path.join(this.runDir, 'node_modules'), 'dir');
   }
 
   private env(): NodeJS.ProcessEnv {

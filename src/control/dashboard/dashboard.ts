@@ -119,6 +119,8 @@ interface CounterMark {
   latencySumMs: number;
   buckets: Float64Array;
   resyncBytes: number;
+  /** The export whose copy counter resyncBytes is: a table swap starts a new counter. */
+  resyncSource: unknown;
 }
 
 export class Dashboard {
@@ -417,6 +419,7 @@ export class Dashboard {
       latencySumMs: c.latencySumMs.reduce((a, b) => a + b, 0),
       buckets: c.bucketTotals(['read', 'write', 'flush', 'trim', 'zero']),
       resyncBytes: m?.status.resync.bytesCopied ?? 0,
+      resyncSource: v.liveExport,
     };
     const prev = this.marks.get(v.name);
     this.marks.set(v.name, cur);
@@ -433,8 +436,9 @@ export class Dashboard {
       opsPerSec: ops / secs,
       latencyMeanMs: ops > 0 ? (cur.latencySumMs - prev.latencySumMs) / ops : null,
       latencyP99Ms: bucketQuantileMs(delta, 0.99),
-      // A table swap starts a new engine whose copy counter restarts: never a negative rate.
-      resyncBytesPerSec: Math.max(0, cur.resyncBytes - prev.resyncBytes) / secs,
+      // A table swap starts a new engine whose copy counter restarts from 0, possibly several swaps
+      // within one sample (mirror -> linear -> mirror): then all the new engine copied is this sample's.
+      resyncBytesPerSec: (cur.resyncSource === prev.resyncSource ? Math.max(0, cur.resyncBytes - prev.resyncBytes) : cur.resyncBytes) / secs,
     };
   }
 }
