@@ -11,7 +11,10 @@ import { NbdClient } from '../../src/nbd/client/client.js';
 
 export interface FaultLeg {
   readonly file: string;
+  readonly socket: string;
   readonly uri: string;
+  /** Errors are injected while this file exists. */
+  readonly trigger: string;
   arm(): Promise<void>;
   disarm(): Promise<void>;
   stop(): Promise<void>;
@@ -53,7 +56,9 @@ export async function startFaultLeg(dir: string, name: string, sizeBytes: number
   }
   return {
     file,
+    socket,
     uri: `nbd+unix:///?socket=${socket}`,
+    trigger,
     arm: () => writeFile(trigger, ''),
     disarm: () => rm(trigger, { force: true }),
     stop: async () => {
