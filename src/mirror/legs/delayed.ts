@@ -6,8 +6,8 @@
 
 import { strict as assert } from 'node:assert';
 import type { Scheduler } from '../scheduler.js';
-import type { LegOp } from './faulty.js';
-import type { Leg, LegWriteFlags } from './leg.js';
+import { LegFilter, type LegOp } from './filter.js';
+import type { Leg } from './leg.js';
 
 /** A fixed latency, per-operation latencies, or a function of the operation (called once per operation). */
 export type Latency = number | Partial<Record<LegOp, number>> | ((op: LegOp, offsetBytes: number, lengthBytes: number) => number);
@@ -17,24 +17,14 @@ export interface DelayedLegOptions {
   readonly latencyMs: Latency;
 }
 
-export class DelayedLeg implements Leg {
+export class DelayedLeg extends LegFilter {
   private latency: Latency;
   private readonly scheduler: Scheduler;
 
-  constructor(
-    readonly inner: Leg,
-    opts: DelayedLegOptions,
-  ) {
+  constructor(inner: Leg, opts: DelayedLegOptions) {
+    super(inner);
     this.scheduler = opts.scheduler;
     this.latency = opts.latencyMs;
-  }
-
-  get device(): string {
-    return this.inner.device;
-  }
-
-  get sizeBytes(): number {
-    return this.inner.sizeBytes;
   }
 
   /** Change the latency; operations already waiting keep theirs. */
@@ -49,33 +39,9 @@ export class DelayedLeg implements Leg {
     return ms;
   }
 
-  private async run(op: LegOp, offsetBytes: number, lengthBytes: number, call: () => Promise<void>): Promise<void> {
+  protected async run(op: LegOp, offsetBytes: number, lengthBytes: number, call: () => Promise<void>): Promise<void> {
     const ms = this.delayOf(op, offsetBytes, lengthBytes);
     if (ms > 0) await new Promise<void>((resolve) => this.scheduler.after(ms, resolve));
     return call();
-  }
-
-  read(target: Buffer, offsetBytes: number): Promise<void> {
-    return this.run('read', offsetBytes, target.length, () => this.inner.read(target, offsetBytes));
-  }
-
-  write(data: Buffer, offsetBytes: number, flags: LegWriteFlags): Promise<void> {
-    return this.run('write', offsetBytes, data.length, () => this.inner.write(data, offsetBytes, flags));
-  }
-
-  flush(): Promise<void> {
-    return this.run('flush', 0, 0, () => this.inner.flush());
-  }
-
-  trim(offsetBytes: number, lengthBytes: number): Promise<void> {
-    return this.run('trim', offsetBytes, lengthBytes, () => this.inner.trim(offsetBytes, lengthBytes));
-  }
-
-  zero(offsetBytes: number, lengthBytes: number, opts: { mayTrim: boolean }): Promise<void> {
-    return this.run('zero', offsetBytes, lengthBytes, () => this.inner.zero(offsetBytes, lengthBytes, opts));
-  }
-
-  close(): Promise<void> {
-    return this.inner.close();
   }
 }

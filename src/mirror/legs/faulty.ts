@@ -11,10 +11,10 @@
 import { strict as assert } from 'node:assert';
 import { type Errno, ExportError } from '../../nbd/export.js';
 import type { RandomSource } from '../scheduler.js';
-import type { Leg, LegWriteFlags } from './leg.js';
+import { LEG_OPS, LegFilter, type LegOp } from './filter.js';
+import type { Leg } from './leg.js';
 
-export type LegOp = 'read' | 'write' | 'flush' | 'trim' | 'zero';
-export const LEG_OPS: readonly LegOp[] = ['read', 'write', 'flush', 'trim', 'zero'];
+export { LEG_OPS, type LegOp } from './filter.js';
 
 export interface FaultRule {
   readonly errno: Errno;
@@ -53,30 +53,20 @@ function completeRule(rule: Partial<FaultRule>): FaultRule {
   return r;
 }
 
-export class FaultyLeg implements Leg {
+export class FaultyLeg extends LegFilter {
   private readonly rules = new Map<LegOp, FaultRule>();
   private readonly random: RandomSource | undefined;
   private readonly onFault: ((fault: InjectedFault) => void) | undefined;
   private injected = 0;
 
-  constructor(
-    readonly inner: Leg,
-    opts: FaultyLegOptions = {},
-  ) {
+  constructor(inner: Leg, opts: FaultyLegOptions = {}) {
+    super(inner);
     this.random = opts.random;
     this.onFault = opts.onFault;
     for (const op of LEG_OPS) {
       const rule = opts.rules?.[op];
       if (rule) this.arm(op, rule);
     }
-  }
-
-  get device(): string {
-    return this.inner.device;
-  }
-
-  get sizeBytes(): number {
-    return this.inner.sizeBytes;
   }
 
   /** Faults injected so far. */
@@ -117,36 +107,12 @@ export class FaultyLeg implements Leg {
     return new ExportError(rule.errno, `${this.device}: injected ${rule.errno} on ${op} of ${lengthBytes} bytes at ${offsetBytes}`);
   }
 
-  private async run(op: LegOp, offsetBytes: number, lengthBytes: number, call: () => Promise<void>): Promise<void> {
+  protected async run(op: LegOp, offsetBytes: number, lengthBytes: number, call: () => Promise<void>): Promise<void> {
     const rule = this.decide(op, offsetBytes, lengthBytes);
     if (rule === undefined) return call();
     if (rule.when === 'before') throw this.fault(op, rule, offsetBytes, lengthBytes);
     await call();
     throw this.fault(op, rule, offsetBytes, lengthBytes);
-  }
-
-  read(target: Buffer, offsetBytes: number): Promise<void> {
-    return this.run('read', offsetBytes, target.length, () => this.inner.read(target, offsetBytes));
-  }
-
-  write(data: Buffer, offsetBytes: number, flags: LegWriteFlags): Promise<void> {
-    return this.run('write', offsetBytes, data.length, () => this.inner.write(data, offsetBytes, flags));
-  }
-
-  flush(): Promise<void> {
-    return this.run('flush', 0, 0, () => this.inner.flush());
-  }
-
-  trim(offsetBytes: number, lengthBytes: number): Promise<void> {
-    return this.run('trim', offsetBytes, lengthBytes, () => this.inner.trim(offsetBytes, lengthBytes));
-  }
-
-  zero(offsetBytes: number, lengthBytes: number, opts: { mayTrim: boolean }): Promise<void> {
-    return this.run('zero', offsetBytes, lengthBytes, () => this.inner.zero(offsetBytes, lengthBytes, opts));
-  }
-
-  close(): Promise<void> {
-    return this.inner.close();
   }
 }
 
