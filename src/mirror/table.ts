@@ -335,6 +335,35 @@ interface ParsedLogWithRegion extends ParsedLog {
   regionTok: Token;
 }
 
+/** The parsed form shared by every clustered log syntax. */
+function clusteredLog(p: {
+  kind: 'core' | 'disk';
+  deviceTok: Token | undefined;
+  regionTok: Token;
+  regionSizeSectors: Sectors;
+  sync: SyncMode;
+  uuid: string;
+  integratedFlush: boolean;
+  syntax: LogSyntax;
+  blockOnError: boolean;
+}): ParsedLogWithRegion {
+  return {
+    log: {
+      kind: p.kind,
+      ...(p.deviceTok ? { device: p.deviceTok.text } : {}),
+      regionSizeSectors: p.regionSizeSectors,
+      sync: p.sync,
+      clustered: true,
+      uuid: p.uuid,
+      integratedFlush: p.integratedFlush,
+      syntax: p.syntax,
+    },
+    blockOnError: p.blockOnError,
+    deviceTokens: p.deviceTok ? [p.deviceTok] : [],
+    regionTok: p.regionTok,
+  };
+}
+
 function syncMode(t: Token): SyncMode {
   if (t.text === 'sync') return 'sync';
   if (t.text === 'nosync') return 'nosync';
@@ -427,21 +456,8 @@ function parseUserspaceLog(args: Token[], countTok: Token): ParsedLogWithRegion 
   }
   const deviceTok = kind === 'disk' ? positional[0] : undefined;
   const regionTok = positional[fixed - 1] as Token;
-  return {
-    log: {
-      kind,
-      ...(deviceTok ? { device: deviceTok.text } : {}),
-      regionSizeSectors: sectorCount(regionTok, 'region_size'),
-      sync,
-      clustered: true,
-      uuid,
-      integratedFlush,
-      syntax: 'userspace',
-    },
-    blockOnError,
-    deviceTokens: deviceTok ? [deviceTok] : [],
-    regionTok,
-  };
+  const regionSizeSectors = sectorCount(regionTok, 'region_size');
+  return clusteredLog({ kind, deviceTok, regionTok, regionSizeSectors, sync, uuid, integratedFlush, syntax: 'userspace', blockOnError });
 }
 
 /** cluster <#> core|disk <uuid> [log_dev] <region_size> [[no]sync] [block_on_error] */
@@ -461,21 +477,9 @@ function parseOldClusterLog(args: Token[], countTok: Token): ParsedLogWithRegion
   const uuidTok = positional[0] as Token;
   const deviceTok = kind === 'disk' ? positional[1] : undefined;
   const regionTok = positional[fixed - 1] as Token;
-  return {
-    log: {
-      kind,
-      ...(deviceTok ? { device: deviceTok.text } : {}),
-      regionSizeSectors: sectorCount(regionTok, 'region_size'),
-      sync,
-      clustered: true,
-      uuid: checkUuid(uuidTok),
-      integratedFlush: false,
-      syntax: 'cluster',
-    },
-    blockOnError,
-    deviceTokens: deviceTok ? [deviceTok] : [],
-    regionTok,
-  };
+  const regionSizeSectors = sectorCount(regionTok, 'region_size');
+  const uuid = checkUuid(uuidTok);
+  return clusteredLog({ kind, deviceTok, regionTok, regionSizeSectors, sync, uuid, integratedFlush: false, syntax: 'cluster', blockOnError });
 }
 
 /**
@@ -503,21 +507,9 @@ function parseOldClusteredLog(
   let sync: SyncMode = 'default';
   if (end === fixed + 1) sync = syncMode(args[fixed - 1] as Token);
   const uuidTok = args[end - 1] as Token;
-  return {
-    log: {
-      kind,
-      ...(deviceTok ? { device: deviceTok.text } : {}),
-      regionSizeSectors: sectorCount(regionTok, 'region_size'),
-      sync,
-      clustered: true,
-      uuid: checkUuid(uuidTok),
-      integratedFlush: false,
-      syntax: logType,
-    },
-    blockOnError,
-    deviceTokens: deviceTok ? [deviceTok] : [],
-    regionTok,
-  };
+  const regionSizeSectors = sectorCount(regionTok, 'region_size');
+  const uuid = checkUuid(uuidTok);
+  return clusteredLog({ kind, deviceTok, regionTok, regionSizeSectors, sync, uuid, integratedFlush: false, syntax: logType, blockOnError });
 }
 
 // ---------------------------------------------------------------------------------------------------
