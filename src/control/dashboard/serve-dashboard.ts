@@ -4,7 +4,8 @@
 //   openExport: obs.meter(control.openExport)                 every export counted under its name
 //   lines = await obs.start(control.volumes)                  after the control socket listens
 //   await obs.close()                                         at shutdown
-// A taken default port is a warning (serve runs on without a dashboard); a taken explicit port is an error.
+// A taken default port moves to the next free one of 7390..7399 (then a warning: serve runs on without a
+// dashboard); a taken explicit port is an error.
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import type { Export } from '../../nbd/export.js';
@@ -14,6 +15,9 @@ import { Metrics } from '../metrics.js';
 import { UsageError } from '../usage-error.js';
 import { errorText, type Volumes } from '../volumes.js';
 import { Dashboard, dashboardPlan, type DashboardFlags, type DashboardPlan } from './dashboard.js';
+
+/** Ports tried from the default one up when it is taken (7390..7399). */
+const DEFAULT_PORT_TRIES = 10;
 
 interface Log {
   info(obj: object, msg: string): void;
@@ -47,21 +51,32 @@ export class ServeDashboard {
   async start(volumes: Volumes): Promise<string[]> {
     this.metrics.attachVolumes(volumes);
     if (this.plan === null) return [];
-    try {
-      this.dashboard = await Dashboard.start({
-        volumes,
-        metrics: this.metrics,
-        controlSocketPath: this.controlSocketPath,
-        port: this.plan.port,
-        token: this.plan.token,
-        node: this.node,
-        log: this.log,
-      });
-    } catch (e) {
-      const why = `cannot start the dashboard on 127.0.0.1:${this.plan.port}: ${errorText(e)}`;
+    // A default port that is taken (a second server on this host) moves to the next free one of a few;
+    // a port the user chose is used or refused.
+    const tries = this.plan.portIsDefault ? DEFAULT_PORT_TRIES : 1;
+    let lastError: unknown;
+    for (let i = 0; i < tries && this.dashboard === undefined; i++) {
+      try {
+        this.dashboard = await Dashboard.start({
+          volumes,
+          metrics: this.metrics,
+          controlSocketPath: this.controlSocketPath,
+          port: this.plan.port + i,
+          token: this.plan.token,
+          node: this.node,
+          log: this.log,
+        });
+      } catch (e) {
+        lastError = e;
+        if ((e as NodeJS.ErrnoException).code !== 'EADDRINUSE') break;
+      }
+    }
+    if (this.dashboard === undefined) {
+      const range = tries > 1 ? `${this.plan.port}..${this.plan.port + tries - 1}` : String(this.plan.port);
+      const why = `cannot start the dashboard on 127.0.0.1:${range}: ${errorText(lastError)}`;
       if (!this.plan.portIsDefault) throw new UsageError(`--dashboard ${this.plan.port}: ${why}`);
       this.log.warn({ port: this.plan.port }, `${why}; running without a dashboard (choose a port with --dashboard PORT)`);
-      return [`dashboard: not started (127.0.0.1:${this.plan.port} is taken; use --dashboard PORT)`];
+      return [`dashboard: not started (127.0.0.1:${range} taken; use --dashboard PORT)`];
     }
     const d = this.dashboard;
     this.log.info({ dashboard: d.baseUrl, metrics: `${d.baseUrl}/metrics` }, 'dashboard listening');
