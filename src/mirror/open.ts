@@ -29,6 +29,8 @@ export interface LogContext {
   /** The opened log device (disk logs), at offset 0. Owned by openTable: closed on failure. */
   readonly device?: Leg;
   readonly warn: (message: string) => void;
+  /** The mirror's event sink (a cluster log reports node departures on the volume's event stream). */
+  readonly events?: MirrorOptions['events'];
 }
 
 /** Builds the DirtyLog for a mirror table (constructed, not resumed: createMirror resumes it). */
@@ -143,7 +145,13 @@ async function openMirror(
     if (logDevice.sizeBytes < need) throw tooSmall('log device', device, 0, need, logDevice);
   }
 
-  const ctx: LogContext = { lengthBytes, regionSizeBytes, ...(logDevice ? { device: logDevice } : {}), warn };
+  const ctx: LogContext = {
+    lengthBytes,
+    regionSizeBytes,
+    ...(logDevice ? { device: logDevice } : {}),
+    warn,
+    ...(opts.mirror?.events ? { events: opts.mirror.events } : {}),
+  };
   const log = await (opts.openLog ?? openLocalLog)(spec.log, ctx);
   try {
     return await createMirror({
