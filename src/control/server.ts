@@ -24,12 +24,12 @@
 import { timingSafeEqual } from 'node:crypto';
 import { chmod, lstat, mkdir, unlink } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { connect } from 'node:net';
 import { dirname } from 'node:path';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { ControlError } from './control-error.js';
 import { readJsonObject, sendJson, sendJsonError } from './http-json.js';
 import { repairVolume } from './repair.js';
+import { socketAccepts } from './socket-probe.js';
 import { verifyVolume } from './verify.js';
 import { errorText, type VolumeEvent, type Volumes } from './volumes.js';
 
@@ -41,7 +41,6 @@ export const EVENT_BUFFERED_BYTES_MAX = 1024 * 1024;
 export const EVENT_SUBSCRIBERS_MAX = 64;
 /** Tokens shorter than this are refused: guessable. */
 export const CONTROL_TOKEN_CHARS_MIN = 16;
-const SOCKET_PROBE_TIMEOUT_MS = 1000;
 
 export interface ControlServerOptions {
   readonly volumes: Volumes;
@@ -330,16 +329,3 @@ async function prepareSocketPath(path: string): Promise<void> {
   await unlink(path);
 }
 
-export function socketAccepts(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect(path);
-    const timer = setTimeout(() => done(false), SOCKET_PROBE_TIMEOUT_MS);
-    function done(v: boolean): void {
-      clearTimeout(timer);
-      s.destroy();
-      resolve(v);
-    }
-    s.once('connect', () => done(true));
-    s.once('error', () => done(false));
-  });
-}

@@ -8,7 +8,6 @@
 // Shutdown: stop listening and let the server finish in-flight requests and close connections, then
 // flush and close each export (a mirror flushes its legs and its log), then remove unix socket files.
 import { lstat, unlink } from 'node:fs/promises';
-import { connect } from 'node:net';
 import { dirname } from 'node:path';
 import { existsSync } from 'node:fs';
 import type { Export } from '../nbd/export.js';
@@ -20,10 +19,8 @@ import { openTable } from '../mirror/open.js';
 import { formatListenAddress, type ListenAddress } from './listen-address.js';
 import { ReadOnlyExport } from './read-only-export.js';
 import type { ServePlan } from './serve-plan.js';
+import { socketAccepts } from './socket-probe.js';
 import { UsageError } from './usage-error.js';
-
-/** How long a connect() probe of an existing socket file may take before we call it stale. */
-const SOCKET_PROBE_TIMEOUT_MS = 1000;
 
 export interface ServiceOptions {
   readonly plan: ServePlan;
@@ -169,17 +166,3 @@ async function checkAddressUsable(address: ListenAddress): Promise<void> {
   await unlink(address.path);
 }
 
-function socketAccepts(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect(path);
-    // A connect that neither succeeds nor fails in time: assume a live but busy server, never unlink it.
-    const timer = setTimeout(() => done(true), SOCKET_PROBE_TIMEOUT_MS);
-    function done(v: boolean): void {
-      clearTimeout(timer);
-      s.destroy();
-      resolve(v);
-    }
-    s.once('connect', () => done(true));
-    s.once('error', () => done(false));
-  });
-}
