@@ -31,6 +31,18 @@ export interface ConfigEffect {
   released: Recovery | null;
   /** Node ids that left the group entirely. */
   nodesGone: number[];
+  /** Per node that left entirely: what it left out of sync (departures.ts defines the sets). */
+  departed: DepartedNode[];
+}
+
+export interface DepartedNode {
+  nodeId: number;
+  /** Its marks that were in sync before this change (sorted): out of sync now because it left. */
+  purged: number[];
+  /** Its marks on regions already out of sync (sorted). */
+  markedOutOfSync: number[];
+  /** The region it was recovering, released. */
+  released: number | null;
 }
 
 export class ReplicatedLogState {
@@ -125,26 +137,36 @@ export class ReplicatedLogState {
   }
 
   applyConfigChange(c: ConfigChange): ConfigEffect {
-    const effect: ConfigEffect = { purged: [], released: null, nodesGone: [] };
+    const effect: ConfigEffect = { purged: [], released: null, nodesGone: [], departed: [] };
     for (const l of c.left) {
       this.initialized.delete(memberKey(l));
       this.waiting.delete(memberKey(l));
     }
     const presentNodes = new Set(c.members.map((m) => m.nodeId));
+    const purgedNow = new Set<number>();
     for (const nodeId of new Set(c.left.map((l) => l.nodeId))) {
       if (presentNodes.has(nodeId)) continue;
       effect.nodesGone.push(nodeId);
+      const d: DepartedNode = { nodeId, purged: [], markedOutOfSync: [], released: null };
       const marks = this.marksByNode.get(nodeId);
       if (marks) {
         for (const r of [...marks].sort((a, b) => a - b)) {
-          if (this.sync.set(r, false)) effect.purged.push(r);
+          // In sync before this change (another node leaving in the same change may have cleared it).
+          if (this.sync.get(r) || purgedNow.has(r)) d.purged.push(r);
+          else d.markedOutOfSync.push(r);
+          if (this.sync.set(r, false)) {
+            effect.purged.push(r);
+            purgedNow.add(r);
+          }
         }
         this.marksByNode.delete(nodeId);
       }
       if (this.recovering?.nodeId === nodeId) {
         effect.released = this.recovering;
+        d.released = this.recovering.region;
         this.recovering = null;
       }
+      effect.departed.push(d);
     }
     this.members = [...c.members];
     for (const [k, epoch] of this.waiting) this.waiting.set(k, epoch + 1);

@@ -25,6 +25,9 @@
 //  - Log server = lowest initialized member (node id, then pid), recomputed on every change; it sends
 //    the checkpoint (sync bits, marks, recovering region and recoverer, ...) to joining members.
 //  - A departed node's marks are purged and those regions set out of sync; its recovery claim released.
+//    Every member reports it (event `cluster-node-left`: the regions that went out of sync because of it)
+//    and, once all of them were set in sync again by any node, `cluster-node-resynced` (the regions
+//    recovered, which of them here, by whom, how long): departures.ts defines the sets.
 //  - Partition merge (members come back with reason NODEUP): a side with more members than all the
 //    others together (tie between two sides: the lower lowest node id) keeps its state; the other sides
 //    re-take it from a checkpoint and re-send their local marks. If no side qualifies (3+ sides, none
@@ -62,9 +65,11 @@ import {
 import type { Leg } from '../mirror/legs/leg.js';
 import type { Bitmap } from '../mirror/log/bitmap.js';
 import { ClusterDiskArea } from './cluster-disk-area.js';
-import { compareMembers, memberKey, ReplicatedLogState } from './cluster-log-state.js';
+import { compareMembers, memberKey, ReplicatedLogState, type DepartedNode } from './cluster-log-state.js';
+import { DepartureTracker, type DepartureLimits, type DepartureResynced } from './departures.js';
 import {
   ChangeReason,
+  changeReasonName,
   Listeners,
   type ConfigChange,
   type Delivery,
@@ -106,6 +111,57 @@ export interface ClusterLogOptions {
   limits?: Partial<ClusterLogLimits>;
   /** clustered-disk: the shared log device (the server writes it; the first member reads it). */
   logDevice?: Leg;
+  /** The volume's event stream (the mirror's sink): cluster-node-left / cluster-node-resynced go there. */
+  events?: ClusterLogEventSink;
+  departureLimits?: Partial<DepartureLimits>;
+}
+
+/** Anything with emit(name, payload) (the mirror's MirrorEventSink shape). */
+export interface ClusterLogEventSink {
+  emit(name: string, payload: unknown): unknown;
+}
+
+/** A node's last member left the group: what it left out of sync (departures.ts defines the sets). */
+export interface NodeLeftEvent {
+  uuid: string;
+  nodeId: number;
+  /** Why its members left (corosync's reason names, e.g. NODEDOWN, PROCDOWN, LEAVE). */
+  reason: string;
+  /** Regions that went out of sync because it left (its marks that were in sync), as range text. */
+  regions: string;
+  regionCount: number;
+  bytes: number;
+  /** Its marks on regions that were already out of sync (resynced anyway). */
+  markedOutOfSyncCount: number;
+  /** The region it was recovering (released to the others), or null. */
+  released: number | null;
+  /** Log server after the change (node id), null if none. */
+  serverNodeId: number | null;
+  /** Regions out of sync cluster-wide after the change. */
+  outOfSyncRegions: number;
+}
+
+/** Every region a departed node left out of sync was set in sync again (by any node). */
+export interface NodeResyncedEvent {
+  uuid: string;
+  nodeId: number;
+  /** Regions recovered since it left (= its purged regions + the released one), as range text. */
+  regions: string;
+  regionCount: number;
+  bytes: number;
+  /** The part this node recovered itself. */
+  recoveredHere: string;
+  recoveredHereCount: number;
+  recoveredHereBytes: number;
+  /** Recoverer node id -> regions (0: found in sync after re-taking the state). */
+  recoveredBy: Record<string, number>;
+  /** From the membership change to the last region set in sync. */
+  ms: number;
+}
+
+export interface ClusterLogEventMap {
+  'cluster-node-left': NodeLeftEvent;
+  'cluster-node-resynced': NodeResyncedEvent;
 }
 
 interface FlushWaiter {
@@ -189,6 +245,8 @@ export class ClusterLog implements DirtyLog {
   private readonly lostL = new Listeners<Error>();
   private readonly membershipL = new Listeners<{ members: Member[]; server: Member | undefined }>();
   private readonly repairL = new Listeners<{ removed: string[]; from: Member; fromMe: boolean }>();
+  private readonly eventL = new Listeners<{ [K in keyof ClusterLogEventMap]: { name: K; payload: ClusterLogEventMap[K] } }[keyof ClusterLogEventMap]>();
+  private readonly departures: DepartureTracker;
 
   constructor(opts: ClusterLogOptions) {
     if (!Number.isSafeInteger(opts.regionSizeBytes) || opts.regionSizeBytes <= 0) throw new RangeError('regionSizeBytes');
@@ -204,6 +262,7 @@ export class ClusterLog implements DirtyLog {
       : null;
     this.type = this.disk ? 'clustered-disk' : 'clustered-core';
     this.me = { nodeId: this.t.localNodeId, pid: this.t.localPid };
+    this.departures = new DepartureTracker(opts.departureLimits);
     this.unsubs.push(
       this.t.onDeliver((d) => this.onDeliver(d)),
       this.t.onConfigChange((c) => this.onConfig(c)),
@@ -256,6 +315,14 @@ export class ClusterLog implements DirtyLog {
   }
   onMembership(fn: (m: { members: Member[]; server: Member | undefined }) => void): Unsubscribe {
     return this.membershipL.add(fn);
+  }
+  /** Departure events (also sent to opts.events, the volume's event stream). */
+  onEvent(fn: (e: { [K in keyof ClusterLogEventMap]: { name: K; payload: ClusterLogEventMap[K] } }[keyof ClusterLogEventMap]) => void): Unsubscribe {
+    return this.eventL.add(fn);
+  }
+  /** Departed nodes whose regions are not all recovered yet: node id -> regions still out of sync. */
+  departuresPending(): Map<number, number[]> {
+    return this.departures.pending();
   }
 
   /** True once this member holds the replicated state. */
@@ -692,6 +759,7 @@ export class ClusterLog implements DirtyLog {
     // Local marks (after a lost merge) must be re-recorded in the new state.
     for (const r of this.localMarks) this.pendingOps.set(r, 'mark');
     for (const w of this.initWaiters.splice(0)) w.resolve();
+    for (const d of this.departures.reconcile((r) => s.sync.get(r), Date.now())) this.emitResynced(d);
     this.membershipL.emit({ members: s.members, server: s.server() });
     this.regionsL.emit('all');
     this.workL.emit();
@@ -701,6 +769,7 @@ export class ClusterLog implements DirtyLog {
   private applyConf(s: ReplicatedLogState, c: ConfigChange, live: boolean): void {
     const effect = s.applyConfigChange(c);
     if (!live) return;
+    for (const d of effect.departed) this.reportDeparture(s, c, d);
     const changed = [...effect.purged];
     if (effect.released) changed.push(effect.released.region);
     if (changed.length) this.regionsL.emit(changed);
@@ -901,6 +970,7 @@ export class ClusterLog implements DirtyLog {
           if (this.handedOut === m.region && ended) this.handedOut = null;
         }
         if (live) {
+          if (m.inSync) for (const d of this.departures.regionSynced(m.region, from.nodeId, mine, Date.now())) this.emitResynced(d);
           this.regionsL.emit([m.region]);
           if (ended || !m.inSync) this.workL.emit();
           if (this.disk && this.isServer(s)) this.diskLazyWrite();
@@ -917,6 +987,53 @@ export class ClusterLog implements DirtyLog {
         if (m.part === m.parts - 1 && s.initialized.has(memberKey(from))) s.applyCheckpointDone(m.targets);
         break;
     }
+  }
+
+  // ---- departures (events) ------------------------------------------------------------------------
+  private emitEvent<K extends keyof ClusterLogEventMap>(name: K, payload: ClusterLogEventMap[K]): void {
+    this.opts.events?.emit(name, payload);
+    this.eventL.emit({ name, payload } as { [N in keyof ClusterLogEventMap]: { name: N; payload: ClusterLogEventMap[N] } }[keyof ClusterLogEventMap]);
+  }
+
+  /** Bytes of these regions (the last region may be short). */
+  private regionBytes(regions: readonly number[]): number {
+    let n = 0;
+    for (const r of regions) n += Math.min(this.regionSizeBytes, this.opts.lengthBytes - r * this.regionSizeBytes);
+    return n;
+  }
+
+  private reportDeparture(s: ReplicatedLogState, c: ConfigChange, d: DepartedNode): void {
+    const reasons = [...new Set(c.left.filter((l) => l.nodeId === d.nodeId).map((l) => changeReasonName(l.reason)))];
+    const now = Date.now();
+    const done = this.departures.left({ nodeId: d.nodeId, purged: d.purged, markedOutOfSync: d.markedOutOfSync, released: d.released, atMs: now });
+    this.emitEvent('cluster-node-left', {
+      uuid: this.opts.uuid,
+      nodeId: d.nodeId,
+      reason: reasons.join(','),
+      regions: this.departures.rangeText(d.purged),
+      regionCount: d.purged.length,
+      bytes: this.regionBytes(d.purged),
+      markedOutOfSyncCount: d.markedOutOfSync.length,
+      released: d.released,
+      serverNodeId: s.server()?.nodeId ?? null,
+      outOfSyncRegions: this.regionCount - s.sync.population(),
+    });
+    if (done) this.emitResynced(done);
+  }
+
+  private emitResynced(d: DepartureResynced): void {
+    this.emitEvent('cluster-node-resynced', {
+      uuid: this.opts.uuid,
+      nodeId: d.nodeId,
+      regions: this.departures.rangeText(d.recovered),
+      regionCount: d.recovered.length,
+      bytes: this.regionBytes(d.recovered),
+      recoveredHere: this.departures.rangeText(d.recoveredHere),
+      recoveredHereCount: d.recoveredHere.length,
+      recoveredHereBytes: this.regionBytes(d.recoveredHere),
+      recoveredBy: Object.fromEntries([...d.recoveredBy].map(([n, k]) => [String(n), k])),
+      ms: d.doneAtMs - d.leftAtMs,
+    });
   }
 
   private isServer(s: ReplicatedLogState): boolean {

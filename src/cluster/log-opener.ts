@@ -29,6 +29,7 @@ export function clusterLogOpener(opts: ClusterLogOpenerOptions = {}): LogOpener 
         integratedFlush: spec.integratedFlush,
         transport: opts.transport?.(),
         ...(spec.kind === 'disk' ? { logDevice: ctx.device } : {}),
+        ...(ctx.events ? { events: ctx.events } : {}),
       });
       registerClusterLog(spec.uuid, log); // cluster-wide repair (repair-relay.ts)
       return log;

@@ -7,7 +7,7 @@
 // support is missing.
 import type { Leg } from '../mirror/legs/leg.js';
 import type { SyncMode } from '../mirror/log/dirty-log.js';
-import { ClusterLog, type ClusterLogLimits } from './cluster-log.js';
+import { ClusterLog, type ClusterLogEventSink, type ClusterLogLimits } from './cluster-log.js';
 import { CorosyncQuorum, CpgTransport, type CpgLimits } from './cpg.js';
 import type { Transport } from './transport.js';
 
@@ -23,6 +23,8 @@ export interface OpenClusterLogOptions {
   limits?: Partial<ClusterLogLimits>;
   /** clustered-disk: the shared log device. */
   logDevice?: Leg;
+  /** The volume's event sink (node departures are reported there). */
+  events?: ClusterLogEventSink;
 }
 
 /** The caller still calls resume() (the mirror does, on activation). */
@@ -46,6 +48,7 @@ export function openClusterLog(opts: OpenClusterLogOptions): ClusterLog {
     integratedFlush: opts.integratedFlush,
     limits: opts.limits,
     ...(opts.logDevice ? { logDevice: opts.logDevice } : {}),
+    ...(opts.events ? { events: opts.events } : {}),
     transport,
     isQuorate: () => quorum.quorate,
     onQuorumChange: (fn) => quorum.onChange((q) => fn({ quorate: q.quorate, nodeIds: q.nodeIds })),
