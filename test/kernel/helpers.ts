@@ -108,6 +108,8 @@ export interface TestVolume {
   /** Files holding the data: one (linear, nbdkit) or the two legs (mirror). */
   legs: string[];
   logFile?: string;
+  /** `nbd-mirror serve`'s control socket (events, status, table); undefined for nbdkit. */
+  controlPath?: string;
   /** The server's output so far (for failure messages). */
   output(): string;
   alive(): boolean;
@@ -118,12 +120,22 @@ export interface TestVolume {
   dispose(): Promise<void>;
 }
 
+/** Variations of the mirror volume (the leg-failure test). */
+export interface VolumeOptions {
+  /** The second leg served elsewhere (e.g. an nbdkit error-filter leg): its URI for the table, its file. */
+  readonly secondLeg?: { readonly uri: string; readonly file: string };
+  /** Table features after the legs, e.g. ['handle_errors']. */
+  readonly features?: readonly string[];
+  /** More `nbd-mirror serve` arguments, e.g. ['--repair-policy', 'remove']. */
+  readonly serveArgs?: readonly string[];
+}
+
 /**
  * Starts a server for a fresh volume of sizeBytes on 127.0.0.1:<free port>.
- * mirror: `0 <sectors> mirror disk 2 LOG 1024 2 LEG1 0 LEG2 0` via `nbd-mirror serve`;
+ * mirror: `0 <sectors> mirror disk 2 LOG 1024 2 LEG1 0 LEG2 0 [N FEATURES...]` via `nbd-mirror serve`;
  * linear: `0 <sectors> linear FILE 0`; nbdkit: `nbdkit -f file FILE` (reference server).
  */
-export async function startVolume(kind: ServerKind, sizeBytes: number, exportName = 'vol'): Promise<TestVolume> {
+export async function startVolume(kind: ServerKind, sizeBytes: number, exportName = 'vol', opts: VolumeOptions = {}): Promise<TestVolume> {
   const dir = await makeTempDir('nbdm-kernel-');
   const port = await freePort();
   const sectors = sizeBytes / SECTOR_BYTES;
@@ -133,25 +145,28 @@ export async function startVolume(kind: ServerKind, sizeBytes: number, exportNam
       return await startNbdkit(dir, port, file, exportName, sizeBytes);
     }
     const legs = kind === 'mirror' ? [join(dir, 'leg1.img'), join(dir, 'leg2.img')] : [join(dir, 'disk.img')];
-    for (const leg of legs) await createSparseFile(leg, sizeBytes);
+    if (kind === 'mirror' && opts.secondLeg) legs[1] = opts.secondLeg.file;
+    for (const leg of legs) if (leg !== opts.secondLeg?.file) await createSparseFile(leg, sizeBytes);
     let logFile: string | undefined;
     let table: string;
     if (kind === 'mirror') {
       logFile = await createSparseFile(join(dir, 'log.img'), 1024 * 1024);
-      table = `0 ${sectors} mirror disk 2 ${logFile} ${MIRROR_REGION_SECTORS} 2 ${legs[0]} 0 ${legs[1]} 0`;
+      const second = opts.secondLeg?.uri ?? legs[1];
+      const features = opts.features?.length ? ` ${opts.features.length} ${opts.features.join(' ')}` : '';
+      table = `0 ${sectors} mirror disk 2 ${logFile} ${MIRROR_REGION_SECTORS} 2 ${legs[0]} 0 ${second} 0${features}`;
     } else {
       table = `0 ${sectors} linear ${legs[0]} 0`;
     }
     const h: ServerHandle = await startServer({
       tables: [{ table, name: exportName }],
-      extraArgs: ['--listen', `tcp:127.0.0.1:${port}`],
+      extraArgs: ['--listen', `tcp:127.0.0.1:${port}`, ...(opts.serveArgs ?? [])],
       dir,
     });
     await waitForNbd(port, exportName, () => h.hasExited(), () => h.output());
     let stopped = false;
     const stop = async () => { if (!stopped) { stopped = true; await h.stop(); } };
     return {
-      kind, port, exportName, sizeBytes, dir, legs, logFile, pid: h.pid,
+      kind, port, exportName, sizeBytes, dir, legs, logFile, controlPath: h.controlPath, pid: h.pid,
       output: () => h.output(), alive: () => !h.hasExited(), stop,
       dispose: async () => { try { await stop(); } finally { await removeTempDir(dir); } },
     };
