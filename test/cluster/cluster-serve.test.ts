@@ -3,8 +3,10 @@
 // leg files, each node's export on its own unix socket (filesystem sockets work across net namespaces).
 // Each node writes its own slice (disjoint regions). Checks, in order on one cluster:
 //  (a) kill -9 of a node that is not the log server mid-write: the other nodes' fio verify passes, the
-//      dead node's dirty regions (and only regions of its slice) are resynced, every write it had
-//      acknowledged is read back through another node, legs identical (cmp);
+//      dead node's dirty regions, exactly, are resynced: both survivors report the same regions left out of
+//      sync (cluster-node-left on their event streams, all inside its slice), the same regions recovered
+//      (cluster-node-resynced), and their engines copied exactly those bytes between them; every write it
+//      had acknowledged is read back through another node, legs identical (cmp);
 //  (b) kill -9 of the log server: I/O through the survivors resumes (takeover time recorded), legs equal;
 //  (c) a node restarts and rejoins: it gets the state (in sync) and its writes are seen by others;
 //  (e) a partition isolates one node: it stops acknowledging writes to new regions; the majority goes on.
@@ -17,7 +19,7 @@ import { NbdClient } from '../../src/nbd/client/client.js';
 import { run } from '../helpers/run.js';
 import { findTool } from '../helpers/tools.js';
 import { clusterUnavailableReason, Harness, now } from './harness.js';
-import { checkAcked, Node, pattern, sleep, waitAllInSync, within, writer } from './serve-node.js';
+import { checkAcked, expectDepartureResynced, Node, pattern, sleep, waitAllInSync, within, writer } from './serve-node.js';
 
 const NODES = 3;
 const TOKEN_MS = 1000;
@@ -99,7 +101,9 @@ describe.skipIf(unavailable !== undefined)(`nbd-mirror serve on a 3-node corosyn
     const fio2 = fioVerify(dir, 'a2', nodes[1]!.uri, SLICE_BYTES);
     await sleep(1500);
     expect(w3.acked.length).toBeGreaterThan(0);
-    const before = (await Promise.all(nodes.slice(0, 2).map((n) => n.resyncBytes()))).reduce((a, b) => a + b, 0);
+    const befores = await Promise.all(nodes.slice(0, 2).map((n) => n.resyncBytes()));
+    const before = befores.reduce((a, b) => a + b, 0);
+    const watches = await Promise.all(nodes.slice(0, 2).map((n) => n.watchEvents()));
     const tKill = now();
     await n3.kill9();
     await w3.stop();
@@ -117,6 +121,19 @@ describe.skipIf(unavailable !== undefined)(`nbd-mirror serve on a 3-node corosyn
     expect(resynced).toBeGreaterThan(0);
     expect(resynced % REGION_BYTES).toBe(0);
     expect(resynced).toBeLessThanOrEqual(SLICE_BYTES);
+    // Exactly node 3's marks: the same set on both survivors, recovered once, copied byte for byte.
+    try {
+      const dep = await expectDepartureResynced(
+        nodes.slice(0, 2).map((node, i) => ({ node, watch: watches[i]!, resyncBefore: befores[i]! })),
+        3,
+      );
+      expect(dep.bytes).toBe(resynced);
+      for (const r of dep.regions) expect(Math.floor((r * REGION_BYTES) / SLICE_BYTES), `region ${r} in node 3's slice`).toBe(2);
+      times.aDepartureRegions = dep.regions.length;
+      times.aDepartureResyncMs = dep.resyncMs;
+    } finally {
+      for (const w of watches) w.close();
+    }
     times.aAckedBlocksChecked = await checkAcked(nodes[0]!.uri, 2 * SLICE_BYTES, w3.acked, w3.block, 3);
     await run('cmp', [legs[0]!, legs[1]!]);
   });

@@ -1,11 +1,15 @@
 // serve-node.ts — test-side helpers for `nbd-mirror serve` running inside a cluster node's namespace:
 // start (ready = pid file), kill -9 / SIGTERM by PID, dm status and resync bytes (/metrics inside the
-// namespace) per node, a writer that records which writes were acknowledged, and the read-back check.
+// namespace) per node, its control event stream, a writer that records which writes were acknowledged,
+// the read-back check, and the exact-resync check after a node died (expectDepartureResynced).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { expect } from 'vitest';
+import type { NodeLeftEvent, NodeResyncedEvent } from '../../src/cluster/cluster-log.js';
+import { parseRangeText } from '../../src/cluster/departures.js';
+import { ControlClient } from '../../src/control/client.js';
 import { NbdClient } from '../../src/nbd/client/client.js';
 import { run } from '../helpers/run.js';
 import { CLI_PATH } from '../helpers/server.js';
@@ -91,6 +95,32 @@ export class Node {
     const [a, b] = t[4 + Number(t[3])]!.split('/').map(Number);
     return { inSync: a!, regions: b!, raw };
   }
+  /** Follows this node's control event stream from now on (close() it). */
+  async watchEvents(): Promise<EventWatch> {
+    const events: WatchedEvent[] = [];
+    let wake: (() => void) | undefined;
+    const ws = await new ControlClient({ kind: 'unix', path: this.ctl }).events('volume', (ev) => {
+      if (ev.kind === 'hello') return;
+      events.push(ev as unknown as WatchedEvent);
+      wake?.();
+    });
+    return {
+      events,
+      close: () => ws.terminate(),
+      waitFor: async (kind, pred = () => true, ms = 30_000) => {
+        const t0 = now();
+        for (;;) {
+          const hit = events.find((e) => e.kind === kind && pred(e.data));
+          if (hit) return hit.data;
+          if (now() - t0 > ms) throw new Error(`node ${this.n}: no ${kind} event in ${ms} ms (got: ${events.map((e) => e.kind).join(' ')})`);
+          await new Promise<void>((r) => {
+            wake = r;
+            setTimeout(r, 200);
+          });
+        }
+      },
+    };
+  }
   /** Resync bytes copied by this node's engine (nbd_mirror_resync_bytes_total from its /metrics). */
   async resyncBytes(): Promise<number> {
     const r = await run('ip', ['netns', 'exec', `${this.h.prefix}-n${this.n}`, 'curl', '-sf', `http://127.0.0.1:${this.dashboardPort}/metrics`]);
@@ -161,3 +191,59 @@ export async function waitAllInSync(nodes: Node[], ms: number): Promise<number> 
   }
 }
 
+
+export interface WatchedEvent {
+  kind: string;
+  time: string;
+  data: Record<string, unknown>;
+}
+export interface EventWatch {
+  readonly events: WatchedEvent[];
+  waitFor(kind: string, pred?: (data: Record<string, unknown>) => boolean, ms?: number): Promise<Record<string, unknown>>;
+  close(): void;
+}
+
+export interface DepartureFigures {
+  /** Regions that went out of sync because the node left (its in-sync marks). */
+  regions: number[];
+  bytes: number;
+  /** Survivor node number -> bytes its engine copied since `resyncBefore` (= its recoveredHere bytes). */
+  copiedBytes: Map<number, number>;
+  /** From the membership change to the last region in sync (as the first survivor measured it). */
+  resyncMs: number;
+  left: NodeLeftEvent;
+}
+
+/**
+ * After node `deadNodeId` died: every survivor reported the same regions left out of sync
+ * (cluster-node-left), the same regions recovered since (cluster-node-resynced = exactly that set, plus a
+ * released recovery claim if it held one), the survivors' recoveredHere parts are disjoint and cover the
+ * set, and each survivor's engine copied exactly its part (resync byte counter since `resyncBefore`):
+ * nothing else was resynced.
+ */
+export async function expectDepartureResynced(
+  survivors: readonly { node: Node; watch: EventWatch; resyncBefore: number }[],
+  deadNodeId: number,
+  ms = 60_000,
+): Promise<DepartureFigures> {
+  const isDead = (d: Record<string, unknown>) => d.nodeId === deadNodeId;
+  const lefts = await Promise.all(survivors.map((s) => s.watch.waitFor('cluster-node-left', isDead, ms)));
+  const resynced = await Promise.all(survivors.map((s) => s.watch.waitFor('cluster-node-resynced', isDead, ms)));
+  const left = lefts[0] as unknown as NodeLeftEvent;
+  for (const l of lefts) expect(l, 'every survivor reports the same departure').toEqual(left);
+  const regions = parseRangeText(left.regions);
+  expect(regions.length).toBe(left.regionCount);
+  const expected = [...new Set([...regions, ...(left.released === null ? [] : [left.released])])].sort((a, b) => a - b);
+  const here: number[] = [];
+  const copiedBytes = new Map<number, number>();
+  for (let i = 0; i < survivors.length; i++) {
+    const r = resynced[i] as unknown as NodeResyncedEvent;
+    expect(parseRangeText(r.regions), `node ${survivors[i]!.node.n}: recovered set`).toEqual(expected);
+    here.push(...parseRangeText(r.recoveredHere));
+    const copied = (await survivors[i]!.node.resyncBytes()) - survivors[i]!.resyncBefore;
+    copiedBytes.set(survivors[i]!.node.n, copied);
+    expect(copied, `node ${survivors[i]!.node.n}: bytes its engine resynced = its recoveredHere bytes`).toBe(r.recoveredHereBytes);
+  }
+  expect(here.sort((a, b) => a - b), 'the survivors recovered each region once, all of them').toEqual(expected);
+  return { regions, bytes: left.bytes, copiedBytes, resyncMs: (resynced[0] as unknown as NodeResyncedEvent).ms, left };
+}
