@@ -6,8 +6,13 @@
 // Node 1 makes the filesystem, both mount, write and verify each other's files (as in gfs2.test.ts); then
 // guest 2 and its nbd-mirror node are killed together (SIGKILL) while guest 2 writes. Guest 1 must see it
 // leave, get its DLM recovered (fencing disabled in dlm.conf) and node 2's journal replayed, and keep
-// working (new files, node 2's earlier files intact). Host: the survivors resync node 2's dirty regions
-// (resync bytes > 0, whole regions) and get in sync; legs identical; fsck.gfs2 -n clean.
+// working (new files, node 2's earlier files intact). Host: the survivors resync exactly node 2's dirty
+// regions: nbd-mirror nodes 1 and 3 both report (cluster-node-left on their control event streams) the
+// same set of regions that went out of sync because node 2 left — every region node 2 held a mark on that
+// was in sync, including regions node 1 had marked too (node 2 may have written them on one leg only) —
+// and (cluster-node-resynced) the same set recovered since; their recoveredHere parts are disjoint and
+// cover it, and each engine's resync byte counter grew by exactly its part: nothing else was copied.
+// Then all in sync; legs identical; fsck.gfs2 -n clean.
 import { cpus, loadavg } from 'node:os';
 import { mkdirSync, readFileSync } from 'node:fs';
 import { connect, createServer, type Server } from 'node:net';
@@ -17,7 +22,7 @@ import { acquireSlots } from '../../scripts/vm/slots.js';
 import { run } from '../helpers/run.js';
 import { MiB } from '../helpers/tmp.js';
 import { clusterUnavailableReason, Harness } from '../cluster/harness.js';
-import { Node, waitAllInSync } from '../cluster/serve-node.js';
+import { expectDepartureResynced, Node, waitAllInSync, type EventWatch } from '../cluster/serve-node.js';
 import {
   bootGuest, describeGuest, fileSha256, freeUdpPort, gfs2FsckClean, prepareImage, requireKernelTestTools,
   type GuestResult,
@@ -63,10 +68,12 @@ describe.skipIf(!toolsOk || unavailable !== undefined)(
     let h: Harness | undefined;
     const nodes: Node[] = [];
     const proxies: Server[] = [];
+    const watches: EventWatch[] = [];
 
     beforeAll(() => { prepareImage('gfs2'); }, 300_000);
     afterAll(async () => {
       for (const p of proxies) p.close();
+      for (const w of watches) w.close();
       for (const n of nodes) await n.kill9().catch(() => undefined);
       await h?.teardown();
     }, 120_000);
@@ -96,7 +103,9 @@ describe.skipIf(!toolsOk || unavailable !== undefined)(
           proxies.push(p.server);
           ports.push(p.port);
         }
-        const resyncBefore = (await Promise.all([nodes[0]!.resyncBytes(), nodes[2]!.resyncBytes()])).reduce((a, b) => a + b, 0);
+        const survivorBefore = await Promise.all([nodes[0]!.resyncBytes(), nodes[2]!.resyncBytes()]);
+        const resyncBefore = survivorBefore.reduce((a, b) => a + b, 0);
+        for (const n of [nodes[0]!, nodes[2]!]) watches.push(await n.watchEvents());
 
         const linkPorts = [await freeUdpPort(), await freeUdpPort()];
         const pairFailed = new AbortController();
@@ -152,6 +161,16 @@ describe.skipIf(!toolsOk || unavailable !== undefined)(
         expect(resynced).toBeGreaterThan(0);
         expect(resynced % REGION_BYTES).toBe(0);
         expect(resynced).toBeLessThan(VOLUME_BYTES);
+        // Exactly node 2's dirty regions (see the header): same sets on both survivors, copied once.
+        const dep = await expectDepartureResynced(
+          [{ node: nodes[0]!, watch: watches[0]!, resyncBefore: survivorBefore[0]! }, { node: nodes[2]!, watch: watches[1]!, resyncBefore: survivorBefore[1]! }],
+          2,
+        );
+        expect(dep.bytes).toBe(resynced);
+        expect(dep.regions.length).toBeGreaterThan(0);
+        console.log(`[kernel] gfs2-cluster: node 2 left ${dep.regions.length} regions / ${dep.bytes} bytes out of sync ` +
+          `(regions ${dep.left.regions}; ${dep.left.markedOutOfSyncCount} marked already out of sync; released ${dep.left.released}); ` +
+          `recovered: ${[...dep.copiedBytes].map(([n, b]) => `node ${n} ${b} bytes`).join(', ')}; ${dep.resyncMs} ms from the membership change`);
 
         await timed('serve-stop', async () => { await nodes[0]!.stop(); await nodes[2]!.stop(); });
         const [a, b] = await timed('legs-sha256', () => Promise.all(legs.map(fileSha256)));
