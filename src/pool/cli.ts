@@ -6,6 +6,7 @@ import type { Command } from 'commander';
 import { ControlError } from '../control/control-error.js';
 import { EXIT_FAILURE, EXIT_USAGE, UsageError } from '../control/usage-error.js';
 import { PoolError, type PoolErrorCode } from './errors.js';
+import { releaseClusterLock } from './cluster-lock.js';
 import { MetadataError } from './metadata.js';
 
 export interface PoolFlags {
@@ -39,6 +40,8 @@ export async function runPool(flags: { json: boolean }, body: () => Promise<[unk
     if (flags.json) process.stdout.write(`${JSON.stringify({ error: { code: err.code, message: err.message } }, null, 2)}\n`);
     process.stderr.write(`nbd-mirror: error: ${err.message}\n`);
     process.exitCode = INPUT_CODES.has(err.code) ? EXIT_USAGE : EXIT_FAILURE;
+  } finally {
+    await releaseClusterLock();
   }
 }
 

@@ -12,7 +12,8 @@ import { locate, locatePool, volumeRef, type LocateFlags } from './locate.js';
 import { checkMetadata, extentOffsetBytes, parseMetadata, type PoolMetadata, type PoolVolume, type LogKind } from './metadata.js';
 import * as ops from './ops.js';
 import { diskLogState, serverState, type VolumeState } from './status.js';
-import { commit, expandDevicePaths, scanDevice, type DeviceScan, type LoadedPool } from './store.js';
+import { commit, expandDevicePaths, scanDevice, type CommitPlan, type DeviceScan, type LoadedPool } from './store.js';
+import { announceCommitted, takeClusterLock } from './cluster-lock.js';
 import { volumeTable } from './tables.js';
 
 export interface ControlFlag {
@@ -61,13 +62,25 @@ function requireComplete(pool: LoadedPool): LoadedPool {
 
 /**
  * A pool about to be changed: locked against other commands on this host (lock file per pool uuid, held
- * until the process exits; a lock whose pid is gone is taken over), read again under the lock, complete,
- * and with any interrupted online change settled. (Not a cluster-wide lock: clvmd's role is not done.)
+ * until the process exits; a lock whose pid is gone is taken over) and, for a clustered pool, against every
+ * node (cluster-lock.ts: this process joins the pool's corosync group and takes the metadata lock, as clvmd
+ * did); read again under the lock, complete, and with any interrupted online change settled.
  */
-async function openForChange(flags: LocateFlags & ControlFlag, name: string): Promise<LoadedPool> {
+async function openForChange(flags: LocateFlags & ControlFlag, name: string, op = 'change'): Promise<LoadedPool> {
   const first = (await locatePool(flags, name)).pool;
   lockPool(first.md.uuid, name);
+  if (first.md.clustered) await takeClusterLock(first.md, op);
   return settle(requireComplete((await locatePool(flags, name)).pool), flags);
+}
+
+/**
+ * Commit `md` and, in a clustered pool, tell every node (COMMITTED seqno): each `serve --pool` re-reads the
+ * metadata and reloads the tables that changed. Intents (md.pending) are not announced: nodes act on the
+ * committed outcome only.
+ */
+async function commitChange(pool: Pick<LoadedPool, 'paths'> | null, md: PoolMetadata, plan: CommitPlan = {}, volumes: readonly string[] = []): Promise<void> {
+  await commit(pool, md, plan);
+  if (md.pending === undefined) await announceCommitted(md.seqno, volumes);
 }
 
 const heldLocks = new Set<string>();
@@ -115,10 +128,12 @@ function withoutPending(md: PoolMetadata, volumes: readonly PoolVolume[] = md.vo
 async function settle(pool: LoadedPool, flags: ControlFlag): Promise<LoadedPool> {
   const pending = pool.md.pending;
   if (pending === undefined) return pool;
-  const c = controlClient(flags);
-  const served = c === null ? null : await serverState(c, pool.md, pool.paths, pending.volume).catch(() => null);
+  // Clustered: roll forward. Other nodes may already serve the new table and no one node can tell; the
+  // COMMITTED announcement makes every node reload to the outcome (the new legs are stale and resynced).
+  const c = pool.md.clustered ? null : controlClient(flags);
+  const served = pool.md.clustered ? true : c === null ? null : await serverState(c, pool.md, pool.paths, pending.volume).catch(() => null);
   const md = served !== null ? withoutPending(pool.md, pool.md.volumes.map((v) => (v.name === pending.volume.name ? pending.volume : v))) : withoutPending(pool.md);
-  await commit(pool, md);
+  await commitChange(pool, md, {}, [pending.volume.name]);
   return { ...pool, md };
 }
 
@@ -138,10 +153,10 @@ export async function poolCreate(opts: { name: string; devices: string[]; cluste
 }
 
 export async function poolExtend(name: string, paths: string[], flags: LocateFlags & ControlFlag): Promise<PoolMetadata> {
-  const pool = await openForChange(flags, name);
+  const pool = await openForChange(flags, name, `pool extend ${name} ${paths.join(' ')}`);
   const devices = await newDevices(paths);
   const { md, added } = ops.extendPool(withPaths(pool.md, pool.paths), devices);
-  await commit(pool, md, { join: added.map((d) => ({ path: d.path, uuid: d.uuid })) });
+  await commitChange(pool, md, { join: added.map((d) => ({ path: d.path, uuid: d.uuid })) });
   return md;
 }
 
@@ -153,20 +168,20 @@ async function deviceUuidOf(pool: LoadedPool, dev: string): Promise<string> {
 }
 
 export async function poolReduce(name: string, dev: string, flags: LocateFlags & ControlFlag): Promise<PoolMetadata> {
-  const pool = await openForChange(flags, name);
+  const pool = await openForChange(flags, name, `pool reduce ${name} ${dev}`);
   const uuid = await deviceUuidOf(pool, dev);
   const md = ops.reducePool(withPaths(pool.md, pool.paths), uuid);
-  await commit(pool, md, { leave: [pool.paths.get(uuid)!] });
+  await commitChange(pool, md, { leave: [pool.paths.get(uuid)!] });
   return md;
 }
 
 export async function poolChange(name: string, change: { clustered?: boolean }, flags: LocateFlags & ControlFlag): Promise<PoolMetadata> {
-  const pool = await openForChange(flags, name);
+  const pool = await openForChange(flags, name, `pool change ${name} --clustered ${change.clustered ? 'y' : 'n'}`);
   if (change.clustered === undefined) throw new PoolError('EINVAL', 'pool change: nothing to change (give --clustered y|n)');
   if (change.clustered === pool.md.clustered) throw new PoolError('EINVAL', `pool ${name} is already ${change.clustered ? '' : 'not '}clustered`);
   await refuseServed(pool, pool.md.volumes, flags, 'pool change');
   const md = ops.setClustered(withPaths(pool.md, pool.paths), change.clustered);
-  await commit(pool, md);
+  await commitChange(pool, md, {}, md.volumes.map((v) => v.name));
   return md;
 }
 
@@ -265,37 +280,50 @@ export interface VolumeCreateOptions {
 
 export async function volumeCreate(ref: string, poolFlag: string | undefined, o: VolumeCreateOptions, flags: LocateFlags & ControlFlag): Promise<{ md: PoolMetadata; volume: PoolVolume; table: string }> {
   const r = volumeRef(ref, poolFlag);
-  const pool = await openForChange(flags, r.pool);
+  const pool = await openForChange(flags, r.pool, `create ${r.pool}/${r.volume}`);
   if (o.regionSizeBytes !== undefined && o.regionSizeBytes > pool.md.extentSizeBytes) {
     throw new PoolError('EINVAL', `--region-size ${o.regionSizeBytes} is larger than the pool's extent size (${pool.md.extentSizeBytes})`);
   }
   const { md, volume } = ops.createVolume(withPaths(pool.md, pool.paths), { name: r.volume, ...o });
-  await commit(pool, md);
+  await commitChange(pool, md, {}, [volume.name]);
   return { md, volume, table: volumeTable(md, pool.paths, volume) };
 }
 
 export async function volumeRemove(ref: string, poolFlag: string | undefined, flags: LocateFlags & ControlFlag): Promise<PoolMetadata> {
   const r = volumeRef(ref, poolFlag);
-  const pool = await openForChange(flags, r.pool);
+  const pool = await openForChange(flags, r.pool, `remove ${r.pool}/${r.volume}`);
   const v = ops.findVolume(pool.md, r.volume);
   await refuseServed(pool, [v], flags, 'remove');
   const md = ops.removeVolume(withPaths(pool.md, pool.paths), r.volume);
-  await commit(pool, md);
+  await commitChange(pool, md, {}, [v.name]);
   return md;
 }
 
-export async function volumeResize(ref: string, poolFlag: string | undefined, sizeBytes: number, flags: LocateFlags & ControlFlag): Promise<{ md: PoolMetadata; volume: PoolVolume; oldSizeBytes: number }> {
+/**
+ * Grow a volume (lvextend). Served: online (intent, reload of the larger table, suspend --noflush, resume,
+ * commit); the server opens the grown table as a new export whose disk log marks the new regions out of
+ * sync, so only the new part is resynced (a core log resyncs all). NBD clients connected before see the
+ * old size until they reconnect (NBD has no resize notification in the base protocol).
+ */
+export async function volumeResize(ref: string, poolFlag: string | undefined, sizeBytes: number, flags: LocateFlags & ControlFlag): Promise<{ md: PoolMetadata; volume: PoolVolume; oldSizeBytes: number; online: boolean }> {
   const r = volumeRef(ref, poolFlag);
-  const pool = await openForChange(flags, r.pool);
-  await refuseServed(pool, [ops.findVolume(pool.md, r.volume)], flags, 'resize');
-  const out = ops.resizeVolume(withPaths(pool.md, pool.paths), r.volume, sizeBytes);
-  await commit(pool, out.md);
-  return out;
+  const pool = await openForChange(flags, r.pool, `resize ${r.pool}/${r.volume} to ${sizeBytes} bytes`);
+  const current = ops.findVolume(pool.md, r.volume);
+  const base = withPaths(pool.md, pool.paths);
+  const out = ops.resizeVolume(base, r.volume, sizeBytes);
+  const c = controlClient(flags);
+  const served = c === null ? null : await serverState(c, pool.md, pool.paths, current).catch(() => null);
+  if (served === null || c === null) {
+    await commitChange(pool, out.md, {}, [r.volume]);
+    return { ...out, online: false };
+  }
+  const md = await applyOnline(pool, c, base, out.volume, out.md.volumes, 'resize');
+  return { ...out, md, online: true };
 }
 
 export async function volumeConvert(ref: string, poolFlag: string | undefined, mirrors: number, o: { log?: LogKind }, flags: LocateFlags & ControlFlag): Promise<{ md: PoolMetadata; volume: PoolVolume; table: string; online: boolean }> {
   const r = volumeRef(ref, poolFlag);
-  const pool = await openForChange(flags, r.pool);
+  const pool = await openForChange(flags, r.pool, `convert ${r.pool}/${r.volume} --mirrors ${mirrors}`);
   const current = ops.findVolume(pool.md, r.volume);
   const c = controlClient(flags);
   const served = c === null ? null : await serverState(c, pool.md, pool.paths, current).catch(() => null);
@@ -303,27 +331,38 @@ export async function volumeConvert(ref: string, poolFlag: string | undefined, m
   const { md, volume } = ops.convertMirrors(base, r.volume, mirrors, o);
   const table = volumeTable(md, pool.paths, volume);
   if (served === null || c === null) {
-    await commit(pool, md);
+    await commitChange(pool, md, {}, [volume.name]);
     return { md, volume, table, online: false };
   }
-  // Online (lvconvert on an active LV): intent first, then reload + suspend --noflush + resume, then commit.
+  const done = await applyOnline(pool, c, base, volume, md.volumes, 'convert');
+  return { md: done, volume, table, online: true };
+}
+
+/**
+ * One online step on a served volume (lvconvert/lvextend/pvmove on an active LV): the intent (metadata with
+ * the new volume as `pending`, new seqno), then the server loads the new table (reload, suspend --noflush,
+ * resume), then the commit of `finalVolumes`. A command killed in between is settled by the next command
+ * (settle()). Returns the committed metadata.
+ */
+async function applyOnline(pool: LoadedPool, c: ControlClient, base: PoolMetadata, volume: PoolVolume, finalVolumes: readonly PoolVolume[], what: string, step = ''): Promise<PoolMetadata> {
   const intent: PoolMetadata = { ...base, seqno: base.seqno + 1, pending: { volume } };
   checkMetadata(intent);
   await commit(pool, intent);
-  crashPoint('after-intent');
+  crashPoint(`${step}after-intent`);
+  const table = volumeTable(intent, pool.paths, volume);
   const path = (op: string): string => `/v1/volumes/${encodeURIComponent(volume.name)}/${op}`;
   try {
     await c.post(path('reload'), { table });
     await c.post(path('suspend'), { noflush: true });
     await c.post(path('resume'));
   } catch (e) {
-    await commit(pool, withoutPending(intent)); // the server kept (or went back to) the old table
-    throw new PoolError('EIO', `convert ${volume.name}: the running server refused the new table: ${(e as Error).message}; nothing changed`);
+    await commitChange(pool, withoutPending(intent), {}, [volume.name]); // the server kept (or went back to) the old table
+    throw new PoolError('EIO', `${what} ${volume.name}: the running server refused the new table: ${(e as Error).message}; nothing changed`);
   }
-  crashPoint('after-resume');
-  const done = withoutPending(intent, md.volumes);
-  await commit(pool, done);
-  return { md: done, volume, table, online: true };
+  crashPoint(`${step}after-resume`);
+  const done = withoutPending(intent, finalVolumes);
+  await commitChange(pool, done, {}, [volume.name]);
+  return done;
 }
 
 /** Test hook: NBD_MIRROR_POOL_CRASH_AT=<point> kills this process there with SIGKILL (a crash, no cleanup). */
@@ -340,10 +379,19 @@ export async function volumeTableLine(ref: string, poolFlag: string | undefined,
 
 /** Every volume of a pool as [name, table line], for serve --pool. */
 export async function poolTables(name: string, flags: LocateFlags & ControlFlag): Promise<{ name: string; table: string }[]> {
+  return (await poolServePlan(name, flags)).tables;
+}
+
+/**
+ * What `serve --pool` serves, and the metadata it came from. A plain pool's interrupted change is settled
+ * first (this host's lock); a clustered pool's is left to the next command under the cluster lock (the
+ * server serves the committed volumes and follows the outcome when it is announced, see watch.ts).
+ */
+export async function poolServePlan(name: string, flags: LocateFlags & ControlFlag): Promise<{ tables: { name: string; table: string }[]; md: PoolMetadata }> {
   const located = (await locatePool(flags, name)).pool;
-  const pool = located.md.pending !== undefined && located.missing.length === 0 ? await settle(located, flags) : located;
+  const pool = located.md.pending !== undefined && located.missing.length === 0 && !located.md.clustered ? await settle(located, flags) : located;
   if (pool.md.volumes.length === 0) throw new PoolError('ENOENT', `pool ${name} has no volumes to serve`);
-  return pool.md.volumes.map((v) => ({ name: v.name, table: volumeTable(pool.md, pool.paths, v) }));
+  return { tables: pool.md.volumes.map((v) => ({ name: v.name, table: volumeTable(pool.md, pool.paths, v) })), md: pool.md };
 }
 
 export interface VolumeRow {
@@ -400,7 +448,7 @@ export const MOVE_CHUNK_BYTES = 1024 * 1024;
  * before the commit leaves the old runs authoritative (the copies are just unused extents).
  */
 export async function poolMove(name: string, dev: string, to: string | undefined, flags: LocateFlags & ControlFlag): Promise<{ md: PoolMetadata; moves: ops.RunMove[]; bytes: number }> {
-  const pool = await openForChange(flags, name);
+  const pool = await openForChange(flags, name, `pool move ${name} ${dev}${to !== undefined ? ` --to ${to}` : ''}`);
   const fromUuid = await deviceUuidOf(pool, dev);
   const toUuid = to === undefined ? undefined : await deviceUuidOf(pool, to);
   const { md, moves } = ops.moveDevice(withPaths(pool.md, pool.paths), fromUuid, toUuid);
@@ -424,6 +472,6 @@ export async function poolMove(name: string, dev: string, to: string | undefined
       await dst.close();
     }
   }
-  await commit(pool, md);
+  await commitChange(pool, md, {}, [...new Set(moves.map((m) => m.volume))]);
   return { md, moves, bytes };
 }

@@ -13,7 +13,7 @@ import { run } from '../helpers/run.js';
 import { startServer, stopAllServers } from '../helpers/server.js';
 import { requireTools } from '../helpers/tools.js';
 import { makeTempDir, MiB, removeTempDir } from '../helpers/tmp.js';
-import { makeDevices, ok } from './pool-cli.js';
+import { areaHashes, cli, makeDevices, ok } from './pool-cli.js';
 
 const haveTools = requireTools('nbdcopy');
 let dir: string;
@@ -21,7 +21,9 @@ let env: NodeJS.ProcessEnv;
 
 beforeAll(async () => {
   dir = await makeTempDir('pool-clustered-');
-  env = { NBD_MIRROR_DEVICES: dir };
+  // No corosync in this namespace: changing a clustered pool goes without the cluster lock (the refusal
+  // without this override is tested below; the lock itself in cluster-lock.test.ts).
+  env = { NBD_MIRROR_DEVICES: dir, NBD_MIRROR_POOL_LOCK: 'local' };
   await ok(['pool', 'create', 'p', ...(await makeDevices(dir, ['a.img', 'b.img', 'c.img']))], env);
   await ok(['create', 'p/v', '--size', '8M', '--mirrors', '1'], env);
 });
@@ -77,5 +79,17 @@ describe.runIf(haveTools)('pool change --clustered', () => {
     await ok(['create', 'cp/w', '--size', '4M', '--mirrors', '1', '--log', 'core'], env);
     expect((await ok(['table', 'cp/w'], env)).trim()).toMatch(/^0 8192 mirror userspace 4 [0-9a-f-]{36} integrated_flush clustered-core 1024 2 /);
     expect((await ok(['pool', 'list'], env))).toMatch(/cp\s+2\s+1\s+wz---c/);
+  });
+
+  it('without corosync a clustered pool is not changed: the refusal names the cluster lock and the way out', async () => {
+    const devs = [join(dir, 'd.img'), join(dir, 'e.img')];
+    const before = await areaHashes(devs);
+    const r = await cli(['create', 'cp/x', '--size', '4M', '--mirrors', '0'], { ...env, NBD_MIRROR_POOL_LOCK: '' });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/pool cp is clustered: changing it takes the cluster-wide metadata lock, which needs corosync on this node \(.*\)\. Start corosync, or set NBD_MIRROR_POOL_LOCK=local/);
+    expect(await areaHashes(devs)).toEqual(before);
+    const bad = await cli(['create', 'cp/x', '--size', '4M'], { ...env, NBD_MIRROR_POOL_LOCK: 'sometimes' });
+    expect(bad.stderr).toContain('NBD_MIRROR_POOL_LOCK=sometimes: expected cluster or local');
+    expect(await areaHashes(devs)).toEqual(before);
   });
 });
