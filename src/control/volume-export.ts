@@ -94,7 +94,7 @@ export class VolumeExport implements Export {
   retarget(next: Export): void {
     assert.ok(this.suspended, 'retarget while not suspended');
     const before = this.target.capabilities().sizeBytes;
-    assert.equal(next.capabilities().sizeBytes, before, 'retarget must keep the size');
+    assert.ok(next.capabilities().sizeBytes >= before, 'retarget may grow the size, never shrink it');
     this.target = next;
   }
 

@@ -313,10 +313,12 @@ export class Volume extends EventEmitter {
       this.assertOpen();
       const spec = parseOrRefuse(this.backend, line);
       const liveLen = this.live.spec.lengthSectors;
-      if (spec.lengthSectors !== liveLen) {
+      if (spec.lengthSectors < liveLen) {
+        // Growing is supported (a new export of the larger table on resume; connected clients keep the size
+        // they negotiated until they reconnect); shrinking under connected clients is not.
         throw new ControlError(
           'ESIZE',
-          `table length ${spec.lengthSectors} sectors differs from the live table's ${liveLen} sectors: resizing is not supported`,
+          `table length ${spec.lengthSectors} sectors differs from the live table's ${liveLen} sectors: shrinking is not supported (only growing)`,
         );
       }
       const prepared = await prepareTable(this.backend, this.pool, spec);
@@ -431,11 +433,12 @@ export class Volume extends EventEmitter {
     const old = this.live;
     let how: ResumeResult['how'];
     try {
-      if (engine.reloadInPlace !== undefined && next.spec.kind === 'mirror' && old.spec.kind === 'mirror' &&
+      const sameLength = next.spec.lengthSectors === old.spec.lengthSectors;
+      if (sameLength && engine.reloadInPlace !== undefined && next.spec.kind === 'mirror' && old.spec.kind === 'mirror' &&
           engine.regionSizeBytes === next.spec.log.regionSizeSectors * SECTOR_BYTES) {
         await this.resumeInPlace(next, old.spec, next.spec);
         how = 'in-place';
-      } else if (engine.reloadInPlace !== undefined && next.spec.kind === 'linear' && old.spec.kind === 'mirror') {
+      } else if (sameLength && engine.reloadInPlace !== undefined && next.spec.kind === 'linear' && old.spec.kind === 'mirror') {
         await this.resumeToLinear(next);
         how = 'to-linear';
       } else {

@@ -104,7 +104,8 @@ describe('Volume', () => {
     const before = v.table();
     const refusals: Array<[string, string, string]> = [
       [`0 ${SECTORS} mirror core 2 1024 2 a 0`, 'EINVAL', "expected 'sync' or 'nosync'"],
-      [`0 ${SECTORS * 2} linear a 0`, 'ESIZE', 'resizing is not supported'],
+      [`0 ${SECTORS / 2} linear a 0`, 'ESIZE', 'shrinking is not supported'],
+      [`0 ${SECTORS * 2} linear a 0`, 'ENODEV', 'leg a is too small'],
       [mirror(['a', 'missing']), 'ENODEV', 'cannot open missing'],
       [mirror(['a', 'small']), 'ENODEV', 'leg small is too small'],
       ['', 'EINVAL', 'empty table line'],
