@@ -123,10 +123,10 @@ describe.skipIf(!ok)('kernel nbd client, a mirror leg fails under ext4 (handle_e
           events.push({ kind: ev.kind, atMs: Date.parse(ev.time), data: (ev.data ?? {}) as Record<string, unknown> });
         });
 
-        let armedAtMs: number | undefined;
+        let armedAtMs: number | undefined; // just before the trigger file is made: nothing fails earlier
         const a = await armPort(async () => {
-          await legB.arm();
           armedAtMs = Date.now();
+          await legB.arm();
         });
         arm = a.server;
         const stepAtMs = new Map<string, number>();
@@ -171,7 +171,7 @@ describe.skipIf(!ok)('kernel nbd client, a mirror leg fails under ext4 (handle_e
         const repair = events.find((e) => e.kind === 'repair-done');
         expect(repair?.data.removed).toEqual([legB.uri]);
         expect(Number(resume!.data.heldWritesReissued)).toBeGreaterThan(0);
-        expect(failed!.atMs).toBeGreaterThanOrEqual(armedAtMs! - 5); // ISO times are whole ms
+        expect(failed!.atMs).toBeGreaterThanOrEqual(armedAtMs!);
         expect(held[0]!.atMs).toBeLessThan(writesEndMs);
         expect(resume!.atMs).toBeLessThan(writesEndMs);
         expect(events.some((e) => e.kind === 'write-held' && e.atMs > resume!.atMs), 'writes held after the repair').toBe(false);
@@ -182,11 +182,14 @@ describe.skipIf(!ok)('kernel nbd client, a mirror leg fails under ext4 (handle_e
         const heldSumMs = held.reduce((s, e) => s + (resume!.atMs - e.atMs), 0);
         const armToResumeMs = resume!.atMs - armedAtMs!;
         const failToResumeMs = resume!.atMs - failed!.atMs;
+        // The guest's own view: its writer's longest round (one O_DIRECT write + fsync, 10 ms resolution).
+        const writerMaxMs = Number(/WRITER: \d+ rounds in all, the longest (\d+) ms/.exec(r.log)?.[1] ?? NaN);
         console.log(`[kernel] leg failure: writes held ${heldWindowMs} ms (first write-held -> resume), ` +
           `${held.length} held writes, ${heldSumMs} ms summed; leg-failed -> resume ${failToResumeMs} ms; ` +
-          `arm -> resume ${armToResumeMs} ms; nbd-client -t ${REQUEST_TIMEOUT_S} s ` +
+          `arm -> resume ${armToResumeMs} ms; guest writer's longest write+fsync ${writerMaxMs} ms; nbd-client -t ${REQUEST_TIMEOUT_S} s ` +
           `(asserted < ${HELD_SHARE_OF_TIMEOUT_MAX * REQUEST_TIMEOUT_S} s)`);
         expect(armToResumeMs).toBeLessThan(HELD_SHARE_OF_TIMEOUT_MAX * REQUEST_TIMEOUT_S * 1000);
+        expect(writerMaxMs).toBeLessThan(HELD_SHARE_OF_TIMEOUT_MAX * REQUEST_TIMEOUT_S * 1000);
 
         // The repair removed B: the table is linear on A, nothing is held any more.
         const sectors = VOLUME_BYTES / SECTOR_BYTES;

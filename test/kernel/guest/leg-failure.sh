@@ -1,7 +1,8 @@
 # Guest side of the leg-failure test (runs under `set -e` with /lib/nbdm/lib.sh sourced): ext4 on a 2-leg
 # mirror whose second leg dies while the guest writes. The kernel client must never see it.
 # 1. write the first half of a tree of files (fsync each);
-# 2. start a writer that keeps O_DIRECT writes in flight (files busy/b0..b7, rewritten in turn), then ask the
+# 2. start a writer that keeps O_DIRECT writes in flight (files busy/b0..b7, rewritten in turn; it reports
+#    its longest round, the kernel's view of the hold), then ask the
 #    host to fail the leg: `fail-leg` to 10.0.2.2:ARM_PORT; the host arms nbdkit's error filter and answers
 #    `armed` only after that, so the failure lands between the two halves, with writes in flight;
 # 3. write the second half and the big file (held by the server until its repair reloads the table),
@@ -41,13 +42,20 @@ write_dirs 1 "$half"
 step writer-start
 mkdir -p /mnt/tree/busy
 rm -f /tmp/busy.stop /tmp/busy.rc /tmp/busy.rounds
+# centiseconds since boot (/proc/uptime has 10 ms resolution)
+now_cs() { read -r up _ < /proc/uptime; echo "${up%.*}${up#*.}"; }
 (
   r=0
+  max_cs=0
   while [ ! -f /tmp/busy.stop ] && [ "$r" -lt "${BUSY_ROUNDS_MAX:-4000}" ]; do
+    t=$(now_cs)
     # One O_DIRECT write of the whole file: the kernel sends it as one or more requests at once.
     dd if=/dev/urandom of="/mnt/tree/busy/b$(( r % 8 ))" bs="${BUSY_FILE_KIB:-512}k" count=1 iflag=fullblock oflag=direct conv=fsync 2>/dev/null || { echo "$?" > /tmp/busy.rc; exit 1; }
+    d=$(( $(now_cs) - t ))
+    [ "$d" -le "$max_cs" ] || max_cs=$d
     r=$((r + 1))
     echo "$r" > /tmp/busy.rounds
+    echo "$max_cs" > /tmp/busy.max
   done
   echo 0 > /tmp/busy.rc
 ) &
@@ -67,7 +75,7 @@ dd if=/dev/urandom of=/mnt/tree/big bs=64k count=$(( ${BIG_FILE_KIB:-4096} / 64 
 touch /tmp/busy.stop
 wait "$busy" || true
 expect_eq "writer exit status" "$(cat /tmp/busy.rc 2>/dev/null)" 0
-echo "WRITER: $(cat /tmp/busy.rounds) rounds in all"
+echo "WRITER: $(cat /tmp/busy.rounds) rounds in all, the longest $(( $(cat /tmp/busy.max) * 10 )) ms"
 sync
 
 step kernel-log
