@@ -70,7 +70,15 @@ async function openForChange(flags: LocateFlags & ControlFlag, name: string, op 
   const first = (await locatePool(flags, name)).pool;
   lockPool(first.md.uuid, name);
   if (first.md.clustered) await takeClusterLock(first.md, op);
-  return settle(requireComplete((await locatePool(flags, name)).pool), flags);
+  const pool = await settle(requireComplete((await locatePool(flags, name)).pool), flags);
+  await holdPoint();
+  return pool;
+}
+
+/** Test hook: NBD_MIRROR_POOL_HOLD_MS=<ms> keeps the locks that long before changing anything. */
+async function holdPoint(): Promise<void> {
+  const ms = Number(process.env.NBD_MIRROR_POOL_HOLD_MS ?? 0);
+  if (Number.isFinite(ms) && ms > 0) await new Promise((r) => setTimeout(r, ms));
 }
 
 /**

@@ -1,0 +1,190 @@
+// Scenario, for real: a clustered pool on 2 corosync nodes (network namespaces, scripts/cluster/cluster.sh),
+// `serve --pool` on each node over the same shared device files, and commands run inside each node's
+// namespace (each joins the pool's CPG group and takes the cluster-wide metadata lock):
+//  (a) both nodes convert the same volume at the same time: exactly one wins, the other waits for the lock,
+//      then re-reads the metadata and is refused with a message naming the problem; the metadata is
+//      consistent (one commit, no pending change) and BOTH servers serve the new table (the other node's
+//      server followed the COMMITTED announcement);
+//  (b) a command holding the lock: another node's command with a short timeout is refused naming the
+//      holder (node, pid, operation, since); then the holder is killed -9 while holding it and a waiting
+//      command on the other node gets the lock at once;
+//  (c) a command killed -9 in the middle of an online change (after its intent was written): the next
+//      command on the other node rolls the change forward; both servers serve the outcome.
+// Skips where it cannot run (not root, no corosync) unless CI=true.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseTable } from '../../src/mirror/table.js';
+import { CLI_PATH } from '../helpers/server.js';
+import { ADDON, clusterUnavailableReason, Harness, now } from '../cluster/harness.js';
+import { makeDevices, ok, type CliResult } from './pool-cli.js';
+
+const TOKEN_MS = 1000;
+const unavailable = await clusterUnavailableReason();
+if (unavailable && process.env.CI === 'true') throw new Error(`cluster lock tests cannot run under CI: ${unavailable}`);
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe.skipIf(unavailable !== undefined)(`clustered pool metadata lock on 2 corosync nodes${unavailable ? ` (skipped: ${unavailable})` : ''}`, () => {
+  let h: Harness;
+  let dir: string;
+  const servers: { child: ChildProcess; out: string; exited: boolean }[] = [];
+  const times: Record<string, number> = {};
+
+  const nodeEnv = (n: number): NodeJS.ProcessEnv => ({
+    ...process.env,
+    NBD_MIRROR_DEVICES: dir,
+    NBD_MIRROR_CPG_ADDON: ADDON,
+    NBD_MIRROR_LOCK_DIR: path.join(dir, `locks-n${n}`), // each "host" has its own host lock directory
+  });
+  const ctl = (n: number) => path.join(dir, `n${n}.ctl`);
+
+  /** Spawn the CLI inside node n's namespace. */
+  function spawnCli(n: number, args: string[], env: NodeJS.ProcessEnv = {}): { child: ChildProcess; done: Promise<CliResult> } {
+    const child = spawn('ip', ['netns', 'exec', `${h.prefix}-n${n}`, process.execPath, CLI_PATH, ...args], { env: { ...nodeEnv(n), ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout!.on('data', (b: Buffer) => (stdout += b.toString()));
+    child.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+    const done = new Promise<CliResult>((resolve) => child.on('exit', (code) => resolve({ code, stdout, stderr })));
+    return { child, done };
+  }
+  const cliOn = (n: number, args: string[], env: NodeJS.ProcessEnv = {}) => spawnCli(n, args, env).done;
+
+  async function startServer(n: number): Promise<void> {
+    const pidFile = path.join(dir, `n${n}.pid`);
+    const args = ['serve', '--pool', 'cp', '--listen', `unix:${path.join(dir, `n${n}.sock`)}`, '--control', ctl(n), '--pid-file', pidFile, '--quiet'];
+    const child = spawn('ip', ['netns', 'exec', `${h.prefix}-n${n}`, process.execPath, CLI_PATH, ...args], { env: nodeEnv(n), stdio: ['ignore', 'pipe', 'pipe'] });
+    const s = { child, out: '', exited: false };
+    servers.push(s);
+    child.stdout!.on('data', (b: Buffer) => (s.out = (s.out + b.toString()).slice(-16384)));
+    child.stderr!.on('data', (b: Buffer) => (s.out = (s.out + b.toString()).slice(-16384)));
+    child.on('exit', () => (s.exited = true));
+    const t0 = now();
+    while (!existsSync(pidFile) || (await readFile(pidFile, 'utf8')).trim() !== String(child.pid)) {
+      if (s.exited) throw new Error(`node ${n} serve exited: ${s.out}`);
+      if (now() - t0 > 30_000) throw new Error(`node ${n} serve not ready: ${s.out}`);
+      await sleep(50);
+    }
+  }
+
+  async function served(n: number): Promise<string> {
+    return (await ok<{ table: string }>(['table', 'v', '--control', ctl(n), '--json'])).table;
+  }
+  /** Wait until both servers serve what the metadata says for v; returns the table and how long it took. */
+  async function bothServeMetadata(ms: number): Promise<{ table: string; tookMs: number }> {
+    const want = (await ok(['table', 'cp/v'], { NBD_MIRROR_DEVICES: dir })).trim();
+    const t0 = now();
+    for (;;) {
+      const got = [await served(1), await served(2)];
+      if (got.every((t) => t === want)) return { table: want, tookMs: now() - t0 };
+      if (now() - t0 > ms) throw new Error(`servers do not serve the metadata's table\nwant ${want}\ngot  ${got.join('\n     ')}\n${servers.map((s) => s.out).join('\n')}`);
+      await sleep(100);
+    }
+  }
+  async function show(): Promise<{ seqno: number; metadata: { pending?: unknown; volumes: { name: string; legs: unknown[] }[] } }> {
+    return ok(['pool', 'show', 'cp', '--json'], { NBD_MIRROR_DEVICES: dir });
+  }
+
+  beforeAll(async () => {
+    h = new Harness('pl');
+    dir = path.join(h.runDir, 'pool');
+    mkdirSync(dir);
+    for (const n of [1, 2]) mkdirSync(path.join(dir, `locks-n${n}`));
+    times.clusterUpMs = await h.start(2, TOKEN_MS);
+    const devs = await makeDevices(dir, ['a.img', 'b.img', 'c.img', 'd.img'], 32 * 1024 * 1024);
+    const local = { NBD_MIRROR_DEVICES: dir, NBD_MIRROR_POOL_LOCK: 'local' }; // setup: nobody serves yet
+    await ok(['pool', 'create', 'cp', '--clustered', ...devs], local);
+    await ok(['create', 'cp/v', '--size', '8M', '--mirrors', '0'], local);
+    await ok(['create', 'cp/spare', '--size', '4M', '--mirrors', '0'], local);
+    await startServer(1);
+    await startServer(2);
+  }, 120_000);
+
+  afterAll(async () => {
+    for (const s of servers) if (!s.exited) s.child.kill('SIGKILL');
+    await sleep(200);
+    console.log(`cluster lock timings: ${JSON.stringify(times)}`);
+    await h?.teardown();
+  }, 60_000);
+
+  it('(a) conflicting changes on two nodes at once: one wins, the other waits and is refused; both serve the new table', async () => {
+    const before = await show();
+    const t0 = now();
+    const [r1, r2] = await Promise.all([1, 2].map((n) => cliOn(n, ['convert', 'cp/v', '--mirrors', '1', '--log', 'core', '--control', ctl(n), '--json'])));
+    times.conflictMs = now() - t0;
+    const results = [r1!, r2!];
+    const winners = results.filter((r) => r.code === 0);
+    const losers = results.filter((r) => r.code !== 0);
+    expect(winners, results.map((r) => r.stderr).join('\n')).toHaveLength(1);
+    expect(losers).toHaveLength(1);
+    expect(losers[0]!.code).toBe(2);
+    expect(losers[0]!.stderr).toContain('nbd-mirror: error: convert v: already 2 leg(s)');
+    expect(winners[0]!.stdout).toContain('"legs"');
+
+    const after = await show();
+    expect(after.metadata.pending).toBeUndefined();
+    expect(after.seqno).toBe(before.seqno + 2); // the winner's intent + commit; the loser wrote nothing
+    expect(after.metadata.volumes.find((v) => v.name === 'v')!.legs).toHaveLength(2);
+    const { table, tookMs } = await bothServeMetadata(15_000);
+    times.otherNodeFollowedMs = tookMs;
+    const spec = parseTable(table);
+    expect(spec.kind === 'mirror' && spec.legs.length === 2 && spec.log.clustered).toBe(true);
+  }, 90_000);
+
+  it('(b) a held lock: a short wait is refused naming the holder; killing the holder -9 frees it at once', async () => {
+    const holder = spawnCli(1, ['create', 'cp/w1', '--size', '4M', '--mirrors', '0'], { NBD_MIRROR_POOL_HOLD_MS: '60000' });
+    // Wait until node 1's command holds its host lock (the cluster lock is taken right after), then node 2's
+    // short request is refused naming it.
+    const hostLock = path.join(dir, 'locks-n1', `${(await show() as unknown as { uuid: string }).uuid}.lock`);
+    const t0 = now();
+    while (!existsSync(hostLock)) {
+      if (now() - t0 > 20_000) throw new Error('node 1 command never took its host lock');
+      await sleep(50);
+    }
+    await sleep(1000);
+    let refused: CliResult | undefined;
+    for (;;) {
+      const r = await cliOn(2, ['create', 'cp/w2', '--size', '4M', '--mirrors', '0'], { NBD_MIRROR_POOL_LOCK_TIMEOUT_MS: '1500' });
+      if (r.code !== 0 && /is locked by/.test(r.stderr)) {
+        refused = r;
+        break;
+      }
+      expect(r.code, r.stderr).not.toBe(0);
+      if (now() - t0 > 20_000) throw new Error(`node 1 never held the lock: ${r.stderr}`);
+    }
+    expect(refused.stderr).toMatch(
+      new RegExp(`nbd-mirror: error: pool cp is locked by node 1 \\(pid ${holder.child.pid}\\) for "create cp/w1" since \\d{4}-\\d\\d-\\d\\dT[0-9:.]+Z \\(waited 1\\.5 s\\)`),
+    );
+    expect(refused.code).toBe(2);
+    const seqBefore = (await show()).seqno;
+
+    // A patient command on node 2 waits; the holder dies mid-change; node 2 gets the lock promptly.
+    const waiter = spawnCli(2, ['create', 'cp/w2', '--size', '4M', '--mirrors', '0'], { NBD_MIRROR_POOL_LOCK_TIMEOUT_MS: '30000' });
+    await sleep(1500);
+    const killedAt = now();
+    holder.child.kill('SIGKILL');
+    const w = await waiter.done;
+    times.lockFreedAfterKillMs = now() - killedAt;
+    expect(w.code, w.stderr).toBe(0);
+    expect(times.lockFreedAfterKillMs).toBeLessThan(10_000);
+    const s = await show();
+    expect(s.seqno).toBe(seqBefore + 1); // only node 2's create: the killed holder had written nothing
+    expect(s.metadata.volumes.map((v) => v.name).sort()).toEqual(['spare', 'v', 'w2']);
+  }, 90_000);
+
+  it('(c) killed -9 after its intent: the next command on the other node rolls it forward; both serve it', async () => {
+    const r = await cliOn(1, ['convert', 'cp/v', '--mirrors', '0', '--control', ctl(1)], { NBD_MIRROR_POOL_CRASH_AT: 'after-intent' });
+    expect(r.code).toBeNull(); // SIGKILL
+    expect((await show()).metadata.pending).toBeDefined();
+    const next = await cliOn(2, ['remove', 'cp/w2', '--control', ctl(2)]);
+    expect(next.code, next.stderr).toBe(0);
+    const s = await show();
+    expect(s.metadata.pending).toBeUndefined();
+    expect(s.metadata.volumes.find((v) => v.name === 'v')!.legs).toHaveLength(1); // after, never in between
+    const { table } = await bothServeMetadata(15_000);
+    expect(parseTable(table).kind).toBe('linear');
+  }, 90_000);
+});
