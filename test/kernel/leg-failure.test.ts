@@ -19,7 +19,7 @@ import { ControlClient } from '../../src/control/client.js';
 import { startFaultLeg, type FaultLeg } from '../control/faults-legs.js';
 import { MiB, makeTempDir, removeTempDir, SECTOR_BYTES } from '../helpers/tmp.js';
 import {
-  bootGuest, describeGuest, e2fsckClean, guestSums, hostSums, peakRssMiB, prepareImage, requireKernelTestTools,
+  bootGuest, describeGuest, e2fsckClean, fileSha256, guestSums, hostSums, peakRssMiB, prepareImage, requireKernelTestTools,
   startVolume, withGuestSlots, type GuestResult, type TestVolume,
 } from './helpers.js';
 
@@ -203,6 +203,9 @@ describe.skipIf(!ok)('kernel nbd client, a mirror leg fails under ext4 (handle_e
         ws = undefined;
         await timed('server-stop', () => vol.stop());
         await timed('e2fsck', () => e2fsckClean(vol.legs[0]!));
+        // B really stopped taking writes when it failed (everything after went to A only).
+        const [shaA, shaB] = await timed('legs-sha256', () => Promise.all([fileSha256(vol.legs[0]!), fileSha256(legB.file)]));
+        expect(shaB, 'leg B missed the writes after its failure').not.toBe(shaA);
         // What the guest wrote is on leg A, byte for byte (read with debugfs, not through our server).
         const sumsOnHost = await timed('debugfs-rdump', () => hostSums(vol.legs[0]!, '/tree', vol.dir));
         expect(Object.fromEntries(sumsOnHost)).toEqual(Object.fromEntries(sumsInGuest));
