@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # build-native.sh — build the N-API addons in native/:
 #   native/peercred  SO_PEERCRED peer uid for --allow EXPORT=uid:N (needs only Node's headers)
+#   native/copy-range copy_file_range(2) for resync between file legs (src/mirror/legs/copy-range.ts; Node's headers only)
 #   native           the corosync CPG + quorum addon (nbdm_cpg.node) for clustered logs (src/cluster/cpg.ts)
 # An addon whose build prerequisites are missing is skipped with one note (exit 0): single-node volumes need
 # neither. Set NBDM_NATIVE_REQUIRED=1 to make a missing prerequisite an error instead (CI).
@@ -33,3 +34,4 @@ if [[ ! -f "$inc/cpg.h" || ! -f "$inc/quorum.h" ]]; then
 else
   "$gyp" "${common[@]}" --directory="$here/native"
 fi
+"$gyp" "${common[@]}" --directory="$here/native/copy-range"

@@ -40,6 +40,8 @@ import { systemScheduler, type Scheduler } from './scheduler.js';
 
 export type { MirrorOptions } from './options.js';
 
+const RESOLVED: Promise<void> = Promise.resolve();
+
 /** Build and activate a mirror: resumes the log, picks the source leg, starts resync. */
 export async function createMirror(opts: MirrorOptions): Promise<MirrorExport> {
   const m = new MirrorExport(opts);
@@ -296,12 +298,27 @@ export class MirrorExport implements Export {
     return best;
   }
 
-  private async readFrom(target: Buffer, offsetBytes: number, attempt: number): Promise<void> {
+  private readFrom(target: Buffer, offsetBytes: number, attempt: number): Promise<void> {
     const inSync = this.rangeInSync(offsetBytes, target.length);
     const leg = inSync ? this.pickReadLeg() : this.defaultLeg;
     if (leg < 0 || this.health.isFailed(leg)) {
-      throw new ExportError('EIO', inSync ? 'no healthy leg left' : 'region not in sync and its source leg has failed');
+      return Promise.reject(new ExportError('EIO', inSync ? 'no healthy leg left' : 'region not in sync and its source leg has failed'));
     }
+    const l = this.legs[leg]!;
+    if (l.readNow !== undefined) {
+      // Synchronous fast path (page-cached file leg); nothing is outstanding afterwards.
+      const err = l.readNow(target, offsetBytes);
+      if (err === null) return RESOLVED;
+      if (err !== undefined) {
+        this.failLeg(leg, 'read', err);
+        if (attempt + 1 >= this.legs.length) return Promise.reject(toExportError(err));
+        return this.readFrom(target, offsetBytes, attempt + 1);
+      }
+    }
+    return this.readAsync(target, offsetBytes, attempt, leg);
+  }
+
+  private async readAsync(target: Buffer, offsetBytes: number, attempt: number, leg: number): Promise<void> {
     this.outstandingReads[leg]!++;
     try {
       await this.legs[leg]!.read(target, offsetBytes);
@@ -423,6 +440,14 @@ export class MirrorExport implements Export {
     let io: Promise<void>;
     switch (req.kind) {
       case 'write':
+        if (!req.fua && leg.writeNow !== undefined) {
+          // Synchronous fast path (page-cached file leg): completes on this stack, no promise per leg.
+          const err = leg.writeNow(p.data!, p.offsetBytes);
+          if (err !== undefined) {
+            this.legDone(p, legIndex, err);
+            return;
+          }
+        }
         io = leg.write(p.data!, p.offsetBytes, { fua: req.fua });
         break;
       case 'zero':

@@ -1,8 +1,9 @@
 // Resync (recovery, dm-raid1.c do_recovery + dm-kcopyd): copy out-of-sync regions from the source leg to
 // the other healthy legs.
 // Owns: which regions are being recovered here (up to regionsInFlightMax at once), the priority queue
-// (regions with waiting writes jump ahead), the copy loop (chunkBytes buffers, one per worker, reused),
-// the rate limit (a token bucket on the injected scheduler, changeable while running), and progress
+// (regions with waiting writes jump ahead), the copy loop (Leg.copyRangeTo offload, copy_file_range between
+// file legs; else read + write through chunkBytes buffers, one per worker, reused), the rate limit (a token
+// bucket on the injected scheduler, changeable while running), and progress
 // (in-sync regions, bytes/s, ETA) with periodic 'resync-progress' events.
 //
 // Per region: claim it in the log (recovering), hold it in the region hash (new writes park, wait for its
@@ -236,39 +237,50 @@ export class Resync {
     const targets = host.targetLegs(source);
     if (targets.length === 0) return true; // one healthy leg: trivially in sync
     const legs = host.legs();
+    const sourceLeg = legs[source]!;
     const startBytes = host.regions.regionStartBytes(region);
     const lengthBytes = host.regions.regionLengthBytes(region);
-    const buffer = this.freeBuffers.pop() ?? Buffer.allocUnsafe(this.opts.chunkBytes);
+    // The buffer is taken only when a chunk goes through read + write (no copy offload for some target).
+    let buffer: Buffer | null = null;
     try {
       for (let doneBytes = 0; doneBytes < lengthBytes; ) {
         if (!this.running) return false; // suspend: abort at a chunk edge, the region stays out of sync
         const n = Math.min(this.opts.chunkBytes, lengthBytes - doneBytes);
         await this.bucket.take(n);
-        const chunk = buffer.subarray(0, n);
         const off = startBytes + doneBytes;
-        try {
-          await legs[source]!.read(chunk, off);
-        } catch (err) {
-          host.legFailed(source, err);
-          return false;
+        // Offload first (copy_file_range between file legs); targets it did not fully copy get read + write.
+        let rest = targets;
+        if (sourceLeg.copyRangeTo !== undefined) {
+          const copied = await Promise.all(targets.map((t) => sourceLeg.copyRangeTo!(legs[t]!, off, n)));
+          rest = targets.filter((_t, i) => !copied[i]);
         }
-        let failed = false;
-        await Promise.all(
-          targets.map((t) =>
-            legs[t]!.write(chunk, off, { fua: false }).catch((err: unknown) => {
-              failed = true;
-              host.legFailed(t, err);
-            }),
-          ),
-        );
-        if (failed) return false;
+        if (rest.length > 0) {
+          buffer ??= this.freeBuffers.pop() ?? Buffer.allocUnsafe(this.opts.chunkBytes);
+          const chunk = buffer.subarray(0, n);
+          try {
+            await sourceLeg.read(chunk, off);
+          } catch (err) {
+            host.legFailed(source, err);
+            return false;
+          }
+          let failed = false;
+          await Promise.all(
+            rest.map((t) =>
+              legs[t]!.write(chunk, off, { fua: false }).catch((err: unknown) => {
+                failed = true;
+                host.legFailed(t, err);
+              }),
+            ),
+          );
+          if (failed) return false;
+        }
         doneBytes += n;
         this.bytesCopied += n;
         this.rateSampleBytes += n;
       }
       return true;
     } finally {
-      this.freeBuffers.push(buffer);
+      if (buffer !== null) this.freeBuffers.push(buffer);
     }
   }
 

@@ -88,6 +88,31 @@ export class MemLeg implements Leg {
     }
   }
 
+  /** The synchronous forms (a leg offering Leg.readNow / writeNow): null when done, else the error. */
+  readSync(target: Buffer, offsetBytes: number): Error | null {
+    this.ops.read++;
+    if (offsetBytes < 0 || offsetBytes + target.length > this.sizeBytes) return new ExportError('EINVAL', `${this.device}: out of range`);
+    if (this.failReads) return new ExportError('EIO', `${this.device}: injected read error`);
+    this.durable.copy(target, 0, offsetBytes, offsetBytes + target.length);
+    const S = MemLeg.SECTOR;
+    for (let sec = Math.floor(offsetBytes / S); this.cache.size && sec * S < offsetBytes + target.length; sec++) {
+      const b = this.cache.get(sec);
+      if (!b) continue;
+      const from = Math.max(offsetBytes, sec * S);
+      const to = Math.min(offsetBytes + target.length, sec * S + b.length);
+      b.copy(target, from - offsetBytes, from - sec * S, to - sec * S);
+    }
+    return null;
+  }
+
+  writeSync(data: Buffer, offsetBytes: number): Error | null {
+    this.ops.write++;
+    if (offsetBytes < 0 || offsetBytes + data.length > this.sizeBytes) return new ExportError('EINVAL', `${this.device}: out of range`);
+    if (this.failWrites) return new ExportError('EIO', `${this.device}: injected write error`);
+    this.apply(data, offsetBytes, data.length, !this.opts.volatileCache);
+    return null;
+  }
+
   async write(data: Buffer, offsetBytes: number, flags: LegWriteFlags): Promise<void> {
     this.ops.write++;
     if (this.gate) await this.gate();

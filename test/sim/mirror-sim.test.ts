@@ -59,7 +59,18 @@ class EpochLeg implements Leg {
   constructor(
     readonly inner: MemLeg,
     private readonly rand: () => number,
+    /** When set, about half the reads and non-FUA writes complete synchronously (Leg.readNow/writeNow,
+     *  as FileLeg does for page-cached I/O); its own PRNG, so runs without it replay as before. */
+    private readonly syncRand: (() => number) | null = null,
   ) {}
+  readNow(t: Buffer, o: number): Error | null | undefined {
+    if (this.syncRand === null || this.dead || this.inner.gate || this.syncRand() < 0.5) return undefined;
+    return this.inner.readSync(t, o);
+  }
+  writeNow(d: Buffer, o: number): Error | null | undefined {
+    if (this.syncRand === null || this.dead || this.inner.gate || this.syncRand() < 0.5) return undefined;
+    return this.inner.writeSync(d, o);
+  }
   get device() {
     return this.inner.device;
   }
@@ -206,8 +217,8 @@ interface World {
   failed: Set<number>;
 }
 
-async function activate(w: Pick<World, 'legs' | 'logDev'>, rand: () => number, handleErrors = false): Promise<World> {
-  const epochLegs = w.legs.map((l) => new EpochLeg(l, rand));
+async function activate(w: Pick<World, 'legs' | 'logDev'>, rand: () => number, handleErrors = false, syncRand: (() => number) | null = null): Promise<World> {
+  const epochLegs = w.legs.map((l) => new EpochLeg(l, rand, syncRand));
   const epochLog = w.logDev ? new EpochLeg(w.logDev, rand) : null;
   const sched = new ManualScheduler();
   const log: DirtyLog = epochLog
@@ -272,12 +283,13 @@ interface HeldIo {
   state: 'pending' | 'acked' | 'failed';
 }
 
-async function runScenario(seedOps: Op[], legCount0: number, disk: boolean, ioSeed: number, handleErrors = false): Promise<void> {
+async function runScenario(seedOps: Op[], legCount0: number, disk: boolean, ioSeed: number, handleErrors = false, syncIo = false): Promise<void> {
   const rand = xorshift(ioSeed);
+  const syncRand = syncIo ? xorshift(ioSeed ^ 0x5bd1e995) : null;
   // The table's legs: a repair (suspend + reload without failed legs + resume) shrinks it.
   let legs = Array.from({ length: legCount0 }, (_, i) => new MemLeg(`/leg${i}`, SIZE, { volatileCache: true }));
   const logDev = disk ? new MemLeg('/log', 8192, { volatileCache: true }) : null;
-  let w = await activate({ legs, logDev }, rand, handleErrors);
+  let w = await activate({ legs, logDev }, rand, handleErrors, syncRand);
   const model = new Model(SIZE);
   /** handle_errors: writes held (not acknowledged) until a repair; must never complete before it. */
   let held: HeldIo[] = [];
@@ -412,7 +424,7 @@ async function runScenario(seedOps: Op[], legCount0: number, disk: boolean, ioSe
         crash(w);
         model.crashed();
         held = [];
-        w = await activate({ legs, logDev }, rand, handleErrors);
+        w = await activate({ legs, logDev }, rand, handleErrors, syncRand);
         break;
       }
       case 'crashMidWrite': {
@@ -437,7 +449,7 @@ async function runScenario(seedOps: Op[], legCount0: number, disk: boolean, ioSe
           else model.failed(x.off, x.len, v);
         });
         model.crashed();
-        w = await activate({ legs, logDev }, rand, handleErrors);
+        w = await activate({ legs, logDev }, rand, handleErrors, syncRand);
         break;
       }
     }
@@ -451,7 +463,7 @@ async function runScenario(seedOps: Op[], legCount0: number, disk: boolean, ioSe
   // Liveness: heal (crash + reactivate without faults), then resync must converge.
   crash(w);
   model.crashed();
-  w = await activate({ legs, logDev }, rand, handleErrors);
+  w = await activate({ legs, logDev }, rand, handleErrors, syncRand);
   let steps = 0;
   while (w.m.status().inSyncRegions < REGIONS && steps++ < LIVENESS_STEPS_MAX) {
     await settle(3);
@@ -480,19 +492,22 @@ const seed = envSeed ?? 0x5eed1234;
 
 describe('mirror simulation against a reference model', () => {
   console.log(`mirror-sim seed ${seed} (replay: SIM_SEED=${seed})`);
-  for (const [legCount, disk, runs, handleErrors] of [
-    [2, true, 30, false],
-    [3, true, 20, false],
-    [2, false, 20, false],
-    [3, true, 40, true],
+  for (const [legCount, disk, runs, handleErrors, syncIo] of [
+    [2, true, 30, false, false],
+    [3, true, 20, false, false],
+    [2, false, 20, false, false],
+    [3, true, 40, true, false],
+    // Legs that complete some reads and writes synchronously (FileLeg's page-cache fast path).
+    [2, true, 20, false, true],
+    [3, true, 20, true, true],
   ] as const) {
-    const name = `${legCount} legs, ${disk ? 'disk' : 'core'} log${handleErrors ? ', handle_errors (holds, repair by reload)' : ''}`;
+    const name = `${legCount} legs, ${disk ? 'disk' : 'core'} log${handleErrors ? ', handle_errors (holds, repair by reload)' : ''}${syncIo ? ', synchronous leg I/O' : ''}`;
     it(`${name}: safety under crashes and faults, then liveness`, async () => {
       await fc.assert(
         fc.asyncProperty(fc.array(opArb, { minLength: 5, maxLength: 30 }), fc.integer({ min: 1, max: 0x7fffffff }), (ops, ioSeed) =>
-          runScenario(ops, legCount, disk, ioSeed, handleErrors),
+          runScenario(ops, legCount, disk, ioSeed, handleErrors, syncIo),
         ),
-        { seed: seed + legCount * 7 + (disk ? 1 : 0) + (handleErrors ? 3 : 0), numRuns: runs, endOnFailure: !!process.env.SIM_FAST_FAIL },
+        { seed: seed + legCount * 7 + (disk ? 1 : 0) + (handleErrors ? 3 : 0) + (syncIo ? 11 : 0), numRuns: runs, endOnFailure: !!process.env.SIM_FAST_FAIL },
       );
     });
   }

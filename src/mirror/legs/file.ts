@@ -19,12 +19,19 @@
 // The trade-off: a synchronous call blocks the event loop (every connection) for its duration, and loses
 // concurrency on a device that is slow (cache misses on a disk). Hence the guard: each synchronous call is
 // timed; a window of SYNC_IO_WINDOW_CALLS calls of which over a quarter took more than SYNC_IO_SLOW_US,
-// or one call over SYNC_IO_STALL_US, switches the leg to the thread pool for SYNC_IO_BACKOFF_MS, then it
-// tries again. (Not "only when nothing else is in flight": synchronous calls never stay in flight, and on
+// or a second call over SYNC_IO_STALL_US within SYNC_IO_WINDOW_CALLS calls of a first one, switches the
+// leg to the thread pool for SYNC_IO_BACKOFF_MS, then it tries again. (One stall alone is not enough: on a
+// loaded machine a call that was merely preempted measures as a stall; on the pool every request then
+// costs several times the CPU, which made a busy machine much busier. A device that really stalls does
+// so again at the next call.) (Not "only when nothing else is in flight": synchronous calls never stay in flight, and on
 // a page-cached file they beat the pool at any queue depth; the slowness guard is what keeps concurrency
 // for a slow device.) Worst case without a backoff: a client's queue of small requests that each just miss
 // SYNC_IO_SLOW_US blocks the loop for queue depth x that long. FUA writes (O_DSYNC), flush and zero always
 // use the pool: they wait for the device. NBD_MIRROR_SYNC_IO=0 turns the synchronous path off.
+//
+// Resync between two FileLegs uses copyRangeTo (copy_file_range(2) through native/copy-range, one thread
+// pool job per chunk, no user-space buffer) when the addon is built; errors there are never reported, the
+// caller falls back to read + write, which attributes a failure to the right leg.
 
 import { strict as assert } from 'node:assert';
 import { constants as fsConstants, promises as fsp, read as fsRead, readSync, write as fsWrite, writeSync, type Stats } from 'node:fs';
@@ -34,11 +41,17 @@ import type { FileHandle } from 'node:fs/promises';
 import { ExportError } from '../../nbd/export.js';
 import type { Leg, LegWriteFlags } from './leg.js';
 import { LegOpenError, toExportError } from './errors.js';
+import { copyRange, copyRangeAvailable } from './copy-range.js';
 
 /** Largest single zero-fill write; the shared zero buffer has this size (allocated once, lazily). */
 export const ZERO_CHUNK_BYTES = 1024 * 1024;
 
 const RESOLVED: Promise<void> = Promise.resolve();
+const RESOLVED_FALSE: Promise<boolean> = Promise.resolve(false);
+
+function settled(err: Error | null): Promise<void> {
+  return err === null ? RESOLVED : Promise.reject(err);
+}
 
 let zeroChunk: Buffer | undefined;
 function sharedZeroChunk(): Buffer {
@@ -60,7 +73,7 @@ export const SYNC_IO_BYTES_MAX = 64 * 1024;
 export const SYNC_IO_SLOW_US = 1000;
 /** Synchronous calls per judgement window; more than a quarter slow in one window backs off. */
 export const SYNC_IO_WINDOW_CALLS = 64;
-/** One synchronous call slower than this (microseconds) backs off at once (the device stalled). */
+/** Two synchronous calls slower than this (microseconds) within a window back off at once (the device stalls). */
 export const SYNC_IO_STALL_US = 50_000;
 /** How long a leg stays on the thread pool after a backoff before trying synchronous calls again. */
 export const SYNC_IO_BACKOFF_MS = 1000;
@@ -213,6 +226,8 @@ export class FileLeg implements Leg {
   // ---- adaptive synchronous I/O (see the header) ------------------------------------------------------
   private windowCalls = 0;
   private windowSlow = 0;
+  /** Synchronous calls since the last stall (a second stall within a window backs off). */
+  private callsSinceStall = Infinity;
   /** performance.now() before which the leg uses the thread pool only (backoff after slow sync calls). */
   private poolOnlyUntilMs = 0;
   /** Synchronous and pool calls so far, and backoffs (diagnostics and tests). */
@@ -238,7 +253,14 @@ export class FileLeg implements Leg {
     this.syncStats.syncCalls++;
     this.windowCalls++;
     if (us > SYNC_IO_SLOW_US) this.windowSlow++;
-    if (us > SYNC_IO_STALL_US || (this.windowCalls >= SYNC_IO_WINDOW_CALLS && this.windowSlow * 4 > this.windowCalls)) {
+    this.callsSinceStall++;
+    let stalledTwice = false;
+    if (us > SYNC_IO_STALL_US) {
+      stalledTwice = this.callsSinceStall <= SYNC_IO_WINDOW_CALLS;
+      this.callsSinceStall = 0;
+    }
+    if (stalledTwice || (this.windowCalls >= SYNC_IO_WINDOW_CALLS && this.windowSlow * 4 > this.windowCalls)) {
+      this.callsSinceStall = Infinity;
       this.poolOnlyUntilMs = nowMs + SYNC_IO_BACKOFF_MS;
       this.syncStats.backoffs++;
     }
@@ -248,7 +270,8 @@ export class FileLeg implements Leg {
     }
   }
 
-  private readSyncAll(target: Buffer, offsetBytes: number): Promise<void> {
+  /** Synchronous read of the whole range; null when done, else the error (never throws). */
+  private readSyncNow(target: Buffer, offsetBytes: number): Error | null {
     const length = target.length;
     const base = this.offsetBytes + offsetBytes;
     const startMs = performance.now();
@@ -263,14 +286,15 @@ export class FileLeg implements Leg {
         done += n;
       }
     } catch (err) {
-      return Promise.reject(toExportError(err, this.device, `read of ${length} bytes at ${offsetBytes}`));
+      return toExportError(err, this.device, `read of ${length} bytes at ${offsetBytes}`);
     } finally {
       this.timed(startMs);
     }
-    return RESOLVED;
+    return null;
   }
 
-  private writeSyncAll(data: Buffer, offsetBytes: number): Promise<void> {
+  /** Synchronous write of the whole range; null when done, else the error (never throws). */
+  private writeSyncNow(data: Buffer, offsetBytes: number): Error | null {
     const length = data.length;
     const position = this.offsetBytes + offsetBytes;
     const startMs = performance.now();
@@ -278,15 +302,32 @@ export class FileLeg implements Leg {
     try {
       while (done < length) {
         const n = writeSync(this.fh.fd, data, done, length - done, position + done);
-        if (n === 0) throw new ExportError('ENOSPC', `${this.device}: write made no progress at ${position + done}`);
+        if (n === 0) return new ExportError('ENOSPC', `${this.device}: write made no progress at ${position + done}`);
         done += n;
       }
     } catch (err) {
-      return Promise.reject(toExportError(err, this.device, `write of ${length} bytes at ${offsetBytes}`));
+      return toExportError(err, this.device, `write of ${length} bytes at ${offsetBytes}`);
     } finally {
       this.timed(startMs);
     }
-    return RESOLVED;
+    return null;
+  }
+
+  /** Leg.readNow: the synchronous read when this read qualifies (see the header), else undefined. */
+  readNow(target: Buffer, offsetBytes: number): Error | null | undefined {
+    if (this.closed || !this.useSync(target.length) || !this.rangeOk(offsetBytes, target.length)) return undefined;
+    return this.readSyncNow(target, offsetBytes);
+  }
+
+  /** Leg.writeNow: the synchronous (non-FUA) write when this write qualifies, else undefined. */
+  writeNow(data: Buffer, offsetBytes: number): Error | null | undefined {
+    if (this.closed || this.fhSync === null || !this.useSync(data.length) || !this.rangeOk(offsetBytes, data.length)) return undefined;
+    return this.writeSyncNow(data, offsetBytes);
+  }
+
+  /** The range check without asserting (the *Now paths leave a bad range to read()/write() to report). */
+  private rangeOk(offsetBytes: number, lengthBytes: number): boolean {
+    return offsetBytes >= 0 && lengthBytes >= 0 && offsetBytes + lengthBytes <= this.sizeBytes && Number.isSafeInteger(offsetBytes + lengthBytes);
   }
 
   // read/write are not `async` so the synchronous path costs no extra promise; they never throw.
@@ -296,7 +337,7 @@ export class FileLeg implements Leg {
     } catch (err) {
       return Promise.reject(err);
     }
-    if (this.useSync(target.length)) return this.readSyncAll(target, offsetBytes);
+    if (this.useSync(target.length)) return settled(this.readSyncNow(target, offsetBytes));
     return this.readPool(target, offsetBytes);
   }
 
@@ -331,7 +372,7 @@ export class FileLeg implements Leg {
     }
     const fh = flags.fua ? this.fhSync : this.fh;
     if (this.fhSync === null || fh === null) return Promise.reject(new ExportError('EPERM', `${this.device}: leg is read-only`));
-    if (!flags.fua && this.useSync(data.length)) return this.writeSyncAll(data, offsetBytes);
+    if (!flags.fua && this.useSync(data.length)) return settled(this.writeSyncNow(data, offsetBytes));
     return this.writePool(fh.fd, data, offsetBytes);
   }
 
@@ -358,6 +399,38 @@ export class FileLeg implements Leg {
     } catch (err) {
       throw toExportError(err, this.device, `${what} of ${length} bytes at ${position - this.offsetBytes}`);
     }
+  }
+
+  /** errno names that mean copy_file_range cannot work between these two files (stop trying). */
+  private static readonly COPY_RANGE_UNSUPPORTED = new Set(['EXDEV', 'ENOSYS', 'EOPNOTSUPP', 'EINVAL', 'EBADF', 'EUNKNOWN']);
+  /** Targets copy_file_range refused (per source leg); resync reads and writes for them. */
+  private copyRangeRefused: WeakSet<FileLeg> | null = null;
+
+  copyRangeTo(target: Leg, offsetBytes: number, lengthBytes: number): Promise<boolean> {
+    if (!(target instanceof FileLeg) || target === this || !copyRangeAvailable()) return RESOLVED_FALSE;
+    if (this.closed || target.closed || target.fhSync === null || this.copyRangeRefused?.has(target)) return RESOLVED_FALSE;
+    try {
+      this.checkRange(offsetBytes, lengthBytes);
+      target.checkRange(offsetBytes, lengthBytes);
+    } catch {
+      return RESOLVED_FALSE; // the read + write path reports it
+    }
+    this.begin();
+    target.begin();
+    return copyRange(this.fh.fd, this.offsetBytes + offsetBytes, target.fh.fd, target.offsetBytes + offsetBytes, lengthBytes).then(
+      (n) => {
+        this.end();
+        target.end();
+        return n === lengthBytes; // short: the source file shrank; read + write fills the rest with zeros
+      },
+      (err: unknown) => {
+        this.end();
+        target.end();
+        const code = (err as { code?: unknown } | null)?.code;
+        if (typeof code === 'string' && FileLeg.COPY_RANGE_UNSUPPORTED.has(code)) (this.copyRangeRefused ??= new WeakSet()).add(target);
+        return false;
+      },
+    );
   }
 
   async flush(): Promise<void> {

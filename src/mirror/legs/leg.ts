@@ -19,4 +19,19 @@ export interface Leg {
   /** mayTrim=false: the zeroed range must stay allocated. */
   zero(offsetBytes: number, lengthBytes: number, opts: { mayTrim: boolean }): Promise<void>;
   close(): Promise<void>;
+  /**
+   * Optional resync fast path: copy [offsetBytes, offsetBytes + lengthBytes) of this leg to the same range
+   * of `target` without a user-space buffer (FileLeg: copy_file_range). Resolves false whenever it did not
+   * copy everything (another kind of leg, not supported, any error): the caller then reads and writes the
+   * range, which reports an error against the right leg. Never rejects.
+   */
+  /**
+   * Optional synchronous fast paths (FileLeg on a page-cached file): do the I/O now, on the caller's stack.
+   * Return null when done, an Error (ExportError) when it failed, or undefined when the leg does not do
+   * this request synchronously right now (the caller then uses read() / write()). Never throw. A write
+   * here has no FUA (FUA writes go through write()).
+   */
+  readNow?(target: Buffer, offsetBytes: number): Error | null | undefined;
+  writeNow?(data: Buffer, offsetBytes: number): Error | null | undefined;
+  copyRangeTo?(target: Leg, offsetBytes: number, lengthBytes: number): Promise<boolean>;
 }
