@@ -16,7 +16,9 @@
 //   FLUSH_ACK 130        u32 nodeId, u32 pid, u32 flushSeq   (this member applied that member's FLUSH)
 //   DISK_MARK 131        (empty)                             (clustered-disk: the server's write point)
 //   DISK_DONE 132        u32 markSeq                         (that write is durable on the log device)
-//   REPAIR 133           u32 count, count x (u32 bytes, UTF-8 device name)  (cluster-wide repair: drop these legs)
+//   REPAIR 133           devices removed, then (optional) devices added   (cluster-wide repair: drop these legs,
+//                        add these spares), a device list being u32 count, count x (u32 bytes, UTF-8 name)
+//   LEGS 134             device list: the sender's data legs, table order (after each activation)
 
 export const ClusterLogRequest = {
   CTR: 1,
@@ -49,6 +51,8 @@ export const ClusterLogRequest = {
   DISK_DONE: 132,
   /** Not a dm request: every node repairs the volume, dropping these leg devices (nbd-mirror repair). */
   REPAIR: 133,
+  /** Not a dm request: the sender's mirror now runs on these data legs (a leg new to the log is resynced). */
+  LEGS: 134,
 } as const;
 
 /** A REPAIR names at most this many devices, each at most REPAIR_DEVICE_BYTES_MAX bytes. */
@@ -81,7 +85,8 @@ export type ClusterLogMessage =
   | { type: typeof ClusterLogRequest.FLUSH_ACK; seq: number; nodeId: number; pid: number; flushSeq: number }
   | { type: typeof ClusterLogRequest.DISK_MARK; seq: number }
   | { type: typeof ClusterLogRequest.DISK_DONE; seq: number; markSeq: number }
-  | { type: typeof ClusterLogRequest.REPAIR; seq: number; removed: string[] }
+  | { type: typeof ClusterLogRequest.REPAIR; seq: number; removed: string[]; added: string[] }
+  | { type: typeof ClusterLogRequest.LEGS; seq: number; devices: string[] }
   | {
       type: typeof ClusterLogRequest.CHECKPOINT;
       seq: number;
@@ -107,6 +112,20 @@ function u32(v: number, what: string): number {
   return v;
 }
 
+function encodeDevices(devices: readonly string[], what: string): Buffer {
+  if (devices.length > REPAIR_DEVICES_MAX) throw new ClusterLogCodecError(`${what} names ${devices.length} devices (max ${REPAIR_DEVICES_MAX})`);
+  const parts: Buffer[] = [Buffer.alloc(4)];
+  parts[0]!.writeUInt32LE(devices.length, 0);
+  for (const d of devices) {
+    const name = Buffer.from(d, 'utf8');
+    if (name.length === 0 || name.length > REPAIR_DEVICE_BYTES_MAX) throw new ClusterLogCodecError(`${what} device name of ${name.length} bytes`);
+    const len = Buffer.alloc(4);
+    len.writeUInt32LE(name.length, 0);
+    parts.push(len, name);
+  }
+  return Buffer.concat(parts);
+}
+
 export function encodeMessage(m: ClusterLogMessage): Buffer {
   let body: Buffer;
   switch (m.type) {
@@ -128,20 +147,12 @@ export function encodeMessage(m: ClusterLogMessage): Buffer {
       body = Buffer.alloc(4);
       body.writeUInt32LE(u32(m.markSeq, 'markSeq'), 0);
       break;
-    case ClusterLogRequest.REPAIR: {
-      if (m.removed.length > REPAIR_DEVICES_MAX) throw new ClusterLogCodecError(`REPAIR names ${m.removed.length} devices (max ${REPAIR_DEVICES_MAX})`);
-      const parts: Buffer[] = [Buffer.alloc(4)];
-      parts[0]!.writeUInt32LE(m.removed.length, 0);
-      for (const d of m.removed) {
-        const name = Buffer.from(d, 'utf8');
-        if (name.length === 0 || name.length > REPAIR_DEVICE_BYTES_MAX) throw new ClusterLogCodecError(`REPAIR device name of ${name.length} bytes`);
-        const len = Buffer.alloc(4);
-        len.writeUInt32LE(name.length, 0);
-        parts.push(len, name);
-      }
-      body = Buffer.concat(parts);
+    case ClusterLogRequest.REPAIR:
+      body = Buffer.concat([encodeDevices(m.removed, 'REPAIR'), ...(m.added.length > 0 ? [encodeDevices(m.added, 'REPAIR')] : [])]);
       break;
-    }
+    case ClusterLogRequest.LEGS:
+      body = encodeDevices(m.devices, 'LEGS');
+      break;
     case ClusterLogRequest.SET_REGION_SYNC:
       body = Buffer.alloc(5);
       body.writeUInt32LE(u32(m.region, 'region'), 0);
@@ -203,6 +214,20 @@ class Reader {
     this.o += n;
     return v;
   }
+  remaining(): number {
+    return this.b.length - this.o;
+  }
+  devices(what: string): string[] {
+    const n = this.u32('device count');
+    if (n > REPAIR_DEVICES_MAX) throw new ClusterLogCodecError(`${what} names ${n} devices (max ${REPAIR_DEVICES_MAX})`);
+    const out: string[] = [];
+    for (let i = 0; i < n; i++) {
+      const len = this.u32('device name bytes');
+      if (len === 0 || len > REPAIR_DEVICE_BYTES_MAX) throw new ClusterLogCodecError(`${what} device name of ${len} bytes`);
+      out.push(this.bytes(len, 'device name').toString('utf8'));
+    }
+    return out;
+  }
   end(what: string): void {
     if (this.o !== this.b.length) throw new ClusterLogCodecError(`${this.b.length - this.o} trailing bytes after ${what}`);
   }
@@ -254,16 +279,15 @@ export function decodeMessage(b: Buffer, regionCount: number): ClusterLogMessage
       r.end('DISK_MARK');
       return { type, seq };
     case ClusterLogRequest.REPAIR: {
-      const n = r.u32('device count');
-      if (n > REPAIR_DEVICES_MAX) throw new ClusterLogCodecError(`REPAIR names ${n} devices (max ${REPAIR_DEVICES_MAX})`);
-      const removed: string[] = [];
-      for (let i = 0; i < n; i++) {
-        const len = r.u32('device name bytes');
-        if (len === 0 || len > REPAIR_DEVICE_BYTES_MAX) throw new ClusterLogCodecError(`REPAIR device name of ${len} bytes`);
-        removed.push(r.bytes(len, 'device name').toString('utf8'));
-      }
+      const removed = r.devices('REPAIR');
+      const added = r.remaining() > 0 ? r.devices('REPAIR') : [];
       r.end('REPAIR');
-      return { type, seq, removed };
+      return { type, seq, removed, added };
+    }
+    case ClusterLogRequest.LEGS: {
+      const devices = r.devices('LEGS');
+      r.end('LEGS');
+      return { type, seq, devices };
     }
     case ClusterLogRequest.DISK_DONE: {
       const markSeq = r.u32('markSeq');

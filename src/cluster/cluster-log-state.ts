@@ -8,6 +8,15 @@
 //
 // Node failure (beyond LVM's cmirrord): a departed node's marks are purged and their regions set out
 // of sync (they are resynced), and its recovery claim is released.
+//
+// Leg sets (a leg added by a repair with a spare, or a reload): every member announces its data legs
+// (LEGS) after each activation. A device no member announced before ("known" legs) holds none of the data:
+// at the first announcement naming it, every region goes out of sync, once, cluster-wide (the recovery
+// claim in progress is released: its copy did not include the new leg). Recovery is handed out only while
+// every initialized member announced the same set of legs, so no region is copied onto the new leg (and
+// set in sync) while a node that has not reloaded yet could still write that region without it; writes to
+// the out-of-sync regions wait meanwhile, as with a cluster-wide suspend. A sync result counts only from
+// the member holding the region's recovery claim (a stale copy's result is ignored).
 import { Bitmap } from '../mirror/log/bitmap.js';
 import { ClusterLogCodecError, type CheckpointTarget } from './cluster-log-codec.js';
 import type { ConfigChange, Member } from './transport.js';
@@ -57,6 +66,10 @@ export class ReplicatedLogState {
   readonly initialized = new Set<string>();
   /** Members waiting for a checkpoint -> configuration changes since their join. */
   readonly waiting = new Map<string, number>();
+  /** memberKey -> the data legs it announced (LEGS), table order. */
+  readonly legsByMember = new Map<string, string[]>();
+  /** Devices whose data the log covers: named by some member before (a new name resyncs everything). */
+  readonly knownLegs = new Set<string>();
 
   constructor(readonly regionCount: number) {
     this.sync = new Bitmap(regionCount);
@@ -90,9 +103,57 @@ export class ReplicatedLogState {
     if (set.size === 0) this.marksByNode.delete(nodeId);
   }
 
+  /**
+   * LEGS from a member. Returns true when it named a leg new to the log: every region was set out of sync
+   * (and the recovery claim in progress, if any, released: see `released`).
+   */
+  applyLegs(key: string, devices: readonly string[]): { invalidated: boolean; released: Recovery | null } {
+    const first = this.knownLegs.size === 0;
+    this.legsByMember.set(key, [...devices]);
+    const fresh = devices.filter((d) => !this.knownLegs.has(d));
+    for (const d of fresh) this.knownLegs.add(d);
+    this.pruneKnownLegs();
+    if (fresh.length === 0 || first) return { invalidated: false, released: null };
+    this.sync.fill(false);
+    this.priority.length = 0;
+    this.prioritySet.clear();
+    this.searchFrom = 0;
+    const released = this.recovering;
+    this.recovering = null;
+    return { invalidated: true, released };
+  }
+
+  /** A device no present member runs on any more is forgotten (named again later, it is new again). */
+  private pruneKnownLegs(): void {
+    const inUse = new Set<string>();
+    let announced = 0;
+    for (const [k, devices] of this.legsByMember) {
+      if (!this.members.some((m) => memberKey(m) === k)) continue;
+      announced++;
+      for (const d of devices) inUse.add(d);
+    }
+    if (announced === 0) return; // nobody present has told its legs yet: keep what the log knew
+    for (const d of [...this.knownLegs]) if (!inUse.has(d)) this.knownLegs.delete(d);
+  }
+
+  /** Every initialized member announced its legs, and all announced the same set. */
+  legsAgreed(): boolean {
+    let ref: Set<string> | null = null;
+    for (const m of this.members) {
+      const k = memberKey(m);
+      if (!this.initialized.has(k)) continue;
+      const devices = this.legsByMember.get(k);
+      if (devices === undefined) return false;
+      if (ref === null) ref = new Set(devices);
+      else if (devices.length !== ref.size || devices.some((d) => !ref!.has(d))) return false;
+    }
+    return true;
+  }
+
   /** GET_RESYNC_WORK from nodeId: hands out one region cluster-wide (priority first); null if busy/none. */
   applyGetResyncWork(nodeId: number): number | null {
     if (this.recovering !== null) return null;
+    if (!this.legsAgreed()) return null; // a node has not reloaded onto the same legs yet
     let region = -1;
     while (this.priority.length > 0) {
       const r = this.priority.shift()!;
@@ -116,6 +177,10 @@ export class ReplicatedLogState {
 
   /** SET_REGION_SYNC from nodeId. Returns the recovery claim it ended, if any. */
   applySetRegionSync(nodeId: number, region: number, inSync: boolean): Recovery | null {
+    const rec0 = this.recovering;
+    // In sync only from the recoverer holding the claim: a copy whose claim was released (its node's leg
+    // set changed under it, or the claim was re-handed) proves nothing.
+    if (inSync && !(rec0 && rec0.region === region && rec0.nodeId === nodeId)) return null;
     this.sync.set(region, inSync);
     if (inSync && this.prioritySet.delete(region)) {
       this.priority.splice(this.priority.indexOf(region), 1);
@@ -141,6 +206,7 @@ export class ReplicatedLogState {
     for (const l of c.left) {
       this.initialized.delete(memberKey(l));
       this.waiting.delete(memberKey(l));
+      this.legsByMember.delete(memberKey(l));
     }
     const presentNodes = new Set(c.members.map((m) => m.nodeId));
     const purgedNow = new Set<number>();
@@ -169,6 +235,7 @@ export class ReplicatedLogState {
       effect.departed.push(d);
     }
     this.members = [...c.members];
+    if (c.left.length > 0) this.pruneKnownLegs();
     for (const [k, epoch] of this.waiting) this.waiting.set(k, epoch + 1);
     for (const j of c.joined) {
       const k = memberKey(j);
@@ -222,12 +289,20 @@ export class ReplicatedLogState {
     const waiting = [...this.waiting.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
     push(waiting.length);
     for (const [k, e] of waiting) push(...k.split(':').map(Number), e);
+    const legs = Buffer.from(
+      JSON.stringify({
+        members: [...this.legsByMember.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
+        known: [...this.knownLegs].sort(),
+      }),
+      'utf8',
+    );
+    push(legs.length);
     const head = Buffer.alloc(8);
     head.writeUInt32LE(words[0]!, 0);
     head.writeUInt32LE(words[1]!, 4);
     const tail = Buffer.alloc(4 * (words.length - 2));
     for (let i = 2; i < words.length; i++) tail.writeUInt32LE(words[i]!, 4 * (i - 2));
-    return Buffer.concat([head, Buffer.from(this.sync.bytes), tail]);
+    return Buffer.concat([head, Buffer.from(this.sync.bytes), tail, legs]);
   }
 
   static decode(b: Buffer, regionCount: number): ReplicatedLogState {
@@ -278,8 +353,29 @@ export class ReplicatedLogState {
       const k = `${u32('node')}:${u32('pid')}`;
       s.waiting.set(k, u32('epoch'));
     }
-    if (o !== b.length) throw new ClusterLogCodecError(`${b.length - o} trailing checkpoint bytes`);
+    const legBytes = u32('leg section bytes');
+    if (o + legBytes !== b.length) throw new ClusterLogCodecError(`leg section of ${legBytes} bytes, ${b.length - o} left`);
+    s.decodeLegs(b.subarray(o, o + legBytes));
     return s;
+  }
+
+  private decodeLegs(b: Buffer): void {
+    let v: unknown;
+    try {
+      v = JSON.parse(b.toString('utf8'));
+    } catch {
+      throw new ClusterLogCodecError('bad leg section');
+    }
+    const isNames = (x: unknown): x is string[] => Array.isArray(x) && x.every((d) => typeof d === 'string' && d.length > 0);
+    const o = v as { members?: unknown; known?: unknown };
+    if (typeof v !== 'object' || v === null || !Array.isArray(o.members) || !isNames(o.known)) throw new ClusterLogCodecError('bad leg section');
+    for (const e of o.members as unknown[]) {
+      if (!Array.isArray(e) || e.length !== 2 || typeof e[0] !== 'string' || !/^\d+:\d+$/.test(e[0]) || !isNames(e[1])) {
+        throw new ClusterLogCodecError('bad leg section entry');
+      }
+      this.legsByMember.set(e[0], e[1]);
+    }
+    for (const d of o.known) this.knownLegs.add(d);
   }
 
   private applyPriorityRaw(region: number): void {

@@ -214,6 +214,8 @@ export class ClusterLog implements DirtyLog {
   private seq = 0;
   private checkpointId = 0;
   private readonly flushWaiters = new Map<number, FlushWaiter>();
+  /** Own LEGS announcements (by seq) not yet delivered back. */
+  private readonly legsWaiters = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
   /** Nodes that left with NODEDOWN and are still in the last quorum view (split side not known yet). */
   private readonly suspectNodes = new Set<number>();
   private quorumNodeIds: ReadonlySet<number> | null = null;
@@ -244,7 +246,7 @@ export class ClusterLog implements DirtyLog {
   private readonly regionsL = new Listeners<readonly number[] | 'all'>();
   private readonly lostL = new Listeners<Error>();
   private readonly membershipL = new Listeners<{ members: Member[]; server: Member | undefined }>();
-  private readonly repairL = new Listeners<{ removed: string[]; from: Member; fromMe: boolean }>();
+  private readonly repairL = new Listeners<{ removed: string[]; added: string[]; from: Member; fromMe: boolean }>();
   private readonly eventL = new Listeners<{ [K in keyof ClusterLogEventMap]: { name: K; payload: ClusterLogEventMap[K] } }[keyof ClusterLogEventMap]>();
   private readonly departures: DepartureTracker;
 
@@ -301,17 +303,17 @@ export class ClusterLog implements DirtyLog {
     return this.lostL.add(fn);
   }
   /** A cluster-wide repair was requested (REPAIR delivered, own ones included with fromMe). */
-  onRepair(fn: (r: { removed: string[]; from: Member; fromMe: boolean }) => void): Unsubscribe {
+  onRepair(fn: (r: { removed: string[]; added: string[]; from: Member; fromMe: boolean }) => void): Unsubscribe {
     return this.repairL.add(fn);
   }
   /**
    * Ask every node serving this log to repair its volume by dropping these leg devices (each node's
    * control plane applies it: suspend --noflush, reload, resume). Resolves once handed to the transport.
    */
-  async requestRepair(removed: readonly string[]): Promise<void> {
+  async requestRepair(removed: readonly string[], added: readonly string[] = []): Promise<void> {
     if (this.failure) throw this.failure;
     if (this.closed) throw new ExportError('EIO', 'cluster log closed');
-    await this.send({ type: Req.REPAIR, seq: 0, removed: [...removed] });
+    await this.send({ type: Req.REPAIR, seq: 0, removed: [...removed], added: [...added] });
   }
   onMembership(fn: (m: { members: Member[]; server: Member | undefined }) => void): Unsubscribe {
     return this.membershipL.add(fn);
@@ -332,6 +334,11 @@ export class ClusterLog implements DirtyLog {
   /** Current members of the log's group (empty until initialized). */
   get members(): Member[] {
     return this.state ? [...this.state.members] : [];
+  }
+  /** This member is the log server. */
+  get isLogServer(): boolean {
+    const s = this.state;
+    return s !== null && this.isServer(s);
   }
   /** The log server (lowest initialized member), if known. */
   get server(): Member | undefined {
@@ -362,11 +369,18 @@ export class ClusterLog implements DirtyLog {
     } else if (!this.state) {
       await this.waitInitialized();
     }
+    // Our legs must be in the replicated state before the mirror looks at it: a leg new to the log makes
+    // every region out of sync, and the mirror must not see it "in sync" (and record the new leg up to
+    // date) in between.
+    await this.announceLegs();
     const nosync = this.opts.sync === 'nosync';
     const allInSync = this.syncCount() === this.regionCount;
     if (!this.resumedOnce) {
       this.resumedOnce = true;
-      this.legs = activation.legDevices.map((device, i) => ({ device, upToDate: nosync || allInSync || i === 0 }));
+      // A leg the group has never run on holds none of the data (our LEGS will make everything resync).
+      const known = this.state!.knownLegs;
+      const isNew = (device: string) => known.size > 0 && !known.has(device);
+      this.legs = activation.legDevices.map((device, i) => ({ device, upToDate: !isNew(device) && (nosync || allInSync || i === 0) }));
     } else {
       const known = new Map(this.legs.map((l) => [l.device, l.upToDate]));
       this.legs = activation.legDevices.map((device) => ({ device, upToDate: known.get(device) ?? false }));
@@ -374,6 +388,38 @@ export class ClusterLog implements DirtyLog {
     }
     this.suspended = false;
     return this.legs;
+  }
+
+  /**
+   * Tell the group which data legs this member runs on (a leg new to the log makes every region resync).
+   * Resolves when the announcement came back in the total order (applied here), bounded by
+   * resumeTimeoutMs; rejects when the log fails.
+   */
+  private announceLegs(): Promise<void> {
+    if (!this.activation || !this.state || this.failure || this.closed) return Promise.resolve();
+    const seq = ++this.seq;
+    const back = new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.legsWaiters.delete(seq);
+        reject(new ExportError('EIO', `cluster log ${this.opts.uuid}: leg announcement not delivered in ${this.limits.resumeTimeoutMs} ms`));
+      }, this.limits.resumeTimeoutMs);
+      timer.unref?.();
+      this.legsWaiters.set(seq, {
+        resolve: () => {
+          clearTimeout(timer);
+          resolve();
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      });
+    });
+    this.sendWithSeq({ type: Req.LEGS, seq, devices: [...this.activation.legDevices] }).catch((e: unknown) => {
+      this.legsWaiters.get(seq)?.reject(e instanceof Error ? e : new Error(String(e)));
+      this.legsWaiters.delete(seq);
+    });
+    return back;
   }
 
   private waitInitialized(): Promise<void> {
@@ -760,6 +806,8 @@ export class ClusterLog implements DirtyLog {
     for (const r of this.localMarks) this.pendingOps.set(r, 'mark');
     for (const w of this.initWaiters.splice(0)) w.resolve();
     for (const d of this.departures.reconcile((r) => s.sync.get(r), Date.now())) this.emitResynced(d);
+    // A state re-taken after a lost merge no longer lists our legs (the first resume announces them itself).
+    if (this.resumedOnce) this.announceLegs().catch(() => undefined);
     this.membershipL.emit({ members: s.members, server: s.server() });
     this.regionsL.emit('all');
     this.workL.emit();
@@ -941,7 +989,7 @@ export class ClusterLog implements DirtyLog {
         break;
       }
       case Req.REPAIR:
-        if (live) this.repairL.emit({ removed: m.removed, from, fromMe: mine });
+        if (live) this.repairL.emit({ removed: m.removed, added: m.added, from, fromMe: mine });
         break;
       case Req.DISK_DONE: {
         if (!live) break;
@@ -974,6 +1022,20 @@ export class ClusterLog implements DirtyLog {
           this.regionsL.emit([m.region]);
           if (ended || !m.inSync) this.workL.emit();
           if (this.disk && this.isServer(s)) this.diskLazyWrite();
+        }
+        break;
+      }
+      case Req.LEGS: {
+        const { invalidated } = s.applyLegs(memberKey(from), m.devices);
+        if (live && invalidated) {
+          this.regionsL.emit('all');
+          if (this.disk && this.isServer(s)) this.diskRequestWrite();
+        }
+        // Agreement may have been reached (recovery can be handed out): ask again.
+        if (live) this.workL.emit();
+        if (mine) {
+          this.legsWaiters.get(m.seq)?.resolve();
+          this.legsWaiters.delete(m.seq);
         }
         break;
       }
@@ -1051,6 +1113,8 @@ export class ClusterLog implements DirtyLog {
   private rejectAll(e: Error): void {
     for (const w of this.flushWaiters.values()) w.reject(e);
     this.flushWaiters.clear();
+    for (const w of this.legsWaiters.values()) w.reject(e);
+    this.legsWaiters.clear();
     for (const w of this.initWaiters.splice(0)) w.reject(e);
   }
 }

@@ -10,6 +10,8 @@ export interface ClusterRepairRequest {
   readonly uuid: string;
   /** Leg devices every node drops. */
   readonly removed: readonly string[];
+  /** Spare devices every node adds in their place (the same shared devices on every node). */
+  readonly added: readonly string[];
   readonly fromNodeId: number;
 }
 
@@ -21,7 +23,7 @@ export function registerClusterLog(uuid: string, log: ClusterLog): void {
   live.set(uuid, log);
   log.onRepair((r) => {
     if (r.fromMe || live.get(uuid) !== log) return;
-    for (const fn of [...listeners]) fn({ uuid, removed: r.removed, fromNodeId: r.from.nodeId });
+    for (const fn of [...listeners]) fn({ uuid, removed: r.removed, added: r.added, fromNodeId: r.from.nodeId });
   });
   const close = log.close.bind(log);
   log.close = async () => {
@@ -30,12 +32,25 @@ export function registerClusterLog(uuid: string, log: ClusterLog): void {
   };
 }
 
-/** Multicast a REPAIR on the log's group; false when this process has no live cluster log for the uuid. */
-export async function requestClusterRepair(uuid: string, removed: readonly string[]): Promise<boolean> {
+/**
+ * Multicast a REPAIR on the log's group (drop `removed`, add the spares `added`); false when this process
+ * has no live cluster log for the uuid.
+ */
+export async function requestClusterRepair(uuid: string, removed: readonly string[], added: readonly string[] = []): Promise<boolean> {
   const log = live.get(uuid);
   if (log === undefined) return false;
-  await log.requestRepair(removed);
+  await log.requestRepair(removed, added);
   return true;
+}
+
+/**
+ * Whether this process is the log server of the cluster log `uuid` (lowest initialized member); undefined
+ * when it has no live cluster log for it. Automatic repairs that add spares are decided by the server only.
+ */
+export function isClusterLogServer(uuid: string): boolean | undefined {
+  const log = live.get(uuid);
+  if (log === undefined) return undefined;
+  return log.isLogServer;
 }
 
 /** REPAIRs sent by other nodes (own requests are not repeated). */

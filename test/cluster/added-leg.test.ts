@@ -1,0 +1,130 @@
+// added-leg.test.ts — a leg added to a cluster-log mirror (repair with a spare, policy allocate, or a
+// reload) holds none of the data: it must be resynced, once, cluster-wide, and not before every node runs
+// on it. Real mirror engines (openTable) over shared memory legs, ClusterLogs on the in-memory bus.
+//  1. One node: [a b] -> [a c] (c all zeros). Before the fix the log kept every region in sync, the
+//     mirror declared c up to date and balanced reads onto it: half the reads returned zeros. Now every
+//     region is copied onto c, no read returns anything but the data, c ends equal to a.
+//  2. Two nodes: node 1 reloads [a b] -> [a s] while node 2 still runs [a b] and writes. Nothing is copied
+//     onto s (no region set in sync) while node 2 has not reloaded; node 2's writes to regions out of sync
+//     wait; once node 2 reloads too, each region is copied exactly once cluster-wide (resync bytes of both
+//     nodes together = the volume), every acknowledged write reads back through both nodes, a = s.
+import { describe, expect, it } from 'vitest';
+import { clusterLogOpener } from '../../src/cluster/log-opener.js';
+import type { ClusterLog } from '../../src/cluster/cluster-log.js';
+import { MemoryBus } from '../../src/cluster/memory-bus.js';
+import type { Leg } from '../../src/mirror/legs/leg.js';
+import { MemoryLeg } from '../../src/mirror/legs/memory.js';
+import type { DirtyLog } from '../../src/mirror/log/dirty-log.js';
+import type { MirrorExport } from '../../src/mirror/mirror.js';
+import { openTable } from '../../src/mirror/open.js';
+import { parseTable } from '../../src/mirror/table.js';
+
+const SIZE_BYTES = 4 * 1024 * 1024;
+const REGION_SECTORS = 256; // 128 KiB -> 32 regions
+const REGION_BYTES = REGION_SECTORS * 512;
+
+function view(leg: MemoryLeg): Leg {
+  return {
+    device: leg.device,
+    sizeBytes: leg.sizeBytes,
+    read: (t, o) => leg.read(t, o),
+    write: (d, o, f) => leg.write(d, o, f),
+    flush: () => leg.flush(),
+    trim: (o, l) => leg.trim(o, l),
+    zero: (o, l, f) => leg.zero(o, l, f),
+    close: async () => undefined,
+  } as Leg;
+}
+
+function pattern(seed: number, bytes: number): Buffer {
+  const b = Buffer.alloc(bytes);
+  for (let i = 0; i < bytes; i++) b[i] = (seed * 131 + i * 7 + 1) & 0xff || 1; // never zero
+  return b;
+}
+
+async function node(bus: MemoryBus, nodeId: number, legs: Map<string, MemoryLeg>, devices: string[]) {
+  const spec = parseTable(`0 ${SIZE_BYTES / 512} mirror userspace 4 LVM-add clustered-core ${REGION_SECTORS} nosync ${devices.length} ${devices.map((d) => `${d} 0`).join(' ')}`);
+  let log: DirtyLog | undefined;
+  const opener = clusterLogOpener({ transport: () => bus.connect(nodeId) });
+  const exp = (await openTable(spec, { openLeg: async (d) => view(legs.get(d)!), openLog: async (s, ctx) => (log = await opener(s, ctx)) })) as MirrorExport;
+  const reload = async (to: string[]) => {
+    await exp.suspend({ noflush: true });
+    exp.reload({ legs: to.map((d) => view(legs.get(d)!)) });
+    await exp.resume();
+  };
+  return { exp, log: log as ClusterLog, reload };
+}
+
+const until = async (cond: () => boolean, ms: number, what: string) => {
+  const t0 = Date.now();
+  while (!cond()) {
+    if (Date.now() - t0 > ms) throw new Error(`${what}: not within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+};
+
+describe('a leg added to a cluster-log mirror', () => {
+  it('one node: the new leg is resynced; no read ever returns its stale contents', async () => {
+    const bus = new MemoryBus();
+    const legs = new Map(['a', 'b', 'c'].map((d) => [d, new MemoryLeg({ device: d, sizeBytes: SIZE_BYTES })]));
+    const n = await node(bus, 1, legs, ['a', 'b']);
+    for (let r = 0; r < SIZE_BYTES / REGION_BYTES; r++) await n.exp.write(pattern(r, 8192), r * REGION_BYTES, { fua: false });
+    await n.reload(['a', 'c']);
+    expect(n.exp.status().legs.map((l) => [l.device, l.upToDate])).toEqual([['a', true], ['c', false]]);
+    // Reads while the resync runs and after: never the new leg's zeros.
+    for (let i = 0; i < 64; i++) {
+      const r = i % (SIZE_BYTES / REGION_BYTES);
+      const got = Buffer.alloc(8192);
+      await n.exp.read(got, r * REGION_BYTES);
+      expect(got.equals(pattern(r, 8192)), `read ${i} of region ${r}`).toBe(true);
+    }
+    await until(() => n.exp.status().inSyncRegions === n.exp.status().regionCount, 10_000, 'in sync');
+    await n.exp.resyncIdle();
+    expect(n.exp.status().resync.bytesCopied).toBe(SIZE_BYTES);
+    expect(legs.get('c')!.bytes.equals(legs.get('a')!.bytes)).toBe(true);
+    expect(n.exp.status().legs.map((l) => l.upToDate)).toEqual([true, true]);
+    await n.exp.close();
+  });
+
+  it('two nodes: nothing is copied onto the spare until both run on it; then each region once', async () => {
+    const bus = new MemoryBus();
+    const legs = new Map(['a', 'b', 's'].map((d) => [d, new MemoryLeg({ device: d, sizeBytes: SIZE_BYTES })]));
+    const n1 = await node(bus, 1, legs, ['a', 'b']);
+    const n2 = await node(bus, 2, legs, ['a', 'b']);
+    const written = new Map<number, number>(); // offset -> seed
+    const w = async (n: typeof n1, seed: number, off: number) => {
+      await n.exp.write(pattern(seed, 4096), off, { fua: false });
+      written.set(off, seed);
+    };
+    await Promise.all([w(n1, 1, 0), w(n2, 2, 5 * REGION_BYTES), w(n1, 3, 9 * REGION_BYTES + 4096)]);
+
+    await n1.reload(['a', 's']); // as a REPAIR (remove b, add s) applied on node 1 first
+    // Node 2, still on [a b], writes: the regions are out of sync now and nobody may recover them yet.
+    let done2 = 0;
+    const pending = [4, 5, 20].map((r, i) => w(n2, 10 + i, r * REGION_BYTES + 65536).then(() => void done2++));
+    await new Promise((r) => setTimeout(r, 300));
+    expect(done2).toBe(0);
+    expect(n1.exp.status().resync.bytesCopied + n2.exp.status().resync.bytesCopied).toBe(0);
+    expect(legs.get('s')!.bytes.every((x) => x === 0)).toBe(true);
+    expect(n1.log.replicated!.legsAgreed()).toBe(false);
+    expect(n1.exp.status().inSyncRegions).toBe(0);
+
+    await n2.reload(['a', 's']);
+    await Promise.all(pending);
+    await until(() => [n1, n2].every((n) => n.exp.status().inSyncRegions === n.exp.status().regionCount), 10_000, 'in sync');
+    await Promise.all([n1.exp.resyncIdle(), n2.exp.resyncIdle()]);
+    const copied = [n1, n2].map((n) => n.exp.status().resync.bytesCopied);
+    expect(copied[0]! + copied[1]!).toBe(SIZE_BYTES); // every region once, cluster-wide
+    expect(legs.get('s')!.bytes.equals(legs.get('a')!.bytes)).toBe(true);
+    for (const [off, seed] of written) {
+      for (const n of [n1, n2]) {
+        const got = Buffer.alloc(4096);
+        await n.exp.read(got, off);
+        expect(got.equals(pattern(seed, 4096)), `offset ${off} via node ${n === n1 ? 1 : 2}`).toBe(true);
+      }
+    }
+    expect(n1.log.digest()).toBe(n2.log.digest());
+    console.log(`added leg, 2 nodes: resync bytes node 1 ${copied[0]}, node 2 ${copied[1]} (volume ${SIZE_BYTES})`);
+    for (const n of [n1, n2]) await n.exp.close();
+  });
+});
