@@ -56,13 +56,23 @@ export class LegPool {
   }
 }
 
-/** A reference to a pooled leg: forwards I/O; close() releases the reference once. */
+/** A reference to a pooled leg: forwards I/O (the optional fast paths too); close() releases the reference once. */
 class SharedLeg implements Leg {
   private released = false;
+  readonly readNow?: Leg['readNow'];
+  readonly writeNow?: Leg['writeNow'];
   constructor(
     private readonly inner: Leg,
     private readonly releaseFn: () => Promise<void>,
-  ) {}
+  ) {
+    // Present only when the inner leg has them (the mirror tests for their presence).
+    if (inner.readNow !== undefined) this.readNow = inner.readNow.bind(inner);
+    if (inner.writeNow !== undefined) this.writeNow = inner.writeNow.bind(inner);
+  }
+  copyRangeTo(target: Leg, offsetBytes: number, lengthBytes: number): Promise<boolean> {
+    if (this.inner.copyRangeTo === undefined) return Promise.resolve(false);
+    return this.inner.copyRangeTo(target instanceof SharedLeg ? target.inner : target, offsetBytes, lengthBytes);
+  }
   get device(): string {
     return this.inner.device;
   }
