@@ -7,11 +7,14 @@
 // - RepairPolicy: `serve --repair-policy none|remove|allocate [--spare DEV]...`: on a leg-failed event
 //   with health D, F or U, repair that volume (once at a time per volume; failures during a repair
 //   trigger another pass afterwards).
-// - Cluster tables: a remove-only repair (no spare added) is also sent on the log's group as a REPAIR
-//   (src/cluster/repair-relay.ts) before this node suspends; every other node's RepairPolicy (whatever its
-//   policy name) applies it to its volume with that log uuid, so `nbd-mirror repair NAME` on one node
-//   repairs all nodes.
-import { onClusterRepair, requestClusterRepair, type ClusterRepairRequest } from '../cluster/repair-relay.js';
+// - Cluster tables: a repair is also sent on the log's group as a REPAIR (src/cluster/repair-relay.ts:
+//   the devices dropped and the spares added) before this node suspends; every other node's RepairPolicy
+//   (whatever its policy name) applies it to its volume with that log uuid (the same spare devices: they
+//   are shared, like the legs), so `nbd-mirror repair NAME [--spare DEV]` on one node repairs all nodes.
+//   The cluster log resyncs an added leg once, cluster-wide, after every node runs on it. Policy
+//   `allocate` on a cluster table is decided by the log server's node: the others wait for its REPAIR
+//   (CLUSTER_ALLOCATE_DEFER_MS, then act themselves), so no two nodes pick different spares.
+import { isClusterLogServer, onClusterRepair, requestClusterRepair, type ClusterRepairRequest } from '../cluster/repair-relay.js';
 import type { LegSpec, MirrorTableSpec, TableSpec } from '../mirror/table.js';
 import { formatTable } from '../mirror/table.js';
 import { sectors } from '../units.js';
@@ -26,6 +29,8 @@ export const REPAIR_POLICIES: readonly RepairPolicyName[] = ['none', 'remove', '
 export const REPAIR_ATTEMPTS_MAX = 3;
 /** Failures arriving within this window are repaired in one pass (several legs failing at once). */
 export const REPAIR_BATCH_DELAY_MS = 50;
+/** Policy allocate, cluster table, not the log server: wait this long for the server's REPAIR first. */
+export const CLUSTER_ALLOCATE_DEFER_MS = 10_000;
 
 export interface RepairPlan {
   readonly spec: TableSpec;
@@ -109,10 +114,12 @@ export async function repairVolume(
   }
   v.record('repair-start', { trigger: opts.trigger, policy, removed: plan.removed, added: plan.added, table: plan.line }, false);
   const live = v.liveSpec;
-  if (!opts.trigger.startsWith(CLUSTER_TRIGGER) && plan.added.length === 0 && live.kind === 'mirror' && live.log.clustered && live.log.uuid) {
+  if (!opts.trigger.startsWith(CLUSTER_TRIGGER) && live.kind === 'mirror' && live.log.clustered && live.log.uuid) {
     // Before suspending: a reload to linear closes the cluster log.
     try {
-      if (await requestClusterRepair(live.log.uuid, plan.removed)) v.record('repair-cluster-sent', { uuid: live.log.uuid, removed: plan.removed }, false);
+      if (await requestClusterRepair(live.log.uuid, plan.removed, plan.added)) {
+        v.record('repair-cluster-sent', { uuid: live.log.uuid, removed: plan.removed, added: plan.added }, false);
+      }
     } catch (e) {
       v.record('repair-cluster-failed', { uuid: live.log.uuid, message: errorText(e) }, false);
     }
@@ -160,17 +167,27 @@ export class RepairPolicy {
     if (v === undefined) return;
     const prev = this.running.get(v.name) ?? Promise.resolve();
     const trigger = `${CLUSTER_TRIGGER} node ${r.fromNodeId}`;
+    // The spares the other node added are taken here too (never allocated again by this node).
+    for (const d of r.added) {
+      const i = this.spares.indexOf(d);
+      if (i >= 0) this.spares.splice(i, 1);
+    }
+    this.clusterRepairPending.add(v.name); // a deferring policy pass stops waiting (it runs before this one)
     const p = prev
-      .then(() => repairVolume(v, { spares: [], policy: 'remove', trigger, failed: new Set(r.removed) }))
+      .then(() => repairVolume(v, { spares: [...r.added], policy: r.added.length > 0 ? 'allocate' : 'remove', trigger, failed: new Set(r.removed) }))
       .then(
         () => undefined,
         (e: unknown) => void v.record('repair-failed', { trigger, message: errorText(e) }, false),
       )
       .finally(() => {
+        this.clusterRepairPending.delete(v.name);
         if (this.running.get(v.name) === p) this.running.delete(v.name);
       });
     this.running.set(v.name, p);
   }
+
+  /** Volumes with a cluster REPAIR queued (from another node). */
+  private readonly clusterRepairPending = new Set<string>();
 
   /** Spares not yet used by a repair. */
   remainingSpares(): string[] {
@@ -212,6 +229,18 @@ export class RepairPolicy {
       v = this.volumes.get(name);
     } catch {
       return;
+    }
+    const spec = v.liveSpec;
+    if (this.policy === 'allocate' && spec.kind === 'mirror' && spec.log.clustered && spec.log.uuid && isClusterLogServer(spec.log.uuid) === false) {
+      // The log server's node allocates for the cluster (its REPAIR reaches this node); act only if none came.
+      v.record('repair-deferred', { trigger: `policy ${this.policy}`, reason: 'the cluster log server allocates', waitMs: CLUSTER_ALLOCATE_DEFER_MS }, false);
+      const t0 = Date.now();
+      while (Date.now() - t0 < CLUSTER_ALLOCATE_DEFER_MS) {
+        await new Promise((r) => setTimeout(r, 100));
+        const live = new Set(v.legs().map((l) => l.device));
+        const failed = [...(this.failedSeen.get(name) ?? [])].filter((d) => live.has(d));
+        if (failed.length === 0 || this.clusterRepairPending.has(name)) return; // the server's REPAIR repairs it
+      }
     }
     for (let attempt = 1; attempt <= REPAIR_ATTEMPTS_MAX; attempt++) {
       this.again.delete(name);

@@ -43,6 +43,8 @@ export class Node {
     readonly dir: string,
     readonly table: string,
     readonly dashboardPort: number,
+    /** More `serve` arguments (e.g. --repair-policy allocate --spare DEV). */
+    readonly extraArgs: readonly string[] = [],
   ) {}
   get sock(): string {
     return path.join(this.dir, `n${this.n}.sock`);
@@ -57,7 +59,7 @@ export class Node {
     const t0 = now();
     const pidFile = path.join(this.dir, `n${this.n}.pid`);
     const table = this.table;
-    const args = ['serve', '--listen', `unix:${this.sock}`, '--pid-file', pidFile, '--control', this.ctl, '--dashboard', String(this.dashboardPort), '--table', table, '--name', 'volume', '--quiet'];
+    const args = ['serve', '--listen', `unix:${this.sock}`, '--pid-file', pidFile, '--control', this.ctl, '--dashboard', String(this.dashboardPort), '--table', table, '--name', 'volume', '--quiet', ...this.extraArgs];
     this.output = '';
     this.exited = false;
     const child = spawn('ip', ['netns', 'exec', `${this.h.prefix}-n${this.n}`, process.execPath, CLI_PATH, ...args], {
