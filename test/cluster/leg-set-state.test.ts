@@ -1,0 +1,70 @@
+// leg-set-state.test.ts — the replicated state's leg-set rules (cluster-log-state.ts), pure: the first
+// announcement is trusted; a device new to the log sets every region out of sync once and releases the
+// claim in progress; recovery is handed out only while every initialized member announced the same legs;
+// a sync result counts only from the claim holder; a device no present member runs is forgotten (named
+// again, it resyncs again); checkpoints carry the leg sets.
+import { describe, expect, it } from 'vitest';
+import { ClusterLogCodecError } from '../../src/cluster/cluster-log-codec.js';
+import { memberKey, ReplicatedLogState } from '../../src/cluster/cluster-log-state.js';
+import { ChangeReason, type Member } from '../../src/cluster/transport.js';
+
+const A: Member = { nodeId: 1, pid: 10 };
+const B: Member = { nodeId: 2, pid: 20 };
+
+function twoMembers(regions = 8): ReplicatedLogState {
+  const s = ReplicatedLogState.fresh(regions, true);
+  s.applyConfigChange({ members: [A, B], left: [], joined: [{ ...A, reason: ChangeReason.join }, { ...B, reason: ChangeReason.join }] });
+  s.initialized.add(memberKey(A));
+  s.initialized.add(memberKey(B));
+  s.waiting.clear();
+  return s;
+}
+
+describe('replicated leg sets', () => {
+  it('new device: every region out of sync once, claim released; recovery waits for agreement', () => {
+    const s = twoMembers();
+    expect(s.applyLegs(memberKey(A), ['a', 'b'])).toEqual({ invalidated: false, released: null }); // first: trusted
+    expect(s.legsAgreed()).toBe(false); // B has not told yet
+    expect(s.applyGetResyncWork(1)).toBeNull();
+    expect(s.applyLegs(memberKey(B), ['b', 'a'])).toEqual({ invalidated: false, released: null }); // same set, other order
+    expect(s.legsAgreed()).toBe(true);
+    s.applySetRegionSync(1, 3, false);
+    expect(s.applyGetResyncWork(2)).toBe(3);
+    // A reloads onto a spare: everything out of sync, B's claim on 3 released.
+    expect(s.applyLegs(memberKey(A), ['a', 's'])).toEqual({ invalidated: true, released: { region: 3, nodeId: 2 } });
+    expect(s.sync.population()).toBe(0);
+    // B's copy of 3 (made on [a b]) finishes after that: ignored.
+    expect(s.applySetRegionSync(2, 3, true)).toBeNull();
+    expect(s.sync.get(3)).toBe(false);
+    expect(s.applyGetResyncWork(2)).toBeNull(); // B still on [a b]
+    expect(s.applyLegs(memberKey(B), ['a', 's'])).toEqual({ invalidated: false, released: null }); // s already known: once
+    expect([...s.knownLegs].sort()).toEqual(['a', 's']); // b no longer used by anyone
+    const r = s.applyGetResyncWork(2)!;
+    expect(s.applySetRegionSync(1, r, true)).toBeNull(); // not A's claim
+    expect(s.sync.get(r)).toBe(false);
+    expect(s.applySetRegionSync(2, r, true)).toEqual({ region: r, nodeId: 2 });
+    expect(s.sync.get(r)).toBe(true);
+    // b comes back later: new again -> resync again.
+    expect(s.applyLegs(memberKey(A), ['a', 's', 'b']).invalidated).toBe(true);
+  });
+
+  it('a departed member: its legs leave the agreement and the known set; checkpoints carry the leg sets', () => {
+    const s = twoMembers();
+    s.applyLegs(memberKey(A), ['a', 'b']);
+    s.applyLegs(memberKey(B), ['a', 'b', 'c']); // B first ran on c: invalidates
+    expect(s.sync.population()).toBe(0);
+    expect(s.legsAgreed()).toBe(false);
+    const copy = ReplicatedLogState.decode(s.encode(), 8);
+    expect(copy.digest()).toBe(s.digest());
+    expect([...copy.legsByMember]).toEqual([...s.legsByMember].sort(([x], [y]) => (x < y ? -1 : 1)));
+    expect([...copy.knownLegs].sort()).toEqual(['a', 'b', 'c']);
+    s.applyConfigChange({ members: [A], left: [{ ...B, reason: ChangeReason.nodeDown }], joined: [] });
+    expect(s.legsAgreed()).toBe(true);
+    expect([...s.knownLegs].sort()).toEqual(['a', 'b']);
+    expect(s.applyGetResyncWork(1)).toBe(0);
+    // A corrupt leg section is refused.
+    const b = s.encode();
+    const bad = Buffer.concat([b.subarray(0, b.length - 2), Buffer.from('}}')]);
+    expect(() => ReplicatedLogState.decode(bad, 8)).toThrow(ClusterLogCodecError);
+  });
+});
