@@ -139,10 +139,19 @@ export function checkMetadata(md: PoolMetadata): void {
   if (md.pending !== undefined) {
     const cur = md.volumes.find((v) => v.name === md.pending!.volume.name);
     need(cur !== undefined, `pending change of unknown volume ${String(md.pending.volume?.name)}`);
-    const same = (a: ExtentRun, b: ExtentRun): boolean => a.device === b.device && a.startExtent === b.startExtent && a.extentCount === b.extentCount;
+    // The pending volume may reuse the current one's extents (kept legs, a leg grown in place); any other
+    // extent it names must be free.
     const curRuns = [...cur!.legs, ...(cur!.logRun ? [cur!.logRun] : [])];
+    const owned = (device: string, i: number): boolean => curRuns.some((c) => c.device === device && i >= c.startExtent && i < c.startExtent + c.extentCount);
     for (const r of [...md.pending.volume.legs, ...(md.pending.volume.logRun ? [md.pending.volume.logRun] : [])]) {
-      if (!curRuns.some((c) => same(c, r))) claim(r, `pending change of ${cur!.name}`);
+      const map = used.get(r.device);
+      need(map !== undefined && isCount(r.startExtent) && isCount(r.extentCount) && r.extentCount >= 1, `pending change of ${cur!.name}: extent run`);
+      need(r.startExtent + r.extentCount <= map!.length, `pending change of ${cur!.name}: extents beyond device ${r.device}`);
+      for (let i = r.startExtent; i < r.startExtent + r.extentCount; i++) {
+        if (owned(r.device, i)) continue;
+        need(!map![i], `pending change of ${cur!.name}: extent ${i} of device ${r.device} is used twice`);
+        map![i] = true;
+      }
     }
   }
 }

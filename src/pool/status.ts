@@ -61,7 +61,7 @@ function sameLegs(a: TableSpec, b: TableSpec): boolean {
   return JSON.stringify(legs(a)) === JSON.stringify(legs(b));
 }
 
-/** What a running server says about `v`, or null when it does not serve it (or serves something else under its name). */
+/** What a running server says about `v`, or null when it does not serve it (or serves other legs or another size under its name). */
 export async function serverState(client: ControlClient, md: PoolMetadata, paths: ReadonlyMap<string, string>, v: PoolVolume): Promise<VolumeState | null> {
   let table: { table: string };
   let status: { status: string };
@@ -77,7 +77,8 @@ export async function serverState(client: ControlClient, md: PoolMetadata, paths
   } catch {
     return null;
   }
-  if (!sameLegs(served, volumeTableSpec(md, paths, v))) return null;
+  const want = volumeTableSpec(md, paths, v);
+  if (!sameLegs(served, want) || served.lengthSectors !== want.lengthSectors) return null;
   if (served.kind === 'linear') return { copyPercent: 100, health: 'A', source: 'server' };
   // <start> <len> mirror <#legs> <legs...> <in_sync>/<nr> 1 <health> ...
   const t = status.status.trim().split(/\s+/);
