@@ -12,12 +12,13 @@
 // Usage: node scripts/bench/tls.js [--size-mib 256] [--runtime 5] [--json out.json]
 // Everything lives in a temp dir, removed at the end; servers are stopped by their PID.
 import { execFileSync, spawn } from 'node:child_process';
-import { copyFileSync, chmodSync, mkdirSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { copyFileSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { privateBuildCopy } from './build.js';
 import { runFio } from './fio.js';
 import { setCli, startServer } from './servers.js';
+import { makePki } from './tls-pki.js';
 
 const args = process.argv.slice(2);
 const opt = (name, dflt) => {
@@ -28,45 +29,6 @@ const SIZE_BYTES = Number(opt('--size-mib', '256')) * 1024 * 1024;
 const RUNTIME_SEC = Number(opt('--runtime', '5'));
 const JSON_OUT = opt('--json', undefined);
 const FIO_JOBS = ['read-1m-qd8', 'write-1m-qd8', 'randwrite-4k-qd32'];
-
-function certtool(a) {
-  execFileSync('certtool', a, { stdio: ['ignore', 'ignore', 'pipe'] });
-}
-function tmpl(dir, name, lines) {
-  const p = join(dir, name);
-  writeFileSync(p, `${lines.join('\n')}\n`);
-  return p;
-}
-
-function makePki(dir) {
-  const server = join(dir, 'server');
-  const client = join(dir, 'client');
-  mkdirSync(server, { recursive: true });
-  mkdirSync(client, { recursive: true });
-  const caKey = join(server, 'ca-key.pem');
-  const caCert = join(server, 'ca-cert.pem');
-  certtool(['--generate-privkey', '--key-type=ecdsa', '--outfile', caKey]);
-  certtool(['--generate-self-signed', '--load-privkey', caKey, '--template', tmpl(server, 'ca.info', ['cn = bench CA', 'ca', 'cert_signing_key', 'expiration_days = 2']), '--outfile', caCert]);
-  for (const [d, prefix, lines] of [
-    [server, 'server', ['cn = localhost', 'dns_name = localhost', 'tls_www_server']],
-    [client, 'client', ['cn = bench', 'tls_www_client']],
-  ]) {
-    const key = join(d, `${prefix}-key.pem`);
-    certtool(['--generate-privkey', '--key-type=ecdsa', '--outfile', key]);
-    chmodSync(key, 0o600);
-    certtool(['--generate-certificate', '--load-ca-certificate', caCert, '--load-ca-privkey', caKey, '--load-privkey', key, '--template', tmpl(d, `${prefix}.info`, [...lines, 'expiration_days = 2', 'signing_key', 'encryption_key']), '--outfile', join(d, `${prefix}-cert.pem`)]);
-  }
-  copyFileSync(caCert, join(client, 'ca-cert.pem'));
-  // libnbd's default certificate directory, for fio (see the header)
-  const home = join(dir, 'home');
-  const libnbdDir = join(home, '.pki', 'libnbd');
-  mkdirSync(libnbdDir, { recursive: true });
-  for (const f of ['ca-cert.pem', 'client-cert.pem', 'client-key.pem']) copyFileSync(join(client, f), join(libnbdDir, f));
-  const psk = join(dir, 'keys.psk');
-  execFileSync('psktool', ['-u', 'bench', '-p', psk], { stdio: 'ignore' });
-  chmodSync(psk, 0o600);
-  return { server, client, home, psk };
-}
 
 function serverDef(kind, auth, ctx) {
   const socket = join(ctx.dir, `${kind}-${auth}.sock`);

@@ -6,7 +6,7 @@
 
 import type { Duplex } from 'node:stream';
 import { ByteReader, StreamClosedError } from './byte-reader.js';
-import type { ReadController } from './direct-read.js';
+import { lendTlsReads, ReadController } from './direct-read.js';
 import { type HandshakeContext, type HandshakeResult, serverHandshake } from './handshake.js';
 import type { ServerLimits } from './limits.js';
 import type { Logger } from './log.js';
@@ -27,6 +27,8 @@ export class Connection {
     private readonly readController: ReadController | null = null,
     /** Runs the TLS handshake after STARTTLS; rejects if the peer proves nothing acceptable. */
     private readonly upgradeTls: ((socket: Duplex) => Promise<Duplex>) | null = null,
+    /** After STARTTLS, decrypt WRITE payloads straight into their buffers (lendTlsReads). */
+    private readonly tlsDirectReads = true,
   ) {
     socket.on('error', (err: Error) => this.log.debug({ conn: id, err: err.message }, 'socket error'));
     this.done = this.run().catch((err: unknown) => {
@@ -117,7 +119,12 @@ export class Connection {
     this.transmission = t;
     this.socket.once('close', () => t.closedBySocket());
     this.socket.once('end', () => t.inputEnd());
-    if (!upgraded) this.readController?.lendTo(t); // over TLS, reads go through the TLS layer
+    if (!upgraded) this.readController?.lendTo(t);
+    else if (this.tlsDirectReads) {
+      // Over TLS the raw socket feeds the TLS layer; the cleartext goes to our buffers (direct-read.ts).
+      const ctl = new ReadController();
+      if (lendTlsReads(this.socket, ctl)) ctl.lendTo(t);
+    }
     t.start(leftover);
     if (inputEnded) t.inputEnd();
     if (this.closing) t.stop();

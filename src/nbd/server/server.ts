@@ -129,7 +129,8 @@ export class NbdServer {
     const connId = this.nextId;
     const ctl = new ReadController();
     // Under TLS (on or require) the handle goes to the TLS layer after STARTTLS; an adopted handle with a
-    // user read buffer under it measured 2-4x slower for 1 MiB I/O over TLS, so TLS servers use plain reads.
+    // user read buffer under it measured 2-4x slower for 1 MiB I/O over TLS, so TLS servers read the raw
+    // socket plainly and put the user buffer on the TLS socket instead (connection.ts, lendTlsReads).
     const adopted = this.opts.directReads === false || tls !== undefined ? null : adoptSocket(raw, ctl, true);
     const socket = adopted ?? raw;
     if (adopted === null) raw.resume();
@@ -156,6 +157,7 @@ export class NbdServer {
       this.log,
       adopted === null ? null : ctl,
       tls === undefined ? null : (s) => tls.upgrade(s, peer),
+      this.opts.directReads !== false,
     );
     this.connections.add(conn);
     void conn.done.then(() => {

@@ -1,0 +1,148 @@
+#!/usr/bin/env node
+// Server CPU time per request, beside throughput: a tool for judging hot-path changes on a noisy,
+// shared machine, where IOPS move with other load but the server's own CPU per request does not.
+//
+//   node scripts/bench/cpu.js [--servers linear,nbdkit] [--jobs read-1m-qd8,...] [--runtime 3]
+//        [--repeat N] [--tls off|x509|psk-nbdcopy] [--size-mib 1024] [--dir /dev/shm] [--cli PATH]
+//        [--prof DIR (ours runs under node --cpu-prof, profiles written there)]
+//
+// Each job is one fio run (same job definitions as run.js, ramp_time 0) against a running server; the
+// server's utime+stime (/proc/PID/stat, all threads) is sampled before and after and divided by the
+// requests fio completed. Rounds interleave the servers; medians are printed, with ratio ours/nbdkit.
+// --tls x509: both servers with --tls require and X.509 (fio finds its client certificate in a private
+// HOME, see tls-pki.js).
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { privateBuildCopy } from './build.js';
+import { JOBS } from './fio.js';
+import { startServer } from './servers.js';
+import { makePki } from './tls-pki.js';
+
+const { values: flags } = parseArgs({
+  options: {
+    servers: { type: 'string', default: 'linear,nbdkit' },
+    jobs: { type: 'string', default: Object.keys(JOBS).join(',') },
+    runtime: { type: 'string', default: '3' },
+    repeat: { type: 'string', default: '1' },
+    tls: { type: 'string', default: 'off' },
+    'size-mib': { type: 'string', default: '1024' },
+    dir: { type: 'string', default: '/dev/shm' },
+    cli: { type: 'string' },
+    prof: { type: 'string' },
+    json: { type: 'string' },
+  },
+});
+const servers = flags.servers.split(',');
+const jobs = flags.jobs.split(',');
+for (const j of jobs) if (JOBS[j] === undefined) throw new Error(`unknown job ${j}`);
+const RUNTIME_SEC = Number(flags.runtime);
+const REPEAT = Number(flags.repeat);
+const SIZE_BYTES = Number(flags['size-mib']) * 1024 * 1024;
+const TLS = flags.tls;
+if (!['off', 'x509'].includes(TLS)) throw new Error('--tls off|x509');
+const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim());
+
+function cpuSec(pid) {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / CLK_TCK; // utime, stime (fields 14, 15)
+}
+
+function serverDef(name, ctx) {
+  const socket = join(ctx.dir, `${name}.sock`);
+  const pidFile = join(ctx.dir, `${name}.pid`);
+  if (name === 'nbdkit') {
+    const tls = TLS === 'x509' ? ['--tls=require', `--tls-certificates=${ctx.pki.server}`] : [];
+    return { command: 'nbdkit', args: ['-f', '-U', socket, '-P', pidFile, ...tls, 'file', ctx.file], socket, pidFile };
+  }
+  if (name !== 'linear') throw new Error(`unknown server ${name} (linear, nbdkit)`);
+  const tls = TLS === 'x509' ? ['--tls', 'require', '--tls-certificates', ctx.pki.server] : [];
+  const node = flags.prof !== undefined ? ['--cpu-prof', '--cpu-prof-dir', flags.prof] : [];
+  const table = `0 ${SIZE_BYTES / 512} linear ${ctx.file} 0`;
+  return {
+    command: process.execPath,
+    args: [...node, ctx.cli, 'serve', '--quiet', '--log-level', 'warn', '--table', table, '--listen', `unix:${socket}`, '--pid-file', pidFile, '--control', join(ctx.dir, `${name}.ctl`), '--dashboard', '0', ...tls],
+    socket,
+    pidFile,
+  };
+}
+
+async function fioJob(ctx, uri, job) {
+  const j = JOBS[job];
+  const path = join(ctx.dir, `${job}.fio`);
+  const out = join(ctx.dir, `${job}.json`);
+  writeFileSync(path, ['[global]', 'ioengine=nbd', `uri=${uri}`, `size=${SIZE_BYTES}`, 'time_based=1', `runtime=${RUNTIME_SEC}`, 'randrepeat=0', '', `[${job}]`, `rw=${j.rw}`, `bs=${j.bs}`, `iodepth=${j.iodepth}`, ''].join('\n'));
+  const env = TLS === 'x509' ? { ...process.env, HOME: ctx.pki.home } : process.env;
+  await new Promise((resolve, reject) => {
+    // /usr/bin/time: fio's own CPU (the client side of the same requests)
+    const c = spawn('/usr/bin/time', ['-f', '%U %S', '-o', `${out}.time`, 'fio', '--output-format=json', `--output=${out}`, path], { stdio: ['ignore', 'ignore', 'pipe'], env, cwd: ctx.dir });
+    let stderr = '';
+    c.stderr.on('data', (d) => (stderr = (stderr + d).slice(-4096)));
+    c.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`fio ${job}: ${stderr}`))));
+  });
+  const r = JSON.parse(readFileSync(out, 'utf8')).jobs[0];
+  const d = j.rw.includes('read') ? r.read : r.write;
+  const [u, sys] = readFileSync(`${out}.time`, 'utf8').trim().split(/\s+/).slice(-2).map(Number);
+  return { iops: d.iops, bwBytesPerSec: d.bw_bytes, ops: d.total_ios, clientUsPerOp: ((u + sys) * 1e6) / d.total_ios };
+}
+
+function median(v) {
+  const s = [...v].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+async function main() {
+  mkdirSync(flags.dir, { recursive: true });
+  const dir = mkdtempSync(join(flags.dir, 'nbdm-bench-cpu-'));
+  try {
+    const cli = flags.cli ?? privateBuildCopy(dir);
+    const pki = TLS === 'x509' ? makePki(join(dir, 'pki')) : undefined;
+    const file = join(dir, 'a.img');
+    execFileSync('fio', ['--name=fill', `--filename=${file}`, '--rw=write', '--bs=1m', `--size=${SIZE_BYTES}`, '--output=/dev/null'], { cwd: dir });
+    const ctx = { dir, cli, pki, file };
+    const res = {}; // server -> job -> [{...}]
+    for (let round = 0; round < REPEAT; round++) {
+      for (const name of servers) {
+        const def = serverDef(name, ctx);
+        const srv = await startServer(def);
+        try {
+          const uri = `${TLS === 'off' ? 'nbd+unix' : 'nbds+unix'}:///?socket=${def.socket}`;
+          for (const job of jobs) {
+            const c0 = cpuSec(srv.pid);
+            const r = await fioJob(ctx, uri, job);
+            const c1 = cpuSec(srv.pid);
+            r.cpuUsPerOp = ((c1 - c0) * 1e6) / r.ops;
+            r.cpuLoad = (c1 - c0) / RUNTIME_SEC;
+            ((res[name] ??= {})[job] ??= []).push(r);
+            process.stdout.write(`  round ${round + 1} ${name} ${job}: ${fmtMetric(job, r)}, ${r.cpuUsPerOp.toFixed(1)} us/op (fio ${r.clientUsPerOp.toFixed(1)}), cpu ${(r.cpuLoad * 100).toFixed(0)}%\n`);
+          }
+        } finally {
+          await srv.stop();
+        }
+      }
+    }
+    console.log(`\nmedians over ${REPEAT} round(s), tls ${TLS}, ${RUNTIME_SEC}s per job; load ${execFileSync('cat', ['/proc/loadavg']).toString().trim()}`);
+    const rows = [];
+    for (const job of jobs) {
+      const m = {};
+      for (const name of servers) {
+        const rs = res[name][job];
+        m[name] = { iops: median(rs.map((r) => r.iops)), bwBytesPerSec: median(rs.map((r) => r.bwBytesPerSec)), cpuUsPerOp: median(rs.map((r) => r.cpuUsPerOp)), clientUsPerOp: median(rs.map((r) => r.clientUsPerOp)), ratio: median(rs.map((r, i) => (res.nbdkit ? r.iops / res.nbdkit[job][i].iops : NaN))) };
+      }
+      rows.push({ job, ...m });
+      console.log(`${job.padEnd(18)} ${servers.map((n) => `${n} ${fmtMetric(job, m[n])} ${m[n].cpuUsPerOp.toFixed(1)}us/op (fio ${m[n].clientUsPerOp.toFixed(1)})${n !== 'nbdkit' && res.nbdkit ? ` (${m[n].ratio.toFixed(2)}x)` : ''}`).join('  |  ')}`);
+    }
+    if (flags.json) writeFileSync(flags.json, `${JSON.stringify({ date: new Date().toISOString(), tls: TLS, runtimeSec: RUNTIME_SEC, rounds: REPEAT, rows, raw: res }, null, 2)}\n`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function fmtMetric(job, r) {
+  return JOBS[job].bs === '4k' ? `${Math.round(r.iops)} IOPS` : `${(r.bwBytesPerSec / 1e6).toFixed(0)} MB/s`;
+}
+
+await main();
