@@ -159,7 +159,16 @@ export interface NodeResyncedEvent {
   ms: number;
 }
 
+/** The members' leg sets started or stopped differing (writes wait on every node while they differ). */
+export interface LegsEvent {
+  uuid: string;
+  agreed: boolean;
+  /** Node id -> the legs its member announced (null: not yet). */
+  legs: Record<string, string[] | null>;
+}
+
 export interface ClusterLogEventMap {
+  'cluster-legs': LegsEvent;
   'cluster-node-left': NodeLeftEvent;
   'cluster-node-resynced': NodeResyncedEvent;
 }
@@ -249,6 +258,9 @@ export class ClusterLog implements DirtyLog {
   private readonly repairL = new Listeners<{ removed: string[]; added: string[]; from: Member; fromMe: boolean }>();
   private readonly eventL = new Listeners<{ [K in keyof ClusterLogEventMap]: { name: K; payload: ClusterLogEventMap[K] } }[keyof ClusterLogEventMap]>();
   private readonly departures: DepartureTracker;
+  /** Leg agreement last seen, and whether a difference was reported (cluster-legs event). */
+  private legsAgreedSeen = true;
+  private legsDifferReported = false;
 
   constructor(opts: ClusterLogOptions) {
     if (!Number.isSafeInteger(opts.regionSizeBytes) || opts.regionSizeBytes <= 0) throw new RangeError('regionSizeBytes');
@@ -617,6 +629,9 @@ export class ClusterLog implements DirtyLog {
     // While this node's side of a split is unknown or inquorate, the majority may be recovering any
     // region (it purged this node's marks): every write waits, even to regions marked here before.
     if (this.sideUnsafe()) return true;
+    // While the members run on different legs (a repair reaching the nodes one by one), no write waits
+    // for less than every node: a node still on a removed leg could read it where this one no longer writes.
+    if (!s.legsAgreed()) return true;
     if (this.inSync(region)) return false;
     const rec = s.recovering;
     if (rec && rec.region === region && rec.nodeId === this.me.nodeId) return false; // ours: the local hold decides
@@ -818,6 +833,7 @@ export class ClusterLog implements DirtyLog {
     const effect = s.applyConfigChange(c);
     if (!live) return;
     for (const d of effect.departed) this.reportDeparture(s, c, d);
+    this.checkLegAgreement(s);
     const changed = [...effect.purged];
     if (effect.released) changed.push(effect.released.region);
     if (changed.length) this.regionsL.emit(changed);
@@ -1031,6 +1047,7 @@ export class ClusterLog implements DirtyLog {
           this.regionsL.emit('all');
           if (this.disk && this.isServer(s)) this.diskRequestWrite();
         }
+        if (live) this.checkLegAgreement(s);
         // Agreement may have been reached (recovery can be handed out): ask again.
         if (live) this.workL.emit();
         if (mine) {
@@ -1049,6 +1066,22 @@ export class ClusterLog implements DirtyLog {
         if (m.part === m.parts - 1 && s.initialized.has(memberKey(from))) s.applyCheckpointDone(m.targets);
         break;
     }
+  }
+
+  // ---- leg sets ---------------------------------------------------------------------------------
+  /** Writes parked while the members' legs differed go on once they agree again; both changes are events. */
+  private checkLegAgreement(s: ReplicatedLogState): void {
+    const agreed = s.legsAgreed();
+    if (agreed === this.legsAgreedSeen) return;
+    this.legsAgreedSeen = agreed;
+    if (agreed) this.regionsL.emit('all');
+    // Report real differences (and their end), not the moment between a member's join and its LEGS.
+    const told = s.members.filter((m) => s.initialized.has(memberKey(m))).every((m) => s.legsByMember.has(memberKey(m)));
+    if (!agreed && !told) return;
+    if (agreed === !this.legsDifferReported) return;
+    this.legsDifferReported = !agreed;
+    const legs = Object.fromEntries(s.members.map((m) => [String(m.nodeId), s.legsByMember.get(memberKey(m)) ?? null]));
+    this.emitEvent('cluster-legs', { uuid: this.opts.uuid, agreed, legs });
   }
 
   // ---- departures (events) ------------------------------------------------------------------------

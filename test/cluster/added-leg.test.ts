@@ -8,6 +8,10 @@
 //     onto s (no region set in sync) while node 2 has not reloaded; node 2's writes to regions out of sync
 //     wait; once node 2 reloads too, each region is copied exactly once cluster-wide (resync bytes of both
 //     nodes together = the volume), every acknowledged write reads back through both nodes, a = s.
+//  3. Two nodes, a leg removed (repair remove): node 1 reloads [a b c] -> [a b] while node 2 still runs
+//     [a b c] and balances its reads over c. A write through node 1 (to an in-sync region) is not
+//     acknowledged until node 2 dropped c too: otherwise node 2 could read c, which missed it. Then it
+//     completes and both nodes read it (a cluster-legs event reported the difference and its end).
 import { describe, expect, it } from 'vitest';
 import { clusterLogOpener } from '../../src/cluster/log-opener.js';
 import type { ClusterLog } from '../../src/cluster/cluster-log.js';
@@ -125,6 +129,34 @@ describe('a leg added to a cluster-log mirror', () => {
     }
     expect(n1.log.digest()).toBe(n2.log.digest());
     console.log(`added leg, 2 nodes: resync bytes node 1 ${copied[0]}, node 2 ${copied[1]} (volume ${SIZE_BYTES})`);
+    for (const n of [n1, n2]) await n.exp.close();
+  });
+
+  it('two nodes, a leg removed: writes wait until every node dropped it (no read of the dropped leg misses them)', async () => {
+    const bus = new MemoryBus();
+    const legs = new Map(['a', 'b', 'c'].map((d) => [d, new MemoryLeg({ device: d, sizeBytes: SIZE_BYTES })]));
+    const n1 = await node(bus, 1, legs, ['a', 'b', 'c']);
+    const n2 = await node(bus, 2, legs, ['a', 'b', 'c']);
+    const events: string[] = [];
+    n1.log.onEvent((e) => events.push(`${e.name}:${e.name === 'cluster-legs' ? e.payload.agreed : ''}`));
+    await n1.exp.write(pattern(1, 4096), 7 * REGION_BYTES, { fua: false });
+    await n1.reload(['a', 'b']);
+    let acked = false;
+    const w = n1.exp.write(pattern(2, 4096), 7 * REGION_BYTES, { fua: false }).then(() => void (acked = true));
+    await new Promise((r) => setTimeout(r, 300));
+    expect(acked).toBe(false);
+    expect(legs.get('a')!.bytes.subarray(7 * REGION_BYTES, 7 * REGION_BYTES + 4096).equals(pattern(1, 4096))).toBe(true);
+    await n2.reload(['a', 'b']);
+    await w;
+    for (const n of [n1, n2]) {
+      for (let i = 0; i < 4; i++) {
+        const got = Buffer.alloc(4096);
+        await n.exp.read(got, 7 * REGION_BYTES);
+        expect(got.equals(pattern(2, 4096))).toBe(true);
+      }
+    }
+    expect(events).toEqual(['cluster-legs:false', 'cluster-legs:true']);
+    expect(n1.exp.status().resync.bytesCopied + n2.exp.status().resync.bytesCopied).toBe(0); // nothing to resync
     for (const n of [n1, n2]) await n.exp.close();
   });
 });
