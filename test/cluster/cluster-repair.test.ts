@@ -11,7 +11,7 @@ import { findTool } from '../helpers/tools.js';
 import { CLI_PATH } from '../helpers/server.js';
 import { startNbdkitErrorLeg, type NbdkitLeg } from '../control/nbdkit-leg.js';
 import { clusterUnavailableReason, Harness, now } from './harness.js';
-import { checkAcked, Node, sleep, waitAllInSync, writer } from './serve-node.js';
+import { checkAcked, Node, sleep, waitAllInSync, writer, type EventWatch } from './serve-node.js';
 
 const NODES = 3;
 const TOKEN_MS = 1000;
@@ -57,6 +57,7 @@ describe.skipIf(unavailable !== undefined)(`cluster-wide repair on a 3-node clus
   }, 60_000);
 
   it('`nbd-mirror repair` on ONE node repairs every node: held writes complete everywhere, legs equal', async () => {
+    const watches: EventWatch[] = await Promise.all(nodes.map((n) => n.watchEvents()));
     const ws = nodes.map((n, i) => writer(n.uri, i * SLICE_BYTES, SLICE_BYTES, 40 + i));
     await sleep(1000);
     for (const w of ws) expect(w.acked.length).toBeGreaterThan(0);
@@ -96,6 +97,14 @@ describe.skipIf(unavailable !== undefined)(`cluster-wide repair on a 3-node clus
       }
     }
     times.dRepairAllNodesMs = now() - tRepair;
+    // Where the time went, per node (ms after the repair command started).
+    for (const [i, w] of watches.entries()) {
+      const steps = w.events
+        .filter((e) => /^(repair|suspend|resume|cluster-legs)/.test(e.kind))
+        .map((e) => `${e.kind}@${Math.round(Date.parse(e.time) - tRepair)}`);
+      console.log(`node ${i + 1}: ${steps.join(' ')}`);
+    }
+    for (const w of watches) w.close();
     // Writes go on on every node after the repair.
     const after = ws.map((w) => w.acked.length);
     await sleep(1000);
