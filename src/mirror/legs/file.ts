@@ -26,15 +26,22 @@
 // so again at the next call.) (Not "only when nothing else is in flight": synchronous calls never stay in flight, and on
 // a page-cached file they beat the pool at any queue depth; the slowness guard is what keeps concurrency
 // for a slow device.) Worst case without a backoff: a client's queue of small requests that each just miss
-// SYNC_IO_SLOW_US blocks the loop for queue depth x that long. FUA writes (O_DSYNC), flush and zero always
-// use the pool: they wait for the device. NBD_MIRROR_SYNC_IO=0 turns the synchronous path off.
+// SYNC_IO_SLOW_US blocks the loop for queue depth x that long. FUA writes (O_DSYNC) and zero always use the
+// pool: they wait for the device. NBD_MIRROR_SYNC_IO=0 turns the synchronous path off.
+//
+// Flush (fdatasync) is synchronous for a regular file on a memory file system (tmpfs, ramfs): there is no
+// device under it, fdatasync returns at once, and a disk log flushes its device once per batch of new marks,
+// so a pool hop there delays every write of the batch. Anywhere else flush waits for a device and uses the
+// pool (a synchronous fdatasync could block the loop for seconds of writeback). As a safety net, a
+// synchronous flush slower than SYNC_IO_SLOW_US sends flushes to the pool for SYNC_FLUSH_BACKOFF_MS,
+// doubling (up to SYNC_FLUSH_BACKOFF_MAX_MS) while it stays slow.
 //
 // Resync between two FileLegs uses copyRangeTo (copy_file_range(2) through native/copy-range, one thread
 // pool job per chunk, no user-space buffer) when the addon is built; errors there are never reported, the
 // caller falls back to read + write, which attributes a failure to the right leg.
 
 import { strict as assert } from 'node:assert';
-import { constants as fsConstants, promises as fsp, read as fsRead, readSync, write as fsWrite, writeSync, type Stats } from 'node:fs';
+import { constants as fsConstants, fdatasyncSync, promises as fsp, read as fsRead, readSync, write as fsWrite, writeSync, type Stats } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { basename } from 'node:path';
 import type { FileHandle } from 'node:fs/promises';
@@ -77,6 +84,11 @@ export const SYNC_IO_WINDOW_CALLS = 64;
 export const SYNC_IO_STALL_US = 50_000;
 /** How long a leg stays on the thread pool after a backoff before trying synchronous calls again. */
 export const SYNC_IO_BACKOFF_MS = 1000;
+/** statfs f_type of memory file systems, where fdatasync has no device to wait for: tmpfs, ramfs. */
+const MEMORY_FS_TYPES = new Set([0x01021994, 0x858458f6]);
+/** First flush backoff after a slow synchronous flush; doubles while flushes stay slow, up to the max. */
+export const SYNC_FLUSH_BACKOFF_MS = 1000;
+export const SYNC_FLUSH_BACKOFF_MAX_MS = 60_000;
 const SYNC_IO_ENABLED = process.env.NBD_MIRROR_SYNC_IO !== '0';
 
 /** Linux dev_t -> major:minor (glibc gnu_dev_major/minor), exact for any 64-bit dev_t. */
@@ -142,6 +154,8 @@ export class FileLeg implements Leg {
     private readonly fh: FileHandle,
     /** Same file opened with O_DSYNC: a write through it is durable when it completes (FUA). */
     private readonly fhSync: FileHandle | null,
+    /** A regular file on tmpfs/ramfs: nothing under it to flush, fdatasync is a no-op (synchronous flush). */
+    readonly memoryBacked: boolean,
   ) {
     this.sizeBytes = Math.max(0, deviceBytes - offsetBytes);
   }
@@ -157,7 +171,7 @@ export class FileLeg implements Leg {
     const slice = SLICE_DEVICE.exec(device);
     if (slice !== null) {
       const leg = await FileLeg.open(slice[1] as string, { ...opts, offsetBytes: opts.offsetBytes + Number(slice[2]) * 512 });
-      return new FileLeg(device, leg.deviceBytes, leg.offsetBytes, leg.isBlockDevice, leg.fh, leg.fhSync);
+      return new FileLeg(device, leg.deviceBytes, leg.offsetBytes, leg.isBlockDevice, leg.fh, leg.fhSync, leg.memoryBacked);
     }
     const readOnly = opts.readOnly ?? false;
     let fh = null as FileHandle | null;
@@ -180,7 +194,8 @@ export class FileLeg implements Leg {
           throw describeOpenError(device, err);
         }
       }
-      return new FileLeg(device, deviceBytes, opts.offsetBytes, st.isBlockDevice(), fh, fhSync);
+      const memoryBacked = st.isFile() && (await fsp.statfs(device).then((f) => MEMORY_FS_TYPES.has(Number(f.type)), () => false));
+      return new FileLeg(device, deviceBytes, opts.offsetBytes, st.isBlockDevice(), fh, fhSync, memoryBacked);
     } catch (err) {
       await fhSync?.close().catch(() => {});
       await fh?.close().catch(() => {});
@@ -433,12 +448,48 @@ export class FileLeg implements Leg {
     );
   }
 
-  async flush(): Promise<void> {
-    if (this.closed) throw new ExportError('EIO', `${this.device}: leg is closed`);
+  // ---- adaptive synchronous flush (see the header) ----------------------------------------------------
+  /** performance.now() before which flushes use the thread pool; 0: try synchronously. */
+  private flushPoolUntilMs = 0;
+  private flushBackoffMs = SYNC_FLUSH_BACKOFF_MS;
+  /** Synchronous and pool flushes so far, and flush backoffs (diagnostics and tests). */
+  readonly flushStats = { syncFlushes: 0, poolFlushes: 0, backoffs: 0 };
+
+  flush(): Promise<void> {
+    if (this.closed) return Promise.reject(new ExportError('EIO', `${this.device}: leg is closed`));
+    if (this.memoryBacked && SYNC_IO_ENABLED && (this.flushPoolUntilMs === 0 || performance.now() >= this.flushPoolUntilMs)) {
+      const startMs = performance.now();
+      let err: Error | null = null;
+      try {
+        fdatasyncSync(this.fh.fd);
+      } catch (e) {
+        err = toExportError(e, this.device, 'flush');
+      }
+      const nowMs = performance.now();
+      this.flushStats.syncFlushes++;
+      if ((nowMs - startMs) * 1000 > SYNC_IO_SLOW_US) {
+        // Slow: the device drains a cache. Pool for a while, longer each time this repeats.
+        this.flushPoolUntilMs = nowMs + this.flushBackoffMs;
+        this.flushBackoffMs = Math.min(SYNC_FLUSH_BACKOFF_MAX_MS, this.flushBackoffMs * 2);
+        this.flushStats.backoffs++;
+      } else {
+        this.flushPoolUntilMs = 0;
+        this.flushBackoffMs = SYNC_FLUSH_BACKOFF_MS;
+      }
+      return err === null ? RESOLVED : Promise.reject(err);
+    }
+    return this.flushPool();
+  }
+
+  private async flushPool(): Promise<void> {
+    this.flushStats.poolFlushes++;
+    this.begin();
     try {
       await this.fh.datasync();
     } catch (err) {
       throw toExportError(err, this.device, 'flush');
+    } finally {
+      this.end();
     }
   }
 

@@ -2,7 +2,7 @@
 // (counted as sync calls), large ones and FUA writes go through the thread pool, and both paths give the
 // same bytes, zero-fill past EOF and the same errors (a closed leg rejects, never throws).
 import { afterEach, beforeEach, expect, it } from 'vitest';
-import { mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, statfs, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ExportError } from '../../../src/nbd/export.js';
@@ -60,4 +60,28 @@ it('small requests take the synchronous path, large and FUA ones the pool; the b
   await expect(p).rejects.toBeInstanceOf(ExportError);
   expect(() => (p = leg.read(back, 0))).not.toThrow();
   await expect(p).rejects.toBeInstanceOf(ExportError);
+});
+
+it('flush is synchronous on a memory file system (fdatasync has no device to wait for), pooled elsewhere', async () => {
+  const dirs = [dir];
+  // /dev/shm is tmpfs on Linux: the synchronous case is exercised even when os.tmpdir() is on a disk.
+  const shm = await stat('/dev/shm').then((s) => s.isDirectory(), () => false);
+  if (shm) dirs.push(await mkdtemp('/dev/shm/nbd-mirror-syncio-'));
+  try {
+    for (const d of dirs) {
+      const path = join(d, 'leg');
+      await writeFile(path, Buffer.alloc(65536));
+      const memory = [0x01021994, 0x858458f6].includes(Number((await statfs(path)).type));
+      const leg = await FileLeg.open(path, { offsetBytes: 0 });
+      expect(leg.memoryBacked).toBe(memory);
+      await leg.write(pattern(4096, 9), 4096, { fua: false });
+      await leg.flush();
+      await leg.flush();
+      expect(leg.flushStats).toMatchObject(memory ? { syncFlushes: 2, poolFlushes: 0 } : { syncFlushes: 0, poolFlushes: 2 });
+      await leg.close();
+      await expect(leg.flush()).rejects.toBeInstanceOf(ExportError);
+    }
+  } finally {
+    if (dirs[1] !== undefined) await rm(dirs[1], { recursive: true, force: true });
+  }
 });
