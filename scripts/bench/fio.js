@@ -37,12 +37,13 @@ export function jobFile({ uri, sizeBytes, runtimeSec, jobs }) {
 }
 
 /** Runs fio once over all jobs; returns { jobName: { iops, bwBytesPerSec, clatP50Us, clatP99Us } }. */
-export async function runFio({ workDir, label, uri, sizeBytes, runtimeSec, jobs }) {
+/** `env`: fio's environment (TLS: HOME pointing at libnbd's client certificates, see tls-pki.js). */
+export async function runFio({ workDir, label, uri, sizeBytes, runtimeSec, jobs, env }) {
   const jobPath = join(workDir, `${label}.fio`);
   const outPath = join(workDir, `${label}.json`);
   await writeFile(jobPath, jobFile({ uri, sizeBytes, runtimeSec, jobs }));
   await new Promise((resolve, reject) => {
-    const child = spawn('fio', ['--output-format=json', `--output=${outPath}`, jobPath], { stdio: ['ignore', 'ignore', 'pipe'], cwd: workDir });
+    const child = spawn('fio', ['--output-format=json', `--output=${outPath}`, jobPath], { stdio: ['ignore', 'ignore', 'pipe'], cwd: workDir, ...(env !== undefined ? { env } : {}) });
     let stderr = '';
     child.stderr.on('data', (c) => (stderr = (stderr + c).slice(-8192)));
     child.on('error', reject);

@@ -6,6 +6,8 @@
 //   single file:  linear (ours) vs nbdkit file vs qemu-nbd
 //   2-leg mirror: mirror-core, mirror-disk (ours) vs nbdkit file on one leg (the ceiling) vs qemu-nbd quorum
 //   resync:       full resync of a 2-leg core-log mirror (unthrottled) vs nbdcopy copying leg A to leg B
+//   TLS:          linear-tls (ours, --tls require, X.509) vs nbdkit-tls (--tls=require), same file, on the
+//                 TLS_JOBS of issue 12 (fio finds its client certificate through HOME, see tls-pki.js)
 // Backing files live in --dir (default /dev/shm, tmpfs), so the figures measure the servers, not a disk.
 import { execFileSync, spawn } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
@@ -18,11 +20,16 @@ import { JOBS, runFio } from './fio.js';
 import { privateBuildCopy } from './build.js';
 import { writeBenchChart } from './chart.js';
 import { mirrorTable, SERVERS, setCli, startServer } from './servers.js';
+import { makePki } from './tls-pki.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const ALL_SERVERS = ['linear', 'nbdkit', 'qemu-nbd', 'mirror-core', 'mirror-disk', 'qemu-quorum'];
+const ALL_SERVERS = ['linear', 'nbdkit', 'qemu-nbd', 'mirror-core', 'mirror-disk', 'qemu-quorum', 'linear-tls', 'nbdkit-tls'];
 const SINGLE_GROUP = ['linear', 'nbdkit', 'qemu-nbd'];
 const MIRROR_GROUP = ['mirror-core', 'mirror-disk', 'nbdkit', 'qemu-quorum'];
+const TLS_GROUP = ['linear-tls', 'nbdkit-tls'];
+/** The TLS rows measure issue 12's jobs only (the others are the same code paths as without TLS). */
+const TLS_JOBS = ['read-1m-qd8', 'write-1m-qd8', 'randwrite-4k-qd32'];
+const DEFAULT_OUT = join(ROOT, 'bench-results', 'latest.json');
 const FILL_CHUNK_BYTES = 8 * 1024 * 1024;
 /** A resync that has not finished by then is reported as failed rather than waited for. */
 const RESYNC_TIMEOUT_MS = 120_000;
@@ -35,7 +42,8 @@ const { values: flags } = parseArgs({
     size: { type: 'string', default: String(1024 * 1024 * 1024) },
     dir: { type: 'string', default: '/dev/shm' },
     'no-resync': { type: 'boolean', default: false },
-    out: { type: 'string', default: join(ROOT, 'bench-results', 'latest.json') },
+    'no-tls': { type: 'boolean', default: false },
+    out: { type: 'string', default: DEFAULT_OUT },
     cli: { type: 'string' },
     repeat: { type: 'string', default: '1' },
     help: { type: 'boolean', default: false },
@@ -43,12 +51,12 @@ const { values: flags } = parseArgs({
 });
 if (flags.help) {
   console.log(`usage: npm run bench -- [--servers ${ALL_SERVERS.join(',')}] [--jobs ${Object.keys(JOBS).join(',')}]
-       [--runtime SEC per job] [--size BYTES] [--dir DIR for backing files] [--no-resync] [--out FILE]
+       [--runtime SEC per job] [--size BYTES] [--dir DIR for backing files] [--no-resync] [--no-tls] [--out FILE]
        [--cli PATH to bin/nbd-mirror.js; default: a private build of src/ in .cache/e2e/]
        [--repeat N: N interleaved rounds over the servers, the median per job is reported (noisy machines)]`);
   process.exit(0);
 }
-const servers = flags.servers.split(',').filter(Boolean);
+const servers = flags.servers.split(',').filter(Boolean).filter((s) => !(flags['no-tls'] && TLS_GROUP.includes(s)));
 for (const s of servers) if (!ALL_SERVERS.includes(s)) throw new Error(`unknown server ${s}; known: ${ALL_SERVERS.join(', ')}`);
 const jobs = flags.jobs.split(',').filter(Boolean);
 const runtimeSec = Number(flags.runtime);
@@ -108,8 +116,10 @@ async function benchServer(name, ctx) {
   process.stdout.write(`  ${name.padEnd(12)} ${def.description} ... `);
   const server = await startServer(def);
   try {
-    const uri = `nbd+unix:///?socket=${def.socket}`;
-    const results = await runFio({ workDir: ctx.dir, label: name, uri, sizeBytes: ctx.sizeBytes, runtimeSec, jobs });
+    const uri = `${def.tls ? 'nbds+unix' : 'nbd+unix'}:///?socket=${def.socket}`;
+    const env = def.tls ? { ...process.env, HOME: ctx.pki.home } : undefined;
+    const serverJobs = def.tls ? jobs.filter((j) => TLS_JOBS.includes(j)) : jobs;
+    const results = await runFio({ workDir: ctx.dir, label: name, uri, sizeBytes: ctx.sizeBytes, runtimeSec, jobs: serverJobs, env });
     process.stdout.write('done\n');
     return { description: def.description, table: def.table, jobs: results };
   } finally {
@@ -197,14 +207,15 @@ function fmt(n) {
   return n >= 100 ? String(Math.round(n)) : n.toFixed(1);
 }
 
-function printTable(title, names, results) {
+function printTable(title, names, results, baseName = 'nbdkit') {
   const present = names.filter((n) => results[n] !== undefined);
-  if (present.length === 0) return;
+  if (present.every((n) => n === baseName)) return; // nothing of ours in this group was run
   console.log(`\n${title}`);
   const header = ['job'.padEnd(18), ...present.map((n) => n.padStart(22))].join(' ');
   console.log(header);
   for (const job of jobs) {
-    const base = results.nbdkit?.jobs[job];
+    if (present.every((n) => results[n].jobs[job] === undefined)) continue;
+    const base = results[baseName]?.jobs[job];
     const cells = present.map((n) => {
       const r = results[n].jobs[job];
       if (r === undefined) return '-'.padStart(22);
@@ -214,7 +225,7 @@ function printTable(title, names, results) {
     });
     console.log([job.padEnd(18), ...cells].join(' '));
   }
-  console.log('(ratio = this server / nbdkit file on the same job)');
+  console.log(`(ratio = this server / ${baseName === 'nbdkit' ? 'nbdkit file' : baseName} on the same job)`);
 }
 
 async function main() {
@@ -223,7 +234,8 @@ async function main() {
   const ctx = { dir, sizeBytes, files: { a: join(dir, 'leg-a.img'), b: join(dir, 'leg-b.img'), log: join(dir, 'mirror.log') } };
   const started = Date.now();
   try {
-    if (servers.some((s) => ['linear', 'mirror-core', 'mirror-disk'].includes(s))) setCli(flags.cli ?? privateBuildCopy(dir));
+    if (servers.some((s) => ['linear', 'mirror-core', 'mirror-disk', 'linear-tls'].includes(s))) setCli(flags.cli ?? privateBuildCopy(dir));
+    if (servers.some((s) => TLS_GROUP.includes(s))) ctx.pki = makePki(join(dir, 'pki'));
     console.log(`nbd-mirror bench: ${sizeBytes / 2 ** 20} MiB files in ${dir}, ${runtimeSec} s per job, servers: ${servers.join(', ')}`);
     await fillRandom(ctx.files.a, sizeBytes);
     await copyFile(ctx.files.a, ctx.files.b);
@@ -246,6 +258,7 @@ async function main() {
 
     printTable('Single file', SINGLE_GROUP, results);
     printTable('2-leg mirror (nbdkit = one file, the ceiling)', MIRROR_GROUP, results);
+    printTable('TLS (both --tls require, X.509, TLS 1.3; target >= 0.8x)', TLS_GROUP, results, 'nbdkit-tls');
     if (resync !== undefined) {
       console.log('\nResync of', `${sizeBytes / 2 ** 20} MiB`);
       if (resync.error) console.log(`  ours: FAILED: ${resync.error}`);
@@ -271,7 +284,9 @@ async function main() {
     await mkdir(dirname(flags.out), { recursive: true });
     await writeFile(flags.out, `${JSON.stringify(report, null, 2)}\n`);
     console.log(`\nwrote ${flags.out} (${report.elapsedSec.toFixed(0)} s)`);
-    console.log(`wrote ${await writeBenchChart(flags.out)} (chart: scripts/bench/chart.js)`);
+    // The README's chart (docs/bench.svg) is redrawn only by a run writing the default report.
+    const chartOut = resolve(flags.out) === DEFAULT_OUT ? undefined : flags.out.replace(/\.json$/, '') + '.svg';
+    console.log(`wrote ${await writeBenchChart(flags.out, chartOut)} (chart: scripts/bench/chart.js)`);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

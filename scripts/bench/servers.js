@@ -32,11 +32,28 @@ export function mirrorTable({ legs, sizeBytes, logFile, sync }) {
 }
 
 /**
- * Server definitions: name -> (ctx) => { command, args, pidFile, socket, description }.
- * ctx = { dir, files: { a, b, log }, sizeBytes }.
+ * Server definitions: name -> (ctx) => { command, args, pidFile, socket, description, tls? }.
+ * ctx = { dir, files: { a, b, log }, sizeBytes, pki? } (pki: tls-pki.js, for the -tls servers).
  */
 export const SERVERS = {
   linear: (ctx) => ours(ctx, 'linear', linearTable(ctx.files.a, ctx.sizeBytes), 'nbd-mirror linear export of A'),
+  // TLS rows (issue 12): the same two servers with TLS required, X.509 from ctx.pki (tls-pki.js).
+  'linear-tls': (ctx) => ({
+    ...ours(ctx, 'linear-tls', linearTable(ctx.files.a, ctx.sizeBytes), 'nbd-mirror linear export of A, --tls require (X.509)', ['--tls', 'require', '--tls-certificates', ctx.pki.server]),
+    tls: true,
+  }),
+  'nbdkit-tls': (ctx) => {
+    const socket = join(ctx.dir, 'nbdkit-tls.sock');
+    const pidFile = join(ctx.dir, 'nbdkit-tls.pid');
+    return {
+      command: 'nbdkit',
+      args: ['-f', '-U', socket, '-P', pidFile, '--tls=require', `--tls-certificates=${ctx.pki.server}`, 'file', ctx.files.a],
+      socket,
+      pidFile,
+      description: 'nbdkit --tls=require file plugin on A (X.509)',
+      tls: true,
+    };
+  },
   nbdkit: (ctx) => {
     const socket = join(ctx.dir, 'nbdkit.sock');
     const pidFile = join(ctx.dir, 'nbdkit.pid');
@@ -83,12 +100,12 @@ export const SERVERS = {
   },
 };
 
-function ours(ctx, label, table, description) {
+function ours(ctx, label, table, description, extraArgs = []) {
   const socket = join(ctx.dir, `${label}.sock`);
   const pidFile = join(ctx.dir, `${label}.pid`);
   return {
     command: process.execPath,
-    args: [CLI, 'serve', '--quiet', '--log-level', 'warn', '--table', table, '--listen', `unix:${socket}`, '--pid-file', pidFile, '--control', join(dirname(socket), `${label}.ctl`), '--dashboard', '0'],
+    args: [CLI, 'serve', '--quiet', '--log-level', 'warn', '--table', table, '--listen', `unix:${socket}`, '--pid-file', pidFile, '--control', join(dirname(socket), `${label}.ctl`), '--dashboard', '0', ...extraArgs],
     socket,
     pidFile,
     description,

@@ -14,7 +14,9 @@ export class BufferPool {
   constructor(
     private readonly pooledBytesMin = 128 * 1024,
     private readonly pooledBytesMax = 4 * 1024 * 1024,
-    private readonly heldBytesMax = 8 * 1024 * 1024,
+    // 8 MiB of payload plus room for reply headers: QD8 of 1 MiB read replies (1 MiB + 28 bytes each)
+    // stays pooled instead of one fresh 1 MiB allocation (mmap + page faults) per round.
+    private readonly heldBytesMax = 8 * 1024 * 1024 + 64 * 1024,
   ) {}
 
   /** A buffer of exactly `bytes` (contents undefined). */
