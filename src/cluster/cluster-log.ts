@@ -28,6 +28,10 @@
 //    Every member reports it (event `cluster-node-left`: the regions that went out of sync because of it)
 //    and, once all of them were set in sync again by any node, `cluster-node-resynced` (the regions
 //    recovered, which of them here, by whom, how long): departures.ts defines the sets.
+//  - Leg sets (cluster-log-state.ts): resume() announces this member's data legs (LEGS) and returns once
+//    that announcement was applied. A leg new to the log sets every region out of sync once; recovery
+//    waits until every member runs on the same legs, and so do writes (isRemoteRecovering) while the sets
+//    differ, so that no node reads a leg another node no longer writes (event cluster-legs).
 //  - Partition merge (members come back with reason NODEUP): a side with more members than all the
 //    others together (tie between two sides: the lower lowest node id) keeps its state; the other sides
 //    re-take it from a checkpoint and re-send their local marks. If no side qualifies (3+ sides, none
