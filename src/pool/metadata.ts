@@ -33,6 +33,12 @@ export interface PoolVolume {
   /** legs[0] is the primary; one leg = linear. */
   readonly legs: readonly ExtentRun[];
   readonly logRun?: ExtentRun;
+  /**
+   * An online pvmove of one leg in progress (LVM's temporary mirror): `to` is an extra leg being resynced
+   * from the others; when in sync, `to` takes `from`'s place and the volume gets back its own log kind and
+   * nosync flag. `pool move` completes it (online when served, by copying when not).
+   */
+  readonly moving?: { readonly from: ExtentRun; readonly to: ExtentRun; readonly log: LogKind; readonly nosync: boolean };
 }
 
 export interface PoolMetadata {
@@ -135,6 +141,11 @@ export function checkMetadata(md: PoolMetadata): void {
       need(!legDevices.has(v.logRun.device), `volume ${v.name}: log on a leg's device`);
     }
     need((v.log === 'disk' && v.legs.length > 1) === (v.logRun !== undefined), `volume ${v.name}: a disk log needs a log run, nothing else has one`);
+    if (v.moving !== undefined) {
+      const m = v.moving;
+      const has = (r: ExtentRun): boolean => v.legs.some((l) => l.device === r?.device && l.startExtent === r.startExtent && l.extentCount === r.extentCount);
+      need(typeof m === 'object' && m !== null && has(m.from) && has(m.to) && (m.log === 'disk' || m.log === 'core') && typeof m.nosync === 'boolean', `volume ${v.name}: move in progress`);
+    }
   }
   if (md.pending !== undefined) {
     const cur = md.volumes.find((v) => v.name === md.pending!.volume.name);

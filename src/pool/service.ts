@@ -9,7 +9,7 @@ import { join, resolve } from 'node:path';
 import { ControlClient, resolveControlTarget } from '../control/client.js';
 import { PoolError } from './errors.js';
 import { locate, locatePool, volumeRef, type LocateFlags } from './locate.js';
-import { checkMetadata, extentOffsetBytes, parseMetadata, type PoolMetadata, type PoolVolume, type LogKind } from './metadata.js';
+import { checkMetadata, extentOffsetBytes, parseMetadata, type ExtentRun, type PoolMetadata, type PoolVolume, type LogKind } from './metadata.js';
 import * as ops from './ops.js';
 import { diskLogState, serverState, type VolumeState } from './status.js';
 import { commit, expandDevicePaths, scanDevice, type CommitPlan, type DeviceScan, type LoadedPool } from './store.js';
@@ -293,6 +293,7 @@ export async function volumeCreate(ref: string, poolFlag: string | undefined, o:
     throw new PoolError('EINVAL', `--region-size ${o.regionSizeBytes} is larger than the pool's extent size (${pool.md.extentSizeBytes})`);
   }
   const { md, volume } = ops.createVolume(withPaths(pool.md, pool.paths), { name: r.volume, ...o });
+  await wipeNewLogRun(md, pool.paths, undefined, volume);
   await commitChange(pool, md, {}, [volume.name]);
   return { md, volume, table: volumeTable(md, pool.paths, volume) };
 }
@@ -337,6 +338,7 @@ export async function volumeConvert(ref: string, poolFlag: string | undefined, m
   const served = c === null ? null : await serverState(c, pool.md, pool.paths, current).catch(() => null);
   const base = withPaths(pool.md, pool.paths);
   const { md, volume } = ops.convertMirrors(base, r.volume, mirrors, o);
+  await wipeNewLogRun(md, pool.paths, current, volume);
   const table = volumeTable(md, pool.paths, volume);
   if (served === null || c === null) {
     await commitChange(pool, md, {}, [volume.name]);
@@ -448,38 +450,156 @@ export async function volumeList(poolName: string | undefined, flags: LocateFlag
   return rows;
 }
 
-/** Bytes copied per step of a move (bounded memory). */
-export const MOVE_CHUNK_BYTES = 1024 * 1024;
+/** Bytes zeroed at the start of a new disk log run: the log header (magic, nr_regions, leg records). */
+export const LOG_HEADER_WIPE_BYTES = 4096;
 
 /**
- * pvmove (offline): copy every run off `dev` to its new place, flush, then commit the metadata. A crash
- * before the commit leaves the old runs authoritative (the copies are just unused extents).
+ * A disk log run newly given to a volume may hold an old log (extents freed by a removed volume or a
+ * moved log): its header would be trusted at activation (regions "clean" that never were). Zero it first,
+ * so the new log starts all out of sync (or all in sync with --nosync).
  */
-export async function poolMove(name: string, dev: string, to: string | undefined, flags: LocateFlags & ControlFlag): Promise<{ md: PoolMetadata; moves: ops.RunMove[]; bytes: number }> {
+async function wipeNewLogRun(md: PoolMetadata, paths: ReadonlyMap<string, string>, before: PoolVolume | undefined, after: PoolVolume): Promise<void> {
+  const run = after.logRun;
+  if (run === undefined || (before?.logRun !== undefined && sameRun(before.logRun, run))) return;
+  const leg = await FileLeg.open(paths.get(run.device)!, { offsetBytes: extentOffsetBytes(md, run.startExtent) });
+  try {
+    await leg.write(Buffer.alloc(LOG_HEADER_WIPE_BYTES), 0, { fua: true });
+    await leg.flush();
+  } finally {
+    await leg.close();
+  }
+}
+
+/** Bytes copied per step of a move (bounded memory). */
+export const MOVE_CHUNK_BYTES = 1024 * 1024;
+/** How long an online move waits for the temporary leg to be in sync. */
+export const MOVE_SYNC_TIMEOUT_MS = 24 * 3600 * 1000;
+const MOVE_SYNC_POLL_MS = 200;
+
+const sameRun = (a: ExtentRun, b: ExtentRun): boolean => a.device === b.device && a.startExtent === b.startExtent && a.extentCount === b.extentCount;
+
+function replaceVolume(md: PoolMetadata, v: PoolVolume): PoolVolume[] {
+  return md.volumes.map((x) => (x.name === v.name ? v : x));
+}
+
+/** Copy a run's bytes to another run (offline move), in bounded chunks, then flush. */
+async function copyRun(md: PoolMetadata, paths: ReadonlyMap<string, string>, from: ExtentRun, to: ExtentRun): Promise<number> {
+  const buf = Buffer.alloc(MOVE_CHUNK_BYTES);
+  const src = await FileLeg.open(paths.get(from.device)!, { offsetBytes: extentOffsetBytes(md, from.startExtent), readOnly: true });
+  const dst = await FileLeg.open(paths.get(to.device)!, { offsetBytes: extentOffsetBytes(md, to.startExtent) });
+  let bytes = 0;
+  try {
+    const total = from.extentCount * md.extentSizeBytes;
+    for (let off = 0; off < total; off += MOVE_CHUNK_BYTES) {
+      const chunk = buf.subarray(0, Math.min(MOVE_CHUNK_BYTES, total - off));
+      await src.read(chunk, off);
+      await dst.write(chunk, off, { fua: false });
+      bytes += chunk.length;
+    }
+    await dst.flush();
+  } finally {
+    await src.close();
+    await dst.close();
+  }
+  return bytes;
+}
+
+/** Commit one volume's new state (offline step), one seqno on. */
+async function commitVolume(pool: LoadedPool, cur: PoolMetadata, v: PoolVolume): Promise<PoolMetadata> {
+  const next: PoolMetadata = { ...cur, seqno: cur.seqno + 1, volumes: replaceVolume(cur, v) };
+  checkMetadata(next);
+  await commitChange(pool, next, {}, [v.name]);
+  return next;
+}
+
+/** Wait until a served mirror has every region in sync on every leg (all legs alive). */
+async function waitServedInSync(c: ControlClient, name: string): Promise<void> {
+  const started = Date.now();
+  for (;;) {
+    const { status } = await c.get<{ status: string }>(`/v1/volumes/${encodeURIComponent(name)}/status`);
+    const t = status.trim().split(/\s+/);
+    const n = Number(t[3]);
+    const ratio = /^([0-9]+)\/([0-9]+)$/.exec(t[4 + n] ?? '');
+    const health = t[6 + n] ?? '';
+    if (t[2] !== 'mirror' || ratio === null) throw new PoolError('EIO', `pool move ${name}: unexpected status "${status}"`);
+    if (/[^A]/.test(health)) throw new PoolError('EIO', `pool move ${name}: a leg failed while the new leg was resyncing (health ${health}); the move stays in progress: run pool move again once the legs are healthy`);
+    if (ratio[1] === ratio[2]) return;
+    if (Date.now() - started > MOVE_SYNC_TIMEOUT_MS) throw new PoolError('EIO', `pool move ${name}: the new leg is not in sync after ${MOVE_SYNC_TIMEOUT_MS} ms (${ratio[1]}/${ratio[2]} regions)`);
+    await new Promise((r) => setTimeout(r, MOVE_SYNC_POLL_MS));
+  }
+}
+
+/**
+ * Finish a leg move in progress (volume.moving): served, wait until the temporary leg is in sync, then
+ * reload without the source leg (online step); not served, copy the source run and commit.
+ */
+async function finishLegMove(pool: LoadedPool, c: ControlClient | null, cur: PoolMetadata, name: string): Promise<{ md: PoolMetadata; bytes: number; online: boolean }> {
+  const v = ops.findVolume(cur, name);
+  const m = v.moving!;
+  const { moving: _m, ...rest } = v;
+  const fin: PoolVolume = { ...rest, legs: v.legs.filter((l) => !sameRun(l, m.to)).map((l) => (sameRun(l, m.from) ? m.to : l)), log: m.log, nosync: m.nosync };
+  const served = c === null ? null : await serverState(c, cur, pool.paths, v).catch(() => null);
+  if (served === null || c === null) {
+    const bytes = await copyRun(cur, pool.paths, m.from, m.to);
+    return { md: await commitVolume(pool, cur, fin), bytes, online: false };
+  }
+  await waitServedInSync(c, name);
+  crashPoint('move-synced');
+  return { md: await applyOnline(pool, c, cur, fin, replaceVolume(cur, fin), 'pool move', 'move-drop-'), bytes: 0, online: true };
+}
+
+/**
+ * pvmove: every run off `dev` to its new place. A volume that is not served: copy, flush, commit (a crash
+ * before the commit leaves the old runs authoritative). A served volume, online, LVM's way: each leg on
+ * `dev` gets a temporary extra leg on its destination (a linear volume becomes a 2-leg mirror with a core
+ * log), committed with the move recorded in the volume (`moving`); once the resync has copied it, a reload
+ * without the source leg, committed. A disk log on `dev` moves in one online step (the new log starts
+ * empty: the volume resyncs). Every step is intent-then-commit; a move a killed command left in progress is
+ * finished by the next `pool move`.
+ */
+export async function poolMove(name: string, dev: string, to: string | undefined, flags: LocateFlags & ControlFlag): Promise<{ md: PoolMetadata; moves: ops.RunMove[]; bytes: number; online: string[] }> {
   const pool = await openForChange(flags, name, `pool move ${name} ${dev}${to !== undefined ? ` --to ${to}` : ''}`);
   const fromUuid = await deviceUuidOf(pool, dev);
   const toUuid = to === undefined ? undefined : await deviceUuidOf(pool, to);
-  const { md, moves } = ops.moveDevice(withPaths(pool.md, pool.paths), fromUuid, toUuid);
-  await refuseServed(pool, pool.md.volumes.filter((v) => moves.some((m) => m.volume === v.name)), flags, 'pool move');
+  const c = controlClient(flags);
+  let cur = withPaths(pool.md, pool.paths);
   let bytes = 0;
-  const buf = Buffer.alloc(MOVE_CHUNK_BYTES);
-  for (const m of moves) {
-    const src = await FileLeg.open(pool.paths.get(m.from.device)!, { offsetBytes: extentOffsetBytes(md, m.from.startExtent), readOnly: true });
-    const dst = await FileLeg.open(pool.paths.get(m.to.device)!, { offsetBytes: extentOffsetBytes(md, m.to.startExtent) });
-    try {
-      const total = m.from.extentCount * md.extentSizeBytes;
-      for (let off = 0; off < total; off += MOVE_CHUNK_BYTES) {
-        const chunk = buf.subarray(0, Math.min(MOVE_CHUNK_BYTES, total - off));
-        await src.read(chunk, off);
-        await dst.write(chunk, off, { fua: false });
-        bytes += chunk.length;
+  const online = new Set<string>();
+  const done: ops.RunMove[] = [];
+  // Moves a killed `pool move` left in progress come first.
+  for (const v of cur.volumes.filter((x) => x.moving !== undefined)) {
+    done.push({ volume: v.name, from: v.moving!.from, to: v.moving!.to });
+    const r = await finishLegMove(pool, c, cur, v.name);
+    cur = r.md;
+    bytes += r.bytes;
+    if (r.online) online.add(v.name);
+  }
+  if (done.length > 0 && ops.freeExtents(cur, fromUuid) === cur.devices.find((d) => d.uuid === fromUuid)!.extentCount) {
+    return { md: cur, moves: done, bytes, online: [...online] };
+  }
+  const { md: target, moves } = ops.moveDevice(cur, fromUuid, toUuid);
+  for (const vname of [...new Set(moves.map((m) => m.volume))]) {
+    const v = ops.findVolume(cur, vname);
+    const served = c === null ? null : await serverState(c, cur, pool.paths, v).catch(() => null);
+    if (served === null || c === null) {
+      for (const m of moves.filter((x) => x.volume === vname)) bytes += await copyRun(cur, pool.paths, m.from, m.to);
+      cur = await commitVolume(pool, cur, ops.findVolume(target, vname));
+      continue;
+    }
+    online.add(vname);
+    for (const m of moves.filter((x) => x.volume === vname)) {
+      const now = ops.findVolume(cur, vname);
+      if (now.logRun !== undefined && sameRun(now.logRun, m.from)) {
+        const moved: PoolVolume = { ...now, logRun: m.to };
+        await wipeNewLogRun(cur, pool.paths, now, moved);
+        cur = await applyOnline(pool, c, cur, moved, replaceVolume(cur, moved), 'pool move', 'move-log-');
+        continue;
       }
-      await dst.flush();
-    } finally {
-      await src.close();
-      await dst.close();
+      const temp: PoolVolume = { ...now, legs: [...now.legs, m.to], nosync: false, log: now.legs.length === 1 ? 'core' : now.log, moving: { from: m.from, to: m.to, log: now.log, nosync: now.nosync } };
+      cur = await applyOnline(pool, c, cur, temp, replaceVolume(cur, temp), 'pool move', 'move-add-');
+      crashPoint('move-added');
+      cur = (await finishLegMove(pool, c, cur, vname)).md;
     }
   }
-  await commitChange(pool, md, {}, [...new Set(moves.map((m) => m.volume))]);
-  return { md, moves, bytes };
+  return { md: cur, moves: [...done, ...moves], bytes, online: [...online] };
 }

@@ -68,8 +68,13 @@ describe.runIf(haveTools)('resize online', () => {
     const fio = (async () => {
       while (!stopFio) {
         const r = await run('fio', ['--output-format=json', `--output=${job}.json`, job], { timeoutMs: 120_000, cwd: dir, allowFailure: true });
-        const rep = JSON.parse(await readFile(`${job}.json`, 'utf8')) as { jobs: { error: number; write: { io_bytes: number } }[] };
-        fioRuns.push({ code: r.code, error: rep.jobs[0]!.error, writtenBytes: rep.jobs[0]!.write.io_bytes, stderr: r.stderr });
+        const text = await readFile(`${job}.json`, 'utf8').catch(() => '');
+        try {
+          const rep = JSON.parse(text) as { jobs: { error: number; write: { io_bytes: number } }[] };
+          fioRuns.push({ code: r.code, error: rep.jobs[0]!.error, writtenBytes: rep.jobs[0]!.write.io_bytes, stderr: r.stderr });
+        } catch {
+          fioRuns.push({ code: r.code, error: -1, writtenBytes: 0, stderr: `${r.stderr}${text.slice(0, 2000)}` });
+        }
       }
     })();
     await new Promise((r) => setTimeout(r, 300));

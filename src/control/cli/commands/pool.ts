@@ -111,12 +111,13 @@ export function registerPool(program: Command): void {
     .argument('<name>', 'pool name')
     .argument('<dev>', 'device to empty')
     .option('--to <dev>', 'only onto this device')
-    .option('--control <path>', 'control socket of a running server (moving served volumes is refused)')
-    .description('move every extent off a device (pvmove; offline: copies, then commits)')
+    .option('--control <path>', 'control socket of a running server (its volumes move online)')
+    .description('move every extent off a device (pvmove): served volumes online through a temporary mirror leg, others by copying; finishes a move left in progress')
     .action(async (name: string, dev: string, flags: PoolFlags & { to?: string; control?: string }) => {
       await runPool(flags, async () => {
         const out = await poolMove(name, dev, flags.to, flags);
-        return [out, `Moved ${out.moves.length} run(s) (${formatSize(out.bytes)}) off ${dev}: ${out.moves.map((m) => m.volume).join(', ')}\n`];
+        const vols = [...new Set(out.moves.map((m) => m.volume))];
+        return [out, `Moved ${out.moves.length} run(s) off ${dev}: ${vols.map((v) => `${v}${out.online.includes(v) ? ' (online)' : ''}`).join(', ')}${out.bytes > 0 ? `; ${formatSize(out.bytes)} copied offline` : ''}\n`];
       });
     });
 
