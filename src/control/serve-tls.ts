@@ -10,7 +10,13 @@
 //   --allow EXPORT=psk:ID|dn:SUBJECT|uid:N|addr:CIDR   (repeatable; see src/nbd/server/authz.ts)
 //   --connections-max N, --connections-per-peer-max N, --handshake-timeout-ms N, --option-bytes-max N,
 //   --in-flight-requests-max N, --in-flight-bytes-max N   (src/nbd/server/limits.ts)
+// Also the connect hints `serve` prints under --tls on|require (serveConnectHints): nbds:// URIs with the
+// tls-psk-file= / tls-certificates= parameters and the PSK identity a client needs.
+import { basename, dirname, join } from 'node:path';
 import { type Command, Option } from 'commander';
+import { formatNbdUri, type NbdUri, type NbdUriTls } from '../nbd/uri.js';
+import { connectHints } from './connect-hints.js';
+import type { ListenAddress } from './listen-address.js';
 import { AllowRuleError, ExportPolicy, parseAllowSpec, type AllowSpec } from '../nbd/server/authz.js';
 import type { Logger } from '../nbd/server/log.js';
 import { peerCredAvailable } from '../nbd/server/peer-cred.js';
@@ -153,4 +159,52 @@ export function reloadTls(tls: ServerTls | undefined, log: Logger): string {
     log.error({ err: (e as Error).message }, 'TLS key reload failed: keeping the old keys');
     throw new ControlError('EINVAL', `reload-tls: ${(e as Error).message} (the old keys stay in use)`);
   }
+}
+
+function shellQuote(s: string): string {
+  return /^[A-Za-z0-9_./:=@%+,-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+/**
+ * The "connect with" lines for one listen address. Without TLS: connect-hints.ts's plaintext lines.
+ * With TLS: nbds:// / nbds+unix:// URIs carrying what the client needs (PSK: identity@ and
+ * tls-psk-file=, the server's file, usable as is on this host; X.509: tls-certificates=, a directory with
+ * ca-cert.pem, here the server's own, plus client-cert.pem/client-key.pem under --tls-verify-peer), a
+ * qemu-img line with its tls-creds object, and under --tls on the plaintext lines as well.
+ */
+export function serveConnectHints(address: ListenAddress, exportName: string, tls: ServerTls | undefined): string[] {
+  if (tls === undefined) return connectHints(address, exportName);
+  const s = tls.settings;
+  const identities = tls.pskIdentities();
+  const identity = identities.length === 1 ? identities[0]! : identities.length > 1 ? identities[0]! : undefined;
+  const uriTls: NbdUriTls =
+    tls.kind === 'psk'
+      ? { verifyPeer: true, pskFile: s.pskFile!, ...(identity !== undefined ? { username: identity } : {}) }
+      : { verifyPeer: true, certificatesDir: s.certificatesDir! };
+  const u: NbdUri =
+    address.kind === 'unix'
+      ? { kind: 'unix', socketPath: address.path, exportName, tls: uriTls }
+      : { kind: 'tcp', host: address.host, port: address.port, exportName, tls: uriTls };
+  const uri = shellQuote(formatNbdUri(u));
+  const lines = [`nbdinfo ${uri}`];
+  const nbdOpts = address.kind === 'unix' ? `path=${address.path}` : `host=${address.host},port=${address.port}`;
+  if (tls.kind === 'psk') {
+    // qemu reads DIR/keys.psk: the hint works as is only when the file has that name.
+    const dir = basename(s.pskFile!) === 'keys.psk' ? dirname(s.pskFile!) : 'DIR-WITH-keys.psk';
+    lines.push(
+      `qemu-img info --object ${shellQuote(`tls-creds-psk,id=tls0,endpoint=client,dir=${dir}${identity !== undefined ? `,username=${identity}` : ''}`)} --image-opts ${shellQuote(`driver=nbd,${nbdOpts},export=${exportName},tls-creds=tls0`)}`,
+    );
+    if (identities.length > 1) lines.push(`(PSK identities in ${s.pskFile}: ${identities.slice(0, 8).join(', ')}${identities.length > 8 ? ', ...' : ''}; put yours before the @)`);
+  } else {
+    lines.push(
+      `qemu-img info --object ${shellQuote(`tls-creds-x509,id=tls0,endpoint=client,dir=${s.certificatesDir!}`)} --image-opts ${shellQuote(`driver=nbd,${nbdOpts},export=${exportName},tls-creds=tls0`)}`,
+    );
+    lines.push(
+      s.verifyPeer
+        ? `(--tls-verify-peer: the client's directory needs ca-cert.pem plus client-cert.pem and client-key.pem signed by ${join(s.certificatesDir!, 'ca-cert.pem')})`
+        : `(a client needs ${join(s.certificatesDir!, 'ca-cert.pem')} in its tls-certificates directory; over TCP the server certificate must name the host)`,
+    );
+  }
+  if (tls.mode === 'on') lines.push('plaintext is allowed too (--tls on):', ...connectHints(address, exportName));
+  return lines;
 }

@@ -3,6 +3,8 @@
 // fio verify through fio's nbd engine, then the legs compared byte for byte.
 // Key reloads (reload-tls message, SIGHUP) without dropping a connected client; a group-readable key
 // refused at start; a remote leg that cannot prove itself fails the table load, saying why.
+// The connect hints serve prints under --tls: nbds+unix URIs (PSK and X.509) and a qemu-img line that work
+// as printed.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { appendFile, chmod, mkdir, readFile } from 'node:fs/promises';
@@ -19,7 +21,21 @@ import { createSparseFile, MiB } from '../helpers/tmp.js';
 import { requireTools } from '../helpers/tools.js';
 import { makeTlsFixtures } from './fixtures.js';
 
-const ok = requireTools('fio', 'cmp', 'nbdkit', 'nbdinfo', 'certtool', 'psktool');
+const ok = requireTools('fio', 'cmp', 'nbdkit', 'nbdinfo', 'certtool', 'psktool', 'qemu-img');
+
+/** Split a printed hint line as sh would (bare words and '...' quoting, which is all the hints use). */
+function shellWords(line: string): string[] {
+  const words: string[] = [];
+  const re = /\s*((?:'[^']*'|[^\s'])+)/g;
+  for (const m of line.matchAll(re)) words.push(m[1]!.replace(/'([^']*)'/g, '$1'));
+  return words;
+}
+
+async function hintLines(server: { output(): string }, until: RegExp): Promise<string[]> {
+  const deadline = Date.now() + 10_000;
+  while (!until.test(server.output()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  return server.output().split('\n').map((l) => l.trim());
+}
 const dir = useTempDir('tls-serve');
 
 interface Nbdkit {
@@ -171,5 +187,40 @@ describe.skipIf(!ok)('serve --tls with a TLS remote leg', () => {
     expect(back.every((b) => b === 7)).toBe(true);
     await aliceConn.close();
     await server.stop();
+  });
+
+  it('connect hints under --tls: the printed nbds+unix URI (PSK identity and key file, or certificates) and qemu-img line work as printed', async () => {
+    const d = join(dir(), 'hints');
+    await mkdir(d);
+    const fx = makeTlsFixtures(join(d, 'pki'));
+    const img = await createSparseFile(join(d, 'disk.img'), 4 * MiB);
+    // PSK: a file with one identity, named keys.psk (qemu's name), so every printed line works as is.
+    const psk = await startServer({ dir: d, label: 'psk', tables: [{ table: linearTable(img, 4 * MiB), name: 'volume' }], extraArgs: ['--tls', 'require', '--tls-psk', fx.pskAlice] });
+    try {
+      const lines = await hintLines(psk, /connect with:[\s\S]*qemu-img.*\n/);
+      const nbdinfoLine = lines.find((l) => l.startsWith('nbdinfo '));
+      expect(nbdinfoLine).toBe(`nbdinfo 'nbds+unix://alice@/volume?socket=${psk.socketPath}&tls-psk-file=${fx.pskAlice}'`);
+      expect(lines.some((l) => /nbd\+unix:/.test(l))).toBe(false); // no plaintext URI under require
+      const [cmd, ...args] = shellWords(nbdinfoLine!);
+      expect((await run(cmd!, ['--size', ...args])).stdout.trim()).toBe(String(4 * MiB));
+      const qemuLine = lines.find((l) => l.startsWith('qemu-img info '))!;
+      expect(qemuLine).toMatch(/tls-creds-psk,id=tls0,endpoint=client,dir=.*,username=alice/);
+      const [qcmd, ...qargs] = shellWords(qemuLine);
+      expect((await run(qcmd!, qargs)).stdout).toMatch(/virtual size: 4 MiB/);
+    } finally {
+      await psk.stop();
+    }
+    // X.509 under --tls on: the nbds URI names the certificate directory; the plaintext lines follow.
+    const x509 = await startServer({ dir: d, label: 'x509', tables: [{ table: linearTable(img, 4 * MiB), name: 'volume' }], extraArgs: ['--tls', 'on', '--tls-certificates', fx.serverDir] });
+    try {
+      const lines = await hintLines(x509, /plaintext is allowed too[\s\S]*modprobe.*\n/);
+      const nbdinfoLine = lines.find((l) => l.startsWith('nbdinfo ') && l.includes('nbds+unix'));
+      expect(nbdinfoLine).toBe(`nbdinfo 'nbds+unix:///volume?socket=${x509.socketPath}&tls-certificates=${fx.serverDir}'`);
+      const [cmd, ...args] = shellWords(nbdinfoLine!);
+      expect((await run(cmd!, ['--size', ...args])).stdout.trim()).toBe(String(4 * MiB));
+      expect(lines).toContain(`nbdinfo 'nbd+unix:///volume?socket=${x509.socketPath}'`); // --tls on: plaintext too
+    } finally {
+      await x509.stop();
+    }
   });
 });

@@ -5,7 +5,7 @@
 // removed on a clean exit.
 import { readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { Command, Option } from 'commander';
-import { connectHints } from '../../connect-hints.js';
+import type { ServerTls } from '../../../nbd/tls/server-tls.js';
 import { createLogger, LOG_LEVELS, type LogLevel } from '../../logging.js';
 import { addDashboardOptions, type DashboardFlags } from '../../dashboard/dashboard.js';
 import { ServeDashboard } from '../../dashboard/serve-dashboard.js';
@@ -15,7 +15,7 @@ import { startService, type Service } from '../../service.js';
 import { addControlPlaneOptions, ControlPlane, type ControlPlaneFlags } from '../../control-plane.js';
 import { clusterLogOpener } from '../../../cluster/log-opener.js';
 import { EXIT_FAILURE, EXIT_OK, UsageError } from '../../usage-error.js';
-import { addServeTlsOptions, reloadTls, serveServerOptions, type ServeTlsFlags } from '../../serve-tls.js';
+import { addServeTlsOptions, reloadTls, serveConnectHints, serveServerOptions, type ServeTlsFlags } from '../../serve-tls.js';
 
 /** After SIGTERM, in-flight requests get this long to finish before we give up and exit non-zero. */
 export const SHUTDOWN_GRACE_MS = 8000;
@@ -102,7 +102,7 @@ async function serve(flags: ServeFlags): Promise<void> {
   });
   if (!flags.quiet) process.stdout.write([...dashboardLines, ...controlLines].map((l) => `${l}\n`).join(''));
 
-  if (!flags.quiet) process.stdout.write(describeService(service, flags.readOnly));
+  if (!flags.quiet) process.stdout.write(describeService(service, flags.readOnly, serverOptions.tls));
 
   let stopping = false;
   const stop = (signal: NodeJS.Signals): void => {
@@ -170,7 +170,7 @@ export function formatBytes(n: number): string {
   return `${v} ${units[i]}`;
 }
 
-export function describeService(service: Service, readOnly: boolean): string {
+export function describeService(service: Service, readOnly: boolean, tls?: ServerTls): string {
   const lines: string[] = [];
   lines.push(`nbd-mirror: serving ${service.exports.length} export${service.exports.length === 1 ? '' : 's'}${readOnly ? ' read-only' : ''}`);
   for (const e of service.exports) {
@@ -182,10 +182,11 @@ export function describeService(service: Service, readOnly: boolean): string {
   for (const a of service.listening) {
     lines.push(`listening on ${formatListenAddress(a)}`);
     lines.push('  connect with:');
-    for (const hint of connectHints(a, service.defaultExportName)) lines.push(`    ${hint}`);
+    for (const hint of serveConnectHints(a, service.defaultExportName, tls)) lines.push(`    ${hint}`);
   }
   if (service.exports.length > 1) {
-    lines.push('  other exports: put the name in the URI path (nbd+unix:///NAME?socket=... or nbd://HOST:PORT/NAME),');
+    const s = tls === undefined ? '' : 's';
+    lines.push(`  other exports: put the name in the URI path (nbd${s}+unix:///NAME?socket=... or nbd${s}://HOST:PORT/NAME),`);
     lines.push('  or nbd-client -name NAME; list them with nbdinfo --list URI');
   }
   return `${lines.join('\n')}\n`;
