@@ -38,6 +38,14 @@ const cases: { what: string; args: () => string[]; code: string; message: RegExp
   { what: 'unknown volume', args: () => ['remove', 'p1/nope', '--devices', dir], code: 'ENOENT', message: /no volume "nope" in pool p1/ },
   { what: 'no devices given', args: () => ['list'], code: 'EINVAL', message: /give --devices DEV\|DIR\.\.\. or set NBD_MIRROR_DEVICES/ },
   { what: 'bad size', args: () => ['create', 'p1/w', '--size', '12Q', '--devices', dir], code: 'EINVAL', message: /--size 12Q/ },
+  { what: 'resize to the same size', args: () => ['resize', 'p1/v', '--size', '20M', '--devices', dir], code: 'EINVAL', message: /resize v: the volume already has 20971520 bytes/ },
+  { what: 'resize to zero', args: () => ['resize', 'p1/v', '--size', '0', '--devices', dir], code: 'EINVAL', message: /--size 0: out of range/ },
+  { what: 'resize beyond the room after a leg', args: () => ['resize', 'p1/v', '--size', '1G', '--devices', dir], code: 'ENOSPC', message: /resize v: the leg on .*a\.img cannot grow in place: needs 251 free extents after extent 4, has 10/ },
+  { what: 'move onto the source', args: () => ['pool', 'move', 'p1', devs[0]!, '--to', devs[0]!, '--devices', dir], code: 'EINVAL', message: /move: source and destination are the same device/ },
+  { what: 'move onto a device outside the pool', args: () => ['pool', 'move', 'p1', devs[0]!, '--to', devs[3]!, '--devices', dir], code: 'ENOENT', message: /d\.img is not a device of pool p1/ },
+  { what: 'move a device outside the pool', args: () => ['pool', 'move', 'p1', devs[3]!, '--devices', dir], code: 'ENOENT', message: /d\.img is not a device of pool p1/ },
+  { what: 'move with nowhere to go', args: () => ['pool', 'move', 'p1', devs[0]!, '--devices', dir], code: 'ENOSPC', message: /move: no device has 5 free contiguous extents for the leg of v outside the devices it already uses/ },
+  { what: 'move onto a device the volume already uses', args: () => ['pool', 'move', 'p1', devs[0]!, '--to', devs[1]!, '--devices', dir], code: 'ENOSPC', message: /move: no device \(of the one given\) has 5 free contiguous extents for the leg of v/ },
 ];
 
 describe('pool command refusals write nothing', () => {
