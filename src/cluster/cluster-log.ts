@@ -385,6 +385,7 @@ export class ClusterLog implements DirtyLog {
     } else if (!this.state) {
       await this.waitInitialized();
     }
+    if (!this.resumedOnce) this.refuseForeignLegs(activation.legDevices);
     // Our legs must be in the replicated state before the mirror looks at it: a leg new to the log makes
     // every region out of sync, and the mirror must not see it "in sync" (and record the new leg up to
     // date) in between.
@@ -404,6 +405,28 @@ export class ClusterLog implements DirtyLog {
     }
     this.suspended = false;
     return this.legs;
+  }
+
+  /**
+   * A node joining with other legs than the ones every running node agrees on (a node restarted with its
+   * old table after a repair, or legs named differently) would stop every write in the cluster (they wait
+   * while the sets differ) and, before that rule, read legs the others no longer write: refuse it.
+   * While the running nodes differ among themselves (a repair in progress) the join is allowed.
+   */
+  private refuseForeignLegs(mine: readonly string[]): void {
+    const s = this.state!;
+    const sets = s.members
+      .filter((m) => !this.isMe(m) && s.initialized.has(memberKey(m)))
+      .map((m) => s.legsByMember.get(memberKey(m)));
+    if (sets.length === 0 || sets.some((x) => x === undefined)) return;
+    const key = (d: readonly string[]) => [...d].sort().join('\n');
+    const ref = key(sets[0]!);
+    if (!sets.every((x) => key(x!) === ref) || key(mine) === ref) return;
+    throw new ExportError(
+      'EINVAL',
+      `cluster log ${this.opts.uuid}: this node's table has the legs ${mine.join(' ')}, the running nodes use ${sets[0]!.join(' ')}; ` +
+        `every node must name the same legs (load the cluster's current table here)`,
+    );
   }
 
   /**

@@ -12,6 +12,8 @@
 //     [a b c] and balances its reads over c. A write through node 1 (to an in-sync region) is not
 //     acknowledged until node 2 dropped c too: otherwise node 2 could read c, which missed it. Then it
 //     completes and both nodes read it (a cluster-legs event reported the difference and its end).
+//  4. A node joining with other legs than the running nodes (restarted with its old table) is refused
+//     with a clear error; the running nodes go on unaffected.
 import { describe, expect, it } from 'vitest';
 import { clusterLogOpener } from '../../src/cluster/log-opener.js';
 import type { ClusterLog } from '../../src/cluster/cluster-log.js';
@@ -157,6 +159,21 @@ describe('a leg added to a cluster-log mirror', () => {
     }
     expect(events).toEqual(['cluster-legs:false', 'cluster-legs:true']);
     expect(n1.exp.status().resync.bytesCopied + n2.exp.status().resync.bytesCopied).toBe(0); // nothing to resync
+    for (const n of [n1, n2]) await n.exp.close();
+  });
+
+  it('a node joining with other legs than the running nodes is refused; the others go on', async () => {
+    const bus = new MemoryBus();
+    const legs = new Map(['a', 'b', 'c'].map((d) => [d, new MemoryLeg({ device: d, sizeBytes: SIZE_BYTES })]));
+    const n1 = await node(bus, 1, legs, ['a', 'b']);
+    const n2 = await node(bus, 2, legs, ['b', 'a']); // same legs, other order: fine
+    await expect(node(bus, 3, legs, ['a', 'c'])).rejects.toThrow(/node's table has the legs a c, the running nodes use a b/);
+    await n1.exp.write(pattern(5, 4096), 0, { fua: false });
+    const got = Buffer.alloc(4096);
+    await n2.exp.read(got, 0);
+    expect(got.equals(pattern(5, 4096))).toBe(true);
+    expect(n1.log.members.map((m) => m.nodeId)).toEqual([1, 2]);
+    expect(n1.exp.status().inSyncRegions).toBe(n1.exp.status().regionCount);
     for (const n of [n1, n2]) await n.exp.close();
   });
 });
