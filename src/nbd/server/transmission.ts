@@ -15,7 +15,8 @@
 // payload bytes and the bytes queued in the socket the client has not read. If any is over its
 // limit we stash the unparsed input and pause the socket; completions and 'drain' resume it.
 // Memory is therefore bounded by inFlightBytesMax + requestBytesMax + writeBufferedBytesMax
-// (+ one reply) per connection, whatever the client does.
+// (+ one reply) per connection, whatever the client does, plus the idle buffers the two pools may
+// keep for reuse (buffer-pool.ts: 8 MiB + 64 KiB of large ones, SMALL_HELD_BYTES_MAX of small ones).
 //
 // Framing violations (bad magic, a WRITE too large to even discard) end this connection only.
 
@@ -64,6 +65,11 @@ export interface TransmissionStats {
   readonly directReadBytes: number;
 }
 
+/** Write payload sizes kept for reuse by the small pool (the large one starts at 128 KiB), and its bound. */
+const SMALL_POOLED_BYTES_MIN = 512;
+const SMALL_POOLED_BYTES_MAX = 128 * 1024 - 1;
+const SMALL_HELD_BYTES_MAX = 1024 * 1024;
+
 /** Payload bytes still to come above which the next socket read goes straight into the payload. */
 const DIRECT_READ_BYTES_MIN = 16 * 1024;
 
@@ -96,6 +102,8 @@ export class Transmission implements DirectReadTarget {
   /** Input chunks are views of a buffer the reader reuses (direct-read.ts): never keep them. */
   private inputLent = false;
   private readonly pool = new BufferPool();
+  /** Small WRITE payloads copied out of a lent chunk (4 KiB at QD32: a malloc + free per request otherwise). */
+  private readonly smallPool = new BufferPool(SMALL_POOLED_BYTES_MIN, SMALL_POOLED_BYTES_MAX, SMALL_HELD_BYTES_MAX);
   private readonly onDataBound = (chunk: Buffer): void => this.onData(chunk);
   private readonly onDrainBound = (): void => this.maybeResume();
   private readonly uncorkBound = (): void => this.uncork();
@@ -200,7 +208,7 @@ export class Transmission implements DirectReadTarget {
           let data: Buffer;
           if (this.inputLent) {
             // The chunk is a reused read buffer: copy (small, since larger payloads read directly).
-            data = this.pool.pooled(want) ? this.pool.take(want) : Buffer.allocUnsafe(want);
+            data = this.takePayload(want);
             chunk.copy(data, 0, pos, pos + want);
           } else {
             data = chunk.subarray(pos, pos + want); // a view of the socket's own chunk: no copy
@@ -211,7 +219,7 @@ export class Transmission implements DirectReadTarget {
           this.dispatchWrite(data, this.inputLent);
         } else {
           let buf = this.payloadBuf;
-          if (buf === null) buf = this.payloadBuf = this.pool.take(want);
+          if (buf === null) buf = this.payloadBuf = this.takePayload(want);
           const k = Math.min(want - this.payloadHave, len - pos);
           chunk.copy(buf, this.payloadHave, pos, pos + k);
           this.payloadHave += k;
@@ -287,7 +295,7 @@ export class Transmission implements DirectReadTarget {
     const want = this.hdr.lengthBytes;
     if (want - this.payloadHave < DIRECT_READ_BYTES_MIN) return null;
     let buf = this.payloadBuf;
-    if (buf === null) buf = this.payloadBuf = this.pool.take(want);
+    if (buf === null) buf = this.payloadBuf = this.takePayload(want);
     return buf.subarray(this.payloadHave);
   }
 
@@ -484,20 +492,31 @@ export class Transmission implements DirectReadTarget {
     const cookieLo = h.cookieLo;
     this.inFlightRequests++;
     const p = this.exp.write(data, h.offsetBytes, { fua: (h.flags & C.NBD_CMD_FLAG_FUA) !== 0 });
-    if (!pooled || !this.pool.pooled(data.length)) {
+    if (!pooled || !(this.pool.pooled(data.length) || this.smallPool.pooled(data.length))) {
       this.settle(p, cookieHi, cookieLo, data.length);
       return;
     }
     p.then(
       () => {
-        this.pool.release(data);
+        this.releasePayload(data);
         this.complete(simpleReply(0, cookieHi, cookieLo), data.length);
       },
       (err: unknown) => {
-        this.pool.release(data);
+        this.releasePayload(data);
         this.failed(cookieHi, cookieLo, false, err, data.length);
       },
     );
+  }
+
+  /** A buffer for a WRITE payload of n bytes (pooled sizes come back through releasePayload). */
+  private takePayload(n: number): Buffer {
+    if (this.smallPool.pooled(n)) return this.smallPool.take(n);
+    return this.pool.pooled(n) ? this.pool.take(n) : Buffer.allocUnsafe(n);
+  }
+
+  private releasePayload(b: Buffer): void {
+    if (this.smallPool.pooled(b.length)) this.smallPool.release(b);
+    else this.pool.release(b);
   }
 
   private settle(p: Promise<void>, cookieHi: number, cookieLo: number, heldBytes: number): void {
