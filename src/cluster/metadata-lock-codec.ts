@@ -10,6 +10,10 @@
 //   UNLOCK     {t:'unlock', reqId}                        release
 //   COMMITTED  {t:'committed', seqno, volumes}            metadata number seqno is on the devices; these
 //                                                         volumes' tables may have changed
+//   PREPARE    {t:'prepare', seqno, volume}               the holder's intent seqno changes `volume`: every
+//                                                         server of it loads the new table and suspends
+//   PREPARED   {t:'prepared', seqno, ok, serving, error}  a member's answer to PREPARE
+//   FINISH     {t:'finish', seqno, commit}                resume with the new table (commit) or the old one
 
 export const LOCK_MAGIC = 'NBDMLCK1';
 /** Largest encoded message. */
@@ -19,6 +23,8 @@ export const LOCK_OP_CHARS_MAX = 200;
 /** Most volume names one COMMITTED names. */
 export const COMMITTED_VOLUMES_MAX = 256;
 const VOLUME_NAME_CHARS_MAX = 128;
+/** Longest error text in a PREPARED. */
+export const ERROR_CHARS_MAX = 2000;
 
 export class MetadataLockCodecError extends Error {
   override name = 'MetadataLockCodecError';
@@ -36,7 +42,10 @@ export type LockMessage =
   | { readonly t: 'req'; readonly reqId: number; readonly op: string; readonly sinceMs: number }
   | { readonly t: 'ack'; readonly toNode: number; readonly toPid: number; readonly toReq: number; readonly ahead: LockRequestInfo | null }
   | { readonly t: 'unlock'; readonly reqId: number }
-  | { readonly t: 'committed'; readonly seqno: number; readonly volumes: readonly string[] };
+  | { readonly t: 'committed'; readonly seqno: number; readonly volumes: readonly string[] }
+  | { readonly t: 'prepare'; readonly seqno: number; readonly volume: string }
+  | { readonly t: 'prepared'; readonly seqno: number; readonly ok: boolean; readonly serving: boolean; readonly error: string }
+  | { readonly t: 'finish'; readonly seqno: number; readonly commit: boolean };
 
 const isU32 = (n: unknown): n is number => typeof n === 'number' && Number.isInteger(n) && n >= 0 && n <= 0xffffffff;
 const isCount = (n: unknown): n is number => typeof n === 'number' && Number.isSafeInteger(n) && n >= 0;
@@ -86,6 +95,15 @@ export function decodeLockMessage(b: Uint8Array): LockMessage {
       for (const v of volumes) need(typeof v === 'string' && v.length > 0 && v.length <= VOLUME_NAME_CHARS_MAX, 'volume name');
       return { t: 'committed', seqno: o.seqno as number, volumes: volumes as string[] };
     }
+    case 'prepare':
+      need(isCount(o.seqno) && typeof o.volume === 'string' && o.volume.length > 0 && o.volume.length <= VOLUME_NAME_CHARS_MAX, 'prepare fields');
+      return { t: 'prepare', seqno: o.seqno as number, volume: o.volume as string };
+    case 'prepared':
+      need(isCount(o.seqno) && typeof o.ok === 'boolean' && typeof o.serving === 'boolean' && typeof o.error === 'string' && o.error.length <= ERROR_CHARS_MAX, 'prepared fields');
+      return { t: 'prepared', seqno: o.seqno as number, ok: o.ok as boolean, serving: o.serving as boolean, error: o.error as string };
+    case 'finish':
+      need(isCount(o.seqno) && typeof o.commit === 'boolean', 'finish fields');
+      return { t: 'finish', seqno: o.seqno as number, commit: o.commit as boolean };
     default:
       throw new MetadataLockCodecError(`metadata lock message: unknown type ${String(o.t)}`);
   }

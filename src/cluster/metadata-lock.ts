@@ -54,6 +54,22 @@ export interface MetadataLockOptions {
   readonly poolName: string;
 }
 
+/** How long the holder waits for every member to load and suspend (a suspend waits for in-flight I/O). */
+export const PREPARE_TIMEOUT_MS_DEFAULT = 90_000;
+
+export interface PrepareRequest {
+  readonly seqno: number;
+  readonly volume: string;
+  readonly from: Member;
+}
+
+export interface PrepareResult {
+  readonly member: Member;
+  readonly ok: boolean;
+  readonly serving: boolean;
+  readonly error: string;
+}
+
 export function poolLockGroup(poolUuid: string): string {
   return `nbdm-pool-${poolUuid}`;
 }
@@ -73,6 +89,10 @@ export class MetadataLock {
   private onFail: ((e: Error) => void) | undefined;
   /** Messages that did not decode (dropped). */
   droppedMessages = 0;
+  private prepareFn: ((p: PrepareRequest) => Promise<{ serving: boolean; error?: string }>) | undefined;
+  private readonly finishFns = new Set<(f: { seqno: number; commit: boolean; from: Member }) => void>();
+  private readonly leftFns = new Set<(m: Member) => void>();
+  private myPrepare: { seqno: number; delivered: boolean; awaiting: Map<string, Member>; results: PrepareResult[]; done: () => void } | undefined;
 
   private constructor(private readonly opts: MetadataLockOptions) {
     this.t = opts.transport;
@@ -177,6 +197,61 @@ export class MetadataLock {
     await this.t.close();
   }
 
+  // ------------------------------------------------------------------ two-phase online change
+  // clvmd's order for a change of an active volume: every node loads the new table and suspends, then every
+  // node resumes. The holder multicasts PREPARE and waits for every member's PREPARED; members without a
+  // prepare handler (commands) answer at once with serving=false.
+
+  /** A server's part: load the pending table of `volume` and suspend; answer what happened. */
+  onPrepare(fn: (p: PrepareRequest) => Promise<{ serving: boolean; error?: string }>): void {
+    this.prepareFn = fn;
+  }
+  onFinish(fn: (f: { seqno: number; commit: boolean; from: Member }) => void): Unsubscribe {
+    this.finishFns.add(fn);
+    return () => this.finishFns.delete(fn);
+  }
+  /** A member left the group (a prepared server resumes on its own when the holder leaves). */
+  onLeft(fn: (m: Member) => void): Unsubscribe {
+    this.leftFns.add(fn);
+    return () => this.leftFns.delete(fn);
+  }
+
+  /** Holder only: PREPARE `volume` for intent `seqno` on every member; resolves with every answer. */
+  async prepareAll(seqno: number, volume: string, timeoutMs = PREPARE_TIMEOUT_MS_DEFAULT): Promise<PrepareResult[]> {
+    if (!this.held) throw new Error('metadata lock: prepare without holding the lock');
+    let done!: () => void;
+    const finished = new Promise<void>((r) => (done = r));
+    const p = { seqno, delivered: false, awaiting: new Map<string, Member>(), results: [] as PrepareResult[], done };
+    this.myPrepare = p;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await this.t.mcast(encodeLockMessage({ t: 'prepare', seqno, volume }));
+      await Promise.race([
+        finished,
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => {
+            const silent = [...p.awaiting.values()].map((m) => `node ${m.nodeId} pid ${m.pid}`).join(', ') || '(not delivered)';
+            reject(new MetadataLockError('EBUSY', `pool ${this.opts.poolName}: no answer to PREPARE of ${volume} from ${silent} within ${timeoutMs} ms`));
+          }, timeoutMs);
+        }),
+      ]);
+      return p.results;
+    } finally {
+      clearTimeout(timer);
+      this.myPrepare = undefined;
+    }
+  }
+
+  /** Holder only: every prepared server resumes, with the new table (commit) or the old one. */
+  async finish(seqno: number, commit: boolean): Promise<void> {
+    await this.t.mcast(encodeLockMessage({ t: 'finish', seqno, commit }));
+  }
+
+  private checkPrepare(): void {
+    const p = this.myPrepare;
+    if (p !== undefined && p.delivered && p.awaiting.size === 0) p.done();
+  }
+
   // ------------------------------------------------------------------ internals
 
   private lostError(): MetadataLockError {
@@ -214,12 +289,15 @@ export class MetadataLock {
     for (const l of c.left) {
       const k = key(l.nodeId, l.pid);
       for (const [rk, info] of this.others) if (key(info.nodeId, info.pid) === k) this.others.delete(rk);
+      this.myPrepare?.awaiting.delete(k);
+      for (const fn of [...this.leftFns]) fn({ nodeId: l.nodeId, pid: l.pid });
       if (this.my !== undefined) {
         this.my.awaiting.delete(k);
         for (const [rk, info] of this.my.ahead) if (key(info.nodeId, info.pid) === k) this.my.ahead.delete(rk);
       }
     }
     this.check();
+    this.checkPrepare();
   }
 
   private deliver(d: Delivery): void {
@@ -270,6 +348,36 @@ export class MetadataLock {
       }
       case 'committed':
         for (const fn of [...this.committedFns]) fn({ seqno: m.seqno, volumes: m.volumes, from: { nodeId: d.nodeId, pid: d.pid } });
+        return;
+      case 'prepare': {
+        const p = this.myPrepare;
+        if (fromMe) {
+          if (p !== undefined && p.seqno === m.seqno) {
+            p.delivered = true;
+            for (const v of this.view) if (!(v.nodeId === d.nodeId && v.pid === d.pid)) p.awaiting.set(key(v.nodeId, v.pid), v);
+            this.checkPrepare();
+          }
+          return;
+        }
+        const answer = (a: { serving: boolean; error?: string }): void => {
+          const error = (a.error ?? '').slice(0, 2000);
+          this.t.mcast(encodeLockMessage({ t: 'prepared', seqno: m.seqno, ok: error === '', serving: a.serving, error })).catch(() => undefined);
+        };
+        if (this.prepareFn === undefined) answer({ serving: false });
+        else this.prepareFn({ seqno: m.seqno, volume: m.volume, from: { nodeId: d.nodeId, pid: d.pid } }).then(answer, (e: unknown) => answer({ serving: true, error: (e as Error).message || 'prepare failed' }));
+        return;
+      }
+      case 'prepared': {
+        const p = this.myPrepare;
+        const k = key(d.nodeId, d.pid);
+        if (p === undefined || p.seqno !== m.seqno || !p.awaiting.has(k)) return;
+        p.awaiting.delete(k);
+        p.results.push({ member: { nodeId: d.nodeId, pid: d.pid }, ok: m.ok, serving: m.serving, error: m.error });
+        this.checkPrepare();
+        return;
+      }
+      case 'finish':
+        for (const fn of [...this.finishFns]) fn({ seqno: m.seqno, commit: m.commit, from: { nodeId: d.nodeId, pid: d.pid } });
         return;
     }
   }

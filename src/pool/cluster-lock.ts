@@ -71,6 +71,11 @@ export async function announceCommitted(seqno: number, volumes: readonly string[
   await held.lock.announce(seqno, volumes);
 }
 
+/** The cluster lock this command holds (clustered pool, corosync), if any: online changes go through it. */
+export function heldClusterLock(): MetadataLock | undefined {
+  return held?.lock;
+}
+
 /** Release and leave (the end of a command). */
 export async function releaseClusterLock(): Promise<void> {
   const h = held;

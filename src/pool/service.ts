@@ -12,8 +12,9 @@ import { locate, locatePool, volumeRef, type LocateFlags } from './locate.js';
 import { checkMetadata, extentOffsetBytes, parseMetadata, type ExtentRun, type PoolMetadata, type PoolVolume, type LogKind } from './metadata.js';
 import * as ops from './ops.js';
 import { diskLogState, serverState, type VolumeState } from './status.js';
+import type { MetadataLock } from '../cluster/metadata-lock.js';
 import { commit, expandDevicePaths, scanDevice, type CommitPlan, type DeviceScan, type LoadedPool } from './store.js';
-import { announceCommitted, takeClusterLock } from './cluster-lock.js';
+import { announceCommitted, heldClusterLock, takeClusterLock } from './cluster-lock.js';
 import { volumeTable } from './tables.js';
 
 export interface ControlFlag {
@@ -132,14 +133,15 @@ function withoutPending(md: PoolMetadata, volumes: readonly PoolVolume[] = md.vo
 /**
  * Settle an online change a killed command left behind (metadata.pending): if a running server serves the
  * pending table, the change happened (commit it); otherwise it did not (drop it). Either way one commit.
+ * In a clustered pool it is always dropped (see below).
  */
 async function settle(pool: LoadedPool, flags: ControlFlag): Promise<LoadedPool> {
   const pending = pool.md.pending;
   if (pending === undefined) return pool;
-  // Clustered: roll forward. Other nodes may already serve the new table and no one node can tell; the
-  // COMMITTED announcement makes every node reload to the outcome (the new legs are stale and resynced).
+  // Clustered: roll back. Servers load a pending table only while the command that wrote it holds the lock
+  // (PREPARE); when it dies they go back to the old table on their own (watch.ts), so no node serves it.
   const c = pool.md.clustered ? null : controlClient(flags);
-  const served = pool.md.clustered ? true : c === null ? null : await serverState(c, pool.md, pool.paths, pending.volume).catch(() => null);
+  const served = pool.md.clustered ? null : c === null ? null : await serverState(c, pool.md, pool.paths, pending.volume).catch(() => null);
   const md = served !== null ? withoutPending(pool.md, pool.md.volumes.map((v) => (v.name === pending.volume.name ? pending.volume : v))) : withoutPending(pool.md);
   await commitChange(pool, md, {}, [pending.volume.name]);
   return { ...pool, md };
@@ -322,7 +324,7 @@ export async function volumeResize(ref: string, poolFlag: string | undefined, si
   const out = ops.resizeVolume(base, r.volume, sizeBytes);
   const c = controlClient(flags);
   const served = c === null ? null : await serverState(c, pool.md, pool.paths, current).catch(() => null);
-  if (served === null || c === null) {
+  if (heldClusterLock() === undefined && (served === null || c === null)) {
     await commitChange(pool, out.md, {}, [r.volume]);
     return { ...out, online: false };
   }
@@ -340,7 +342,7 @@ export async function volumeConvert(ref: string, poolFlag: string | undefined, m
   const { md, volume } = ops.convertMirrors(base, r.volume, mirrors, o);
   await wipeNewLogRun(md, pool.paths, current, volume);
   const table = volumeTable(md, pool.paths, volume);
-  if (served === null || c === null) {
+  if (heldClusterLock() === undefined && (served === null || c === null)) {
     await commitChange(pool, md, {}, [volume.name]);
     return { md, volume, table, online: false };
   }
@@ -354,11 +356,14 @@ export async function volumeConvert(ref: string, poolFlag: string | undefined, m
  * resume), then the commit of `finalVolumes`. A command killed in between is settled by the next command
  * (settle()). Returns the committed metadata.
  */
-async function applyOnline(pool: LoadedPool, c: ControlClient, base: PoolMetadata, volume: PoolVolume, finalVolumes: readonly PoolVolume[], what: string, step = ''): Promise<PoolMetadata> {
+async function applyOnline(pool: LoadedPool, c: ControlClient | null, base: PoolMetadata, volume: PoolVolume, finalVolumes: readonly PoolVolume[], what: string, step = ''): Promise<PoolMetadata> {
   const intent: PoolMetadata = { ...base, seqno: base.seqno + 1, pending: { volume } };
   checkMetadata(intent);
   await commit(pool, intent);
   crashPoint(`${step}after-intent`);
+  const lock = heldClusterLock();
+  if (lock !== undefined) return applyClustered(pool, lock, intent, volume, finalVolumes, what, step);
+  if (c === null) throw new Error('applyOnline: no control socket');
   const table = volumeTable(intent, pool.paths, volume);
   const path = (op: string): string => `/v1/volumes/${encodeURIComponent(volume.name)}/${op}`;
   try {
@@ -372,6 +377,36 @@ async function applyOnline(pool: LoadedPool, c: ControlClient, base: PoolMetadat
   crashPoint(`${step}after-resume`);
   const done = withoutPending(intent, finalVolumes);
   await commitChange(pool, done, {}, [volume.name]);
+  return done;
+}
+
+/**
+ * The clustered form of an online step (clvmd's order): PREPARE on every node of the pool's group (each
+ * server of the volume loads the pending table and suspends), then the commit, then FINISH (every node
+ * resumes with the new table). A node that cannot load it: FINISH without commit, the intent dropped.
+ * Killed before the commit: servers resume the old table when this command leaves the group, the next
+ * command drops the intent; after it: they resume the new one.
+ */
+async function applyClustered(pool: LoadedPool, lock: MetadataLock, intent: PoolMetadata, volume: PoolVolume, finalVolumes: readonly PoolVolume[], what: string, step: string): Promise<PoolMetadata> {
+  let refused: string | undefined;
+  try {
+    const results = await lock.prepareAll(intent.seqno, volume.name);
+    const bad = results.filter((r) => !r.ok);
+    if (bad.length > 0) refused = bad.map((r) => `node ${r.member.nodeId} (pid ${r.member.pid}): ${r.error}`).join('; ');
+  } catch (e) {
+    refused = (e as Error).message;
+  }
+  if (refused !== undefined) {
+    await lock.finish(intent.seqno, false);
+    await commitChange(pool, withoutPending(intent), {}, [volume.name]);
+    throw new PoolError('EIO', `${what} ${volume.name}: ${refused}; nothing changed`);
+  }
+  crashPoint(`${step}after-prepare`);
+  const done = withoutPending(intent, finalVolumes);
+  await commit(pool, done);
+  crashPoint(`${step}after-commit`);
+  await lock.finish(intent.seqno, true);
+  await announceCommitted(done.seqno, [volume.name]);
   return done;
 }
 
@@ -504,6 +539,20 @@ async function copyRun(md: PoolMetadata, paths: ReadonlyMap<string, string>, fro
   return bytes;
 }
 
+/**
+ * An offline copy is only safe when nobody serves the volume. In a clustered pool this node cannot see the
+ * others' servers; when anyone else is in the pool's group (a server follows it), refuse.
+ */
+function refuseCopyWhileClustered(md: PoolMetadata, volume: string): void {
+  const lock = heldClusterLock();
+  if (lock === undefined || lock.members().length <= 1) return;
+  throw new PoolError(
+    'EBUSY',
+    `pool move: volume ${volume} of clustered pool ${md.name} is not served on this node, and other nodes follow the pool (${lock.members().length - 1} other member(s)): ` +
+      `run pool move on a node that serves it (give its --control), or stop serving it on every node`,
+  );
+}
+
 /** Commit one volume's new state (offline step), one seqno on. */
 async function commitVolume(pool: LoadedPool, cur: PoolMetadata, v: PoolVolume): Promise<PoolMetadata> {
   const next: PoolMetadata = { ...cur, seqno: cur.seqno + 1, volumes: replaceVolume(cur, v) };
@@ -540,6 +589,7 @@ async function finishLegMove(pool: LoadedPool, c: ControlClient | null, cur: Poo
   const fin: PoolVolume = { ...rest, legs: v.legs.filter((l) => !sameRun(l, m.to)).map((l) => (sameRun(l, m.from) ? m.to : l)), log: m.log, nosync: m.nosync };
   const served = c === null ? null : await serverState(c, cur, pool.paths, v).catch(() => null);
   if (served === null || c === null) {
+    refuseCopyWhileClustered(cur, name);
     const bytes = await copyRun(cur, pool.paths, m.from, m.to);
     return { md: await commitVolume(pool, cur, fin), bytes, online: false };
   }
@@ -582,6 +632,7 @@ export async function poolMove(name: string, dev: string, to: string | undefined
     const v = ops.findVolume(cur, vname);
     const served = c === null ? null : await serverState(c, cur, pool.paths, v).catch(() => null);
     if (served === null || c === null) {
+      refuseCopyWhileClustered(cur, vname);
       for (const m of moves.filter((x) => x.volume === vname)) bytes += await copyRun(cur, pool.paths, m.from, m.to);
       cur = await commitVolume(pool, cur, ops.findVolume(target, vname));
       continue;

@@ -8,8 +8,10 @@
 //  (b) a command holding the lock: another node's command with a short timeout is refused naming the
 //      holder (node, pid, operation, since); then the holder is killed -9 while holding it and a waiting
 //      command on the other node gets the lock at once;
-//  (c) a command killed -9 in the middle of an online change (after its intent was written): the next
-//      command on the other node rolls the change forward; both servers serve the outcome.
+//  (c) a command killed -9 after its intent was written: the next command on the other node drops it;
+//  (d) killed -9 after every server loaded the new table and suspended (PREPARE): the servers resume the
+//      old table as soon as it leaves the group (I/O goes on), the next command drops the intent.
+//  Online changes go through PREPARE (load + suspend on every node) / commit / FINISH (resume everywhere).
 // Skips where it cannot run (not root, no corosync) unless CI=true.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
@@ -17,6 +19,7 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseTable } from '../../src/mirror/table.js';
+import { NbdClient } from '../../src/nbd/client/client.js';
 import { CLI_PATH } from '../helpers/server.js';
 import { ADDON, clusterUnavailableReason, Harness, now } from '../cluster/harness.js';
 import { makeDevices, ok, type CliResult } from './pool-cli.js';
@@ -175,7 +178,8 @@ describe.skipIf(unavailable !== undefined)(`clustered pool metadata lock on 2 co
     expect(s.metadata.volumes.map((v) => v.name).sort()).toEqual(['spare', 'v', 'w2']);
   }, 90_000);
 
-  it('(c) killed -9 after its intent: the next command on the other node rolls it forward; both serve it', async () => {
+  it('(c) killed -9 after its intent: the next command on the other node drops it; both serve the old table', async () => {
+    const before = await served(1);
     const r = await cliOn(1, ['convert', 'cp/v', '--mirrors', '0', '--control', ctl(1)], { NBD_MIRROR_POOL_CRASH_AT: 'after-intent' });
     expect(r.code).toBeNull(); // SIGKILL
     expect((await show()).metadata.pending).toBeDefined();
@@ -183,7 +187,36 @@ describe.skipIf(unavailable !== undefined)(`clustered pool metadata lock on 2 co
     expect(next.code, next.stderr).toBe(0);
     const s = await show();
     expect(s.metadata.pending).toBeUndefined();
-    expect(s.metadata.volumes.find((v) => v.name === 'v')!.legs).toHaveLength(1); // after, never in between
+    expect(s.metadata.volumes.find((v) => v.name === 'v')!.legs).toHaveLength(2); // before, never in between
+    const { table } = await bothServeMetadata(15_000);
+    expect(table).toBe(before);
+  }, 90_000);
+
+  it('(d) killed -9 after every server loaded the new table and suspended: they resume the old one at once', async () => {
+    const before = await served(1);
+    const t0 = now();
+    const r = await cliOn(1, ['convert', 'cp/v', '--mirrors', '0', '--control', ctl(1)], { NBD_MIRROR_POOL_CRASH_AT: 'after-prepare' });
+    expect(r.code).toBeNull();
+    // I/O goes on through both nodes (nothing stays suspended behind the dead command).
+    for (const n of [1, 2]) {
+      const c = await NbdClient.connect(`nbd+unix:///v?socket=${path.join(dir, `n${n}.sock`)}`);
+      const data = Buffer.alloc(65536, n);
+      await c.write(data, n * 65536, { fua: true });
+      const back = Buffer.alloc(65536);
+      await c.read(back, n * 65536);
+      expect(back.equals(data)).toBe(true);
+      await c.close();
+    }
+    times.ioBackAfterHolderKilledMs = now() - t0;
+    for (const n of [1, 2]) {
+      const info = await ok<{ state: string; tablesPresent: { inactive: boolean } }>(['info', 'v', '--control', ctl(n), '--json']);
+      expect(info.state).toBe('ACTIVE');
+      expect(info.tablesPresent.inactive).toBe(false);
+      expect(await served(n)).toBe(before);
+    }
+    const next = await cliOn(2, ['convert', 'cp/v', '--mirrors', '0', '--control', ctl(2)]); // drops the intent, then converts
+    expect(next.code, next.stderr).toBe(0);
+    expect((await show()).metadata.pending).toBeUndefined();
     const { table } = await bothServeMetadata(15_000);
     expect(parseTable(table).kind).toBe('linear');
   }, 90_000);

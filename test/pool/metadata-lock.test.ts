@@ -102,6 +102,34 @@ describe('metadata lock on the memory bus', () => {
     for (const l of locks) await l.close();
   });
 
+  it('PREPARE reaches every member: servers answer after their handler, commands at once; FINISH and departures are seen', async () => {
+    const bus = new MemoryBus();
+    const holder = await open(bus, 1);
+    const server = await open(bus, 2);
+    const command = await open(bus, 3);
+    const seen: string[] = [];
+    server.onPrepare(async (p) => {
+      seen.push(`prepare ${p.seqno} ${p.volume}`);
+      await tick();
+      return p.volume === 'bad' ? { serving: true, error: 'cannot open x' } : { serving: true };
+    });
+    server.onFinish((f) => seen.push(`finish ${f.seqno} ${f.commit}`));
+    server.onLeft((m) => seen.push(`left ${m.nodeId}`));
+    await holder.acquire('convert');
+    const r = await holder.prepareAll(7, 'v');
+    expect(r.map((x) => [x.member.nodeId, x.ok, x.serving]).sort()).toEqual([[2, true, true], [3, true, false]]);
+    const bad = await holder.prepareAll(8, 'bad');
+    expect(bad.find((x) => x.member.nodeId === 2)).toMatchObject({ ok: false, error: 'cannot open x' });
+    await holder.finish(7, true);
+    await tick();
+    await holder.close();
+    await tick();
+    expect(seen).toEqual(['prepare 7 v', 'prepare 8 bad', 'finish 7 true', 'left 1']);
+    await expect(command.prepareAll(9, 'v')).rejects.toThrow(/without holding the lock/);
+    await server.close();
+    await command.close();
+  });
+
   it('randomized: never two holders, every live request is eventually granted', async () => {
     for (let seed = 1; seed <= 20; seed++) {
       let s = seed;
