@@ -20,6 +20,8 @@ import { startServer, stopAllServers, type ServerHandle } from '../helpers/serve
 import { requireTools } from '../helpers/tools.js';
 import { makeTempDir, MiB, removeTempDir } from '../helpers/tmp.js';
 import { cli, makeDevices, ok } from './pool-cli.js';
+import { ControlClient } from '../../src/control/client.js';
+import { poolShow, volumeTableLine } from '../../src/pool/service.js';
 
 const haveTools = requireTools('nbdcopy', 'fio');
 let dir: string;
@@ -30,10 +32,10 @@ let server: ServerHandle;
 beforeAll(async () => {
   dir = await makeTempDir('pool-move-online-');
   env = { NBD_MIRROR_DEVICES: dir };
-  devs = await makeDevices(dir, ['a.img', 'b.img', 'c.img', 'd.img', 'e.img']);
-  await ok(['pool', 'create', 'p', ...devs], env);
-  await ok(['create', 'p/l', '--size', '8M', '--mirrors', '0'], env); // on a.img (all equal: the first)
-  await ok(['create', 'p/m', '--size', '8M', '--mirrors', '1', '--region-size', '512K'], env); // legs b, c; log a
+  devs = await makeDevices(dir, ['a.img', 'b.img', 'c.img', 'd.img', 'e.img'], 16 * MiB);
+  await ok(['pool', 'create', 'p', '--extent-size', '1M', ...devs], env);
+  await ok(['create', 'p/l', '--size', '4M', '--mirrors', '0'], env); // on a.img (all equal: the first)
+  await ok(['create', 'p/m', '--size', '4M', '--mirrors', '1', '--region-size', '256K'], env); // legs b, c; log a
 });
 afterAll(async () => {
   try {
@@ -43,13 +45,13 @@ afterAll(async () => {
   }
 });
 
-/** fio verify runs back to back on [0, 4 MiB) of an export until stopped. */
+/** fio verify runs back to back on [0, 2 MiB) of an export until stopped. */
 function fioLoop(name: string) {
   const runs: { code: number | null; error: number; writtenBytes: number; stderr: string }[] = [];
   let stop = false;
   const job = join(dir, `verify-${name}.fio`);
   const done = (async () => {
-    await writeFile(job, fioVerifyJob({ uri: server.uri(name), dir, numJobs: 1, sliceBytes: 4 * MiB, iodepth: 8 }).replace('[global]', '[global]\nloops=5'));
+    await writeFile(job, fioVerifyJob({ uri: server.uri(name), dir, numJobs: 1, sliceBytes: 2 * MiB, iodepth: 8 }).replace('[global]', '[global]\nloops=3'));
     while (!stop) {
       const r = await run('fio', ['--output-format=json', `--output=${job}.json`, job], { timeoutMs: 120_000, cwd: dir, allowFailure: true });
       const text = await readFile(`${job}.json`, 'utf8').catch(() => '');
@@ -70,18 +72,18 @@ function fioLoop(name: string) {
   };
 }
 
-const table = async (v: string): Promise<string> => (await ok(['table', `p/${v}`], env)).trim();
-const served = async (v: string): Promise<string> => (await ok<{ table: string }>(['table', v, '--control', server.controlPath, '--json'], env)).table;
-async function show(): Promise<{ devices: { path: string }[]; metadata: { pending?: unknown; volumes: { name: string; moving?: unknown; legs: unknown[] }[] } }> {
-  return ok(['pool', 'show', 'p', '--json'], env);
-}
+// Queries in-process (the same code as `table`/`pool show`, without a node start per question); the changes
+// themselves go through the real CLI.
+const table = async (v: string): Promise<string> => (await volumeTableLine(`p/${v}`, undefined, { devices: [dir] })).table;
+const served = async (v: string): Promise<string> => (await new ControlClient({ kind: 'unix', path: server.controlPath }).get<{ table: string }>(`/v1/volumes/${v}/table`)).table;
+const show = () => poolShow('p', { devices: [dir] });
 
 describe.runIf(haveTools)('pool move online', () => {
   it('moves a linear volume and a mirror leg while fio verifies, crash-safe at each step', async () => {
     expect(await table('l')).toContain(devs[0]!);
     expect(await table('m')).toContain(devs[1]!);
     server = await startServer({ dir, tables: [], extraArgs: ['--pool', 'p'], env });
-    const data = { l: randomBytes(8 * MiB), m: randomBytes(8 * MiB) };
+    const data = { l: randomBytes(4 * MiB), m: randomBytes(4 * MiB) };
     for (const v of ['l', 'm'] as const) {
       await writeFile(join(dir, `${v}.bin`), data[v]);
       await run('nbdcopy', ['--flush', join(dir, `${v}.bin`), server.uri(v)]);
@@ -135,12 +137,12 @@ describe.runIf(haveTools)('pool move online', () => {
     await waitInSync(server, 'm');
     for (const v of ['l', 'm'] as const) {
       await run('nbdcopy', [server.uri(v), join(dir, `${v}.back`)]);
-      expect((await readFile(join(dir, `${v}.back`))).subarray(4 * MiB).equals(data[v].subarray(4 * MiB)), v).toBe(true);
+      expect((await readFile(join(dir, `${v}.back`))).subarray(2 * MiB).equals(data[v].subarray(2 * MiB)), v).toBe(true);
     }
     await server.stop();
     const spec = parseTable(await table('m'));
     if (spec.kind !== 'mirror') throw new Error('not a mirror');
-    const [x, y] = spec.legs.map((l) => readRange(l.device, l.offsetSectors * 512, 8 * MiB));
+    const [x, y] = spec.legs.map((l) => readRange(l.device, l.offsetSectors * 512, 4 * MiB));
     expect((await x!).equals(await y!)).toBe(true);
     await ok(['pool', 'reduce', 'p', devs[1]!], env);
   }, 240_000);

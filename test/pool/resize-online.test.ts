@@ -17,6 +17,8 @@ import { startServer, stopAllServers, type ServerHandle } from '../helpers/serve
 import { requireTools } from '../helpers/tools.js';
 import { makeTempDir, MiB, removeTempDir } from '../helpers/tmp.js';
 import { cli, makeDevices, ok } from './pool-cli.js';
+import { ControlClient } from '../../src/control/client.js';
+import { poolShow, volumeTableLine } from '../../src/pool/service.js';
 
 const haveTools = requireTools('nbdcopy', 'fio');
 let dir: string;
@@ -37,14 +39,15 @@ afterAll(async () => {
   }
 });
 
+// Queries in-process (the same code as `pool show` / `table`); the changes go through the real CLI.
 async function metadata(): Promise<{ seqno: number; pending: boolean; sizeBytes: number }> {
-  const s = await ok<{ seqno: number; metadata: { pending?: unknown; volumes: { name: string; sizeBytes: number }[] } }>(['pool', 'show', 'p', '--json'], env);
+  const s = await poolShow('p', { devices: [dir] });
   return { seqno: s.seqno, pending: s.metadata.pending !== undefined, sizeBytes: s.metadata.volumes.find((v) => v.name === 'v')!.sizeBytes };
 }
 
+const servedTable = async (): Promise<string> => (await new ControlClient({ kind: 'unix', path: server.controlPath }).get<{ table: string }>('/v1/volumes/v/table')).table;
 async function servedLengthBytes(): Promise<number> {
-  const t = await ok<{ table: string }>(['table', 'v', '--control', server.controlPath, '--json'], env);
-  return parseTable(t.table).lengthSectors * 512;
+  return parseTable(await servedTable()).lengthSectors * 512;
 }
 
 describe.runIf(haveTools)('resize online', () => {
@@ -96,7 +99,7 @@ describe.runIf(haveTools)('resize online', () => {
     expect(await servedLengthBytes()).toBe(24 * MiB); // after
     await ok(['create', 'p/other', '--size', '4M', '--mirrors', '0', ...ctl], env); // settles: keeps it
     expect(await metadata()).toMatchObject({ pending: false, sizeBytes: 24 * MiB });
-    expect((await ok(['table', 'p/v'], env)).trim()).toBe((await ok<{ table: string }>(['table', 'v', ...ctl, '--json'], env)).table);
+    expect((await volumeTableLine('p/v', undefined, { devices: [dir] })).table).toBe(await servedTable());
 
     stopFio = true;
     await fio;
