@@ -111,11 +111,16 @@ static napi_value copy_range(napi_env env, napi_callback_info info) {
   napi_value promise, name;
   napi_create_promise(env, &j->deferred, &promise);
   napi_create_string_utf8(env, "nbdm_copy_range", NAPI_AUTO_LENGTH, &name);
-  if (napi_create_async_work(env, NULL, name, execute, complete, j, &j->work) != napi_ok ||
-      napi_queue_async_work(env, j->work) != napi_ok) {
+  int created = napi_create_async_work(env, NULL, name, execute, complete, j, &j->work) == napi_ok;
+  if (!created || napi_queue_async_work(env, j->work) != napi_ok) {
+    // Settle the promise (a rejection the caller treats as "not copied"), never leave it pending.
+    napi_value code, msg, err;
+    napi_create_string_utf8(env, "EAGAIN", NAPI_AUTO_LENGTH, &code);
+    napi_create_string_utf8(env, "copyRange: cannot queue work", NAPI_AUTO_LENGTH, &msg);
+    napi_create_error(env, code, msg, &err);
+    napi_reject_deferred(env, j->deferred, err);
+    if (created) napi_delete_async_work(env, j->work);
     free(j);
-    napi_throw_error(env, NULL, "copyRange: cannot queue work");
-    return NULL;
   }
   return promise;
 }
