@@ -11,6 +11,9 @@
 //  (c) a command killed -9 after its intent was written: the next command on the other node drops it;
 //  (d) killed -9 after every server loaded the new table and suspended (PREPARE): the servers resume the
 //      old table as soon as it leaves the group (I/O goes on), the next command drops the intent.
+//  (e) both nodes write while node 1 converts the volume linear -> mirror: every acknowledged write reads
+//      back through the other node and both legs end identical (every node had the new leg before any
+//      resumed: no write bypassed it).
 //  Online changes go through PREPARE (load + suspend on every node) / commit / FINISH (resume everywhere).
 // Skips where it cannot run (not root, no corosync) unless CI=true.
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -23,6 +26,8 @@ import { NbdClient } from '../../src/nbd/client/client.js';
 import { CLI_PATH } from '../helpers/server.js';
 import { ADDON, clusterUnavailableReason, Harness, now } from '../cluster/harness.js';
 import { makeDevices, ok, type CliResult } from './pool-cli.js';
+import { checkAcked, writer } from '../cluster/serve-node.js';
+import { readRange } from '../helpers/crash.js';
 
 const TOKEN_MS = 1000;
 const unavailable = await clusterUnavailableReason();
@@ -220,4 +225,40 @@ describe.skipIf(unavailable !== undefined)(`clustered pool metadata lock on 2 co
     const { table } = await bothServeMetadata(15_000);
     expect(parseTable(table).kind).toBe('linear');
   }, 90_000);
+  it('(e) writes on both nodes while one node converts linear -> mirror: no acknowledged write lost, legs identical', async () => {
+    expect(parseTable(await served(1)).kind).toBe('linear');
+    const uri = (n: number) => `nbd+unix:///v?socket=${path.join(dir, `n${n}.sock`)}`;
+    const half = 4 * 1024 * 1024;
+    const writers = [writer(uri(1), 0, half, 11), writer(uri(2), half, half, 12)];
+    await sleep(500);
+    const t0 = now();
+    const r = await cliOn(1, ['convert', 'cp/v', '--mirrors', '1', '--log', 'core', '--control', ctl(1)]);
+    times.clusteredConvertMs = now() - t0;
+    expect(r.code, r.stderr).toBe(0);
+    await sleep(500);
+    for (const w of writers) await w.stop();
+    for (const w of writers) expect(w.error, String(w.error)).toBeUndefined();
+    expect(writers.every((w) => w.acked.length > 0)).toBe(true);
+    const { table } = await bothServeMetadata(15_000);
+    const spec = parseTable(table);
+    if (spec.kind !== 'mirror') throw new Error('not a mirror');
+    // Both nodes report every region in sync, then the legs hold the same bytes and every acked write.
+    const t1 = now();
+    for (;;) {
+      const st = await Promise.all([1, 2].map(async (n) => (await ok<{ status: string }>(['status', 'v', '--control', ctl(n), '--json'])).status));
+      const synced = st.every((x) => {
+        const t = x.trim().split(/\s+/);
+        const [a, b] = t[4 + Number(t[3])]!.split('/');
+        return a === b;
+      });
+      if (synced) break;
+      if (now() - t1 > 60_000) throw new Error(`not in sync: ${st.join(' | ')}`);
+      await sleep(200);
+    }
+    times.clusteredResyncMs = now() - t1;
+    const legs = await Promise.all(spec.legs.map((l) => readRange(l.device, l.offsetSectors * 512, 2 * half)));
+    expect(legs[0]!.equals(legs[1]!)).toBe(true);
+    expect(await checkAcked(uri(2), 0, writers[0]!.acked, writers[0]!.block, 11)).toBeGreaterThan(0);
+    expect(await checkAcked(uri(1), half, writers[1]!.acked, writers[1]!.block, 12)).toBeGreaterThan(0);
+  }, 120_000);
 });
