@@ -5,6 +5,7 @@
 //   node scripts/bench/cpu.js [--servers linear,nbdkit] [--jobs read-1m-qd8,...] [--runtime 3]
 //        [--repeat N] [--tls off|x509|psk-nbdcopy] [--size-mib 1024] [--dir /dev/shm] [--cli PATH]
 //        [--prof DIR (ours runs under node --cpu-prof, profiles written there)]
+//        [--cli-b PATH: server "linear-b" is the same export served by another build, for A/B tests]
 //
 // Each job is one fio run (same job definitions as run.js, ramp_time 0) against a running server; the
 // server's utime+stime (/proc/PID/stat, all threads) is sampled before and after and divided by the
@@ -30,6 +31,7 @@ const { values: flags } = parseArgs({
     'size-mib': { type: 'string', default: '1024' },
     dir: { type: 'string', default: '/dev/shm' },
     cli: { type: 'string' },
+    'cli-b': { type: 'string' },
     prof: { type: 'string' },
     json: { type: 'string' },
   },
@@ -57,13 +59,15 @@ function serverDef(name, ctx) {
     const tls = TLS === 'x509' ? ['--tls=require', `--tls-certificates=${ctx.pki.server}`] : [];
     return { command: 'nbdkit', args: ['-f', '-U', socket, '-P', pidFile, ...tls, 'file', ctx.file], socket, pidFile };
   }
-  if (name !== 'linear') throw new Error(`unknown server ${name} (linear, nbdkit)`);
+  if (name !== 'linear' && name !== 'linear-b') throw new Error(`unknown server ${name} (linear, linear-b, nbdkit)`);
+  const cli = name === 'linear-b' ? flags['cli-b'] : ctx.cli;
+  if (cli === undefined) throw new Error('linear-b needs --cli-b PATH');
   const tls = TLS === 'x509' ? ['--tls', 'require', '--tls-certificates', ctx.pki.server] : [];
   const node = flags.prof !== undefined ? ['--cpu-prof', '--cpu-prof-dir', flags.prof] : [];
   const table = `0 ${SIZE_BYTES / 512} linear ${ctx.file} 0`;
   return {
     command: process.execPath,
-    args: [...node, ctx.cli, 'serve', '--quiet', '--log-level', 'warn', '--table', table, '--listen', `unix:${socket}`, '--pid-file', pidFile, '--control', join(ctx.dir, `${name}.ctl`), '--dashboard', '0', ...tls],
+    args: [...node, cli, 'serve', '--quiet', '--log-level', 'warn', '--table', table, '--listen', `unix:${socket}`, '--pid-file', pidFile, '--control', join(ctx.dir, `${name}.ctl`), '--dashboard', '0', ...tls],
     socket,
     pidFile,
   };

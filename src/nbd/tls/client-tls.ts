@@ -13,6 +13,7 @@ import { checkServerIdentity, connect as tlsConnect, type PeerCertificate, type 
 import { isIP } from 'node:net';
 import type { NbdUri, NbdUriTls } from '../uri.js';
 import { loadClientTls, type ClientTlsMaterial } from './config.js';
+import { splitLargeTlsWrites } from './tls-writes.js';
 
 export class ClientTlsError extends Error {
   readonly code = 'ERR_NBD_TLS_CLIENT';
@@ -80,6 +81,7 @@ export function startClientTls(socket: Socket, u: NbdUri, material: ClientTlsMat
         fail(`server certificate not trusted: ${String(s.authorizationError)}`); // belt and braces: rejectUnauthorized already refuses
         return;
       }
+      splitLargeTlsWrites(s); // a 1 MiB WRITE payload is encrypted in place, not concatenated with its header
       resolve(s);
     };
     const cleanup = (): void => {
