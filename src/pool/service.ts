@@ -324,6 +324,13 @@ export async function volumeResize(ref: string, poolFlag: string | undefined, si
   const out = ops.resizeVolume(base, r.volume, sizeBytes);
   const c = controlClient(flags);
   const served = c === null ? null : await serverState(c, pool.md, pool.paths, current).catch(() => null);
+  if (pool.md.clustered && current.legs.length > 1 && (served !== null || (heldClusterLock()?.members().length ?? 1) > 1)) {
+    throw new PoolError(
+      'EBUSY',
+      `resize ${current.name}: a mirror of clustered pool ${pool.md.name} cannot grow while it may be served (${served !== null ? 'this node serves it' : 'other nodes follow the pool'}): ` +
+        `its cluster log cannot change its region count online. Stop serving it on every node, resize, serve it again`,
+    );
+  }
   if (heldClusterLock() === undefined && (served === null || c === null)) {
     await commitChange(pool, out.md, {}, [r.volume]);
     return { ...out, online: false };
@@ -641,6 +648,9 @@ export async function poolMove(name: string, dev: string, to: string | undefined
     for (const m of moves.filter((x) => x.volume === vname)) {
       const now = ops.findVolume(cur, vname);
       if (now.logRun !== undefined && sameRun(now.logRun, m.from)) {
+        if (cur.clustered) {
+          throw new PoolError('EBUSY', `pool move: the disk log of ${vname} in clustered pool ${cur.name} cannot move while served (a second cluster log of the volume cannot join its group while the first is open): stop serving ${vname} on every node, or move it with --to onto another device first`);
+        }
         const moved: PoolVolume = { ...now, logRun: m.to };
         await wipeNewLogRun(cur, pool.paths, now, moved);
         cur = await applyOnline(pool, c, cur, moved, replaceVolume(cur, moved), 'pool move', 'move-log-');

@@ -14,6 +14,7 @@
 //  (e) both nodes write while node 1 converts the volume linear -> mirror: every acknowledged write reads
 //      back through the other node and both legs end identical (every node had the new leg before any
 //      resumed: no write bypassed it).
+//  (f) growing a served clustered mirror is refused (its cluster log cannot change size online).
 //  Online changes go through PREPARE (load + suspend on every node) / commit / FINISH (resume everywhere).
 // Skips where it cannot run (not root, no corosync) unless CI=true.
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -261,4 +262,13 @@ describe.skipIf(unavailable !== undefined)(`clustered pool metadata lock on 2 co
     expect(await checkAcked(uri(2), 0, writers[0]!.acked, writers[0]!.block, 11)).toBeGreaterThan(0);
     expect(await checkAcked(uri(1), half, writers[1]!.acked, writers[1]!.block, 12)).toBeGreaterThan(0);
   }, 120_000);
+  it('(f) growing a served clustered mirror is refused naming why; metadata and both servers untouched', async () => {
+    const before = { seqno: (await show()).seqno, table: await served(1) };
+    const r = await cliOn(2, ['resize', 'cp/v', '--size', '12M', '--control', ctl(2), '--json']);
+    expect(r.code).toBe(2);
+    expect(JSON.parse(r.stdout).error).toMatchObject({ code: 'EBUSY' });
+    expect(r.stderr).toMatch(/resize v: a mirror of clustered pool cp cannot grow while it may be served \(this node serves it\): its cluster log cannot change its region count online/);
+    expect((await show()).seqno).toBe(before.seqno);
+    for (const n of [1, 2]) expect(await served(n)).toBe(before.table);
+  }, 60_000);
 });
