@@ -64,7 +64,7 @@ describe.skipIf(unavailable !== undefined)(`clustered pool metadata lock on 2 co
 
   async function startServer(n: number): Promise<void> {
     const pidFile = path.join(dir, `n${n}.pid`);
-    const args = ['serve', '--pool', 'cp', '--listen', `unix:${path.join(dir, `n${n}.sock`)}`, '--control', ctl(n), '--pid-file', pidFile, '--quiet'];
+    const args = ['serve', '--pool', 'cp', '--listen', `unix:${path.join(dir, `n${n}.sock`)}`, '--control', ctl(n), '--pid-file', pidFile, '--dashboard', '0', '--quiet'];
     const child = spawn('ip', ['netns', 'exec', `${h.prefix}-n${n}`, process.execPath, CLI_PATH, ...args], { env: nodeEnv(n), stdio: ['ignore', 'pipe', 'pipe'] });
     const s = { child, out: '', exited: false };
     servers.push(s);

@@ -81,13 +81,16 @@ describe.runIf(haveTools)('pool change --clustered', () => {
     expect((await ok(['pool', 'list'], env))).toMatch(/cp\s+2\s+1\s+wz---c/);
   });
 
-  it('without corosync a clustered pool is not changed: the refusal names the cluster lock and the way out', async () => {
+  it('without corosync a clustered pool is neither changed nor served: the refusal names the cluster lock and the way out', async () => {
     const devs = [join(dir, 'd.img'), join(dir, 'e.img')];
     const before = await areaHashes(devs);
     const r = await cli(['create', 'cp/x', '--size', '4M', '--mirrors', '0'], { ...env, NBD_MIRROR_POOL_LOCK: '' });
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/pool cp is clustered: changing it takes the cluster-wide metadata lock, which needs corosync on this node \(.*\)\. Start corosync, or set NBD_MIRROR_POOL_LOCK=local/);
     expect(await areaHashes(devs)).toEqual(before);
+    const serve = await cli(['serve', '--pool', 'cp', '--listen', `unix:${join(dir, 'cp.sock')}`, '--control', join(dir, 'cp.ctl'), '--dashboard', '0'], { ...env, NBD_MIRROR_POOL_LOCK: '' });
+    expect(serve.code).toBe(2);
+    expect(serve.stderr).toMatch(/--pool cp is clustered: cannot join its corosync group to follow metadata changes: .*\(set NBD_MIRROR_POOL_LOCK=local if no other node uses the pool\)/);
     const bad = await cli(['create', 'cp/x', '--size', '4M'], { ...env, NBD_MIRROR_POOL_LOCK: 'sometimes' });
     expect(bad.stderr).toContain('NBD_MIRROR_POOL_LOCK=sometimes: expected cluster or local');
     expect(await areaHashes(devs)).toEqual(before);

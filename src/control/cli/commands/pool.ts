@@ -8,6 +8,7 @@ import { formatSize, parseSize } from '../../../pool/locate.js';
 import { resolve } from 'node:path';
 import { poolChange, poolCreate, poolExtend, poolList, poolMove, poolReduce, poolServePlan, poolShow, scanReport, volumeTableLine, type PoolSummary } from '../../../pool/service.js';
 import { startPoolWatcher } from '../../../pool/watch.js';
+import { LOCK_MODE_ENV } from '../../../pool/cluster-lock.js';
 import { defaultControlPath } from '../../client.js';
 import { createLogger, type LogLevel } from '../../logging.js';
 import { UsageError } from '../../usage-error.js';
@@ -195,14 +196,17 @@ export function registerServePool(program: Command): void {
     }
     cmd.setOptionValue('table', [...o.table, ...plan.tables.map((t) => t.table)]);
     cmd.setOptionValue('name', [...o.name, ...plan.tables.map((t) => t.name)]);
-    if (plan.md.clustered) {
+    if (plan.md.clustered && process.env[LOCK_MODE_ENV] !== 'local') {
       // Every node sees the changes: follow the pool's COMMITTED announcements (src/pool/watch.ts).
       const log = createLogger(o.logLevel ?? 'info');
       const controlPath = resolve(o.control ?? defaultControlPath());
       try {
         await startPoolWatcher({ poolName: o.pool, poolUuid: plan.md.uuid, seqno: plan.md.seqno, flags, controlPath, log });
       } catch (e) {
-        throw new UsageError(`--pool ${o.pool} is clustered: cannot join its corosync group to follow metadata changes: ${(e as Error).message}`);
+        throw new UsageError(
+          `--pool ${o.pool} is clustered: cannot join its corosync group to follow metadata changes: ${(e as Error).message} ` +
+            `(set ${LOCK_MODE_ENV}=local if no other node uses the pool)`,
+        );
       }
     }
   });
