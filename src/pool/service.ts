@@ -140,8 +140,10 @@ async function settle(pool: LoadedPool, flags: ControlFlag): Promise<LoadedPool>
   if (pending === undefined) return pool;
   // Clustered: roll back. Servers load a pending table only while the command that wrote it holds the lock
   // (PREPARE); when it dies they go back to the old table on their own (watch.ts), so no node serves it.
-  const c = pool.md.clustered ? null : controlClient(flags);
-  const served = pool.md.clustered ? null : c === null ? null : await serverState(c, pool.md, pool.paths, pending.volume).catch(() => null);
+  // (With NBD_MIRROR_POOL_LOCK=local there is no group: the local server decides, as in a plain pool.)
+  const viaGroup = pool.md.clustered && heldClusterLock() !== undefined;
+  const c = viaGroup ? null : controlClient(flags);
+  const served = viaGroup || c === null ? null : await serverState(c, pool.md, pool.paths, pending.volume).catch(() => null);
   const md = served !== null ? withoutPending(pool.md, pool.md.volumes.map((v) => (v.name === pending.volume.name ? pending.volume : v))) : withoutPending(pool.md);
   await commitChange(pool, md, {}, [pending.volume.name]);
   return { ...pool, md };
