@@ -14,7 +14,7 @@ import * as ops from './ops.js';
 import { diskLogState, serverState, type VolumeState } from './status.js';
 import type { MetadataLock } from '../cluster/metadata-lock.js';
 import { commit, expandDevicePaths, scanDevice, type CommitPlan, type DeviceScan, type LoadedPool } from './store.js';
-import { announceCommitted, heldClusterLock, takeClusterLock } from './cluster-lock.js';
+import { announceCommitted, heldClusterLock, LOCK_MODE_ENV, takeClusterLock } from './cluster-lock.js';
 import { volumeTable } from './tables.js';
 
 export interface ControlFlag {
@@ -443,7 +443,8 @@ export async function poolTables(name: string, flags: LocateFlags & ControlFlag)
  */
 export async function poolServePlan(name: string, flags: LocateFlags & ControlFlag): Promise<{ tables: { name: string; table: string }[]; md: PoolMetadata }> {
   const located = (await locatePool(flags, name)).pool;
-  const pool = located.md.pending !== undefined && located.missing.length === 0 && !located.md.clustered ? await settle(located, flags) : located;
+  const viaGroup = located.md.clustered && process.env[LOCK_MODE_ENV] !== 'local';
+  const pool = located.md.pending !== undefined && located.missing.length === 0 && !viaGroup ? await settle(located, flags) : located;
   if (pool.md.volumes.length === 0) throw new PoolError('ENOENT', `pool ${name} has no volumes to serve`);
   return { tables: pool.md.volumes.map((v) => ({ name: v.name, table: volumeTable(pool.md, pool.paths, v) })), md: pool.md };
 }
