@@ -339,24 +339,35 @@ async function runScenario(seedOps: Op[], legCount0: number, disk: boolean, ioSe
       }
       case 'repair': {
         // dmeventd's "remove" policy: suspend (noflush), reload without the failed legs, resume.
+        // A reissued held write can meet a leg whose fault the mirror had not seen yet (the simulator failed
+        // it, no write reached it before the repair; with synchronous leg I/O nothing is in flight then):
+        // that fails it now and holds the write again, so dmeventd repairs again, as it does on every event.
         if (!handleErrors) break;
-        const st = w.m.status();
-        const keep = st.legs.map((l, i) => (l.health === 'A' ? i : -1)).filter((i) => i >= 0);
-        if (keep.length === legs.length || keep.length === 0) break;
-        await w.m.suspend({ noflush: true });
-        w.m.reload({ legs: keep.map((i) => w.epochLegs[i]!) });
-        await w.m.resume();
-        for (let i = 0; i < 200 && held.some((h) => h.state === 'pending'); i++) await settle(1);
+        let repaired = false;
+        for (let round = 0; round < legCount0; round++) {
+          const st = w.m.status();
+          const keep = st.legs.map((l, i) => (l.health === 'A' ? i : -1)).filter((i) => i >= 0);
+          if (keep.length === legs.length || keep.length === 0) break;
+          await w.m.suspend({ noflush: true });
+          w.m.reload({ legs: keep.map((i) => w.epochLegs[i]!) });
+          await w.m.resume();
+          for (let i = 0; i < 200 && held.some((h) => h.state === 'pending'); i++) await settle(1);
+          repaired = true;
+          if (process.env.SIM_TRACE) console.log(`repair: reloaded ${legs.length} -> ${keep.length} legs`);
+          // Positions shift with the reload; simulator-failed legs that were kept stay failed.
+          const failed = new Set(keep.map((i, j) => (w.failed.has(i) ? j : -1)).filter((j) => j >= 0));
+          legs = keep.map((i) => legs[i]!);
+          w = { ...w, legs, epochLegs: keep.map((i) => w.epochLegs[i]!), failed };
+          if (!held.some((h) => h.state === 'pending')) break;
+        }
+        if (!repaired) break;
         for (const h of held) {
           if (h.state === 'pending') throw new Error(`${ctx}: held write not completed after reload+resume`);
           const v = h.x.zero ? 0 : h.x.v;
           if (h.state === 'acked') model.acked(h.x.off, h.x.len, v, h.x.fua);
         }
-        if (process.env.SIM_TRACE) console.log(`repair: reloaded ${legs.length} -> ${keep.length} legs, ${held.length} held writes completed`);
+        if (process.env.SIM_TRACE) console.log(`repair: ${held.length} held writes completed`);
         held = [];
-        legs = keep.map((i) => legs[i]!);
-        const epochLegs = keep.map((i) => w.epochLegs[i]!);
-        w = { ...w, legs, epochLegs, failed: new Set() };
         break;
       }
       case 'read': {
@@ -534,5 +545,28 @@ describe('mirror simulation against a reference model', () => {
       { t: 'writes', ws: [{ off: 0, len: 1, v: 1, fua: true, zero: false }] },
     ];
     await runScenario(ops, 2, true, 1);
+  });
+
+  it('regression: a reissued held write meets a leg failed after the last write (synchronous legs): repaired again', async () => {
+    const ops: Op[] = [
+      { t: 'writes', ws: [{ off: 14486, len: 4887, v: 41, fua: false, zero: true }] },
+      { t: 'writes', ws: [{ off: 6362, len: 2297, v: 130, fua: true, zero: false }, { off: 24157, len: 5510, v: 211, fua: true, zero: false }, { off: 24960, len: 2609, v: 101, fua: true, zero: false }] },
+      { t: 'flush' },
+      { t: 'writes', ws: [{ off: 741, len: 315, v: 16, fua: true, zero: false }, { off: 11358, len: 832, v: 185, fua: false, zero: true }] },
+      { t: 'writes', ws: [{ off: 3673, len: 5724, v: 181, fua: false, zero: false }, { off: 2213, len: 5697, v: 231, fua: false, zero: false }, { off: 21391, len: 5574, v: 167, fua: true, zero: false }, { off: 19117, len: 4437, v: 66, fua: false, zero: false }] },
+      { t: 'crash' },
+      { t: 'fail', leg: 1 },
+      { t: 'read', off: 26545, len: 5336 },
+      { t: 'settle', n: 11 },
+      { t: 'writes', ws: [{ off: 21524, len: 1118, v: 69, fua: true, zero: false }] },
+      { t: 'writes', ws: [{ off: 4549, len: 2283, v: 210, fua: true, zero: false }, { off: 13316, len: 543, v: 95, fua: true, zero: false }, { off: 29189, len: 35, v: 88, fua: false, zero: true }, { off: 1373, len: 2401, v: 14, fua: true, zero: false }] },
+      { t: 'read', off: 27021, len: 6961 },
+      { t: 'writes', ws: [{ off: 23746, len: 12, v: 36, fua: false, zero: false }, { off: 18733, len: 1333, v: 80, fua: false, zero: false }] },
+      { t: 'writes', ws: [{ off: 4203, len: 1340, v: 55, fua: true, zero: false }, { off: 21562, len: 5863, v: 119, fua: false, zero: false }, { off: 30181, len: 2129, v: 99, fua: false, zero: false }] },
+      { t: 'fail', leg: 2 },
+      { t: 'repair' },
+      { t: 'crashMidWrite', ws: [{ off: 22145, len: 2318, v: 17, fua: false, zero: false }, { off: 28658, len: 739, v: 182, fua: true, zero: false }, { off: 19883, len: 2773, v: 69, fua: true, zero: true }], turns: 2 },
+    ];
+    await runScenario(ops, 3, true, 27, true, true);
   });
 });
