@@ -14,7 +14,9 @@
 //  (e) both nodes write while node 1 converts the volume linear -> mirror: every acknowledged write reads
 //      back through the other node and both legs end identical (every node had the new leg before any
 //      resumed: no write bypassed it).
-//  (f) growing a served clustered mirror is refused (its cluster log cannot change size online).
+//  (f) growing a served clustered mirror is refused (its cluster log cannot change size online);
+//  (g) pool move of a served mirror leg while both nodes write (temporary leg on every node, resync, source
+//      dropped on every node): acked writes kept, legs identical.
 //  Online changes go through PREPARE (load + suspend on every node) / commit / FINISH (resume everywhere).
 // Skips where it cannot run (not root, no corosync) unless CI=true.
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -271,4 +273,35 @@ describe.skipIf(unavailable !== undefined)(`clustered pool metadata lock on 2 co
     expect((await show()).seqno).toBe(before.seqno);
     for (const n of [1, 2]) expect(await served(n)).toBe(before.table);
   }, 60_000);
+  it('(g) pool move of a served clustered mirror leg while both nodes write: no acknowledged write lost, legs identical', async () => {
+    const spec0 = parseTable(await served(1));
+    if (spec0.kind !== 'mirror') throw new Error('not a mirror');
+    const source = spec0.legs[1]!.device;
+    const uri = (n: number) => `nbd+unix:///v?socket=${path.join(dir, `n${n}.sock`)}`;
+    const half = 4 * 1024 * 1024;
+    const writers = [writer(uri(1), 0, half, 21), writer(uri(2), half, half, 22)];
+    await sleep(500);
+    const t0 = now();
+    const r = await cliOn(1, ['pool', 'move', 'cp', source, '--control', ctl(1)]);
+    times.clusteredMoveMs = now() - t0;
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain('v (online)');
+    await sleep(300);
+    for (const w of writers) await w.stop();
+    for (const w of writers) expect(w.error, String(w.error)).toBeUndefined();
+    const { table } = await bothServeMetadata(15_000);
+    expect(table).not.toContain(source);
+    const spec = parseTable(table);
+    if (spec.kind !== 'mirror') throw new Error('not a mirror');
+    for (;;) {
+      const st = await Promise.all([1, 2].map(async (n) => (await ok<{ status: string }>(['status', 'v', '--control', ctl(n), '--json'])).status));
+      if (st.every((x) => { const t = x.trim().split(/\s+/); const [a, b] = t[4 + Number(t[3])]!.split('/'); return a === b; })) break;
+      if (now() - t0 > 90_000) throw new Error(`not in sync: ${st.join(' | ')}`);
+      await sleep(200);
+    }
+    const legs = await Promise.all(spec.legs.map((l) => readRange(l.device, l.offsetSectors * 512, 2 * half)));
+    expect(legs[0]!.equals(legs[1]!)).toBe(true);
+    expect(await checkAcked(uri(2), 0, writers[0]!.acked, writers[0]!.block, 21)).toBeGreaterThan(0);
+    expect(await checkAcked(uri(1), half, writers[1]!.acked, writers[1]!.block, 22)).toBeGreaterThan(0);
+  }, 150_000);
 });
