@@ -37,6 +37,7 @@ import {
 import { RegionHash, type RegionStateName } from './regions.js';
 import { Resync, type ResyncHost, type ResyncProgress } from './resync.js';
 import { systemScheduler, type Scheduler } from './scheduler.js';
+import { WriteOrder } from './write-order.js';
 
 export type { MirrorOptions } from './options.js';
 
@@ -172,6 +173,8 @@ export class MirrorExport implements Export {
   private readonly releaseParked = (parked: Piece[]): void => {
     for (const p of parked) this.classify(p);
   };
+  /** Overlapping write pieces reach the legs one after another (write-order.ts: legs never diverge). */
+  private readonly writeOrder = new WriteOrder<Piece>((p) => this.dispatchAdmitted(p));
 
   constructor(opts: MirrorOptions) {
     // Validate at the edge (the table parser already did; these guard programmatic callers).
@@ -405,8 +408,13 @@ export class MirrorExport implements Export {
     }
   }
 
-  /** dm do_write: in-sync regions to every healthy leg, others to the default leg only. */
+  /** Issue now, or once the overlapping pieces before it completed on every leg (write-order.ts). */
   private dispatch(p: Piece): void {
+    if (this.writeOrder.admit(p)) this.dispatchAdmitted(p);
+  }
+
+  /** dm do_write: in-sync regions to every healthy leg, others to the default leg only. */
+  private dispatchAdmitted(p: Piece): void {
     const inSync = this.log.inSync(p.region);
     const legCount = this.legs.length;
     if (!inSync) {
@@ -503,6 +511,7 @@ export class MirrorExport implements Export {
     this.pieceCountedOut();
     if (this.regions.idleDirtyCount() > 0) this.armCleanTimer();
     if (--req.piecesLeft === 0) this.requestDone(req);
+    this.writeOrder.done(p);
   }
 
   private requestDone(req: Request): void {
