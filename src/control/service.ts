@@ -44,6 +44,8 @@ export interface Service {
   readonly exports: readonly OpenedExport[];
   readonly defaultExportName: string;
   readonly listening: readonly ListenAddress[];
+  /** Client connections in transmission with the export `name`. */
+  openCount(name: string): number;
   /** Idempotent; resolves when everything is closed; rejects with the first close error. */
   close(): Promise<void>;
 }
@@ -111,6 +113,7 @@ export async function startService(opts: ServiceOptions): Promise<Service> {
     exports: opened,
     defaultExportName: opts.plan.defaultExportName,
     listening,
+    openCount: (name) => server.openCount(name),
     close: () => {
       closing ??= (async () => {
         let first: unknown;

@@ -158,7 +158,7 @@ export class Volume extends EventEmitter {
   private eventCounter = 0;
   private readonly ops = new OpQueue();
   private closed = false;
-  /** Set by the server glue when it can count connections per export. */
+  /** Set by Volumes.setOpenCounter: connections using this volume. */
   openCountFn: (() => number) | undefined;
 
   private constructor(
@@ -544,9 +544,19 @@ export class Volumes extends EventEmitter {
   /** Messages the server itself answers whatever the volume (e.g. reload-tls, set by serve). */
   readonly serverMessages = new Map<string, (argv: readonly string[]) => Promise<string>>();
 
+  private openCounter: ((name: string) => number) | undefined;
+
+  /** The NBD server's per-export connection count, for `info`'s Open count (set by serve). */
+  setOpenCounter(count: (name: string) => number): void {
+    this.openCounter = count;
+    for (const v of this.byName.values()) v.openCountFn = () => count(v.name);
+  }
+
   add(v: Volume): void {
     assert.ok(!this.byName.has(v.name), `duplicate volume ${v.name}`);
     this.byName.set(v.name, v);
+    const count = this.openCounter;
+    if (count !== undefined) v.openCountFn = () => count(v.name);
     v.on('event', (ev: VolumeEvent) => this.emit('event', ev));
   }
 

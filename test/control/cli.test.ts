@@ -5,6 +5,7 @@ import { spawn } from 'node:child_process';
 import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { NbdClient } from '../../src/nbd/client/client.js';
 import { useTempDir } from '../helpers/e2e.js';
 import { run } from '../helpers/run.js';
 import { CLI_PATH } from '../helpers/server.js';
@@ -50,6 +51,18 @@ describe('formats', () => {
     expect(info.stdout).toMatch(/^Name: {14}vol\nState: {13}ACTIVE\nTables present: {4}LIVE\n/);
     expect(info.stdout).toMatch(/\nEvent number: {6}\d+\n/);
     expect(info.stdout).toMatch(/\nNumber of targets: 1\n/);
+    // Open count: NBD connections in transmission with this export, as dmsetup counts openers.
+    expect(info.stdout).toMatch(/\nOpen count: {8}0\n/);
+    const clients = [await NbdClient.connect(c.server.uri('vol')), await NbdClient.connect(c.server.uri('vol'))];
+    try {
+      expect((await c.info('vol')).openCount).toBe(2);
+      expect((await c.ctl('info', 'vol')).stdout).toMatch(/\nOpen count: {8}2\n/);
+      await clients.pop()!.close();
+      await waitFor('open count back to 1 after a DISC', async () => (await c.info('vol')).openCount === 1);
+    } finally {
+      for (const cl of clients) await cl.close();
+    }
+    await waitFor('open count back to 0', async () => (await c.info('vol')).openCount === 0);
 
     const j = await c.json<{ name: string; state: string; tablesPresent: { live: boolean; inactive: boolean }; legs: { health: string }[] }>('info', 'vol');
     expect(j.name).toBe('vol');

@@ -14,6 +14,8 @@ import { Transmission, type TransmissionStats } from './transmission.js';
 
 export class Connection {
   private transmission: Transmission | null = null;
+  /** The export this connection is in transmission with (resolved name); null during the handshake. */
+  exportName: string | null = null;
   private closing = false;
   /** Resolves when the socket is closed and no request is in flight. */
   readonly done: Promise<void>;
@@ -117,6 +119,7 @@ export class Connection {
       this.destroy();
     });
     this.transmission = t;
+    this.exportName = result.negotiated.exportName;
     this.socket.once('close', () => t.closedBySocket());
     this.socket.once('end', () => t.inputEnd());
     if (!upgraded) this.readController?.lendTo(t);

@@ -88,6 +88,13 @@ export class NbdServer {
     return { connections: this.connections.size, transmissions };
   }
 
+  /** Connections in transmission with the export `name` (dmsetup info's "Open count"). */
+  openCount(name: string): number {
+    let n = 0;
+    for (const c of this.connections) if (c.exportName === name) n++;
+    return n;
+  }
+
   async close(): Promise<void> {
     this.shuttingDown = true;
     const closing = this.listeners.map((srv) => new Promise<void>((resolve) => srv.close(() => resolve())));

@@ -83,6 +83,7 @@ async function serve(flags: ServeFlags): Promise<void> {
   const dashboard = ServeDashboard.fromFlags(flags, log);
   const service = await startService({ plan, listen, readOnly: flags.readOnly, log, openExport: dashboard.meter(control.openExport), server: serverOptions });
   // Re-read TLS keys on SIGHUP and `nbd-mirror message NAME reload-tls`; connected clients keep their sessions.
+  control.volumes.setOpenCounter((name) => service.openCount(name));
   control.volumes.serverMessages.set('reload-tls', async () => reloadTls(serverOptions.tls, log));
   process.on('SIGHUP', () => {
     try {
