@@ -11,7 +11,7 @@ import { PoolError } from './errors.js';
 import { locate, locatePool, volumeRef, type LocateFlags } from './locate.js';
 import { checkMetadata, extentOffsetBytes, parseMetadata, type ExtentRun, type PoolMetadata, type PoolVolume, type LogKind } from './metadata.js';
 import * as ops from './ops.js';
-import { diskLogState, serverState, type VolumeState } from './status.js';
+import { diskLogState, serverState, servesVolume, type VolumeState } from './status.js';
 import type { MetadataLock } from '../cluster/metadata-lock.js';
 import { commit, expandDevicePaths, scanDevice, type CommitPlan, type DeviceScan, type LoadedPool } from './store.js';
 import { announceCommitted, heldClusterLock, LOCK_MODE_ENV, takeClusterLock } from './cluster-lock.js';
@@ -143,7 +143,7 @@ async function settle(pool: LoadedPool, flags: ControlFlag): Promise<LoadedPool>
   // (With NBD_MIRROR_POOL_LOCK=local there is no group: the local server decides, as in a plain pool.)
   const viaGroup = pool.md.clustered && heldClusterLock() !== undefined;
   const c = viaGroup ? null : controlClient(flags);
-  const served = viaGroup || c === null ? null : await serverState(c, pool.md, pool.paths, pending.volume).catch(() => null);
+  const served = viaGroup || c === null ? null : (await servesVolume(c, pool.md, pool.paths, pending.volume)) || null;
   const md = served !== null ? withoutPending(pool.md, pool.md.volumes.map((v) => (v.name === pending.volume.name ? pending.volume : v))) : withoutPending(pool.md);
   await commitChange(pool, md, {}, [pending.volume.name]);
   return { ...pool, md };
@@ -277,8 +277,7 @@ async function refuseServed(pool: LoadedPool, volumes: readonly PoolVolume[], fl
   const c = controlClient(flags);
   if (c === null) return;
   for (const v of volumes) {
-    const s = await serverState(c, pool.md, pool.paths, v).catch(() => null);
-    if (s !== null) throw new PoolError('EBUSY', `${what}: volume ${v.name} is being served (control socket ${c.target.kind === 'unix' ? c.target.path : 'tcp'}); stop serving it first`);
+    if (await servesVolume(c, pool.md, pool.paths, v)) throw new PoolError('EBUSY', `${what}: volume ${v.name} is being served (control socket ${c.target.kind === 'unix' ? c.target.path : 'tcp'}); stop serving it first`);
   }
 }
 
@@ -325,7 +324,7 @@ export async function volumeResize(ref: string, poolFlag: string | undefined, si
   const base = withPaths(pool.md, pool.paths);
   const out = ops.resizeVolume(base, r.volume, sizeBytes);
   const c = controlClient(flags);
-  const served = c === null ? null : await serverState(c, pool.md, pool.paths, current).catch(() => null);
+  const served = c === null ? null : (await servesVolume(c, pool.md, pool.paths, current)) || null;
   if (pool.md.clustered && current.legs.length > 1 && (served !== null || (heldClusterLock()?.members().length ?? 1) > 1)) {
     throw new PoolError(
       'EBUSY',
@@ -346,7 +345,7 @@ export async function volumeConvert(ref: string, poolFlag: string | undefined, m
   const pool = await openForChange(flags, r.pool, `convert ${r.pool}/${r.volume} --mirrors ${mirrors}`);
   const current = ops.findVolume(pool.md, r.volume);
   const c = controlClient(flags);
-  const served = c === null ? null : await serverState(c, pool.md, pool.paths, current).catch(() => null);
+  const served = c === null ? null : (await servesVolume(c, pool.md, pool.paths, current)) || null;
   const base = withPaths(pool.md, pool.paths);
   const { md, volume } = ops.convertMirrors(base, r.volume, mirrors, o);
   await wipeNewLogRun(md, pool.paths, current, volume);
@@ -597,7 +596,7 @@ async function finishLegMove(pool: LoadedPool, c: ControlClient | null, cur: Poo
   const m = v.moving!;
   const { moving: _m, ...rest } = v;
   const fin: PoolVolume = { ...rest, legs: v.legs.filter((l) => !sameRun(l, m.to)).map((l) => (sameRun(l, m.from) ? m.to : l)), log: m.log, nosync: m.nosync };
-  const served = c === null ? null : await serverState(c, cur, pool.paths, v).catch(() => null);
+  const served = c === null ? null : (await servesVolume(c, cur, pool.paths, v)) || null;
   if (served === null || c === null) {
     refuseCopyWhileClustered(cur, name);
     const bytes = await copyRun(cur, pool.paths, m.from, m.to);
@@ -640,7 +639,7 @@ export async function poolMove(name: string, dev: string, to: string | undefined
   const { md: target, moves } = ops.moveDevice(cur, fromUuid, toUuid);
   for (const vname of [...new Set(moves.map((m) => m.volume))]) {
     const v = ops.findVolume(cur, vname);
-    const served = c === null ? null : await serverState(c, cur, pool.paths, v).catch(() => null);
+    const served = c === null ? null : (await servesVolume(c, cur, pool.paths, v)) || null;
     if (served === null || c === null) {
       refuseCopyWhileClustered(cur, vname);
       for (const m of moves.filter((x) => x.volume === vname)) bytes += await copyRun(cur, pool.paths, m.from, m.to);

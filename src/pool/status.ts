@@ -61,6 +61,26 @@ function sameLegs(a: TableSpec, b: TableSpec): boolean {
   return JSON.stringify(legs(a)) === JSON.stringify(legs(b));
 }
 
+/**
+ * Whether a running server serves `v` as the metadata describes it (same legs, same size), from its table
+ * alone. Unknown volume or unreachable server: false. (Decides online vs offline; status is not needed.)
+ */
+export async function servesVolume(client: ControlClient, md: PoolMetadata, paths: ReadonlyMap<string, string>, v: PoolVolume): Promise<boolean> {
+  let table: { table: string };
+  try {
+    table = await client.get<{ table: string }>(`/v1/volumes/${encodeURIComponent(v.name)}/table`);
+  } catch {
+    return false;
+  }
+  try {
+    const served = parseTable(table.table);
+    const want = volumeTableSpec(md, paths, v);
+    return sameLegs(served, want) && served.lengthSectors === want.lengthSectors;
+  } catch {
+    return false;
+  }
+}
+
 /** What a running server says about `v`, or null when it does not serve it (or serves other legs or another size under its name). */
 export async function serverState(client: ControlClient, md: PoolMetadata, paths: ReadonlyMap<string, string>, v: PoolVolume): Promise<VolumeState | null> {
   let table: { table: string };
