@@ -98,15 +98,21 @@ describe.skipIf(!haveTools)('verify', () => {
     try {
       await sleep(500);
       const seen: Record<string, unknown>[] = [];
-      const ws = await api.events('vol', (ev) => seen.push(ev));
+      // The second verify is sent straight through the API (no process start) the moment the first one's
+      // verify-start arrives, so it meets the first run still going even on a fast or loaded machine.
+      let second: Promise<{ code: string; message: string } | null> | undefined;
+      const ws = await api.events('vol', (ev) => {
+        seen.push(ev);
+        if (ev.kind === 'verify-start' && second === undefined) {
+          second = api.post('/v1/volumes/vol/verify', {}).then(
+            () => null,
+            (e: unknown) => e as { code: string; message: string },
+          );
+        }
+      });
       const first = c.ctl('verify', 'vol', '--json');
-      await waitFor('verify-start on the event stream', async () => seen.some((e) => e.kind === 'verify-start'));
-      // Straight through the API (no process start): the first run is still going.
-      const second = await api.post('/v1/volumes/vol/verify', {}).then(
-        () => null,
-        (e: unknown) => e as { code: string; message: string },
-      );
-      expect(second).toMatchObject({ code: 'EBUSY', message: 'a verify of "vol" is already running' });
+      await waitFor('verify-start on the event stream', async () => second !== undefined);
+      expect(await second).toMatchObject({ code: 'EBUSY', message: 'a verify of "vol" is already running' });
       const r = await first;
       expect(r.code, r.stderr).toBe(0);
       const result = JSON.parse(r.stdout) as { mismatchedRegions: number[]; regionsChecked: number; regionsSkipped: number };
