@@ -410,7 +410,9 @@ export class MirrorExport implements Export {
 
   /** Issue now, or once the overlapping pieces before it completed on every leg (write-order.ts). */
   private dispatch(p: Piece): void {
-    if (this.writeOrder.admit(p)) this.dispatchAdmitted(p);
+    if (!this.writeOrder.admit(p)) return;
+    this.dispatchAdmitted(p);
+    this.writeOrder.issued(p);
   }
 
   /** dm do_write: in-sync regions to every healthy leg, others to the default leg only. */

@@ -20,7 +20,8 @@ interface Op {
 const overlap = (a: Op, b: Op) =>
   a.region === b.region && a.offsetBytes < b.offsetBytes + b.lengthBytes && b.offsetBytes < a.offsetBytes + a.lengthBytes;
 
-type Cmd = { kind: 'admit'; region: number; offsetBytes: number; lengthBytes: number; sync: boolean } | { kind: 'done'; pick: number };
+type Admit = { kind: 'admit'; region: number; offsetBytes: number; lengthBytes: number; sync: boolean; nested: boolean };
+type Cmd = Admit | { kind: 'done'; pick: number };
 
 // Small ranges in two regions, so pieces overlap in chains (a waits on b waits on c) often.
 const cmdArb: fc.Arbitrary<Cmd> = fc.oneof(
@@ -32,6 +33,8 @@ const cmdArb: fc.Arbitrary<Cmd> = fc.oneof(
       offsetBytes: fc.integer({ min: 0, max: 9 }),
       lengthBytes: fc.integer({ min: 1, max: 5 }),
       sync: fc.integer({ min: 0, max: 3 }).map((v) => v === 0), // a quarter complete on the starting stack
+      // The next admission happens while this piece is being issued (before issued()): reentrancy.
+      nested: fc.integer({ min: 0, max: 4 }).map((v) => v === 0),
     }),
   },
   { weight: 2, arbitrary: fc.record({ kind: fc.constant('done' as const), pick: fc.nat() }) },
@@ -62,16 +65,31 @@ describe('WriteOrder', () => {
           markStarted(o);
           if (o.sync) complete(o);
         });
-        for (const c of cmds) {
+        const admit = (c: Admit, whileIssuing: (() => void) | null) => {
+          const o: Op = { id: ops.length, region: c.region, offsetBytes: c.offsetBytes, lengthBytes: c.lengthBytes, sync: c.sync, started: false, done: false };
+          ops.push(o);
+          let blocked = false;
+          for (const e of ops) if (e.id < o.id && overlap(e, o) && !e.done) blocked = true;
+          const admitted = wo.admit(o);
+          if (admitted === blocked) throw new Error(`piece ${o.id}: admitted=${admitted}, blocked=${blocked}`); // nothing unfinished before it: never waits
+          if (admitted) {
+            markStarted(o);
+            if (o.sync) complete(o);
+            whileIssuing?.();
+            wo.issued(o);
+          } else {
+            whileIssuing?.();
+          }
+        };
+        for (let i = 0; i < cmds.length; i++) {
+          const c = cmds[i]!;
           if (c.kind === 'admit') {
-            const o: Op = { id: ops.length, region: c.region, offsetBytes: c.offsetBytes, lengthBytes: c.lengthBytes, sync: c.sync, started: false, done: false };
-            ops.push(o);
-            const blocked = ops.some((e) => e.id < o.id && overlap(e, o) && !e.done);
-            const admitted = wo.admit(o);
-            expect(admitted).toBe(!blocked); // a piece overlapping nothing unfinished never waits
-            if (admitted) {
-              markStarted(o);
-              if (o.sync) complete(o);
+            const next = cmds[i + 1];
+            if (c.nested && next?.kind === 'admit') {
+              i++;
+              admit(c, () => admit(next, null));
+            } else {
+              admit(c, null);
             }
           } else {
             const r = running();
@@ -108,7 +126,12 @@ describe('WriteOrder', () => {
     const e = mk('e', 4, 4);
     const y = mk('y', 2, 4); // waits on a and e
     const x = mk('x', 5, 3); // waits on e and y
-    expect([wo.admit(a), wo.admit(e), wo.admit(y), wo.admit(x)]).toEqual([true, true, false, false]);
+    const admit = (o: typeof a) => {
+      const ok = wo.admit(o);
+      if (ok) wo.issued(o);
+      return ok;
+    };
+    expect([admit(a), admit(e), admit(y), admit(x)]).toEqual([true, true, false, false]);
     wo.done(e);
     expect(started).toEqual([]); // y still waits on a; x must not overtake y
     wo.done(a);
@@ -127,6 +150,7 @@ describe('WriteOrder', () => {
     const ops: Op[] = [];
     for (let i = 0; i < N; i++) ops.push({ id: i, region: 7, offsetBytes: 0, lengthBytes: 4096, sync: true, started: false, done: false });
     expect(wo.admit(ops[0]!)).toBe(true);
+    wo.issued(ops[0]!);
     let admitted = 0;
     for (let i = 1; i < N; i++) if (wo.admit(ops[i]!)) admitted++;
     expect(admitted).toBe(0);
@@ -144,9 +168,10 @@ describe('WriteOrder', () => {
     const a = mk(0, 0, 0, 4096);
     const b = mk(1, 1, 0, 4096);
     const c = mk(2, 0, 4096, 4096);
-    expect(wo.admit(a)).toBe(true);
-    expect(wo.admit(b)).toBe(true);
-    expect(wo.admit(c)).toBe(true);
+    for (const o of [a, b, c]) {
+      expect(wo.admit(o)).toBe(true);
+      wo.issued(o);
+    }
     expect(wo.inFlight).toBe(3);
     wo.done(b);
     wo.done(a);
@@ -159,6 +184,7 @@ describe('WriteOrder', () => {
     const a: Op = { id: 0, region: 0, offsetBytes: 0, lengthBytes: 1, sync: false, started: false, done: false };
     expect(() => wo.done(a)).toThrow(/nothing in flight/);
     wo.admit(a);
+    wo.issued(a);
     expect(() => wo.done({ ...a })).toThrow(/not in flight/);
   });
 });
