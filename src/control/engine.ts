@@ -22,6 +22,8 @@ export const REPAIR_HEALTH: ReadonlySet<string> = new Set(['D', 'F', 'U']);
 export interface LegState {
   readonly device: string;
   readonly health: string;
+  /** Mirror only: reads of regions not in sync come from this leg (none is while the primary is lost out of sync). */
+  readonly isDefault?: boolean;
 }
 
 export interface InPlaceReload {
@@ -74,7 +76,7 @@ function mirrorEngine(m: MirrorExport): Engine {
   return {
     kind: 'mirror',
     statusParams: () => m.statusLine(),
-    legs: () => m.status().legs.map((l) => ({ device: l.device, health: l.health })),
+    legs: () => m.status().legs.map((l) => ({ device: l.device, health: l.health, isDefault: l.isDefault })),
     heldWriteCount: () => m.status().heldWrites,
     suspend: (noflush) => m.suspend({ noflush }),
     resume: () => m.resume(),

@@ -56,13 +56,33 @@ export interface RepairResult {
 export function planRepair(
   spec: TableSpec,
   legs: readonly LegState[],
-  opts: { readonly policy: 'remove' | 'allocate'; readonly spares: readonly string[]; readonly failed?: ReadonlySet<string> },
+  opts: {
+    readonly policy: 'remove' | 'allocate';
+    readonly spares: readonly string[];
+    readonly failed?: ReadonlySet<string>;
+    /** Accept losing the regions that only a lost primary held (see below). */
+    readonly force?: boolean;
+  },
 ): RepairPlan | null {
   if (spec.kind !== 'mirror') return null;
   const failedDevices = new Set<string>(opts.failed ?? []);
   for (const l of legs) if (REPAIR_HEALTH.has(l.health)) failedDevices.add(l.device);
   const failed = spec.legs.filter((l) => failedDevices.has(l.device));
   if (failed.length === 0) return null;
+  // The primary was lost while the mirror was out of sync: the engine has no default leg, and the regions
+  // not yet in sync exist only on the failed leg (their reads fail). Dropping it would make the survivors
+  // (and a spare resynced from them) serve stale data for those regions, silently. dm and LVM would; we
+  // refuse unless told to accept the loss.
+  const engineKnowsDefault = legs.some((l) => l.isDefault !== undefined);
+  if (engineKnowsDefault && !legs.some((l) => l.isDefault === true) && opts.force !== true) {
+    throw new ControlError(
+      'EBUSY',
+      `repair: the default leg failed while the mirror was out of sync; the regions not yet in sync exist only on ` +
+        `${failed.map((l) => l.device).join(', ')}, so dropping it would serve stale data for them. Bring the leg back ` +
+        `(reload the same table once it works: it becomes the resync source again), or accept losing those regions ` +
+        `with \`repair --force\``,
+    );
+  }
   const survivors = spec.legs.filter((l) => !failedDevices.has(l.device));
   if (survivors.length === 0) {
     throw new ControlError('EIO', `repair: every leg of the mirror failed (${failed.map((l) => l.device).join(', ')}); nothing to keep`);
@@ -100,13 +120,19 @@ export function planRepair(
  */
 export async function repairVolume(
   v: Volume,
-  opts: { readonly spares: readonly string[]; readonly policy?: 'remove' | 'allocate'; readonly trigger: string; readonly failed?: ReadonlySet<string> },
+  opts: {
+    readonly spares: readonly string[];
+    readonly policy?: 'remove' | 'allocate';
+    readonly trigger: string;
+    readonly failed?: ReadonlySet<string>;
+    readonly force?: boolean;
+  },
 ): Promise<RepairResult> {
   for (const s of opts.spares) {
     if (typeof s !== 'string' || s.trim().length === 0) throw new ControlError('EINVAL', 'repair: empty spare device name');
   }
   const policy = opts.policy ?? (opts.spares.length > 0 ? 'allocate' : 'remove');
-  const plan = planRepair(v.liveSpec, v.legs(), { policy, spares: opts.spares, ...(opts.failed ? { failed: opts.failed } : {}) });
+  const plan = planRepair(v.liveSpec, v.legs(), { policy, spares: opts.spares, force: opts.force === true, ...(opts.failed ? { failed: opts.failed } : {}) });
   if (plan === null) {
     const reason = v.liveSpec.kind === 'mirror' ? 'no failed leg: nothing to repair' : `a ${v.liveSpec.kind} target has no legs to repair`;
     v.record('repair-skipped', { trigger: opts.trigger, reason }, false);

@@ -16,7 +16,7 @@
 //   POST /v1/volumes/NAME/reload   {table}             -> {name, table}
 //   POST /v1/volumes/NAME/clear                        -> {name}
 //   POST /v1/volumes/NAME/message  {argv: [..]}        -> {name, answer}
-//   POST /v1/volumes/NAME/repair   {spares?: [..]}     -> RepairResult
+//   POST /v1/volumes/NAME/repair   {spares?: [..], force?} -> RepairResult
 //   POST /v1/volumes/NAME/verify   {repair?}           -> VolumeVerifyResult, when the run ends (verify.ts:
 //        progress as verify-* events on the stream; EBUSY if one runs; EINVAL on a linear volume;
 //        closing the request cancels the run)
@@ -233,7 +233,8 @@ export class ControlServer {
         if (!Array.isArray(spares) || !spares.every((a) => typeof a === 'string')) {
           throw new ControlError('EINVAL', 'repair: "spares" must be an array of device strings');
         }
-        const r = await repairVolume(v, { spares: spares as string[], trigger: 'manual' });
+        if (body.force !== undefined && typeof body.force !== 'boolean') throw new ControlError('EINVAL', 'repair: "force" must be a boolean');
+        const r = await repairVolume(v, { spares: spares as string[], trigger: 'manual', force: body.force === true });
         send(res, 200, { name, ...r });
         return;
       }

@@ -2,7 +2,7 @@
 // (nbdkit error filter over a delay filter) holds the data; leg b starts empty and is being resynced
 // (slowed, then frozen part-way). Once a fails: reads of regions not yet in sync fail with EIO (b's
 // zeros are never returned), regions in sync still read the right data from b, and fio verify on the
-// in-sync range passes.
+// in-sync range passes. `repair` refuses to drop a (and serve b's stale regions) unless --force.
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -79,6 +79,19 @@ describe.skipIf(!haveTools)('the default leg dies while out of sync', () => {
       expect(ok.slice(0, 2)).toEqual([first, first + 1]);
       const fio = await runFioVerify({ uri, dir: d, numJobs: 1, sliceBytes: 2 * REGION_BYTES, iodepth: 4, bs: '4k' });
       expect(fio.errors).toBe(0);
+
+      // Repair would drop the only copy of the unsynced regions and serve b's stale data: refused, with the
+      // reason, and nothing changed; `repair --force` accepts the loss (the table becomes linear on b).
+      const tableBefore = (await c.ctl('table', 'vol')).stdout;
+      const refused = await c.ctl('repair', 'vol');
+      expect(refused.code, refused.stdout + refused.stderr).not.toBe(0);
+      expect(refused.stderr).toMatch(/default leg failed while the mirror was out of sync/);
+      expect(refused.stderr).toContain('repair --force');
+      expect((await c.ctl('table', 'vol')).stdout).toBe(tableBefore);
+      expect(await readVia(uri, failed[0]! * REGION_BYTES, REGION_BYTES)).toBeInstanceOf(ExportError);
+      const forced = await c.ctl('repair', 'vol', '--force');
+      expect(forced.code, forced.stdout + forced.stderr).toBe(0);
+      expect((await c.ctl('table', 'vol')).stdout).toBe(`0 ${SECTORS} linear ${stale} 0\n`);
     } finally {
       await c.server.stop();
     }

@@ -57,4 +57,25 @@ describe('planRepair', () => {
     const old = parseTable('0 2048 mirror cluster 5 disk u1 /log 1024 block_on_error 3 /a 0 /b 0 /c 0');
     expect(planRepair(old, legs('AAD'), { policy: 'remove', spares: [] })!.line).toBe('0 2048 mirror cluster 5 disk u1 /log 1024 block_on_error 2 /a 0 /b 0');
   });
+  it('a default leg lost while out of sync (the engine has no default): refused naming why, unless forced', () => {
+    const withDefault = (h: string, def: number) => ['/a', '/b', '/c'].map((device, i) => ({ device, health: h[i]!, isDefault: i === def }));
+    // The primary failed in sync: /b became the default; removing /a is safe.
+    expect(planRepair(three, withDefault('DAA', 1), { policy: 'remove', spares: [] })!.removed).toEqual(['/a']);
+    // Out of sync: no default leg. Both remove and allocate (a spare resynced from stale legs) are refused.
+    for (const policy of ['remove', 'allocate'] as const) {
+      let err: unknown;
+      try {
+        planRepair(three, withDefault('DAA', -1), { policy, spares: ['/s1'] });
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(ControlError);
+      expect((err as ControlError).code).toBe('EBUSY');
+      expect((err as Error).message).toMatch(/default leg failed while the mirror was out of sync.*only on \/a.*stale data.*repair --force/);
+    }
+    const forced = planRepair(three, withDefault('DAA', -1), { policy: 'remove', spares: [], force: true })!;
+    expect(forced.removed).toEqual(['/a']);
+    // Health alone (no engine default known): unchanged behaviour.
+    expect(planRepair(three, legs('DAA'), { policy: 'remove', spares: [] })!.removed).toEqual(['/a']);
+  });
 });
