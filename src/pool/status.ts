@@ -16,6 +16,8 @@ import {
 import { parseTable, type TableSpec } from '../mirror/table.js';
 import type { ControlClient } from '../control/client.js';
 import { volumeTableSpec } from './tables.js';
+import { PoolError } from './errors.js';
+import { ControlError } from '../control/control-error.js';
 import type { PoolMetadata, PoolVolume } from './metadata.js';
 
 export interface VolumeState {
@@ -69,8 +71,11 @@ export async function servesVolume(client: ControlClient, md: PoolMetadata, path
   let table: { table: string };
   try {
     table = await client.get<{ table: string }>(`/v1/volumes/${encodeURIComponent(v.name)}/table`);
-  } catch {
-    return false;
+  } catch (e) {
+    // Only "no such volume" means not served; a server that did not answer may be serving it (an offline
+    // copy under a live server would lose writes), so that is an error, not a no.
+    if (e instanceof ControlError && e.code === 'ENOENT') return false;
+    throw new PoolError('EIO', `cannot tell whether ${v.name} is served (control socket ${client.describe()}): ${e instanceof Error ? e.message : String(e)}`);
   }
   try {
     const served = parseTable(table.table);
