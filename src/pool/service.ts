@@ -11,6 +11,7 @@ import { PoolError } from './errors.js';
 import { locate, locatePool, volumeRef, type LocateFlags } from './locate.js';
 import { checkMetadata, extentOffsetBytes, parseMetadata, type ExtentRun, type PoolMetadata, type PoolVolume, type LogKind } from './metadata.js';
 import * as ops from './ops.js';
+import { ControlError } from '../control/control-error.js';
 import { diskLogState, serverState, servesVolume, type VolumeState } from './status.js';
 import type { MetadataLock } from '../cluster/metadata-lock.js';
 import { commit, expandDevicePaths, scanDevice, type CommitPlan, type DeviceScan, type LoadedPool } from './store.js';
@@ -370,7 +371,11 @@ async function applyOnline(pool: LoadedPool, c: ControlClient | null, base: Pool
   await commit(pool, intent);
   crashPoint(`${step}after-intent`);
   const lock = heldClusterLock();
-  if (lock !== undefined) return applyClustered(pool, lock, intent, volume, finalVolumes, what, step);
+  if (lock !== undefined) {
+    const done = await applyClustered(pool, lock, intent, volume, finalVolumes, what, step);
+    if (c !== null) await localServerFollows(c, done, pool.paths, volume.name, what);
+    return done;
+  }
   if (c === null) throw new Error('applyOnline: no control socket');
   const table = volumeTable(intent, pool.paths, volume);
   const path = (op: string): string => `/v1/volumes/${encodeURIComponent(volume.name)}/${op}`;
@@ -416,6 +421,32 @@ async function applyClustered(pool: LoadedPool, lock: MetadataLock, intent: Pool
   await lock.finish(intent.seqno, true);
   await announceCommitted(done.seqno, [volume.name]);
   return done;
+}
+
+/** How long this node's server may take to resume on a committed table after FINISH went round the group. */
+const FOLLOW_TIMEOUT_MS = 20_000;
+
+/**
+ * In a clustered pool FINISH reaches this node's server through the group, so it resumes on the committed
+ * table a moment after the commit. The next step (e.g. a move's wait for the resync) must see that table:
+ * wait for it, unless the server does not have the volume at all.
+ */
+async function localServerFollows(c: ControlClient, done: PoolMetadata, paths: ReadonlyMap<string, string>, name: string, what: string): Promise<void> {
+  const v = ops.findVolume(done, name);
+  const started = Date.now();
+  for (;;) {
+    try {
+      await c.get(`/v1/volumes/${encodeURIComponent(name)}/table`);
+    } catch (e) {
+      if (e instanceof ControlError && e.code === 'ENOENT') return;
+      throw e;
+    }
+    if (await servesVolume(c, done, paths, v)) return;
+    if (Date.now() - started > FOLLOW_TIMEOUT_MS) {
+      throw new PoolError('EIO', `${what} ${name}: committed, but this node's server did not resume on the new table within ${FOLLOW_TIMEOUT_MS} ms; check its log, then run the command again`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
 }
 
 /** Test hook: NBD_MIRROR_POOL_CRASH_AT=<point> kills this process there with SIGKILL (a crash, no cleanup). */
