@@ -72,9 +72,11 @@ export async function servesVolume(client: ControlClient, md: PoolMetadata, path
   try {
     table = await client.get<{ table: string }>(`/v1/volumes/${encodeURIComponent(v.name)}/table`);
   } catch (e) {
-    // Only "no such volume" means not served; a server that did not answer may be serving it (an offline
-    // copy under a live server would lose writes), so that is an error, not a no.
+    // "No such volume" or no server at all means not served; a server that did not answer may be serving it
+    // (an offline copy under a live server would lose writes), so that is an error, not a no.
     if (e instanceof ControlError && e.code === 'ENOENT') return false;
+    // Nothing listens on the socket (no file, or nobody accepting): no server, so nothing is served there.
+    if (e instanceof ControlError && /cannot reach the control socket .*connect (ENOENT|ECONNREFUSED)/.test(e.message)) return false;
     throw new PoolError('EIO', `cannot tell whether ${v.name} is served (control socket ${client.describe()}): ${e instanceof Error ? e.message : String(e)}`);
   }
   try {

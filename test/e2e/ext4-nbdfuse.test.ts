@@ -48,7 +48,14 @@ async function detachAll(): Promise<void> {
   while (loops.length > 0) await run('losetup', ['-d', loops.pop()!], { allowFailure: true });
   while (fuses.length > 0) {
     const f = fuses.pop()!;
-    await run('fusermount3', ['-u', f.mountpoint], { allowFailure: true });
+    // A detached loop device lets go of the FUSE file a moment later (busy machine): retry the unmount,
+    // then unmount lazily, so no stale FUSE mount is left to block removing the temp dir.
+    let unmounted = false;
+    for (let i = 0; i < 25 && !unmounted; i++) {
+      unmounted = (await run('fusermount3', ['-u', f.mountpoint], { allowFailure: true })).code === 0;
+      if (!unmounted) await new Promise((r) => setTimeout(r, 200));
+    }
+    if (!unmounted) await run('fusermount3', ['-u', '-z', f.mountpoint], { allowFailure: true });
     if (f.child.exitCode === null) {
       const exited = new Promise((r) => f.child.once('exit', r));
       const timer = setTimeout(() => f.child.kill('SIGKILL'), 5000);
