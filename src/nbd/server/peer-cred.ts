@@ -5,10 +5,8 @@
 // the addon peerUid() returns undefined: uid: rules then match nobody (fail closed) and unix clients
 // are not counted per peer. peerCredAvailable() says which case we are in (serve logs it).
 
-import { createRequire } from 'node:module';
 import type { Socket } from 'node:net';
-import { fileURLToPath } from 'node:url';
-import { dirname, join } from 'node:path';
+import { loadOptionalAddon } from '../../native-addon.js';
 
 interface PeerCredAddon {
   peerCred(fd: number): { pid: number; uid: number; gid: number };
@@ -20,23 +18,7 @@ function load(): PeerCredAddon | null {
   if (addon !== undefined) return addon;
   addon = null;
   if (process.env.NBDM_NO_PEERCRED === '1') return addon;
-  const require = createRequire(import.meta.url);
-  const candidates: string[] = [];
-  if (process.env.NBDM_PEERCRED_ADDON !== undefined) candidates.push(process.env.NBDM_PEERCRED_ADDON);
-  // src/nbd/server, dist/nbd/server or a private build under .cache/e2e/<hash>/dist: walk up to the repository.
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 8; i++) {
-    candidates.push(join(dir, 'native', 'peercred', 'build', 'Release', 'nbdm_peercred.node'));
-    dir = dirname(dir);
-  }
-  for (const path of candidates) {
-    try {
-      addon = require(path) as PeerCredAddon;
-      break;
-    } catch {
-      // not built there; try the next location
-    }
-  }
+  addon = loadOptionalAddon<PeerCredAddon>(import.meta.url, ['peercred', 'build', 'Release', 'nbdm_peercred.node'], process.env.NBDM_PEERCRED_ADDON);
   return addon;
 }
 
