@@ -167,6 +167,42 @@ export function writer(uri: string, offsetBytes: number, lengthBytes: number, ta
   };
 }
 
+/**
+ * Arm a leg's fault while `ws` write through `nodes`, wait until every node's status shows leg `legIndex`
+ * no longer A (D on its own writes, or S when the failure hit the resync of a region another node's failed
+ * write put out of sync), then check that the writes are held, not failed: no writer saw an error, and none
+ * advanced past the write in flight at the failure. Returns the ms from arming to every node noticing.
+ */
+export async function failLegExpectHeld(
+  nodes: readonly Node[],
+  ws: readonly ReturnType<typeof writer>[],
+  arm: () => Promise<void>,
+  legIndex: number,
+  detectMs: number,
+): Promise<number> {
+  const tFail = now();
+  await arm();
+  await Promise.all(
+    nodes.map(async (n) => {
+      for (;;) {
+        const s = await n.status();
+        const t = s.raw.trim().split(/\s+/);
+        const health = t[6 + Number(t[3])]!;
+        if (health[legIndex] !== 'A') return;
+        if (now() - tFail > detectMs) throw new Error(`node ${n.n} did not fail the leg: ${s.raw}`);
+        await sleep(50);
+      }
+    }),
+  );
+  const detectedMs = now() - tFail;
+  const acksAtFailure = ws.map((w) => w.acked.length);
+  await sleep(500);
+  for (const w of ws) expect(w.error).toBeUndefined();
+  const held = ws.map((w, i) => w.acked.length - acksAtFailure[i]!);
+  expect(held.every((x) => x <= 1)).toBe(true);
+  return detectedMs;
+}
+
 /** Reads back every acked block (the last write of each block index) through uri. */
 export async function checkAcked(uri: string, offsetBytes: number, acked: number[], block: number, tag: number): Promise<number> {
   const c = await NbdClient.connect(uri);
