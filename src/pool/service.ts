@@ -11,8 +11,7 @@ import { PoolError } from './errors.js';
 import { locate, locatePool, volumeRef, type LocateFlags } from './locate.js';
 import { checkMetadata, extentOffsetBytes, parseMetadata, type ExtentRun, type PoolMetadata, type PoolVolume, type LogKind } from './metadata.js';
 import * as ops from './ops.js';
-import { ControlError } from '../control/control-error.js';
-import { diskLogState, serverState, servesVolume, type VolumeState } from './status.js';
+import { diskLogState, servedTableOf, serverState, servesVolume, tableIsVolume, type VolumeState } from './status.js';
 import type { MetadataLock } from '../cluster/metadata-lock.js';
 import { commit, expandDevicePaths, scanDevice, type CommitPlan, type DeviceScan, type LoadedPool } from './store.js';
 import { announceCommitted, heldClusterLock, LOCK_MODE_ENV, takeClusterLock } from './cluster-lock.js';
@@ -435,13 +434,8 @@ async function localServerFollows(c: ControlClient, done: PoolMetadata, paths: R
   const v = ops.findVolume(done, name);
   const started = Date.now();
   for (;;) {
-    try {
-      await c.get(`/v1/volumes/${encodeURIComponent(name)}/table`);
-    } catch (e) {
-      if (e instanceof ControlError && e.code === 'ENOENT') return;
-      throw e;
-    }
-    if (await servesVolume(c, done, paths, v)) return;
+    const table = await servedTableOf(c, name);
+    if (table === null || tableIsVolume(table, done, paths, v)) return;
     if (Date.now() - started > FOLLOW_TIMEOUT_MS) {
       throw new PoolError('EIO', `${what} ${name}: committed, but this node's server did not resume on the new table within ${FOLLOW_TIMEOUT_MS} ms; check its log, then run the command again`);
     }

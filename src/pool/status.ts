@@ -64,28 +64,39 @@ function sameLegs(a: TableSpec, b: TableSpec): boolean {
 }
 
 /**
- * Whether a running server serves `v` as the metadata describes it (same legs, same size), from its table
- * alone. Unknown volume or unreachable server: false. (Decides online vs offline; status is not needed.)
+ * The table a running server serves under `name`, or null when it has no such volume or nothing listens on
+ * the socket. A server that does not answer may be serving it (an offline copy under a live server would
+ * lose writes): that is an error, not a null.
  */
-export async function servesVolume(client: ControlClient, md: PoolMetadata, paths: ReadonlyMap<string, string>, v: PoolVolume): Promise<boolean> {
-  let table: { table: string };
+export async function servedTableOf(client: ControlClient, name: string): Promise<string | null> {
   try {
-    table = await client.get<{ table: string }>(`/v1/volumes/${encodeURIComponent(v.name)}/table`);
+    return (await client.get<{ table: string }>(`/v1/volumes/${encodeURIComponent(name)}/table`)).table;
   } catch (e) {
-    // "No such volume" or no server at all means not served; a server that did not answer may be serving it
-    // (an offline copy under a live server would lose writes), so that is an error, not a no.
-    if (e instanceof ControlError && e.code === 'ENOENT') return false;
+    if (e instanceof ControlError && e.code === 'ENOENT') return null;
     // Nothing listens on the socket (no file, or nobody accepting): no server, so nothing is served there.
-    if (e instanceof ControlError && /cannot reach the control socket .*connect (ENOENT|ECONNREFUSED)/.test(e.message)) return false;
-    throw new PoolError('EIO', `cannot tell whether ${v.name} is served (control socket ${client.describe()}): ${e instanceof Error ? e.message : String(e)}`);
+    if (e instanceof ControlError && /cannot reach the control socket .*connect (ENOENT|ECONNREFUSED)/.test(e.message)) return null;
+    throw new PoolError('EIO', `cannot tell whether ${name} is served (control socket ${client.describe()}): ${e instanceof Error ? e.message : String(e)}`);
   }
+}
+
+/** Whether `table` is `v` as the metadata describes it (same legs, same size). */
+export function tableIsVolume(table: string, md: PoolMetadata, paths: ReadonlyMap<string, string>, v: PoolVolume): boolean {
   try {
-    const served = parseTable(table.table);
+    const served = parseTable(table);
     const want = volumeTableSpec(md, paths, v);
     return sameLegs(served, want) && served.lengthSectors === want.lengthSectors;
   } catch {
     return false;
   }
+}
+
+/**
+ * Whether a running server serves `v` as the metadata describes it, from its table alone (decides online
+ * vs offline; status is not needed). Unknown volume or no server: false.
+ */
+export async function servesVolume(client: ControlClient, md: PoolMetadata, paths: ReadonlyMap<string, string>, v: PoolVolume): Promise<boolean> {
+  const table = await servedTableOf(client, v.name);
+  return table !== null && tableIsVolume(table, md, paths, v);
 }
 
 /** What a running server says about `v`, or null when it does not serve it (or serves other legs or another size under its name). */
