@@ -3,13 +3,12 @@
 // volume is repaired (one or two passes) down to a linear table on a. The workload — mkfs.ext4 on
 // nbdfuse + loop, mount, write files, umount — sees no error; fsck.ext4 -n is clean, the files read
 // back equal after a remount, and leg a's file on its own holds a clean filesystem.
-import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomFillSync } from 'node:crypto';
-import { existsSync } from 'node:fs';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { useTempDir } from '../helpers/e2e.js';
+import { checksums, FuseLoops } from '../helpers/fuse-loop.js';
 import { run } from '../helpers/run.js';
 import { createSparseFile, MiB, sectorsOf } from '../helpers/tmp.js';
 import { requireFuseAndLoop, requireTools } from '../helpers/tools.js';
@@ -19,55 +18,16 @@ import { sleep, startWithControl, waitFor } from './control-helpers.js';
 
 const SIZE = 64 * MiB;
 const SECTORS = sectorsOf(SIZE);
-const NBDFUSE_READY_MS = 10_000;
 const dir = useTempDir('faults-mkfs');
 const haveTools =
   requireTools('nbdkit', 'nbdfuse', 'fusermount3', 'losetup', 'mkfs.ext4', 'fsck.ext4', 'mount', 'umount') && requireFuseAndLoop();
 const nbdkits: FaultLeg[] = [];
-const mounted: string[] = [];
-const loops: string[] = [];
-const fuses: { mountpoint: string; child: ChildProcess }[] = [];
-
-async function attach(uri: string, where: string): Promise<string> {
-  await mkdir(where, { recursive: true });
-  const child = spawn('nbdfuse', [where, uri], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  child.stderr!.on('data', (c) => (stderr += c));
-  fuses.push({ mountpoint: where, child });
-  const file = join(where, 'nbd');
-  const deadline = Date.now() + NBDFUSE_READY_MS;
-  while (!existsSync(file)) {
-    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`nbdfuse did not expose ${file}: ${stderr}`);
-    await sleep(50);
-  }
-  const loop = (await run('losetup', ['-f', '--show', file])).stdout.trim();
-  loops.push(loop);
-  return loop;
-}
-
-/** Cleanup steps are bounded: a stuck device must fail the test, not hang it. */
-const CLEANUP_STEP_MS = 15_000;
-const quietly = (cmd: string, args: string[]) => run(cmd, args, { allowFailure: true, timeoutMs: CLEANUP_STEP_MS }).catch(() => undefined);
-
-async function detachAll(): Promise<void> {
-  while (mounted.length > 0) await quietly('umount', [mounted.pop()!]);
-  while (loops.length > 0) await quietly('losetup', ['-d', loops.pop()!]);
-  while (fuses.length > 0) {
-    const f = fuses.pop()!;
-    await quietly('fusermount3', ['-u', f.mountpoint]);
-    if (f.child.exitCode === null) {
-      const exited = new Promise((r) => f.child.once('exit', r));
-      const timer = setTimeout(() => f.child.kill('SIGKILL'), 5000);
-      await exited;
-      clearTimeout(timer);
-    }
-  }
-}
+const fl = new FuseLoops();
 
 // Registered after useTempDir's hook, so it runs first: unmount before the directory goes.
-afterAll(detachAll);
+afterAll(() => fl.detachAll());
 afterEach(async () => {
-  await detachAll();
+  await fl.detachAll();
   for (const n of nbdkits.splice(0)) await n.stop();
 });
 
@@ -87,7 +47,7 @@ describe.skipIf(!haveTools)('a 3-leg mirror loses 2 legs during mkfs', () => {
     let passed = false;
     const failedDevices = () => new Set(events.filter((e) => e.kind === 'leg-failed').map((e) => String((e.data as { device?: string } | undefined)?.device)));
     try {
-      const loop = await attach(c.server.uri('vol'), join(d, 'fuse'));
+      const loop = await fl.attach(c.server.uri('vol'), join(d, 'fuse'));
       // mkfs runs; b dies part-way, c dies once b's failure was seen (or mkfs ended).
       const mkfs = run('mkfs.ext4', ['-F', '-L', 'faults', loop], { allowFailure: true, timeoutMs: 30_000 });
       await sleep(150);
@@ -97,9 +57,7 @@ describe.skipIf(!haveTools)('a 3-leg mirror loses 2 legs during mkfs', () => {
       const made = await mkfs;
       expect(made.code, made.stdout + made.stderr).toBe(0);
       const mnt = join(d, 'mnt');
-      await mkdir(mnt);
-      await run('mount', [loop, mnt], { timeoutMs: 30_000 });
-      mounted.push(mnt);
+      await fl.mount(loop, mnt);
       const expected: Record<string, string> = {};
       for (let i = 0; i < 16; i++) {
         const data = randomFillSync(Buffer.alloc(((i * 37) % 11) * 50_000 + 4097));
@@ -107,7 +65,7 @@ describe.skipIf(!haveTools)('a 3-leg mirror loses 2 legs during mkfs', () => {
         expected[`f${i}`] = createHash('sha256').update(data).digest('hex');
       }
       await run('sync', [], { timeoutMs: 30_000 });
-      await run('umount', [mounted.pop()!], { timeoutMs: 30_000 });
+      await fl.umount();
       await waitFor('repair to linear', async () => (await c.status('vol')) === `0 ${SECTORS} linear\n`, 30_000);
       expect((await c.ctl('table', 'vol')).stdout).toBe(`0 ${SECTORS} linear ${a} 0\n`);
       const k = events.map((e) => e.kind);
@@ -116,17 +74,14 @@ describe.skipIf(!haveTools)('a 3-leg mirror loses 2 legs during mkfs', () => {
       expect((await c.info('vol')).heldWrites).toBe(0);
       const fsck = await run('fsck.ext4', ['-n', '-f', loop], { allowFailure: true });
       expect(fsck.code, fsck.stdout + fsck.stderr).toBe(0);
-      await run('mount', ['-o', 'ro', loop, mnt]);
-      mounted.push(mnt);
-      for (const [name, sum] of Object.entries(expected)) {
-        expect(createHash('sha256').update(await readFile(join(mnt, name))).digest('hex'), name).toBe(sum);
-      }
-      await detachAll();
+      await fl.mount(loop, mnt, ['-o', 'ro']);
+      expect(await checksums(mnt, Object.keys(expected))).toEqual(expected);
+      await fl.detachAll();
       passed = true;
     } finally {
       if (!passed) console.error('faults-mkfs events:', JSON.stringify(events.map((e) => [e.kind, e.data])), await c.status('vol').catch(String));
       ws.close();
-      await detachAll();
+      await fl.detachAll();
       await c.server.stop();
     }
     const direct = await run('fsck.ext4', ['-n', '-f', a], { allowFailure: true });
