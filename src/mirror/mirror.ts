@@ -608,6 +608,9 @@ export class MirrorExport implements Export {
         this.logFailed = true;
         this.emit('log-failed', { message: err.message });
       }),
+      log.onLegFailed?.((i, message) => {
+        if (i >= 0 && i < this.legs.length) this.failLeg(i, 'write', new Error(message));
+      }),
     ].filter((u): u is () => void => u !== undefined);
   }
 

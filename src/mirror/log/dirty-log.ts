@@ -77,6 +77,8 @@ export interface DirtyLog {
   onRegionsChanged?(fn: (regions: readonly number[] | 'all') => void): () => void;
   /** The log cannot go on (e.g. cluster transport lost); flush() will reject from now on. */
   onLost?(fn: (err: Error) => void): () => void;
+  /** Cluster logs: another node failed this leg (legDevices index); stop using it here too, as after a write error here. */
+  onLegFailed?(fn: (legIndex: number, message: string) => void): () => void;
 
   /** Per-leg states as last resumed/updated (legDevices order). */
   legStates(): readonly LegLogState[];
