@@ -19,6 +19,8 @@
 //   REPAIR 133           devices removed, then (optional) devices added   (cluster-wide repair: drop these legs,
 //                        add these spares), a device list being u32 count, count x (u32 bytes, UTF-8 name)
 //   LEGS 134             device list: the sender's data legs, table order (after each activation)
+//   LEG_FAILED 135       device list: legs the sender's mirror failed (every member stops using them;
+//                        each acknowledges with FLUSH_ACK flushSeq = this seq)
 
 export const ClusterLogRequest = {
   CTR: 1,
@@ -53,6 +55,8 @@ export const ClusterLogRequest = {
   REPAIR: 133,
   /** Not a dm request: the sender's mirror now runs on these data legs (a leg new to the log is resynced). */
   LEGS: 134,
+  /** Not a dm request: the sender's mirror failed these legs; every node stops using them (stale legs). */
+  LEG_FAILED: 135,
 } as const;
 
 /** A REPAIR names at most this many devices, each at most REPAIR_DEVICE_BYTES_MAX bytes. */
@@ -87,6 +91,7 @@ export type ClusterLogMessage =
   | { type: typeof ClusterLogRequest.DISK_DONE; seq: number; markSeq: number }
   | { type: typeof ClusterLogRequest.REPAIR; seq: number; removed: string[]; added: string[] }
   | { type: typeof ClusterLogRequest.LEGS; seq: number; devices: string[] }
+  | { type: typeof ClusterLogRequest.LEG_FAILED; seq: number; devices: string[] }
   | {
       type: typeof ClusterLogRequest.CHECKPOINT;
       seq: number;
@@ -152,6 +157,9 @@ export function encodeMessage(m: ClusterLogMessage): Buffer {
       break;
     case ClusterLogRequest.LEGS:
       body = encodeDevices(m.devices, 'LEGS');
+      break;
+    case ClusterLogRequest.LEG_FAILED:
+      body = encodeDevices(m.devices, 'LEG_FAILED');
       break;
     case ClusterLogRequest.SET_REGION_SYNC:
       body = Buffer.alloc(5);
@@ -287,6 +295,11 @@ export function decodeMessage(b: Buffer, regionCount: number): ClusterLogMessage
     case ClusterLogRequest.LEGS: {
       const devices = r.devices('LEGS');
       r.end('LEGS');
+      return { type, seq, devices };
+    }
+    case ClusterLogRequest.LEG_FAILED: {
+      const devices = r.devices('LEG_FAILED');
+      r.end('LEG_FAILED');
       return { type, seq, devices };
     }
     case ClusterLogRequest.DISK_DONE: {

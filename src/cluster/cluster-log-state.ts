@@ -17,6 +17,15 @@
 // set in sync) while a node that has not reloaded yet could still write that region without it; writes to
 // the out-of-sync regions wait meanwhile, as with a cluster-wide suspend. A sync result counts only from
 // the member holding the region's recovery claim (a stale copy's result is ignored).
+//
+// Stale legs (beyond dm, as the single-node disk log keeps them): `staleLegs` names the legs that are not
+// up to date cluster-wide: 'failed' (missed writes: a node failed it, LEG_FAILED; every node stops using it
+// and it stays failed while the group lives) or 'catching' (new, or back after a whole-cluster restart:
+// every region was set out of sync for it once and every node writes it, so a region in sync is valid on it;
+// it becomes up to date once every region is in sync while all members run on it). A stale leg is never a
+// resync source. The first LEGS of a fresh state decides from `legSeed` (the clustered-disk log's per-leg
+// records, read at a whole-cluster start): a leg recorded failed, or never recorded, sets every region out of
+// sync and catches up; with no records leg 0 is the source and the others catch up unless all is in sync.
 import { Bitmap } from '../mirror/log/bitmap.js';
 import { ClusterLogCodecError, type CheckpointTarget } from './cluster-log-codec.js';
 import type { ConfigChange, Member } from './transport.js';
@@ -27,6 +36,17 @@ export const memberKey = (m: Member): string => `${m.nodeId}:${m.pid}`;
 export function compareMembers(a: Member, b: Member): number {
   return a.nodeId - b.nodeId || a.pid - b.pid;
 }
+
+/** A leg that is not up to date cluster-wide (see the header). */
+export type StaleLegState = 'failed' | 'catching';
+/** A leg as the clustered-disk log records it (disk.ts flags): up to date, catching up, or stale. */
+export type RecordedLegState = 'current' | StaleLegState;
+/**
+ * How the first LEGS of a fresh state decides the stale legs: 'records' (the log device's per-leg records of
+ * the announced devices; a device without a record is stale), 'equal' (every leg holds the data: nosync, or a
+ * log written without records), 'first' (leg 0 is the source; the others catch up unless all is in sync).
+ */
+export type LegSeed = { mode: 'records'; legs: Array<[string, RecordedLegState]> } | { mode: 'equal' } | { mode: 'first' };
 
 export interface Recovery {
   region: number;
@@ -70,6 +90,12 @@ export class ReplicatedLogState {
   readonly legsByMember = new Map<string, string[]>();
   /** Devices whose data the log covers: named by some member before (a new name resyncs everything). */
   readonly knownLegs = new Set<string>();
+  /** Devices not up to date cluster-wide (never a resync source). */
+  readonly staleLegs = new Map<string, StaleLegState>();
+  /** What the first LEGS uses to decide the stale legs (fresh states only). */
+  legSeed: LegSeed = { mode: 'first' };
+  /** The first LEGS was applied (legSeed consumed). */
+  legsSeeded = false;
 
   constructor(readonly regionCount: number) {
     this.sync = new Bitmap(regionCount);
@@ -108,19 +134,90 @@ export class ReplicatedLogState {
    * (and the recovery claim in progress, if any, released: see `released`).
    */
   applyLegs(key: string, devices: readonly string[]): { invalidated: boolean; released: Recovery | null } {
-    const first = this.knownLegs.size === 0;
     this.legsByMember.set(key, [...devices]);
+    if (!this.legsSeeded) {
+      this.legsSeeded = true;
+      const invalidate = this.seedLegs(devices);
+      for (const d of devices) this.knownLegs.add(d);
+      this.pruneKnownLegs();
+      return invalidate ? { invalidated: true, released: this.invalidate() } : { invalidated: false, released: null };
+    }
     const fresh = devices.filter((d) => !this.knownLegs.has(d));
-    for (const d of fresh) this.knownLegs.add(d);
+    for (const d of fresh) {
+      this.knownLegs.add(d);
+      this.staleLegs.set(d, 'catching'); // holds none of the data: every region goes out of sync for it below
+    }
     this.pruneKnownLegs();
-    if (fresh.length === 0 || first) return { invalidated: false, released: null };
+    if (fresh.length === 0) {
+      this.settleCaughtUp();
+      return { invalidated: false, released: null };
+    }
+    return { invalidated: true, released: this.invalidate() };
+  }
+
+  /** First LEGS of a fresh state: stale legs from legSeed. True when every region must go out of sync. */
+  private seedLegs(devices: readonly string[]): boolean {
+    const seed = this.legSeed;
+    this.legSeed = { mode: 'first' };
+    if (seed.mode === 'equal') return false;
+    if (seed.mode === 'first') {
+      if (this.sync.population() < this.regionCount) for (const d of devices.slice(1)) this.staleLegs.set(d, 'catching');
+      return false;
+    }
+    const recorded = new Map(seed.legs);
+    for (const d of devices) {
+      const st = recorded.get(d);
+      if (st === undefined) this.staleLegs.set(d, 'failed'); // the log never saw it: none of the data
+      else if (st !== 'current') this.staleLegs.set(d, st);
+    }
+    // Nothing recorded up to date (every leg replaced): leg 0 is the source, as dm would have it.
+    if (devices.length > 0 && devices.every((d) => this.staleLegs.has(d))) this.staleLegs.delete(devices[0]!);
+    let invalidate = false;
+    for (const d of devices) {
+      if (this.staleLegs.get(d) !== 'failed') continue;
+      // It missed writes: every region is resynced onto it; from now on every node writes it.
+      this.staleLegs.set(d, 'catching');
+      invalidate = true;
+    }
+    return invalidate;
+  }
+
+  /** Every region out of sync (the recovery claim in progress, if any, is released and returned). */
+  private invalidate(): Recovery | null {
     this.sync.fill(false);
     this.priority.length = 0;
     this.prioritySet.clear();
     this.searchFrom = 0;
     const released = this.recovering;
     this.recovering = null;
-    return { invalidated: true, released };
+    return released;
+  }
+
+  /**
+   * LEG_FAILED: a member failed these legs; every member stops using them (applied on delivery) and they
+   * stay stale while the group lives. Returns the devices that were not failed before.
+   */
+  applyLegFailed(devices: readonly string[]): string[] {
+    const changed: string[] = [];
+    for (const d of devices) {
+      if (this.staleLegs.get(d) === 'failed') continue;
+      this.staleLegs.set(d, 'failed');
+      changed.push(d);
+    }
+    return changed;
+  }
+
+  /** Catching-up legs become up to date once every region is in sync while every member runs on them. */
+  private settleCaughtUp(): void {
+    if (this.staleLegs.size === 0 || this.sync.population() < this.regionCount || !this.legsAgreed()) return;
+    const inUse = (d: string) =>
+      this.members.every((m) => !this.initialized.has(memberKey(m)) || (this.legsByMember.get(memberKey(m)) ?? []).includes(d));
+    for (const [d, st] of [...this.staleLegs]) if (st === 'catching' && inUse(d)) this.staleLegs.delete(d);
+  }
+
+  /** The leg as the log device records it ('current' = up to date). Unknown devices are stale. */
+  recordedState(device: string): RecordedLegState {
+    return this.staleLegs.get(device) ?? (this.knownLegs.has(device) ? 'current' : 'failed');
   }
 
   /** A device no present member runs on any more is forgotten (named again later, it is new again). */
@@ -134,6 +231,7 @@ export class ReplicatedLogState {
     }
     if (announced === 0) return; // nobody present has told its legs yet: keep what the log knew
     for (const d of [...this.knownLegs]) if (!inUse.has(d)) this.knownLegs.delete(d);
+    for (const d of [...this.staleLegs.keys()]) if (!inUse.has(d)) this.staleLegs.delete(d);
   }
 
   /** Every initialized member announced its legs, and all announced the same set. */
@@ -185,6 +283,7 @@ export class ReplicatedLogState {
     if (inSync && this.prioritySet.delete(region)) {
       this.priority.splice(this.priority.indexOf(region), 1);
     }
+    if (inSync) this.settleCaughtUp();
     const rec = this.recovering;
     if (rec && rec.region === region && rec.nodeId === nodeId) {
       this.recovering = null;
@@ -293,6 +392,8 @@ export class ReplicatedLogState {
       JSON.stringify({
         members: [...this.legsByMember.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
         known: [...this.knownLegs].sort(),
+        stale: [...this.staleLegs].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
+        seed: this.legsSeeded ? null : this.legSeed,
       }),
       'utf8',
     );
@@ -376,6 +477,30 @@ export class ReplicatedLogState {
       this.legsByMember.set(e[0], e[1]);
     }
     for (const d of o.known) this.knownLegs.add(d);
+    const x = v as { stale?: unknown; seed?: unknown };
+    const isStale = (st: unknown): st is StaleLegState => st === 'failed' || st === 'catching';
+    if (x.stale !== undefined) {
+      if (!Array.isArray(x.stale)) throw new ClusterLogCodecError('bad stale leg list');
+      for (const e of x.stale as unknown[]) {
+        if (!Array.isArray(e) || e.length !== 2 || !isNames([e[0]]) || !isStale(e[1])) throw new ClusterLogCodecError('bad stale leg entry');
+        this.staleLegs.set(e[0] as string, e[1]);
+      }
+    }
+    this.legsSeeded = x.seed === undefined || x.seed === null;
+    if (!this.legsSeeded) {
+      const seed = x.seed as { mode?: unknown; legs?: unknown };
+      if (seed.mode === 'equal' || seed.mode === 'first') this.legSeed = { mode: seed.mode };
+      else if (seed.mode === 'records' && Array.isArray(seed.legs)) {
+        const legs: Array<[string, RecordedLegState]> = [];
+        for (const e of seed.legs as unknown[]) {
+          if (!Array.isArray(e) || e.length !== 2 || !isNames([e[0]]) || !(e[1] === 'current' || isStale(e[1]))) {
+            throw new ClusterLogCodecError('bad leg seed entry');
+          }
+          legs.push([e[0] as string, e[1] as RecordedLegState]);
+        }
+        this.legSeed = { mode: 'records', legs };
+      } else throw new ClusterLogCodecError('bad leg seed');
+    }
   }
 
   private applyPriorityRaw(region: number): void {

@@ -46,6 +46,15 @@
 //    timer). A new server (failover) re-marks and re-writes at once, covering every pending flush. The
 //    first member(s) of a group, having no checkpoint, take the sync bits from the device's clean bits.
 //    Each node flushes its own data legs before it sends clears (a clean bit never covers cached data).
+//  - Stale legs (cluster-log-state.ts): a leg this node's mirror fails (setLegUpToDate false) is announced at
+//    once (LEG_FAILED); every member, on delivery, fails it in its own mirror (onLegFailed) before it
+//    acknowledges, and the next flush() resolves only once EVERY member acknowledged (and, clustered-disk,
+//    the record is durable): a write that missed the leg is acknowledged only when no node reads the leg any
+//    more, nor copies onto it as if it were current. The leg stays failed on every node while the group lives
+//    (a member that joins or resumes fails it too); it comes back through a whole-cluster restart or a repair
+//    and re-add. clustered-disk records the legs (up to date / catching up / stale) in disk.ts's leg records;
+//    a whole-cluster start takes them from there: a leg that was stale never becomes the source and is resynced
+//    in full from an up-to-date one.
 // One member per node per log (marks are kept per node id).
 import { ExportError } from '../nbd/export.js';
 import type {
@@ -69,7 +78,7 @@ import {
 import type { Leg } from '../mirror/legs/leg.js';
 import type { Bitmap } from '../mirror/log/bitmap.js';
 import { ClusterDiskArea } from './cluster-disk-area.js';
-import { compareMembers, memberKey, ReplicatedLogState, type DepartedNode } from './cluster-log-state.js';
+import { compareMembers, memberKey, ReplicatedLogState, type DepartedNode, type LegSeed, type RecordedLegState } from './cluster-log-state.js';
 import { DepartureTracker, type DepartureLimits, type DepartureResynced } from './departures.js';
 import {
   ChangeReason,
@@ -189,6 +198,8 @@ interface FlushWaiter {
   durable: boolean;
   /** `${serverKey}:${markSeq}` of the DISK_MARK whose write covers it. */
   coveredBy: string | null;
+  /** Needs an acknowledgement from every other member of the view (LEG_FAILED), not a majority. */
+  ackAll: boolean;
 }
 
 type Buffered = { kind: 'conf'; c: ConfigChange; index: number } | { kind: 'msg'; from: Member; m: ClusterLogMessage };
@@ -246,6 +257,8 @@ export class ClusterLog implements DirtyLog {
   private readonly disk: ClusterDiskArea | null;
   /** Clean bits read at activation (sync bits of a fresh state), null: none / not a disk log. */
   private diskClean: Bitmap | null = null;
+  /** How a fresh state started by this member decides the stale legs (from the log device, or the sync mode). */
+  private legSeed: LegSeed = { mode: 'first' };
   /** Server: a DISK_MARK of ours is on its way (not yet delivered back). */
   private diskMarkSent = false;
   /** Server: a write is running. */
@@ -260,6 +273,11 @@ export class ClusterLog implements DirtyLog {
   private readonly lostL = new Listeners<Error>();
   private readonly membershipL = new Listeners<{ members: Member[]; server: Member | undefined }>();
   private readonly repairL = new Listeners<{ removed: string[]; added: string[]; from: Member; fromMe: boolean }>();
+  private readonly legFailedL = new Listeners<{ legIndex: number; message: string }>();
+  /** Devices this member's mirror failed (re-announced if a re-taken state does not have them failed). */
+  private readonly failedHere = new Set<string>();
+  /** Own LEG_FAILED announcements not yet acknowledged by every member (flush() waits for them). */
+  private readonly legFailPending = new Set<Promise<void>>();
   private readonly eventL = new Listeners<{ [K in keyof ClusterLogEventMap]: { name: K; payload: ClusterLogEventMap[K] } }[keyof ClusterLogEventMap]>();
   private readonly departures: DepartureTracker;
   /** Leg agreement last seen, and whether a difference was reported (cluster-legs event). */
@@ -331,6 +349,10 @@ export class ClusterLog implements DirtyLog {
     if (this.closed) throw new ExportError('EIO', 'cluster log closed');
     await this.send({ type: Req.REPAIR, seq: 0, removed: [...removed], added: [...added] });
   }
+  /** A leg failed cluster-wide (by any node, this one included): the mirror stops using it (DirtyLog hook). */
+  onLegFailed(fn: (legIndex: number, message: string) => void): Unsubscribe {
+    return this.legFailedL.add(({ legIndex, message }) => fn(legIndex, message));
+  }
   onMembership(fn: (m: { members: Member[]; server: Member | undefined }) => void): Unsubscribe {
     return this.membershipL.add(fn);
   }
@@ -376,7 +398,17 @@ export class ClusterLog implements DirtyLog {
     if (!this.joinRequested) {
       // Read before joining: only a member that finds no state holder (whole-cluster start) uses it, and
       // nobody writes the device while no server exists.
-      if (this.disk && this.opts.sync === 'default') this.diskClean = await this.disk.readClean();
+      this.legSeed = this.opts.sync === 'nosync' ? { mode: 'equal' } : { mode: 'first' };
+      if (this.disk && this.opts.sync === 'default') {
+        const found = await this.disk.readState(activation.legDevices);
+        if (found) {
+          this.diskClean = found.clean;
+          // A log written without leg records (dm): every leg holds the data, as disk.ts reads it.
+          this.legSeed = found.legs
+            ? { mode: 'records', legs: found.legs.filter((l): l is [string, RecordedLegState] => l[1] !== undefined) }
+            : { mode: 'equal' };
+        }
+      }
       this.joinRequested = true;
       const ready = this.waitInitialized();
       ready.catch(() => undefined); // observed below; a failed join must not leave it unhandled
@@ -390,21 +422,41 @@ export class ClusterLog implements DirtyLog {
     // every region out of sync, and the mirror must not see it "in sync" (and record the new leg up to
     // date) in between.
     await this.announceLegs();
-    const nosync = this.opts.sync === 'nosync';
-    const allInSync = this.syncCount() === this.regionCount;
-    if (!this.resumedOnce) {
-      this.resumedOnce = true;
-      // A leg the group has never run on holds none of the data (our LEGS will make everything resync).
-      const known = this.state!.knownLegs;
-      const isNew = (device: string) => known.size > 0 && !known.has(device);
-      this.legs = activation.legDevices.map((device, i) => ({ device, upToDate: !isNew(device) && (nosync || allInSync || i === 0) }));
-    } else {
-      const known = new Map(this.legs.map((l) => [l.device, l.upToDate]));
-      this.legs = activation.legDevices.map((device) => ({ device, upToDate: known.get(device) ?? false }));
-      this.legsChanged = true;
-    }
+    // Up to date = not stale cluster-wide (a new leg, one back after a restart, or a failed one is not).
+    const s = this.state!;
+    this.legs = activation.legDevices.map((device) => ({ device, upToDate: s.knownLegs.has(device) && !s.staleLegs.has(device) }));
+    if (this.resumedOnce) this.legsChanged = true;
+    this.resumedOnce = true;
     this.suspended = false;
+    // A leg failed cluster-wide stays failed here too (a reload resets the mirror's leg health).
+    this.applyFailedLegs(s.staleLegs, 'failed cluster-wide');
     return this.legs;
+  }
+
+  /** Fail in this node's mirror every leg of its table that `stale` lists as failed. */
+  private applyFailedLegs(stale: ReadonlyMap<string, string>, why: string): void {
+    const devices = this.activation?.legDevices ?? [];
+    devices.forEach((d, i) => {
+      if (stale.get(d) === 'failed') this.legFailedL.emit({ legIndex: i, message: `leg ${d} ${why}` });
+    });
+  }
+
+  /**
+   * Tell every member this node failed these legs (LEG_FAILED). The promise (kept in legFailPending, which
+   * flush() awaits) resolves once it came back, every other member acknowledged applying it, and
+   * (clustered-disk) the record is durable.
+   */
+  private announceLegFailed(devices: readonly string[]): void {
+    const seq = ++this.seq;
+    const p = this.deliveredPromise(seq, this.disk !== null, true);
+    const tracked = p.finally(() => this.legFailPending.delete(tracked));
+    tracked.catch(() => undefined); // flush() reports it
+    this.legFailPending.add(tracked);
+    this.sendWithSeq({ type: Req.LEG_FAILED, seq, devices: [...devices] }).catch((e: unknown) => {
+      const w = this.flushWaiters.get(seq);
+      this.flushWaiters.delete(seq);
+      w?.reject(e instanceof ExportError ? e : new ExportError('EIO', `cluster log: leg failure not sent: ${String(e)}`));
+    });
   }
 
   /**
@@ -521,13 +573,18 @@ export class ClusterLog implements DirtyLog {
     if (this.failure) throw this.failure;
     if (this.closed) throw new ExportError('EIO', 'cluster log closed');
     this.legsChanged = false;
-    if (this.pendingOps.size === 0) return;
+    if (this.pendingOps.size === 0 && this.legFailPending.size === 0) return;
     this.checkQuorate();
     if (!this.state) {
       if (!this.joinRequested) throw new ExportError('EIO', `cluster log ${this.opts.uuid}: not active`);
       // Re-taking the state after a partition merge: wait for it (bounded by resumeTimeoutMs).
       await this.waitInitialized();
-      if (this.pendingOps.size === 0) return;
+    }
+    // Leg failures first: a write that missed a leg is acknowledged only once every node stopped using it.
+    const legFailures = [...this.legFailPending];
+    if (this.pendingOps.size === 0) {
+      await Promise.all(legFailures);
+      return;
     }
     const marks: number[] = [];
     const clears: number[] = [];
@@ -566,7 +623,7 @@ export class ClusterLog implements DirtyLog {
       for (const r of clears) if (!this.localMarks.has(r) && !this.pendingOps.has(r)) this.pendingOps.set(r, 'clear');
       throw err instanceof ExportError ? err : new ExportError('EIO', `cluster log flush: ${(err as Error).message}`);
     }
-    await last;
+    await Promise.all([last, ...legFailures]);
   }
 
   /** Members vanished from the network and the quorum view has not settled, or this side is inquorate. */
@@ -580,9 +637,9 @@ export class ClusterLog implements DirtyLog {
     }
   }
 
-  private deliveredPromise(seq: number, needsDisk: boolean): Promise<void> {
+  private deliveredPromise(seq: number, needsDisk: boolean, ackAll = false): Promise<void> {
     return new Promise<void>((resolve, reject) =>
-      this.flushWaiters.set(seq, { resolve, reject, delivered: false, acks: new Set(), needsDisk, durable: false, coveredBy: null }),
+      this.flushWaiters.set(seq, { resolve, reject, delivered: false, acks: new Set(), needsDisk, durable: false, coveredBy: null, ackAll }),
     );
   }
 
@@ -593,13 +650,13 @@ export class ClusterLog implements DirtyLog {
   private settleFlushes(): void {
     if (this.flushWaiters.size === 0 || this.suspectNodes.size > 0) return;
     const view = new Set(this.lastView.map(memberKey));
-    const required = Math.floor(this.lastView.length / 2);
+    const majority = Math.floor(this.lastView.length / 2);
     for (const [seq, w] of this.flushWaiters) {
       if (!w.delivered) continue;
       if (w.needsDisk && !w.durable) continue;
       let acks = 0;
       for (const k of w.acks) if (view.has(k)) acks++;
-      if (acks < required) continue;
+      if (acks < (w.ackAll ? this.lastView.length - 1 : majority)) continue;
       this.flushWaiters.delete(seq);
       if (this.opts.isQuorate && !this.opts.isQuorate()) {
         w.reject(new ExportError('EIO', `cluster log ${this.opts.uuid}: this node is not quorate`));
@@ -676,13 +733,18 @@ export class ClusterLog implements DirtyLog {
   setLegUpToDate(legIndex: number, upToDate: boolean): void {
     if (legIndex < 0 || legIndex >= this.legs.length) throw new RangeError('leg index out of range');
     const old = this.legs[legIndex]!;
+    if (!upToDate && !this.failedHere.has(old.device)) {
+      // This node's mirror failed the leg: every node must stop using it (see announceLegFailed).
+      this.failedHere.add(old.device);
+      if (this.state && this.state.staleLegs.get(old.device) !== 'failed' && !this.failure && !this.closed) this.announceLegFailed([old.device]);
+    }
     if (old.upToDate === upToDate) return;
     this.legs[legIndex] = { device: old.device, upToDate };
     this.legsChanged = true;
   }
 
   hasUnflushedChanges(): boolean {
-    return this.pendingOps.size > 0 || this.legsChanged;
+    return this.pendingOps.size > 0 || this.legsChanged || this.legFailPending.size > 0;
   }
 
   status(kind: LogStatusKind): string[] {
@@ -817,6 +879,7 @@ export class ClusterLog implements DirtyLog {
     const s = ReplicatedLogState.fresh(this.regionCount, allInSync);
     // clustered-disk whole-cluster start: regions recorded clean on the log device are in sync.
     if (this.diskClean && this.mergeWaiting === null) s.sync.copyFrom(this.diskClean);
+    s.legSeed = this.mergeWaiting === null ? this.legSeed : { mode: 'first' };
     this.diskClean = null;
     s.members = [...c.members];
     for (const m of c.members) {
@@ -850,6 +913,13 @@ export class ClusterLog implements DirtyLog {
     for (const d of this.departures.reconcile((r) => s.sync.get(r), Date.now())) this.emitResynced(d);
     // A state re-taken after a lost merge no longer lists our legs (the first resume announces them itself).
     if (this.resumedOnce) this.announceLegs().catch(() => undefined);
+    if (this.resumedOnce) {
+      // Legs failed on the other side of a merge are failed here too; ours are announced again if that side
+      // never learned of them.
+      this.applyFailedLegs(s.staleLegs, 'failed cluster-wide');
+      const lost = [...this.failedHere].filter((d) => s.staleLegs.get(d) !== 'failed');
+      if (lost.length > 0) this.announceLegFailed(lost);
+    }
     this.membershipL.emit({ members: s.members, server: s.server() });
     this.regionsL.emit('all');
     this.workL.emit();
@@ -922,7 +992,7 @@ export class ClusterLog implements DirtyLog {
     this.diskWriting = true;
     this.diskAgain = false;
     disk
-      .writeState(s.sync, s.marksByNode.values(), this.legs)
+      .writeState(s.sync, s.marksByNode.values(), (this.activation?.legDevices ?? []).map((device) => ({ device, state: s.recordedState(device) })))
       .then(
         () => this.send({ type: Req.DISK_DONE, seq: 0, markSeq }),
         (err: Error) => this.fail(new ExportError('EIO', `cluster log ${this.opts.uuid}: ${err.message}`)),
@@ -944,6 +1014,18 @@ export class ClusterLog implements DirtyLog {
     }
     const from: Member = { nodeId: d.nodeId, pid: d.pid };
     if (m.type === Req.FLUSH) {
+      if (this.isMe(from)) {
+        const w = this.flushWaiters.get(m.seq);
+        if (w) {
+          w.delivered = true;
+          this.settleFlushes();
+        }
+      } else {
+        this.send({ type: Req.FLUSH_ACK, seq: 0, nodeId: from.nodeId, pid: from.pid, flushSeq: m.seq }).catch(() => undefined);
+      }
+    } else if (m.type === Req.LEG_FAILED) {
+      // Applied to this node's mirror on delivery (even while re-taking the state), then acknowledged.
+      if (this.resumedOnce) this.applyFailedLegs(new Map(m.devices.map((d) => [d, 'failed'])), `failed on node ${from.nodeId} (cluster-wide)`);
       if (this.isMe(from)) {
         const w = this.flushWaiters.get(m.seq);
         if (w) {
@@ -1073,6 +1155,8 @@ export class ClusterLog implements DirtyLog {
         if (live && invalidated) {
           this.regionsL.emit('all');
           if (this.disk && this.isServer(s)) this.diskRequestWrite();
+        } else if (live && this.disk && this.isServer(s)) {
+          this.diskLazyWrite(); // leg records may have changed (a leg caught up, the first announcement)
         }
         if (live) this.checkLegAgreement(s);
         // Agreement may have been reached (recovery can be handed out): ask again.
@@ -1081,6 +1165,12 @@ export class ClusterLog implements DirtyLog {
           this.legsWaiters.get(m.seq)?.resolve();
           this.legsWaiters.delete(m.seq);
         }
+        break;
+      }
+      case Req.LEG_FAILED: {
+        const changed = s.applyLegFailed(m.devices);
+        if (live && this.disk && this.isServer(s)) this.diskRequestWrite(); // the sender waits for it
+        if (live && changed.length > 0) this.workL.emit();
         break;
       }
       case Req.IS_REMOTE_RECOVERING:

@@ -2,7 +2,10 @@
 // announcement is trusted; a device new to the log sets every region out of sync once and releases the
 // claim in progress; recovery is handed out only while every initialized member announced the same legs;
 // a sync result counts only from the claim holder; a device no present member runs is forgotten (named
-// again, it resyncs again); checkpoints carry the leg sets.
+// again, it resyncs again); checkpoints carry the leg sets. Stale legs: the first LEGS of a fresh state
+// takes them from the log device's records (a leg recorded stale or never recorded puts every region out of
+// sync once and catches up; nothing recorded up to date: leg 0 is the source); a catching-up leg is up to
+// date once every region is in sync; LEG_FAILED makes a leg stale for good; checkpoints carry all of it.
 import { describe, expect, it } from 'vitest';
 import { ClusterLogCodecError } from '../../src/cluster/cluster-log-codec.js';
 import { memberKey, ReplicatedLogState } from '../../src/cluster/cluster-log-state.js';
@@ -66,5 +69,39 @@ describe('replicated leg sets', () => {
     const b = s.encode();
     const bad = Buffer.concat([b.subarray(0, b.length - 2), Buffer.from('}}')]);
     expect(() => ReplicatedLogState.decode(bad, 8)).toThrow(ClusterLogCodecError);
+  });
+
+  it('stale legs: seeded from records, caught up at full sync, failed for good; checkpoints carry them', () => {
+    const s = twoMembers();
+    s.legSeed = { mode: 'records', legs: [['a', 'failed'], ['b', 'current']] };
+    expect(ReplicatedLogState.decode(s.encode(), 8).legSeed).toEqual(s.legSeed); // a joiner before the first LEGS
+    expect(s.applyLegs(memberKey(A), ['a', 'b', 'c']).invalidated).toBe(true); // a stale, c never recorded
+    expect([...s.staleLegs].sort()).toEqual([['a', 'catching'], ['c', 'catching']]);
+    expect(s.recordedState('b')).toBe('current');
+    s.applyLegs(memberKey(B), ['a', 'b', 'c']);
+    for (let r = 0; r < 7; r++) s.applySetRegionSync(1, s.applyGetResyncWork(1)!, true);
+    expect(s.staleLegs.size).toBe(2); // one region left
+    const copy = ReplicatedLogState.decode(s.encode(), 8);
+    expect(copy.digest()).toBe(s.digest());
+    expect([...copy.staleLegs]).toEqual([...s.staleLegs].sort());
+    s.applySetRegionSync(2, s.applyGetResyncWork(2)!, true);
+    expect(s.staleLegs.size).toBe(0);
+    // A failure is for good: full sync does not make the leg current again; a new LEGS naming it neither.
+    expect(s.applyLegFailed(['b'])).toEqual(['b']);
+    expect(s.applyLegFailed(['b'])).toEqual([]);
+    s.applySetRegionSync(1, 0, false);
+    s.applySetRegionSync(1, s.applyGetResyncWork(1)!, true);
+    expect(s.applyLegs(memberKey(A), ['a', 'b', 'c']).invalidated).toBe(false);
+    expect(s.recordedState('b')).toBe('failed');
+    // Nothing recorded up to date: leg 0 is the source; without records, leg 0 is and the others catch up.
+    const t = twoMembers();
+    t.legSeed = { mode: 'records', legs: [['a', 'catching'], ['b', 'failed']] };
+    expect(t.applyLegs(memberKey(A), ['a', 'b']).invalidated).toBe(true);
+    expect([...t.staleLegs]).toEqual([['b', 'catching']]);
+    const u = ReplicatedLogState.fresh(8, false);
+    u.applyConfigChange({ members: [A], left: [], joined: [{ ...A, reason: ChangeReason.join }] });
+    u.initialized.add(memberKey(A));
+    expect(u.applyLegs(memberKey(A), ['a', 'b']).invalidated).toBe(false);
+    expect([...u.staleLegs]).toEqual([['b', 'catching']]);
   });
 });

@@ -1,0 +1,193 @@
+// stale-legs.test.ts — stale-leg protection for cluster logs, with real mirror engines (openTable) over
+// shared memory legs and ClusterLogs on the in-memory bus (the corosync versions are in
+// stale-legs-cpg.test.ts).
+//  1. A leg fails on ONE node's path only (no handle_errors). Before, only that node knew: the other one
+//     kept balancing its reads over the leg and read data the failing node had written to the other leg
+//     alone (acknowledged). Now the failure is cluster-wide: when the write that missed the leg is
+//     acknowledged, the other node has failed the leg too; its reads all return the new data and it no
+//     longer writes the leg either.
+//  2. clustered-disk, whole-cluster crash and restart: leg a (the default source) failed on every node,
+//     writes went on to b alone. The log device records a stale, b up to date (the same records the
+//     single-node disk log reads: checked by activating a DiskLog on a copy); after the restart with a
+//     healthy again, b is the source, a is never read, the whole volume is copied b -> a once, every
+//     acknowledged write reads back, a = b, and a is recorded up to date again.
+import { describe, expect, it } from 'vitest';
+import { clusterLogOpener } from '../../src/cluster/log-opener.js';
+import type { ClusterLog } from '../../src/cluster/cluster-log.js';
+import { MemoryBus } from '../../src/cluster/memory-bus.js';
+import { ExportError } from '../../src/nbd/export.js';
+import type { Leg } from '../../src/mirror/legs/leg.js';
+import { MemoryLeg } from '../../src/mirror/legs/memory.js';
+import { DiskLog } from '../../src/mirror/log/disk.js';
+import type { DirtyLog } from '../../src/mirror/log/dirty-log.js';
+import type { MirrorExport } from '../../src/mirror/mirror.js';
+import { openTable } from '../../src/mirror/open.js';
+import { parseTable } from '../../src/mirror/table.js';
+
+const SIZE_BYTES = 4 * 1024 * 1024;
+const REGION_SECTORS = 256; // 128 KiB -> 32 regions
+const REGION_BYTES = REGION_SECTORS * 512;
+const LOG_BYTES = 64 * 1024;
+
+/** One node's path to a shared memory leg; while `broken.on`, every request on it fails with EIO. */
+function view(leg: MemoryLeg, broken: { on: boolean } = { on: false }): Leg {
+  const guard = <T>(f: () => Promise<T>) => (broken.on ? Promise.reject(new ExportError('EIO', `${leg.device}: path failed`)) : f());
+  return {
+    device: leg.device,
+    sizeBytes: leg.sizeBytes,
+    read: (t, o) => guard(() => leg.read(t, o)),
+    write: (d, o, f) => guard(() => leg.write(d, o, f)),
+    flush: () => guard(() => leg.flush()),
+    trim: (o, l) => guard(() => leg.trim(o, l)),
+    zero: (o, l, f) => guard(() => leg.zero(o, l, f)),
+    close: async () => undefined,
+  } as Leg;
+}
+
+function pattern(seed: number, bytes: number): Buffer {
+  const b = Buffer.alloc(bytes);
+  for (let i = 0; i < bytes; i++) b[i] = (seed * 131 + i * 7 + 1) & 0xff || 1; // never zero
+  return b;
+}
+
+/** A node's engine; openLeg gets this node's log (set before the mirror activates) for observations. */
+async function node(bus: MemoryBus, nodeId: number, table: string, openLeg: (device: string, log: () => DirtyLog | undefined) => Leg) {
+  let log: DirtyLog | undefined;
+  const opener = clusterLogOpener({ transport: () => bus.connect(nodeId) });
+  const exp = (await openTable(parseTable(table), { openLeg: async (d) => openLeg(d, () => log), openLog: async (s, ctx) => (log = await opener(s, ctx)) })) as MirrorExport;
+  return { exp, log: log as ClusterLog };
+}
+
+const until = async (cond: () => boolean, ms: number, what: string) => {
+  const t0 = Date.now();
+  while (!cond()) {
+    if (Date.now() - t0 > ms) throw new Error(`${what}: not within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+};
+
+async function readsBack(exp: MirrorExport, offsetBytes: number, want: Buffer, times: number): Promise<void> {
+  for (let i = 0; i < times; i++) {
+    const got = Buffer.alloc(want.length);
+    await exp.read(got, offsetBytes);
+    expect(got.equals(want), `read ${i} at ${offsetBytes}`).toBe(true);
+  }
+}
+
+describe('stale legs in a cluster log', () => {
+  it('a leg failing on one node is failed on every node before the write that missed it is acknowledged', async () => {
+    const bus = new MemoryBus();
+    const legs = new Map(['a', 'b'].map((d) => [d, new MemoryLeg({ device: d, sizeBytes: SIZE_BYTES })]));
+    const table = `0 ${SIZE_BYTES / 512} mirror userspace 4 LVM-stale clustered-core ${REGION_SECTORS} nosync 2 a 0 b 0`;
+    const bPath2 = { on: false };
+    const n1 = await node(bus, 1, table, (d) => view(legs.get(d)!));
+    const n2 = await node(bus, 2, table, (d) => view(legs.get(d)!, d === 'b' ? bPath2 : undefined));
+    for (const r of [3, 7, 9]) await n1.exp.write(pattern(r, 8192), r * REGION_BYTES, { fua: false });
+
+    bPath2.on = true; // node 2 loses its path to b; node 1 still reaches it
+    await n2.exp.write(pattern(103, 8192), 3 * REGION_BYTES, { fua: false }); // fails on b: b is failed here
+    expect(n2.exp.status().legs[1]!.health).not.toBe('A');
+    // When node 2's write is acknowledged, node 1 has failed b too (it would balance reads onto it).
+    expect(n1.exp.status().legs[1]!.health).toBe('D');
+    expect(n1.exp.status().legs[1]!.upToDate).toBe(false);
+    await readsBack(n1.exp, 3 * REGION_BYTES, pattern(103, 8192), 8);
+    // A region in sync, written by node 2 to a alone: node 1 reads the new data every time.
+    await n2.exp.write(pattern(107, 8192), 7 * REGION_BYTES, { fua: false });
+    await readsBack(n1.exp, 7 * REGION_BYTES, pattern(107, 8192), 8);
+    // Node 1 no longer writes b either (nothing may count b in sync behind node 2's back).
+    await n1.exp.write(pattern(109, 8192), 9 * REGION_BYTES, { fua: false });
+    expect(legs.get('b')!.bytes.subarray(9 * REGION_BYTES, 9 * REGION_BYTES + 8192).equals(pattern(9, 8192))).toBe(true);
+    await readsBack(n2.exp, 9 * REGION_BYTES, pattern(109, 8192), 4);
+    // Both nodes agree: b is stale cluster-wide.
+    for (const n of [n1, n2]) expect(n.log.replicated!.staleLegs.get('b')).toBe('failed');
+    expect(n1.log.digest()).toBe(n2.log.digest());
+    for (const n of [n1, n2]) await n.exp.close();
+  });
+
+  it('a node joining a group where a leg failed fails it too (it stays failed while the group lives)', async () => {
+    const bus = new MemoryBus();
+    const legs = new Map(['a', 'b'].map((d) => [d, new MemoryLeg({ device: d, sizeBytes: SIZE_BYTES })]));
+    const table = `0 ${SIZE_BYTES / 512} mirror userspace 4 LVM-stale2 clustered-core ${REGION_SECTORS} nosync 2 a 0 b 0`;
+    const bPath1 = { on: false };
+    const n1 = await node(bus, 1, table, (d) => view(legs.get(d)!, d === 'b' ? bPath1 : undefined));
+    bPath1.on = true;
+    await n1.exp.write(pattern(1, 4096), 0, { fua: false });
+    expect(n1.exp.status().legs[1]!.health).toBe('D');
+    const n2 = await node(bus, 2, table, (d) => view(legs.get(d)!));
+    expect(n2.exp.status().legs.map((l) => [l.device, l.health, l.upToDate, l.isDefault])).toEqual([
+      ['a', 'A', true, true],
+      ['b', 'D', false, false],
+    ]);
+    await readsBack(n2.exp, 0, pattern(1, 4096), 4);
+    for (const n of [n1, n2]) await n.exp.close();
+  });
+
+  it('clustered-disk: after a whole-cluster crash the leg that failed is never a source and is resynced in full', async () => {
+    const legs = new Map(['a', 'b'].map((d) => [d, new MemoryLeg({ device: d, sizeBytes: SIZE_BYTES })]));
+    const logDev = new MemoryLeg({ device: 'log', sizeBytes: LOG_BYTES, volatileCache: true });
+    const table = `0 ${SIZE_BYTES / 512} mirror userspace 4 LVM-stale3 clustered-disk log ${REGION_SECTORS} 2 a 0 b 0`;
+    const aBroken = { on: false }; // a fails for every node (the device itself)
+    const open1 = (log: MemoryLeg) => (d: string) => (d === 'log' ? view(log) : view(legs.get(d)!, d === 'a' ? aBroken : undefined));
+    const bus = new MemoryBus();
+    const n1 = await node(bus, 1, table, open1(logDev));
+    const n2 = await node(bus, 2, table, open1(logDev));
+    await until(() => [n1, n2].every((n) => n.exp.status().inSyncRegions === n.exp.status().regionCount), 10_000, 'first sync');
+    const written = new Map<number, number>();
+    const w = async (n: typeof n1, seed: number, off: number) => {
+      await n.exp.write(pattern(seed, 8192), off, { fua: false });
+      written.set(off, seed);
+    };
+    for (let r = 0; r < SIZE_BYTES / REGION_BYTES; r++) await w(r % 2 ? n1 : n2, r, r * REGION_BYTES);
+
+    aBroken.on = true;
+    await w(n1, 1000, 2 * REGION_BYTES); // fails on a
+    for (let r = 4; r < 20; r += 3) await w(r % 2 ? n1 : n2, 1000 + r, r * REGION_BYTES + 16384);
+    await n2.exp.flush();
+    // Crash of the whole cluster: only what is durable on the log device survives.
+    const survived = Buffer.from(logDev.durableBytes!);
+    for (const n of [n1, n2]) await n.exp.close();
+
+    // The single-node disk log reads the same records: a stale, b up to date (activated on a copy).
+    const single = new DiskLog({ device: new MemoryLeg({ device: 'copy', sizeBytes: LOG_BYTES, initial: survived }), regionSizeBytes: REGION_BYTES, lengthBytes: SIZE_BYTES, sync: 'default' });
+    const states = await single.resume({ legDevices: ['a', 'b'], flushDataLegs: async () => undefined });
+    expect(states.map((s) => [s.device, s.upToDate])).toEqual([['a', false], ['b', true]]);
+    expect(single.syncCount()).toBe(0); // stale a: every region resynced
+
+    aBroken.on = false;
+    const logAfter = new MemoryLeg({ device: 'log', sizeBytes: LOG_BYTES, initial: survived, volatileCache: true });
+    // Every read of a (by a resync copy or a client read) must be of a region in sync on the reading node.
+    const staleReads: number[] = [];
+    const open2 = (d: string, log: () => DirtyLog | undefined): Leg => {
+      const leg = open1(logAfter)(d);
+      if (d !== 'a') return leg;
+      return {
+        ...leg,
+        read: (t: Buffer, o: number) => {
+          for (let r = Math.floor(o / REGION_BYTES); r <= Math.floor((o + t.length - 1) / REGION_BYTES); r++) if (!log()?.inSync(r)) staleReads.push(r);
+          return leg.read(t, o);
+        },
+      } as Leg;
+    };
+    const bus2 = new MemoryBus();
+    const m1 = await node(bus2, 1, table, open2);
+    const m2 = await node(bus2, 2, table, open2);
+    for (const m of [m1, m2]) {
+      expect(m.exp.status().legs.map((l) => [l.device, l.upToDate, l.isDefault])).toEqual([
+        ['a', false, false],
+        ['b', true, true],
+      ]);
+    }
+    for (const [off, seed] of written) for (const m of [m1, m2]) await readsBack(m.exp, off, pattern(seed, 8192), 2);
+    await until(() => [m1, m2].every((m) => m.exp.status().inSyncRegions === m.exp.status().regionCount), 10_000, 'resync');
+    await Promise.all([m1.exp.resyncIdle(), m2.exp.resyncIdle()]);
+    expect(staleReads, 'regions read from a while out of sync').toEqual([]); // never a source
+    const copied = [m1, m2].map((m) => m.exp.status().resync.bytesCopied);
+    expect(copied[0]! + copied[1]!).toBe(SIZE_BYTES);
+    expect(legs.get('a')!.bytes.equals(legs.get('b')!.bytes)).toBe(true);
+    for (const [off, seed] of written) await readsBack(m1.exp, off, pattern(seed, 8192), 2);
+    for (const m of [m1, m2]) expect(m.log.replicated!.staleLegs.size).toBe(0);
+    expect(m1.exp.status().legs.map((l) => l.upToDate)).toEqual([true, true]);
+    for (const m of [m1, m2]) await m.exp.close();
+    console.log(`stale leg after a whole-cluster crash (memory bus): resync bytes node 1 ${copied[0]}, node 2 ${copied[1]} (volume ${SIZE_BYTES})`);
+  });
+});
