@@ -104,6 +104,8 @@ export interface MirrorStatus {
     readonly bytesCopied: number;
   };
   readonly heldWrites: number;
+  /** The leg recorded as a source lost while out of sync (its unsynced regions are unreadable), or null. */
+  readonly lostSource: string | null;
   readonly eventNr: number;
   readonly suspended: boolean;
   /** dmsetup status line: `<#legs> <leg>... <in_sync>/<nr_regions> 1 <health chars> <log status>`. */
@@ -241,6 +243,16 @@ export class MirrorExport implements Export {
     });
     assert.equal(states.length, this.legs.length, 'log returned leg states for a different leg count');
     this.upToDate = states.map((s) => s.upToDate);
+    // A source lost while out of sync, still in the table (resume within the process): it alone holds the
+    // unsynced regions but is stale for the rest, so it serves nothing, nor does any other stale leg (none
+    // catches up: there is no source); the unsynced regions stay unreadable.
+    if (this.lostSourceIndex() >= 0) {
+      for (let i = 0; i < this.legs.length; i++) {
+        if (!this.upToDate[i] && !this.health.isFailed(i)) {
+          this.health.fail(i, 'sync', 'stale while the source leg lost with regions out of sync is in the table');
+        }
+      }
+    }
     this.chooseDefaultLeg(true);
   }
 
@@ -772,6 +784,11 @@ export class MirrorExport implements Export {
   private chooseDefaultLeg(activation: boolean): void {
     const old = this.defaultLeg;
     let next = -1;
+    if (this.lostSourceIndex() >= 0) {
+      // The log records the source as lost while out of sync: no leg may serve the unsynced regions.
+      this.defaultLeg = -1;
+      return;
+    }
     for (let i = 0; i < this.legs.length; i++) {
       if (!this.health.isFailed(i) && this.upToDate[i]) {
         next = i;
@@ -783,14 +800,23 @@ export class MirrorExport implements Export {
       next = 0;
     }
     const inSync = this.log.syncCount() === this.log.regionCount;
-    if (!activation && next >= 0 && !inSync && !this.keepLog && old >= 0 && this.health.isFailed(old)) {
-      // Primary lost while out of sync: in-sync regions still read from any healthy leg.
+    if (!activation && !inSync && !this.keepLog && old >= 0 && this.health.isFailed(old)) {
+      // Primary lost while out of sync: in-sync regions still read from any healthy leg. The log records it
+      // (durable with the leg's stale record, before any write that missed the leg is acknowledged), so no
+      // later activation resyncs the unsynced regions from a leg that never had them.
       next = -1;
+      this.log.recordSourceLost?.(old);
     }
     this.defaultLeg = next;
     if (next !== old || activation) {
       if (next >= 0) this.emit('default-leg', { legIndex: next, device: this.legs[next]!.device });
     }
+  }
+
+  /** Index of the leg the log records as a source lost while out of sync, or -1. */
+  private lostSourceIndex(): number {
+    const lost = this.log.lostSource?.() ?? null;
+    return lost === null ? -1 : this.legs.findIndex((l) => l.device === lost);
   }
 
   private checkInSync(): void {
@@ -1021,6 +1047,7 @@ export class MirrorExport implements Export {
         bytesCopied: this.resync.totalBytesCopied,
       },
       heldWrites: this.held.count,
+      lostSource: this.log.lostSource?.() ?? null,
       eventNr: this.eventNr,
       suspended: this.suspended,
       line,

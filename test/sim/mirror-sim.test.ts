@@ -14,7 +14,10 @@
 //   - every in-sync region is identical on all healthy legs (the clean/in-sync invariant).
 // Faults injected stay survivable: at least one healthy leg always remains, and a leg that failed comes back
 // only through a crash + reactivation (where the disk log's stale-leg record must keep it from being a
-// source). The core log has no such record (dm's known weakness, spec section 8), so no leg faults there.
+// source). The source (default) leg may fail while regions are out of sync (only it holds them): reads of
+// those regions must fail, and the next activation must refuse, naming every region whose data the other
+// legs may lack; the simulator then accepts the loss as an operator would (`sync`, lost leg last) and only
+// the named regions may differ from the model. The core log has no such record (dm's known weakness, spec section 8), so no leg faults there.
 // Liveness phase: crash, reactivate without faults, resync must finish within a step budget and every
 // leg must then be byte-identical and allowed by the model.
 
@@ -22,10 +25,10 @@ import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { createMirror, type MirrorExport } from '../../src/mirror/mirror.js';
 import { CoreLog } from '../../src/mirror/log/core.js';
-import { DiskLog } from '../../src/mirror/log/disk.js';
+import { DiskLog, LostSourceError } from '../../src/mirror/log/disk.js';
 import { ManualScheduler } from '../../src/mirror/scheduler.js';
 import type { Leg, LegWriteFlags } from '../../src/mirror/legs/leg.js';
-import type { DirtyLog } from '../../src/mirror/log/dirty-log.js';
+import type { DirtyLog, SyncMode } from '../../src/mirror/log/dirty-log.js';
 import { verifyMirror } from '../../src/mirror/verify.js';
 import { MemLeg } from './mem-leg.js';
 
@@ -146,6 +149,14 @@ class Model {
     this.cur.set(this.dur);
     this.curAlt = new Map([...this.durAlt].map(([k, v]) => [k, new Set(v)]));
   }
+  /** The operator accepted losing these bytes (a refused activation overridden): any value is allowed. */
+  forget(off: number, len: number) {
+    const any = () => new Set(Array.from({ length: 256 }, (_, v) => v));
+    for (let i = off; i < off + len; i++) {
+      this.curAlt.set(i, any());
+      this.durAlt.set(i, any());
+    }
+  }
   /** Check a read and collapse to what was seen (later reads must agree). */
   check(off: number, data: Buffer, ctx: string) {
     for (let i = 0; i < data.length; i++) {
@@ -217,13 +228,19 @@ interface World {
   failed: Set<number>;
 }
 
-async function activate(w: Pick<World, 'legs' | 'logDev'>, rand: () => number, handleErrors = false, syncRand: (() => number) | null = null): Promise<World> {
+async function activate(
+  w: Pick<World, 'legs' | 'logDev'>,
+  rand: () => number,
+  handleErrors = false,
+  syncRand: (() => number) | null = null,
+  sync: SyncMode = 'default',
+): Promise<World> {
   const epochLegs = w.legs.map((l) => new EpochLeg(l, rand, syncRand));
   const epochLog = w.logDev ? new EpochLeg(w.logDev, rand) : null;
   const sched = new ManualScheduler();
   const log: DirtyLog = epochLog
-    ? new DiskLog({ device: epochLog, regionSizeBytes: REGION, lengthBytes: SIZE, sync: 'default' })
-    : new CoreLog({ regionSizeBytes: REGION, lengthBytes: SIZE, sync: 'default' });
+    ? new DiskLog({ device: epochLog, regionSizeBytes: REGION, lengthBytes: SIZE, sync })
+    : new CoreLog({ regionSizeBytes: REGION, lengthBytes: SIZE, sync });
   const m = await createMirror({
     legs: epochLegs,
     log,
@@ -283,14 +300,40 @@ interface HeldIo {
   state: 'pending' | 'acked' | 'failed';
 }
 
-async function runScenario(seedOps: Op[], legCount0: number, disk: boolean, ioSeed: number, handleErrors = false, syncIo = false): Promise<void> {
+interface ScenarioStats {
+  /** Activations the disk log refused (a source lost while out of sync), then overridden. */
+  refusals: number;
+}
+
+async function runScenario(seedOps: Op[], legCount0: number, disk: boolean, ioSeed: number, handleErrors = false, syncIo = false): Promise<ScenarioStats> {
+  const stats: ScenarioStats = { refusals: 0 };
   const rand = xorshift(ioSeed);
   const syncRand = syncIo ? xorshift(ioSeed ^ 0x5bd1e995) : null;
   // The table's legs: a repair (suspend + reload without failed legs + resume) shrinks it.
   let legs = Array.from({ length: legCount0 }, (_, i) => new MemLeg(`/leg${i}`, SIZE, { volatileCache: true }));
   const logDev = disk ? new MemLeg('/log', 8192, { volatileCache: true }) : null;
-  let w = await activate({ legs, logDev }, rand, handleErrors, syncRand);
   const model = new Model(SIZE);
+  /**
+   * Activation after a crash. The disk log refuses when the source leg failed while regions were out of
+   * sync (only it held them; the other legs are stale for them): the refusal must name every region whose
+   * acknowledged data the other legs may lack. The simulator then plays the operator who accepts the loss
+   * (the override the error names: the lost leg last, `sync` = full resync from the first leg); only the
+   * named regions may differ from the model afterwards.
+   */
+  const reactivate = async (): Promise<World> => {
+    try {
+      return await activate({ legs, logDev }, rand, handleErrors, syncRand);
+    } catch (err) {
+      if (!(err instanceof LostSourceError) || err.holder === '') throw err;
+      if (process.env.SIM_TRACE) console.log(`  refused: ${err.message}`);
+      if (err.regions.length === 0) throw new Error(`refusal names no region: ${err.message}`);
+      stats.refusals++;
+      for (const r of err.regions) model.forget(r * REGION, REGION);
+      legs = [...legs.filter((l) => l.device !== err.holder), ...legs.filter((l) => l.device === err.holder)];
+      return activate({ legs, logDev }, rand, handleErrors, syncRand, 'sync');
+    }
+  };
+  let w = await activate({ legs, logDev }, rand, handleErrors, syncRand);
   /** handle_errors: writes held (not acknowledged) until a repair; must never complete before it. */
   let held: HeldIo[] = [];
   let step = 0;
@@ -348,6 +391,9 @@ async function runScenario(seedOps: Op[], legCount0: number, disk: boolean, ioSe
           const st = w.m.status();
           const keep = st.legs.map((l, i) => (l.health === 'A' ? i : -1)).filter((i) => i >= 0);
           if (keep.length === legs.length || keep.length === 0) break;
+          // No default leg: the source failed while out of sync; repair refuses without --force
+          // (src/control/repair.ts), and dmeventd's policy never forces. The writes stay held.
+          if (!st.legs.some((l) => l.isDefault)) break;
           await w.m.suspend({ noflush: true });
           w.m.reload({ legs: keep.map((i) => w.epochLegs[i]!) });
           await w.m.resume();
@@ -435,7 +481,7 @@ async function runScenario(seedOps: Op[], legCount0: number, disk: boolean, ioSe
         crash(w);
         model.crashed();
         held = [];
-        w = await activate({ legs, logDev }, rand, handleErrors, syncRand);
+        w = await reactivate();
         break;
       }
       case 'crashMidWrite': {
@@ -460,11 +506,16 @@ async function runScenario(seedOps: Op[], legCount0: number, disk: boolean, ioSe
           else model.failed(x.off, x.len, v);
         });
         model.crashed();
-        w = await activate({ legs, logDev }, rand, handleErrors, syncRand);
+        w = await reactivate();
         break;
       }
     }
     await settle(1);
+    if (process.env.SIM_TRACE) {
+      const st = w.m.status();
+      const bits = (f: (r: number) => boolean) => Array.from({ length: REGIONS }, (_, r) => (f(r) ? '1' : '0')).join('');
+      console.log(`  legs ${st.legs.map((l) => `${l.health}${l.upToDate ? 'u' : 's'}${l.isDefault ? '*' : ''}`).join(' ')} sync ${bits((r) => w.log.inSync(r))} clean ${bits((r) => w.log.isClean(r))} b26624 ${legs.map((l) => l.view()[26624]).join(',')} dur ${legs.map((l) => l.durable[26624]).join(',')}`);
+    }
     checkInvariants(w, ctx);
     // handle_errors: a held write is never acknowledged before the reload.
     for (const h of held) if (h.state !== 'pending') throw new Error(`${ctx}: held write completed (${h.state}) before reload`);
@@ -474,7 +525,7 @@ async function runScenario(seedOps: Op[], legCount0: number, disk: boolean, ioSe
   // Liveness: heal (crash + reactivate without faults), then resync must converge.
   crash(w);
   model.crashed();
-  w = await activate({ legs, logDev }, rand, handleErrors, syncRand);
+  w = await reactivate();
   let steps = 0;
   while (w.m.status().inSyncRegions < REGIONS && steps++ < LIVENESS_STEPS_MAX) {
     await settle(3);
@@ -496,6 +547,7 @@ async function runScenario(seedOps: Op[], legCount0: number, disk: boolean, ioSe
   }
   for (let r = 0; r < REGIONS; r++) expect(w.log.isClean(r), `region ${r} never cleared`).toBe(true);
   expect(w.m.status().legs.every((l) => l.upToDate && l.health === 'A')).toBe(true);
+  return stats;
 }
 
 const envSeed = process.env.SIM_SEED ? Number(process.env.SIM_SEED) : undefined;
@@ -515,8 +567,9 @@ describe('mirror simulation against a reference model', () => {
     const name = `${legCount} legs, ${disk ? 'disk' : 'core'} log${handleErrors ? ', handle_errors (holds, repair by reload)' : ''}${syncIo ? ', synchronous leg I/O' : ''}`;
     it(`${name}: safety under crashes and faults, then liveness`, async () => {
       await fc.assert(
-        fc.asyncProperty(fc.array(opArb, { minLength: 5, maxLength: 30 }), fc.integer({ min: 1, max: 0x7fffffff }), (ops, ioSeed) =>
-          runScenario(ops, legCount, disk, ioSeed, handleErrors, syncIo),
+        fc.asyncProperty(fc.array(opArb, { minLength: 5, maxLength: 30 }), fc.integer({ min: 1, max: 0x7fffffff }), async (ops, ioSeed) => {
+          await runScenario(ops, legCount, disk, ioSeed, handleErrors, syncIo);
+        },
         ),
         { seed: seed + legCount * 7 + (disk ? 1 : 0) + (handleErrors ? 3 : 0) + (syncIo ? 11 : 0), numRuns: runs, endOnFailure: !!process.env.SIM_FAST_FAIL },
       );
@@ -568,5 +621,36 @@ describe('mirror simulation against a reference model', () => {
       { t: 'crashMidWrite', ws: [{ off: 22145, len: 2318, v: 17, fua: false, zero: false }, { off: 28658, len: 739, v: 182, fua: true, zero: false }, { off: 19883, len: 2773, v: 69, fua: true, zero: true }], turns: 2 },
     ];
     await runScenario(ops, 3, true, 27, true, true);
+  });
+
+  it('regression: the source leg failed while regions were out of sync, then a crash: the restart resynced them from the stale leg (SIM_SEED=101)', async () => {
+    // Leg 0 (source) holds region 6 (write 179, FUA) while it is out of sync; leg 0 fails; the resync had
+    // copied region 6 into leg 1's volatile cache only; crash. The log recorded leg 0 stale and leg 1 up to
+    // date, so the restart resynced region 6 from leg 1: acknowledged data lost. Now the log records the
+    // lost source and the restart refuses, naming the dirty regions (the simulator then accepts the loss).
+    const ops: Op[] = [
+      { t: 'settle', n: 4 },
+      { t: 'writes', ws: [{ off: 27896, len: 2169, v: 107, fua: false, zero: false }] },
+      { t: 'tick', ms: 139 },
+      { t: 'settle', n: 12 },
+      { t: 'crash' },
+      { t: 'writes', ws: [{ off: 7842, len: 682, v: 223, fua: false, zero: true }, { off: 26879, len: 1492, v: 134, fua: true, zero: false }] },
+      { t: 'writes', ws: [{ off: 21430, len: 3085, v: 229, fua: true, zero: false }, { off: 16016, len: 257, v: 204, fua: true, zero: false }, { off: 25562, len: 722, v: 8, fua: true, zero: false }, { off: 30265, len: 174, v: 106, fua: true, zero: false }] },
+      { t: 'tick', ms: 39 },
+      { t: 'writes', ws: [{ off: 10770, len: 4799, v: 9, fua: false, zero: false }, { off: 4789, len: 1271, v: 192, fua: true, zero: false }] },
+      { t: 'crashMidWrite', ws: [{ off: 30024, len: 793, v: 149, fua: true, zero: false }, { off: 25242, len: 245, v: 58, fua: false, zero: false }, { off: 4785, len: 5243, v: 168, fua: true, zero: false }], turns: 6 },
+      { t: 'writes', ws: [{ off: 16945, len: 5553, v: 116, fua: true, zero: false }, { off: 26088, len: 2222, v: 179, fua: true, zero: false }, { off: 24666, len: 2174, v: 61, fua: true, zero: true }] },
+      { t: 'crash' },
+      { t: 'crashMidWrite', ws: [{ off: 3886, len: 2424, v: 161, fua: true, zero: false }], turns: 6 },
+      { t: 'writes', ws: [{ off: 31133, len: 4796, v: 26, fua: true, zero: false }, { off: 15574, len: 2651, v: 8, fua: false, zero: false }] },
+      { t: 'tick', ms: 136 },
+      { t: 'writes', ws: [{ off: 18890, len: 1556, v: 249, fua: true, zero: false }, { off: 13484, len: 2635, v: 59, fua: true, zero: false }] },
+      { t: 'fail', leg: 2 },
+      { t: 'flush' },
+      { t: 'writes', ws: [{ off: 2816, len: 1559, v: 212, fua: false, zero: false }, { off: 30191, len: 4168, v: 116, fua: true, zero: false }, { off: 9514, len: 4682, v: 2, fua: false, zero: false }] },
+      { t: 'read', off: 9117, len: 1343 },
+    ];
+    const stats = await runScenario(ops, 2, true, 8);
+    expect(stats.refusals).toBe(1);
   });
 });

@@ -42,6 +42,8 @@ export abstract class BitmapLog implements DirtyLog {
   protected catchingUp: boolean[] = [];
   protected activation: LogActivation | null = null;
   protected suspended = false;
+  /** recordSourceLost(): the device of the failed source that alone holds the unsynced regions. */
+  protected lostSourceDevice: string | null = null;
 
   constructor(opts: BitmapLogOptions) {
     assert(Number.isSafeInteger(opts.regionSizeBytes) && opts.regionSizeBytes > 0, 'regionSizeBytes');
@@ -139,6 +141,17 @@ export abstract class BitmapLog implements DirtyLog {
     this.legsChanged = true;
   }
 
+  recordSourceLost(legIndex: number): void {
+    assert(legIndex >= 0 && legIndex < this.legs.length, 'leg index out of range');
+    if (this.lostSourceDevice !== null) return; // the first loss stands: its regions are still only there
+    this.lostSourceDevice = this.legs[legIndex]!.device;
+    this.legsChanged = true;
+  }
+
+  lostSource(): string | null {
+    return this.lostSourceDevice;
+  }
+
   hasUnflushedChanges(): boolean {
     return this.touchedDirtied || this.touchedCleaned || this.legsChanged;
   }
@@ -159,8 +172,17 @@ export abstract class BitmapLog implements DirtyLog {
   protected deriveSyncState(legs: LegLogState[], catchingUp: boolean[]): void {
     this.legs = legs;
     this.catchingUp = catchingUp;
+    // A lost source stays part of the record only while its leg is in the table: a table without it
+    // accepts the loss (repair refuses to drop it unless forced).
+    if (this.lostSourceDevice !== null && !legs.some((l) => l.device === this.lostSourceDevice)) {
+      this.lostSourceDevice = null;
+      this.legsChanged = true;
+    }
     legs.forEach((l, i) => {
-      if (!l.upToDate && !catchingUp[i]) {
+      // While a lost source stands, no leg starts catching up: the lost leg keeps the only copy of the
+      // unsynced regions (a catch-up would overwrite them), and nothing can be copied (no source). The
+      // mirror keeps stale legs failed meanwhile; the in-sync regions stay in sync on the up-to-date legs.
+      if (!l.upToDate && !catchingUp[i] && this.lostSourceDevice === null) {
         this.clean.fill(false);
         this.touchedDirtied = true;
         this.catchingUp[i] = true;

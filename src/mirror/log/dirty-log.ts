@@ -84,6 +84,16 @@ export interface DirtyLog {
   legStates(): readonly LegLogState[];
   /** Record a leg as up to date or stale; persisted (and fsynced) by the next flush(). */
   setLegUpToDate(legIndex: number, upToDate: boolean): void;
+  /**
+   * The default (source) leg failed while regions were out of sync (beyond dm): those regions exist only on
+   * it, and the other legs, although recorded up to date, hold stale data for them. Persisted by the next
+   * flush() together with the leg's stale record; a later activation must not resync those regions from
+   * another leg (the disk log refuses to activate; a resume that keeps the leg keeps them unreadable; a
+   * reload without the leg, or a `sync` activation, accepts the loss). Optional: logs without leg records.
+   */
+  recordSourceLost?(legIndex: number): void;
+  /** Device of the leg recorded by recordSourceLost, while that record stands; else null. */
+  lostSource?(): string | null;
   /** True while there are unpersisted changes (marks, clears or leg-state changes). */
   hasUnflushedChanges(): boolean;
 

@@ -15,12 +15,23 @@
 //        +4  u32 FNV-1a 32 of the device name as the table gives it
 //        +8  u64 generation at which the leg was last known up to date
 //        +16 32 bytes: device name prefix (UTF-8, zero padded), for humans and matching
+//   800  lost-source record, 48 bytes like a leg record (all zero when there is none; logs written before it
+//        have zeros here): flags bit 0 = valid; the leg that was the source (default leg) when it failed
+//        while regions were out of sync, by name hash + prefix, and the generation it happened in
 //   1024 clean bitmap: bit i = region i (byte i/8, bit i%8), 1 = clean; length rounded up to 8 bytes
 // Area length = 1024 + bitmap, rounded up to 4096.
 //
 // Stale-leg protection: a leg recorded as not up to date (it failed, or the log has never seen it) can never
 // be the resync source; at activation any stale leg puts every region out of sync, and the mirror copies
 // from the first up-to-date leg. The mirror marks legs up to date again once sync_count == nr_regions.
+// "Up to date" covers the in-sync regions only: a region out of sync is written to the source leg alone.
+// So when the source fails while regions are out of sync, the lost-source record says that the other legs
+// are stale for them. An activation from disk (a restart) then REFUSES (LostSourceError naming the leg and
+// the regions dirty in the log, a superset of those regions after a crash), as it refuses when no leg of
+// the table is recorded up to date (DRBD: no UpToDate disk, no primary). The override is dm's: start once
+// with `sync` and the leg to trust first in the table (a full resync from it). A resume within the running
+// process (suspend/reload/resume) keeps the record while the leg is in the table (its regions stay
+// unreadable) and drops it when a reload leaves the leg out (repair --force).
 //
 // Flush order (dm disk_flush): newly cleaned bits -> flush the data legs first (on failure mark everything
 // dirty); write the area; newly dirtied bits or changed leg records -> flush the log device.
@@ -42,6 +53,9 @@ export const DISK_LOG_LEGS_MAX = 16;
 const LEG_NAME_PREFIX_BYTES = 32;
 const LEG_FLAG_UP_TO_DATE = 1;
 const LEG_FLAG_CATCHING_UP = 2;
+const LOST_SOURCE_FLAG_VALID = 1;
+/** Regions listed by number in a refusal message; the rest are counted. */
+const LOST_REGIONS_LISTED_MAX = 32;
 
 interface LegRecord {
   flags: number;
@@ -58,6 +72,7 @@ export interface DiskLogHeader {
   legCount: number;
   generation: number;
   legs: LegRecord[];
+  lostSource: LegRecord;
 }
 
 const legRecordLayout = layout.struct<LegRecord>([
@@ -75,6 +90,10 @@ export const diskLogHeaderLayout = layout.struct<DiskLogHeader>([
   layout.u32('legCount'),
   layout.nu64('generation'),
   layout.seq(legRecordLayout, DISK_LOG_LEGS_MAX, 'legs'),
+  layout.struct<LegRecord>(
+    [layout.u32('flags'), layout.u32('nameHash'), layout.nu64('upToDateGeneration'), layout.blob(LEG_NAME_PREFIX_BYTES, 'namePrefix')],
+    'lostSource',
+  ),
 ]);
 assert(diskLogHeaderLayout.span <= DISK_LOG_BITMAP_OFFSET_BYTES, 'disk log header overlaps the bitmap');
 
@@ -91,6 +110,40 @@ export function fnv1a32(s: string): number {
     h = Math.imul(h, 0x01000193) >>> 0;
   }
   return h >>> 0;
+}
+
+/** Refusal to activate: no leg of the table may serve some regions (see the header comment). */
+export class LostSourceError extends ExportError {
+  constructor(
+    message: string,
+    /** The leg that alone holds those regions ('' when the refusal is "no leg up to date"). */
+    readonly holder: string,
+    /** Regions whose data may exist only on `holder` (dirty in the log). */
+    readonly regions: readonly number[],
+  ) {
+    super('EIO', message);
+    this.name = 'LostSourceError';
+  }
+}
+
+/** "3, 7-9, 12" for a human, at most LOST_REGIONS_LISTED_MAX numbers. */
+function regionList(regions: readonly number[]): string {
+  const parts: string[] = [];
+  let shown = 0;
+  for (let i = 0; i < regions.length && shown < LOST_REGIONS_LISTED_MAX; i++) {
+    let j = i;
+    while (j + 1 < regions.length && regions[j + 1] === regions[j]! + 1) j++;
+    parts.push(j > i ? `${regions[i]}-${regions[j]}` : String(regions[i]));
+    shown += j - i + 1;
+    i = j;
+  }
+  const rest = regions.length - shown;
+  return parts.join(', ') + (rest > 0 ? ` and ${rest} more` : '');
+}
+
+function recordName(rec: LegRecord): string {
+  const end = rec.namePrefix.indexOf(0);
+  return rec.namePrefix.subarray(0, end < 0 ? rec.namePrefix.length : end).toString('utf8');
 }
 
 function namePrefix(device: string): Buffer {
@@ -111,10 +164,14 @@ export class DiskLog extends BitmapLog {
   private readonly area: Buffer;
   private generation = 0;
   private legGenerations: number[] = [];
+  /** Generation of the activation in which the lost-source record was made. */
+  private lostGeneration = 0;
   private writeFailed = false;
   private flushFailed = false;
   private flushChain: Promise<void> = Promise.resolve();
   private resumedOnce = false;
+  /** resume() has run with a readable log before (the first one reads a restart's state from disk). */
+  private activatedBefore = false;
   /** headerSignature() of the header bytes now in `area`; null: area holds something else (re-encode all). */
   private encodedHeader: string | null = null;
 
@@ -158,6 +215,27 @@ export class DiskLog extends BitmapLog {
     const legs: LegLogState[] = [];
     const catchingUp: boolean[] = [];
     const hasLegRecords = valid && header!.legsMagic === DISK_LOG_LEGS_MAGIC;
+    const firstFromDisk = !this.activatedBefore;
+    this.activatedBefore = true;
+    if (!hasLegRecords) this.lostSourceDevice = null;
+    else if (firstFromDisk && (header!.lostSource.flags & LOST_SOURCE_FLAG_VALID) !== 0) {
+      // A restart: refuse while regions may exist only on the lost source (dirty in the log).
+      const dirty: number[] = [];
+      for (let r = 0; r < this.regionCount; r++) if (!this.clean.get(r)) dirty.push(r);
+      const holder = recordName(header!.lostSource);
+      if (dirty.length > 0) {
+        throw new LostSourceError(
+          `log ${this.device.device}: leg ${holder} was the mirror's source when it failed while regions were out of ` +
+            `sync; ${dirty.length} region(s) dirty in the log (${regionList(dirty)}) may exist only on it, and the other ` +
+            `legs hold stale data for them. Refusing to activate (serving them from another leg would return stale ` +
+            `data silently). To accept, start once with the log argument 'sync' and the leg to keep listed first ` +
+            `(every region is then resynced from it)`,
+          holder,
+          dirty,
+        );
+      }
+      // Nothing dirty: no region can be missing (a clean region was in sync on every leg).
+    }
     this.generation = (hasLegRecords ? header!.generation : 0) + 1;
     this.legGenerations = [];
     activation.legDevices.forEach((device, i) => {
@@ -184,10 +262,31 @@ export class DiskLog extends BitmapLog {
       catchingUp.push(catching);
       this.legGenerations.push(upToDate ? this.generation : gen);
     });
+    if (firstFromDisk && hasLegRecords && !legs.some((l) => l.upToDate)) {
+      const known = header!.legs
+        .slice(0, Math.min(header!.legCount, DISK_LOG_LEGS_MAX))
+        .filter((rec) => (rec.flags & LEG_FLAG_UP_TO_DATE) !== 0)
+        .map(recordName);
+      const dirty: number[] = [];
+      for (let r = 0; r < this.regionCount; r++) if (!this.clean.get(r)) dirty.push(r);
+      throw new LostSourceError(
+        `log ${this.device.device}: no leg of the table is recorded up to date ` +
+          `(${known.length ? `the log knows ${known.join(', ')} as up to date` : 'every leg the log knows failed or was catching up'}); ` +
+          `refusing to activate (a stale leg would become the resync source). To accept, start once with the log ` +
+          `argument 'sync' and the leg to keep listed first (every region is then resynced from it)`,
+        '',
+        dirty,
+      );
+    }
     this.deriveSyncState(legs, catchingUp);
     this.touchedDirtied = true; // persist the new header, generation and leg records now
     await this.flush();
     return this.legs;
+  }
+
+  override recordSourceLost(legIndex: number): void {
+    if (this.lostSourceDevice === null) this.lostGeneration = this.generation;
+    super.recordSourceLost(legIndex);
   }
 
   override setLegUpToDate(legIndex: number, upToDate: boolean): void {
@@ -242,7 +341,7 @@ export class DiskLog extends BitmapLog {
 
   /** What the header (bytes 0..1023) encodes besides constants; the header is re-encoded only when it changes. */
   private headerSignature(): string {
-    let sig = `${this.generation}/${this.legs.length}`;
+    let sig = `${this.generation}/${this.legs.length}/${this.lostSourceDevice ?? ''}@${this.lostGeneration}`;
     for (let i = 0; i < this.legs.length; i++) {
       const l = this.legs[i]!;
       sig += `/${l.upToDate ? 1 : 0}${this.catchingUp[i] ? 1 : 0}${this.legGenerations[i] ?? 0}:${l.device}`;
@@ -280,6 +379,7 @@ export class DiskLog extends BitmapLog {
           : { flags: 0, nameHash: 0, upToDateGeneration: 0, namePrefix: Buffer.alloc(LEG_NAME_PREFIX_BYTES) },
       );
     }
+    const lost = this.lostSourceDevice;
     diskLogHeaderLayout.encode(
       {
         magic: DISK_LOG_MAGIC,
@@ -289,6 +389,10 @@ export class DiskLog extends BitmapLog {
         legCount: this.legs.length,
         generation: this.generation,
         legs,
+        lostSource:
+          lost !== null
+            ? { flags: LOST_SOURCE_FLAG_VALID, nameHash: fnv1a32(lost), upToDateGeneration: this.lostGeneration, namePrefix: namePrefix(lost) }
+            : { flags: 0, nameHash: 0, upToDateGeneration: 0, namePrefix: Buffer.alloc(LEG_NAME_PREFIX_BYTES) },
       },
       this.area,
       0,

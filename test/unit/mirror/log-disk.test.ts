@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { DiskLog, diskLogAreaBytes, fnv1a32 } from '../../../src/mirror/log/disk.js';
+import { DiskLog, diskLogAreaBytes, diskLogHeaderLayout, fnv1a32, LostSourceError } from '../../../src/mirror/log/disk.js';
 import { CoreLog } from '../../../src/mirror/log/core.js';
 import { MemLeg } from '../../sim/mem-leg.js';
 
@@ -178,6 +178,127 @@ describe('disk log byte layout', () => {
     await expect(log.flush()).rejects.toThrow(/write failed/);
     expect(log.health()).toBe('D');
     expect(log.status('info')).toEqual(['3', 'disk', '/log', 'D']);
+  });
+});
+
+describe('disk log: lost-source record (the source failed while regions were out of sync)', () => {
+  /** A log where /a was the source, regions 2 and 5 out of sync (written to /a only), then /a failed. */
+  async function lostLog(dev: MemLeg) {
+    const log = newLog(dev, 8, 'nosync');
+    await log.resume({ legDevices: ['/a', '/b'], ...noFlush });
+    log.markRegion(2);
+    log.markRegion(5);
+    log.setRegionSync(2, false);
+    log.setRegionSync(5, false);
+    log.setLegUpToDate(0, false);
+    log.recordSourceLost(0);
+    await log.flush();
+    return log;
+  }
+
+  it('is a 48-byte record at byte 800 (flags 1, name hash, generation, name), zero when absent', async () => {
+    const dev = new MemLeg('/log', 8192);
+    const plain = newLog(dev, 8, 'nosync');
+    await plain.resume({ legDevices: ['/a', '/b'], ...noFlush });
+    expect(dev.durable.subarray(800, 1024).every((b) => b === 0)).toBe(true);
+    expect(diskLogHeaderLayout.decode(dev.durable, 0).lostSource.flags).toBe(0);
+
+    const log = await lostLog(dev);
+    expect(log.lostSource()).toBe('/a');
+    const d = dev.durable;
+    expect(d.readUInt32LE(800)).toBe(1);
+    expect(d.readUInt32LE(804)).toBe(fnv1a32('/a'));
+    expect(d.readUInt32LE(808)).toBe(1); // generation of the activation it happened in (nosync: a new log)
+    expect(d.subarray(816, 819).toString('latin1')).toBe('/a\0');
+    expect(d.subarray(848, 1024).every((b) => b === 0)).toBe(true);
+    // dm's fields and the bitmap are where they were: regions 2 and 5 dirty
+    expect(d.readUInt32LE(0)).toBe(0x4d695272);
+    expect(d.readUInt32LE(4)).toBe(2);
+    expect(d[1024]).toBe(0xff & ~(1 << 2) & ~(1 << 5));
+    // /a stale, /b up to date
+    expect(d.readUInt32LE(32) & 1).toBe(0);
+    expect(d.readUInt32LE(80) & 1).toBe(1);
+  });
+
+  it('a restart refuses to activate, naming the leg and the dirty regions; no byte is written', async () => {
+    const dev = new MemLeg('/log', 8192);
+    await lostLog(dev);
+    const before = Buffer.from(dev.durable);
+    for (const devices of [['/a', '/b'], ['/b'], ['/b', '/c'], ['/b', '/a']]) {
+      const again = newLog(dev, 8);
+      const err = await again.resume({ legDevices: devices, ...noFlush }).then(
+        () => null,
+        (e: unknown) => e,
+      );
+      expect(err, devices.join(' ')).toBeInstanceOf(LostSourceError);
+      const e = err as LostSourceError;
+      expect(e.errno).toBe('EIO');
+      expect(e.holder).toBe('/a');
+      expect(e.regions).toEqual([2, 5]);
+      expect(e.message).toMatch(/leg \/a was the mirror's source when it failed while regions were out of sync/);
+      expect(e.message).toContain('2 region(s) dirty in the log (2, 5)');
+      expect(e.message).toContain("'sync'");
+    }
+    expect(dev.durable.equals(before)).toBe(true);
+  });
+
+  it("the override is dm's `sync`: a new log, full resync from the first leg, record gone", async () => {
+    const dev = new MemLeg('/log', 8192);
+    await lostLog(dev);
+    const forced = newLog(dev, 8, 'sync');
+    const legs = await forced.resume({ legDevices: ['/b', '/a'], ...noFlush });
+    expect(legs.map((l) => l.upToDate)).toEqual([true, false]);
+    expect(forced.syncCount()).toBe(0);
+    expect(forced.lostSource()).toBe(null);
+    expect(dev.durable.readUInt32LE(800)).toBe(0);
+    const again = newLog(dev, 8);
+    await again.resume({ legDevices: ['/b', '/a'], ...noFlush }); // activates
+  });
+
+  it('a resume within the process keeps the record while the leg is in the table, drops it without the leg', async () => {
+    const dev = new MemLeg('/log', 8192);
+    const log = await lostLog(dev);
+    log.presuspend();
+    await log.postsuspend();
+    // Same table: the lost leg does not start catching up (that would overwrite the only copy).
+    let legs = await log.resume({ legDevices: ['/a', '/b'], ...noFlush });
+    expect(legs.map((l) => l.upToDate)).toEqual([false, true]);
+    expect(log.lostSource()).toBe('/a');
+    expect(log.inSync(2)).toBe(false);
+    expect(log.inSync(3)).toBe(true); // not dirtied for a catch-up
+    expect(dev.durable.readUInt32LE(32) & 2).toBe(0);
+    // A table without it (repair --force): the loss is accepted, the record is cleared on disk.
+    log.presuspend();
+    await log.postsuspend();
+    legs = await log.resume({ legDevices: ['/b', '/c'], ...noFlush });
+    expect(log.lostSource()).toBe(null);
+    expect(dev.durable.readUInt32LE(800)).toBe(0);
+  });
+
+  it('a restart refuses when no leg of the table is recorded up to date', async () => {
+    const dev = new MemLeg('/log', 8192);
+    const log = newLog(dev, 8, 'nosync');
+    await log.resume({ legDevices: ['/a', '/b'], ...noFlush });
+    log.setLegUpToDate(1, false); // /b failed while in sync: /a stays the source
+    await log.flush();
+    const err = await newLog(dev, 8)
+      .resume({ legDevices: ['/b', '/c'], ...noFlush })
+      .then(
+        () => null,
+        (e: unknown) => e,
+      );
+    expect(err).toBeInstanceOf(LostSourceError);
+    expect((err as Error).message).toMatch(/no leg of the table is recorded up to date \(the log knows \/a as up to date\)/);
+    // A leg set with /a activates.
+    await newLog(dev, 8).resume({ legDevices: ['/b', '/a'], ...noFlush });
+  });
+
+  it('a log written before the record (zeros at 800) activates as before', async () => {
+    const dev = new MemLeg('/log', 8192);
+    await lostLog(dev);
+    dev.durable.fill(0, 800, 848);
+    const legs = await newLog(dev, 8).resume({ legDevices: ['/a', '/b'], ...noFlush });
+    expect(legs.map((l) => l.upToDate)).toEqual([false, true]);
   });
 });
 

@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import { describe, expect, it } from 'vitest';
 import { createMirror, type MirrorExport } from '../../../src/mirror/mirror.js';
 import { CoreLog } from '../../../src/mirror/log/core.js';
-import { DiskLog } from '../../../src/mirror/log/disk.js';
+import { DiskLog, LostSourceError } from '../../../src/mirror/log/disk.js';
 import { ManualScheduler } from '../../../src/mirror/scheduler.js';
 import type { SyncMode } from '../../../src/mirror/log/dirty-log.js';
 import { MemLeg } from '../../sim/mem-leg.js';
@@ -377,6 +377,75 @@ describe('mirror errors', () => {
       if (m.regionState(r) !== 'nosync') await m.read(buf, r * REGION);
     }
     expect(m.status().legs[0]!.isDefault).toBe(false);
+  });
+});
+
+describe('stale-leg protection: the source lost while out of sync, across restarts', () => {
+  /** /a is the source with region 7 out of sync (a write failed on /c: written to /a only since), then /a fails. */
+  async function lostSource() {
+    const logDev = new MemLeg('/log', 8192);
+    const legs = [new MemLeg('/a', SIZE), new MemLeg('/b', SIZE), new MemLeg('/c', SIZE)];
+    const r = await rig({ sync: 'nosync', disk: true, logDev, legs, autoStart: false });
+    legs[2]!.failWrites = true;
+    await r.m.write(fill(16, 1), 7 * REGION, { fua: true }); // /c fails: region 7 out of sync
+    expect(r.m.regionState(7)).toBe('nosync');
+    await r.m.write(fill(16, 2), 7 * REGION, { fua: true }); // acknowledged: only /a holds it
+    expect(legs[1]!.durable[7 * REGION]).toBe(1);
+    legs[0]!.failWrites = true;
+    legs[0]!.failReads = true;
+    await r.m.write(fill(16, 3), 0, { fua: true }); // /a fails: written to /b only, acknowledged
+    expect(r.m.status().lostSource).toBe('/a');
+    expect(r.m.status().legs.map((l) => l.isDefault)).toEqual([false, false, false]);
+    for (const l of legs) {
+      l.failWrites = false;
+      l.failReads = false;
+    }
+    return { ...r, logDev, legs };
+  }
+
+  it('a restart refuses to activate instead of resyncing region 7 from /b (stale)', async () => {
+    const { logDev, legs } = await lostSource();
+    const err = await rig({ disk: true, logDev, legs }).then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(LostSourceError);
+    expect((err as LostSourceError).holder).toBe('/a');
+    expect((err as LostSourceError).regions).toContain(7);
+    expect(legs[1]!.durable[7 * REGION]).toBe(1); // nothing copied over /b
+    expect(legs[0]!.durable[7 * REGION]).toBe(2); // nor over /a
+    // The operator's override: /b first, `sync`: every region from /b (region 7's write is lost, knowingly).
+    const forced = await rig({ disk: true, logDev, legs: [legs[1]!, legs[0]!, legs[2]!], sync: 'sync' });
+    await settle(40);
+    await forced.m.resyncIdle();
+    expect(forced.m.status().inSyncRegions).toBe(REGIONS);
+    await forced.m.flush();
+    expect(legs[0]!.durable.equals(legs[1]!.durable)).toBe(true);
+    expect(legs[2]!.durable.equals(legs[1]!.durable)).toBe(true);
+    expect(legs[0]!.durable[0]).toBe(3);
+    expect(legs[0]!.durable[7 * REGION]).toBe(1);
+  });
+
+  it('a reload keeping /a keeps region 7 unreadable (no catch-up over its only copy); a reload without /a accepts', async () => {
+    const { m, legs } = await lostSource();
+    const buf = Buffer.alloc(16);
+    await m.suspend({ noflush: true });
+    m.reload({ legs });
+    await m.resume();
+    await settle(20);
+    expect(m.status().lostSource).toBe('/a');
+    await expect(m.read(buf, 7 * REGION)).rejects.toThrow(/source leg has failed/);
+    await m.write(fill(16, 4), 3 * REGION, { fua: true }); // in-sync regions work (on /b)
+    await m.read(buf, 3 * REGION);
+    expect(buf[0]).toBe(4);
+    expect(legs[0]!.durable[7 * REGION]).toBe(2); // the only copy is untouched
+    await m.suspend({ noflush: true });
+    m.reload({ legs: [legs[1]!, legs[2]!] });
+    await m.resume();
+    expect(m.status().lostSource).toBe(null);
+    await settle(20);
+    await m.read(buf, 7 * REGION); // the loss was accepted: /b's data
+    expect(buf[0]).toBe(1);
   });
 });
 
