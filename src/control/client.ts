@@ -6,7 +6,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { request, type RequestOptions } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { WebSocket } from 'ws';
+import type { WebSocket } from 'ws';
 import { ControlError, isControlErrorCode } from './control-error.js';
 import { UsageError } from './usage-error.js';
 
@@ -130,7 +130,8 @@ export class ControlClient {
   }
 
   /** Open the event stream; `onEvent` gets each parsed message. Resolves when the hello arrived. */
-  events(volume: string | undefined, onEvent: (ev: Record<string, unknown>) => void): Promise<WebSocket> {
+  async events(volume: string | undefined, onEvent: (ev: Record<string, unknown>) => void): Promise<WebSocket> {
+    const { WebSocket } = await import('ws'); // here, not at start-up: only `events` and `verify` stream
     const query = volume === undefined ? '' : `?volume=${encodeURIComponent(volume)}`;
     const url =
       this.target.kind === 'unix'

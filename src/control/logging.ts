@@ -1,13 +1,15 @@
 // Structured logs: pino, one line per event, on stderr (stdout carries only the human "listening on" text).
 // JSON lines when stderr is not a terminal (journald, files, tests parse them); pino-pretty when it is.
-// Synchronous writes, so the last lines before an exit are not lost.
+// Synchronous writes, so the last lines before an exit are not lost. pino-pretty is loaded only for a
+// terminal (require, synchronous: createLogger stays sync): JSON logging does not pay for it at start-up.
 //
 // Owns: the process logger (createLogger, used by `serve` with --log-level) and how a volume event becomes
 // a log line (logVolumeEvent): level by severity, and the same fields on every line: volume, leg, node,
 // reason, event, eventNr, so `jq 'select(.leg)'` or a log search finds every line about a leg.
+import { createRequire } from 'node:module';
 import { hostname } from 'node:os';
 import pino from 'pino';
-import PinoPretty from 'pino-pretty';
+import type PinoPrettyModule from 'pino-pretty';
 import type { VolumeEvent } from './volumes.js';
 
 export type { LogLevel } from './logger.js';
@@ -25,6 +27,7 @@ export function createLogger(level: LogLevel, opts: LoggerOptions = {}): pino.Lo
   const pretty = opts.pretty ?? process.stderr.isTTY === true;
   const base = { node: opts.node ?? hostname() };
   if (pretty) {
+    const PinoPretty = createRequire(import.meta.url)('pino-pretty') as typeof PinoPrettyModule;
     const stream = PinoPretty({ destination: 2, sync: true, colorize: true, singleLine: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname,name' });
     return pino({ name: 'nbd-mirror', level, base }, stream);
   }

@@ -8,8 +8,11 @@
 // whose get() builds the values (the registry's collect-on-scrape protocol), so a scrape costs
 // O(exports x commands + volumes x legs), never O(requests).
 //
+// prom-client is loaded when the registry is first wanted (the dashboard starting, a scrape), not when
+// the module is: counting costs nothing at start-up and a serve without a dashboard never loads it.
+//
 // Assumes: single-threaded (no atomics needed); counters are doubles (exact up to 2^53).
-import promClient from 'prom-client';
+import type promClient from 'prom-client';
 import type { Export, ExportCapabilities, Extent, WriteFlags, ZeroFlags } from '../nbd/export.js';
 import { MirrorExport } from '../mirror/mirror.js';
 import type { Volumes } from './volumes.js';
@@ -158,15 +161,24 @@ const HEALTH_CHARS = ['A', 'F', 'D', 'S', 'R', 'U'] as const;
 
 /** The process's metrics: I/O counters per export, mirror state read from the volumes at scrape time. */
 export class Metrics {
-  readonly registry = new promClient.Registry();
+  private registryBuilt: Promise<promClient.Registry> | undefined;
   private readonly perExport = new Map<string, IoCounters>();
   private volumes: Volumes | undefined;
 
-  constructor(opts: { readonly node?: string } = {}) {
-    if (opts.node !== undefined) this.registry.setDefaultLabels({ node: opts.node });
-    promClient.collectDefaultMetrics({ register: this.registry, prefix: 'nbd_mirror_' });
+  constructor(private readonly opts: { readonly node?: string } = {}) {}
+
+  /** The prom-client registry, built on first use (the process's default metrics are collected from then on). */
+  registry(): Promise<promClient.Registry> {
+    this.registryBuilt ??= import('prom-client').then((m) => this.buildRegistry(m.default));
+    return this.registryBuilt;
+  }
+
+  private buildRegistry(prom: typeof promClient): promClient.Registry {
+    const registry = new prom.Registry();
+    if (this.opts.node !== undefined) registry.setDefaultLabels({ node: this.opts.node });
+    prom.collectDefaultMetrics({ register: registry, prefix: 'nbd_mirror_' });
     const reg = (name: string, help: string, type: 'counter' | 'gauge' | 'histogram', values: () => MetricValue[]) =>
-      this.registry.registerMetric(new ScrapeMetric(name, help, type, values) as unknown as promClient.Metric);
+      registry.registerMetric(new ScrapeMetric(name, help, type, values) as unknown as promClient.Metric);
     reg('nbd_mirror_requests_total', 'NBD requests completed, by export and command', 'counter', () => this.perCommand((c, i) => c.requests[i]!));
     reg('nbd_mirror_request_errors_total', 'NBD requests answered with an error, by export and command', 'counter', () => this.perCommand((c, i) => c.errors[i]!));
     reg('nbd_mirror_bytes_total', 'Bytes moved by successful NBD requests, by export and command', 'counter', () => this.perCommand((c, i) => c.bytes[i]!));
@@ -194,6 +206,7 @@ export class Metrics {
         s.cluster === null || s.cluster.server === null ? [] : [{ value: 1, labels: { volume: name, server_node: s.cluster.server.nodeId, server_pid: s.cluster.server.pid } }],
       ),
     );
+    return registry;
   }
 
   /** The mirror state comes from these volumes at scrape time. */
@@ -222,7 +235,8 @@ export class Metrics {
 
   /** The text exposition format (what GET /metrics answers). */
   async exposition(): Promise<{ contentType: string; text: string }> {
-    return { contentType: this.registry.contentType, text: await this.registry.metrics() };
+    const registry = await this.registry();
+    return { contentType: registry.contentType, text: await registry.metrics() };
   }
 
   private perCommand(get: (c: IoCounters, i: number) => number): MetricValue[] {

@@ -25,7 +25,7 @@ import { timingSafeEqual } from 'node:crypto';
 import { chmod, lstat, mkdir, unlink } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { dirname } from 'node:path';
-import { WebSocketServer, type WebSocket } from 'ws';
+import type { WebSocketServer, WebSocket } from 'ws';
 import { ControlError } from './control-error.js';
 import { readJsonObject, sendJson, sendJsonError } from './http-json.js';
 import { repairVolume } from './repair.js';
@@ -57,13 +57,14 @@ export interface ControlServerOptions {
 export class ControlServer {
   private readonly unixServer: Server;
   private tcpServer: Server | undefined;
-  private readonly wss: WebSocketServer;
+  /** Created on the first event-stream upgrade: `ws` is not loaded at start-up (most servers never stream). */
+  private wss: Promise<WebSocketServer> | undefined;
+  private closed = false;
   private readonly subscribers = new Set<{ ws: WebSocket; volume: string | null }>();
   private readonly onEvent: (ev: VolumeEvent) => void;
   private tcpAddress: { host: string; port: number } | undefined;
 
   private constructor(private readonly opts: ControlServerOptions) {
-    this.wss = new WebSocketServer({ noServer: true, maxPayload: CONTROL_BODY_BYTES_MAX });
     this.unixServer = this.makeHttpServer(false);
     this.onEvent = (ev) => this.broadcast(ev);
     opts.volumes.on('event', this.onEvent);
@@ -97,10 +98,11 @@ export class ControlServer {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
     this.opts.volumes.off('event', this.onEvent);
     for (const s of this.subscribers) s.ws.terminate();
     this.subscribers.clear();
-    this.wss.close();
+    (await this.wss?.catch(() => undefined))?.close();
     const servers = [this.unixServer, this.tcpServer].filter((x): x is Server => x !== undefined);
     await Promise.all(
       servers.map(
@@ -133,7 +135,14 @@ export class ControlServer {
         socket.end('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\r\n');
         return;
       }
-      this.wss.handleUpgrade(req, socket, head, (ws) => this.subscribe(ws, req));
+      this.wss ??= import('ws').then(({ WebSocketServer }) => new WebSocketServer({ noServer: true, maxPayload: CONTROL_BODY_BYTES_MAX }));
+      this.wss.then(
+        (wss) => {
+          if (this.closed) socket.destroy();
+          else wss.handleUpgrade(req, socket, head, (ws) => this.subscribe(ws, req));
+        },
+        () => socket.end('HTTP/1.1 500 Internal Server Error\r\nConnection: close\r\n\r\n'),
+      );
     });
     // `wait` may legitimately take long: no per-request timeout on a local control socket.
     srv.requestTimeout = 0;

@@ -16,7 +16,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { dirname, extname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Option, type Command } from 'commander';
-import { WebSocketServer, type WebSocket } from 'ws';
+import type { WebSocketServer, WebSocket } from 'ws';
 import { ControlClient, readToken } from '../client.js';
 import { ControlError } from '../control-error.js';
 import { readJsonObject, sendJson as sendJsonReply, sendJsonError } from '../http-json.js';
@@ -138,10 +138,13 @@ export class Dashboard {
   private readonly offCluster: () => void;
   private readonly startedAt = new Date().toISOString();
 
-  private constructor(private readonly opts: DashboardOptions) {
+  private constructor(
+    private readonly opts: DashboardOptions,
+    WebSocketServerClass: typeof WebSocketServer,
+  ) {
     this.client = new ControlClient({ kind: 'unix', path: opts.controlSocketPath });
     this.loadStatic(opts.staticDir ?? findStaticDir());
-    this.wss = new WebSocketServer({ noServer: true, maxPayload: 1024 });
+    this.wss = new WebSocketServerClass({ noServer: true, maxPayload: 1024 });
     this.server = createServer((req, res) => {
       this.handle(req, res).catch((e: unknown) => sendError(res, e));
     });
@@ -163,7 +166,9 @@ export class Dashboard {
   }
 
   static async start(opts: DashboardOptions): Promise<Dashboard> {
-    const d = new Dashboard(opts);
+    // `ws` (and the page) only when a dashboard starts: serve without one, or before its table opens, never loads it.
+    const { WebSocketServer } = await import('ws');
+    const d = new Dashboard(opts, WebSocketServer);
     await new Promise<void>((resolvePromise, reject) => {
       d.server.once('error', reject);
       d.server.listen(opts.port, '127.0.0.1', () => {

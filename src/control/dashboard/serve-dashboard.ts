@@ -5,7 +5,8 @@
 //   lines = await obs.start(control.volumes)                  after the control socket listens
 //   await obs.close()                                         at shutdown
 // A taken default port moves to the next free one of 7390..7399 (then a warning: serve runs on without a
-// dashboard); a taken explicit port is an error.
+// dashboard); a taken explicit port is an error. With --dashboard 0 nothing reads the counters: exports
+// are not metered and prom-client is never loaded.
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import type { Export } from '../../nbd/export.js';
@@ -25,7 +26,8 @@ interface Log {
 }
 
 export class ServeDashboard {
-  readonly metrics: Metrics;
+  /** null without a dashboard (--dashboard 0): nothing would read the counters. */
+  readonly metrics: Metrics | null;
   private dashboard: Dashboard | undefined;
 
   private constructor(
@@ -34,7 +36,7 @@ export class ServeDashboard {
     private readonly log: Log,
     private readonly node: string,
   ) {
-    this.metrics = new Metrics();
+    this.metrics = plan === null ? null : new Metrics();
   }
 
   static fromFlags(flags: DashboardFlags & { control?: string }, log: Log): ServeDashboard {
@@ -44,13 +46,17 @@ export class ServeDashboard {
 
   /** Wrap an export opener so every export's requests are counted under its name. */
   meter(open: (name: string, spec: TableSpec) => Promise<Export>): (name: string, spec: TableSpec) => Promise<Export> {
-    return async (name, spec) => this.metrics.wrap(name, await open(name, spec));
+    const metrics = this.metrics;
+    if (metrics === null) return open;
+    return async (name, spec) => metrics.wrap(name, await open(name, spec));
   }
 
   /** Start the listener; returns the lines for the start banner (the dashboard's URL first). */
   async start(volumes: Volumes): Promise<string[]> {
-    this.metrics.attachVolumes(volumes);
-    if (this.plan === null) return [];
+    const metrics = this.metrics;
+    if (this.plan === null || metrics === null) return [];
+    metrics.attachVolumes(volumes);
+    await metrics.registry(); // default process metrics are collected from now on
     // A default port that is taken (a second server on this host) moves to the next free one of a few;
     // a port the user chose is used or refused.
     const tries = this.plan.portIsDefault ? DEFAULT_PORT_TRIES : 1;
@@ -59,7 +65,7 @@ export class ServeDashboard {
       try {
         this.dashboard = await Dashboard.start({
           volumes,
-          metrics: this.metrics,
+          metrics,
           controlSocketPath: this.controlSocketPath,
           port: this.plan.port + i,
           token: this.plan.token,

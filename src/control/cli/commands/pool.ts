@@ -5,13 +5,7 @@ import type { Command } from 'commander';
 import { addDevicesOption, addJsonOption, columns, runPool, type PoolFlags } from '../../../pool/cli.js';
 import { PoolError } from '../../../pool/errors.js';
 import { formatSize, parseSize } from '../../../pool/locate.js';
-import { resolve } from 'node:path';
-import { poolChange, poolCreate, poolExtend, poolList, poolMove, poolReduce, poolServePlan, poolShow, scanReport, volumeTableLine, type PoolSummary } from '../../../pool/service.js';
-import { startPoolWatcher } from '../../../pool/watch.js';
-import { LOCK_MODE_ENV } from '../../../pool/cluster-lock.js';
-import { defaultControlPath } from '../../client.js';
-import { createLogger, type LogLevel } from '../../logging.js';
-import { UsageError } from '../../usage-error.js';
+import { poolChange, poolCreate, poolExtend, poolList, poolMove, poolReduce, poolShow, scanReport, volumeTableLine, type PoolSummary } from '../../../pool/service.js';
 import type { PoolMetadata } from '../../../pool/metadata.js';
 
 function yesNo(text: string, what: string): boolean {
@@ -176,42 +170,6 @@ export function registerPool(program: Command): void {
  * to the existing serve command and, before its action runs, turns the pool into --table/--name pairs, so
  * the pool goes through the very same serve path as hand-written tables. Call after registerServe.
  */
-export function registerServePool(program: Command): void {
-  const serve = program.commands.find((c) => c.name() === 'serve');
-  if (serve === undefined) throw new Error('registerServePool: register the serve command first');
-  addDevicesOption(serve.option('--pool <name>', 'serve every volume of this pool (found through --devices or NBD_MIRROR_DEVICES)'));
-  serve.hook('preAction', async (cmd) => {
-    const o = cmd.opts<{ pool?: string; devices?: string[]; table: string[]; name: string[]; control?: string; logLevel?: LogLevel }>();
-    if (o.pool === undefined) {
-      if (o.devices !== undefined) throw new UsageError('--devices is only used with --pool');
-      return;
-    }
-    if (o.name.length !== o.table.length) throw new UsageError('with --pool, give every extra --table its --name');
-    let plan: Awaited<ReturnType<typeof poolServePlan>>;
-    const flags = o.devices !== undefined ? { devices: o.devices } : {};
-    try {
-      plan = await poolServePlan(o.pool, flags);
-    } catch (e) {
-      throw new UsageError(`--pool ${o.pool}: ${(e as Error).message}`);
-    }
-    cmd.setOptionValue('table', [...o.table, ...plan.tables.map((t) => t.table)]);
-    cmd.setOptionValue('name', [...o.name, ...plan.tables.map((t) => t.name)]);
-    if (plan.md.clustered && process.env[LOCK_MODE_ENV] !== 'local') {
-      // Every node sees the changes: follow the pool's COMMITTED announcements (src/pool/watch.ts).
-      const log = createLogger(o.logLevel ?? 'info');
-      const controlPath = resolve(o.control ?? defaultControlPath());
-      try {
-        await startPoolWatcher({ poolName: o.pool, poolUuid: plan.md.uuid, seqno: plan.md.seqno, flags, controlPath, log });
-      } catch (e) {
-        throw new UsageError(
-          `--pool ${o.pool} is clustered: cannot join its corosync group to follow metadata changes: ${(e as Error).message} ` +
-            `(set ${LOCK_MODE_ENV}=local if no other node uses the pool)`,
-        );
-      }
-    }
-  });
-}
-
 /** `table VOL --pool P` / `table P/VOL`: the generated table of a pool volume (used by commands/table.ts). */
 export function isPoolTableRequest(name: string | undefined, flags: { pool?: string }): boolean {
   return flags.pool !== undefined || (name !== undefined && name.includes('/'));

@@ -3,6 +3,9 @@
 // UsageError (exit 2). Prints where it listens and how to connect on stdout; logs go to stderr.
 // With --pid-file, the pid file is written only once every address listens (tests wait for it), and
 // removed on a clean exit.
+// Start-up time is resync time (a table that needs a resync starts copying when it opens), so what only
+// some options need is imported when they are given: the cluster log (cluster tables), the pool
+// (serve-pool.ts), pretty logs (a terminal), metrics and the dashboard's WebSocket (dashboard.ts).
 import { readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { Command, Option } from 'commander';
 import type { ServerTls } from '../../../nbd/tls/server-tls.js';
@@ -13,7 +16,7 @@ import { DEFAULT_LISTEN, formatListenAddress, parseListenAddress, type ListenAdd
 import { buildServePlan } from '../../serve-plan.js';
 import { startService, type Service } from '../../service.js';
 import { addControlPlaneOptions, ControlPlane, type ControlPlaneFlags } from '../../control-plane.js';
-import { clusterLogOpener } from '../../../cluster/log-opener.js';
+import { openLocalLog, type LogOpener } from '../../../mirror/open.js';
 import { EXIT_FAILURE, EXIT_OK, UsageError } from '../../usage-error.js';
 import { addServeTlsOptions, reloadTls, serveConnectHints, serveServerOptions, type ServeTlsFlags } from '../../serve-tls.js';
 
@@ -30,6 +33,10 @@ interface ServeFlags extends ControlPlaneFlags, DashboardFlags, ServeTlsFlags {
   logLevel: LogLevel;
   quiet: boolean;
 }
+
+/** Cluster tables (clustered-core / clustered-disk) get a corosync cluster log; others a local log. */
+const openLog: LogOpener = async (spec, ctx) =>
+  spec.clustered ? (await import('../../../cluster/log-opener.js')).clusterLogOpener()(spec, ctx) : openLocalLog(spec, ctx);
 
 const collect = (value: string, previous: string[]): string[] => [...previous, value];
 
@@ -78,8 +85,7 @@ async function serve(flags: ServeFlags): Promise<void> {
   const listen = parseListens(flags.listen);
   const log = createLogger(flags.logLevel);
   const serverOptions = serveServerOptions(flags, plan.exports.map((e) => e.name), log);
-  // Cluster tables (clustered-core / clustered-disk) get a corosync cluster log; others a local log.
-  const control = ControlPlane.fromFlags(flags, { readOnly: flags.readOnly, log, openLog: clusterLogOpener() });
+  const control = ControlPlane.fromFlags(flags, { readOnly: flags.readOnly, log, openLog });
   const dashboard = ServeDashboard.fromFlags(flags, log);
   const service = await startService({ plan, listen, readOnly: flags.readOnly, log, openExport: dashboard.meter(control.openExport), server: serverOptions });
   // Re-read TLS keys on SIGHUP and `nbd-mirror message NAME reload-tls`; connected clients keep their sessions.
