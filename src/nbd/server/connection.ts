@@ -6,7 +6,7 @@
 
 import type { Duplex } from 'node:stream';
 import { ByteReader, StreamClosedError } from './byte-reader.js';
-import { lendTlsReads, ReadController } from './direct-read.js';
+import { lendTlsReads, ReadController, TLS_DIRECT_READ_BYTES_MIN } from './direct-read.js';
 import { type HandshakeContext, type HandshakeResult, serverHandshake } from './handshake.js';
 import type { ServerLimits } from './limits.js';
 import type { Logger } from './log.js';
@@ -125,7 +125,7 @@ export class Connection {
     if (!upgraded) this.readController?.lendTo(t);
     else if (this.tlsDirectReads) {
       // Over TLS the raw socket feeds the TLS layer; the cleartext goes to our buffers (direct-read.ts).
-      const ctl = new ReadController();
+      const ctl = new ReadController(TLS_DIRECT_READ_BYTES_MIN);
       if (lendTlsReads(this.socket, ctl)) ctl.lendTo(t);
     }
     t.start(leftover);

@@ -15,19 +15,25 @@
 // user buffer is installed on the TLS handle after the handshake (the internal symbols are found by
 // their descriptions; if they are not there, the TLS socket keeps its 'data' events).
 //
-// Data still reaches the protocol code as 'data' events emitted by the ReadController, so the
-// handshake reader and Transmission stay stream-agnostic. During the handshake each chunk is a
-// copy (the reader keeps chunks); in transmission a chunk is a view of a scratch buffer: the
-// Transmission copies small payloads out of it, and says if it still kept a view (a stash while
-// paused), in which case a fresh scratch is used for the next read.
+// During the handshake data reaches the protocol code as 'data' events emitted by the ReadController
+// (the handshake reader stays stream-agnostic), each chunk a copy (the reader keeps chunks). In
+// transmission the controller hands chunks straight to Transmission.input(), each a view of a scratch
+// buffer: the Transmission copies small payloads out of it, and says if it still kept a view (a stash
+// while paused), in which case a fresh scratch is used for the next read.
 
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 
 /** What Transmission offers the reader: a place for the next read, and notice of bytes landed there. */
 export interface DirectReadTarget {
-  /** From now on 'data' chunks are views of a reused buffer: copy what must be kept. */
-  lendInput(): void;
+  /**
+   * From now on input chunks are views of a reused buffer (copy what must be kept), handed to input()
+   * rather than emitted as 'data'. A payload with at least `directReadBytesMin` bytes still to come is
+   * read straight into its buffer (nextReadTarget).
+   */
+  lendInput(directReadBytesMin: number): void;
+  /** A chunk of input (a view of the reader's scratch buffer: valid during the call only). */
+  input(chunk: Buffer): void;
   /** A buffer to read the next bytes into directly (the rest of a WRITE payload), or null. */
   nextReadTarget(): Buffer | null;
   /** n bytes were read into the buffer nextReadTarget() returned. */
@@ -38,15 +44,27 @@ export interface DirectReadTarget {
 
 export const SCRATCH_BYTES = 64 * 1024;
 
+/**
+ * Payload bytes still to come from which a read goes straight into the payload buffer. On a plain socket
+ * a direct read is a read(2) of its own, so only large payloads (below, the scratch read takes the next
+ * headers too). Under TLS each decrypted record is handed over on its own anyway and a direct read only
+ * means the record is decrypted into the payload instead of scratch: worth it for any payload but a
+ * tiny tail (libnbd sends a 4 KiB write as one record for the header and one for the payload).
+ */
+export const DIRECT_READ_BYTES_MIN = 16 * 1024;
+export const TLS_DIRECT_READ_BYTES_MIN = 1024;
+
 export class ReadController {
   private scratch: Buffer = Buffer.allocUnsafeSlow(SCRATCH_BYTES);
   private lastWasDirect = false;
   private target: DirectReadTarget | null = null;
   socket: Socket | null = null;
 
+  constructor(private readonly directReadBytesMin = DIRECT_READ_BYTES_MIN) {}
+
   /** Transmission phase: chunks are lent (views), payload reads go direct. */
   lendTo(target: DirectReadTarget): void {
-    target.lendInput();
+    target.lendInput(this.directReadBytesMin);
     this.target = target;
   }
 
@@ -70,12 +88,13 @@ export class ReadController {
       return true;
     }
     const view = Buffer.from(buf.buffer, buf.byteOffset, n);
-    if (this.target === null) {
+    const target = this.target;
+    if (target === null) {
       socket.emit('data', Buffer.from(view)); // handshake: the reader keeps chunks, so copy
       return true;
     }
-    socket.emit('data', view);
-    if (this.target.takeRetained()) this.scratch = Buffer.allocUnsafeSlow(SCRATCH_BYTES);
+    target.input(view); // straight to the parser: no 'data' event (one per TLS record at 4 KiB QD32)
+    if (target.takeRetained()) this.scratch = Buffer.allocUnsafeSlow(SCRATCH_BYTES);
     return true;
   };
 }
