@@ -1013,19 +1013,11 @@ export class ClusterLog implements DirtyLog {
       return; // not ours / corrupt: every member drops it the same way
     }
     const from: Member = { nodeId: d.nodeId, pid: d.pid };
-    if (m.type === Req.FLUSH) {
-      if (this.isMe(from)) {
-        const w = this.flushWaiters.get(m.seq);
-        if (w) {
-          w.delivered = true;
-          this.settleFlushes();
-        }
-      } else {
-        this.send({ type: Req.FLUSH_ACK, seq: 0, nodeId: from.nodeId, pid: from.pid, flushSeq: m.seq }).catch(() => undefined);
-      }
-    } else if (m.type === Req.LEG_FAILED) {
-      // Applied to this node's mirror on delivery (even while re-taking the state), then acknowledged.
-      if (this.resumedOnce) this.applyFailedLegs(new Map(m.devices.map((d) => [d, 'failed'])), `failed on node ${from.nodeId} (cluster-wide)`);
+    if (m.type === Req.LEG_FAILED && this.resumedOnce) {
+      // Applied to this node's mirror on delivery (even while re-taking the state), before the acknowledgement.
+      this.applyFailedLegs(new Map(m.devices.map((dev) => [dev, 'failed'])), `failed on node ${from.nodeId} (cluster-wide)`);
+    }
+    if (m.type === Req.FLUSH || m.type === Req.LEG_FAILED) {
       if (this.isMe(from)) {
         const w = this.flushWaiters.get(m.seq);
         if (w) {

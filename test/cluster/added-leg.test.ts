@@ -15,32 +15,13 @@
 //  4. A node joining with other legs than the running nodes (restarted with its old table) is refused
 //     with a clear error; the running nodes go on unaffected.
 import { describe, expect, it } from 'vitest';
-import { clusterLogOpener } from '../../src/cluster/log-opener.js';
-import type { ClusterLog } from '../../src/cluster/cluster-log.js';
 import { MemoryBus } from '../../src/cluster/memory-bus.js';
-import type { Leg } from '../../src/mirror/legs/leg.js';
 import { MemoryLeg } from '../../src/mirror/legs/memory.js';
-import type { DirtyLog } from '../../src/mirror/log/dirty-log.js';
-import type { MirrorExport } from '../../src/mirror/mirror.js';
-import { openTable } from '../../src/mirror/open.js';
-import { parseTable } from '../../src/mirror/table.js';
+import { memoryNode, sharedLeg, until } from './memory-engines.js';
 
 const SIZE_BYTES = 4 * 1024 * 1024;
 const REGION_SECTORS = 256; // 128 KiB -> 32 regions
 const REGION_BYTES = REGION_SECTORS * 512;
-
-function view(leg: MemoryLeg): Leg {
-  return {
-    device: leg.device,
-    sizeBytes: leg.sizeBytes,
-    read: (t, o) => leg.read(t, o),
-    write: (d, o, f) => leg.write(d, o, f),
-    flush: () => leg.flush(),
-    trim: (o, l) => leg.trim(o, l),
-    zero: (o, l, f) => leg.zero(o, l, f),
-    close: async () => undefined,
-  } as Leg;
-}
 
 function pattern(seed: number, bytes: number): Buffer {
   const b = Buffer.alloc(bytes);
@@ -49,25 +30,15 @@ function pattern(seed: number, bytes: number): Buffer {
 }
 
 async function node(bus: MemoryBus, nodeId: number, legs: Map<string, MemoryLeg>, devices: string[]) {
-  const spec = parseTable(`0 ${SIZE_BYTES / 512} mirror userspace 4 LVM-add clustered-core ${REGION_SECTORS} nosync ${devices.length} ${devices.map((d) => `${d} 0`).join(' ')}`);
-  let log: DirtyLog | undefined;
-  const opener = clusterLogOpener({ transport: () => bus.connect(nodeId) });
-  const exp = (await openTable(spec, { openLeg: async (d) => view(legs.get(d)!), openLog: async (s, ctx) => (log = await opener(s, ctx)) })) as MirrorExport;
+  const table = `0 ${SIZE_BYTES / 512} mirror userspace 4 LVM-add clustered-core ${REGION_SECTORS} nosync ${devices.length} ${devices.map((d) => `${d} 0`).join(' ')}`;
+  const { exp, log } = await memoryNode(bus, nodeId, table, (d) => sharedLeg(legs.get(d)!));
   const reload = async (to: string[]) => {
     await exp.suspend({ noflush: true });
-    exp.reload({ legs: to.map((d) => view(legs.get(d)!)) });
+    exp.reload({ legs: to.map((d) => sharedLeg(legs.get(d)!)) });
     await exp.resume();
   };
-  return { exp, log: log as ClusterLog, reload };
+  return { exp, log, reload };
 }
-
-const until = async (cond: () => boolean, ms: number, what: string) => {
-  const t0 = Date.now();
-  while (!cond()) {
-    if (Date.now() - t0 > ms) throw new Error(`${what}: not within ${ms} ms`);
-    await new Promise((r) => setTimeout(r, 2));
-  }
-};
 
 describe('a leg added to a cluster-log mirror', () => {
   it('one node: the new leg is resynced; no read ever returns its stale contents', async () => {

@@ -2,42 +2,18 @@
 // memory legs, coordinated by ClusterLogs on one in-memory total-order bus. Checks that writes from both
 // nodes complete and are visible to the other node, and that the cluster-wide resync finishes.
 import { describe, expect, it } from 'vitest';
-import { clusterLogOpener } from '../../src/cluster/log-opener.js';
 import { MemoryBus } from '../../src/cluster/memory-bus.js';
 import type { ClusterLog } from '../../src/cluster/cluster-log.js';
 import type { Export } from '../../src/nbd/export.js';
-import type { Leg } from '../../src/mirror/legs/leg.js';
 import { MemoryLeg } from '../../src/mirror/legs/memory.js';
-import type { DirtyLog } from '../../src/mirror/log/dirty-log.js';
-import { openTable } from '../../src/mirror/open.js';
-import { parseTable } from '../../src/mirror/table.js';
+import { memoryNode, sharedLeg } from './memory-engines.js';
 
 const SIZE_BYTES = 4 * 1024 * 1024;
 const REGION_SECTORS = 256; // 128 KiB regions -> 32 regions
 
-/** A view of a shared MemoryLeg whose close() leaves the bytes to the other node. */
-function shared(leg: MemoryLeg): Leg {
-  return {
-    device: leg.device,
-    sizeBytes: leg.sizeBytes,
-    read: (t, o) => leg.read(t, o),
-    write: (d, o, f) => leg.write(d, o, f),
-    flush: () => leg.flush(),
-    trim: (o, l) => leg.trim(o, l),
-    zero: (o, l, f) => leg.zero(o, l, f),
-    close: async () => undefined,
-  } as Leg;
-}
-
 async function node(bus: MemoryBus, nodeId: number, legs: Map<string, MemoryLeg>, sync: string): Promise<{ exp: Export; log: ClusterLog }> {
-  const spec = parseTable(`0 ${SIZE_BYTES / 512} mirror userspace 4 LVM-sim clustered-core ${REGION_SECTORS} ${sync} 2 a 0 b 0`);
-  let log: DirtyLog | undefined;
-  const opener = clusterLogOpener({ transport: () => bus.connect(nodeId) });
-  const exp = await openTable(spec, {
-    openLeg: async (device) => shared(legs.get(device)!),
-    openLog: async (s, ctx) => (log = await opener(s, ctx)),
-  });
-  return { exp, log: log as ClusterLog };
+  const table = `0 ${SIZE_BYTES / 512} mirror userspace 4 LVM-sim clustered-core ${REGION_SECTORS} ${sync} 2 a 0 b 0`;
+  return memoryNode(bus, nodeId, table, (device) => sharedLeg(legs.get(device)!));
 }
 
 function pattern(seed: number, bytes: number): Buffer {

@@ -12,59 +12,24 @@
 //     healthy again, b is the source, a is never read, the whole volume is copied b -> a once, every
 //     acknowledged write reads back, a = b, and a is recorded up to date again.
 import { describe, expect, it } from 'vitest';
-import { clusterLogOpener } from '../../src/cluster/log-opener.js';
-import type { ClusterLog } from '../../src/cluster/cluster-log.js';
 import { MemoryBus } from '../../src/cluster/memory-bus.js';
-import { ExportError } from '../../src/nbd/export.js';
 import type { Leg } from '../../src/mirror/legs/leg.js';
 import { MemoryLeg } from '../../src/mirror/legs/memory.js';
 import { DiskLog } from '../../src/mirror/log/disk.js';
 import type { DirtyLog } from '../../src/mirror/log/dirty-log.js';
 import type { MirrorExport } from '../../src/mirror/mirror.js';
-import { openTable } from '../../src/mirror/open.js';
-import { parseTable } from '../../src/mirror/table.js';
+import { memoryNode, sharedLeg, until } from './memory-engines.js';
 
 const SIZE_BYTES = 4 * 1024 * 1024;
 const REGION_SECTORS = 256; // 128 KiB -> 32 regions
 const REGION_BYTES = REGION_SECTORS * 512;
 const LOG_BYTES = 64 * 1024;
 
-/** One node's path to a shared memory leg; while `broken.on`, every request on it fails with EIO. */
-function view(leg: MemoryLeg, broken: { on: boolean } = { on: false }): Leg {
-  const guard = <T>(f: () => Promise<T>) => (broken.on ? Promise.reject(new ExportError('EIO', `${leg.device}: path failed`)) : f());
-  return {
-    device: leg.device,
-    sizeBytes: leg.sizeBytes,
-    read: (t, o) => guard(() => leg.read(t, o)),
-    write: (d, o, f) => guard(() => leg.write(d, o, f)),
-    flush: () => guard(() => leg.flush()),
-    trim: (o, l) => guard(() => leg.trim(o, l)),
-    zero: (o, l, f) => guard(() => leg.zero(o, l, f)),
-    close: async () => undefined,
-  } as Leg;
-}
-
 function pattern(seed: number, bytes: number): Buffer {
   const b = Buffer.alloc(bytes);
   for (let i = 0; i < bytes; i++) b[i] = (seed * 131 + i * 7 + 1) & 0xff || 1; // never zero
   return b;
 }
-
-/** A node's engine; openLeg gets this node's log (set before the mirror activates) for observations. */
-async function node(bus: MemoryBus, nodeId: number, table: string, openLeg: (device: string, log: () => DirtyLog | undefined) => Leg) {
-  let log: DirtyLog | undefined;
-  const opener = clusterLogOpener({ transport: () => bus.connect(nodeId) });
-  const exp = (await openTable(parseTable(table), { openLeg: async (d) => openLeg(d, () => log), openLog: async (s, ctx) => (log = await opener(s, ctx)) })) as MirrorExport;
-  return { exp, log: log as ClusterLog };
-}
-
-const until = async (cond: () => boolean, ms: number, what: string) => {
-  const t0 = Date.now();
-  while (!cond()) {
-    if (Date.now() - t0 > ms) throw new Error(`${what}: not within ${ms} ms`);
-    await new Promise((r) => setTimeout(r, 2));
-  }
-};
 
 async function readsBack(exp: MirrorExport, offsetBytes: number, want: Buffer, times: number): Promise<void> {
   for (let i = 0; i < times; i++) {
@@ -80,8 +45,8 @@ describe('stale legs in a cluster log', () => {
     const legs = new Map(['a', 'b'].map((d) => [d, new MemoryLeg({ device: d, sizeBytes: SIZE_BYTES })]));
     const table = `0 ${SIZE_BYTES / 512} mirror userspace 4 LVM-stale clustered-core ${REGION_SECTORS} nosync 2 a 0 b 0`;
     const bPath2 = { on: false };
-    const n1 = await node(bus, 1, table, (d) => view(legs.get(d)!));
-    const n2 = await node(bus, 2, table, (d) => view(legs.get(d)!, d === 'b' ? bPath2 : undefined));
+    const n1 = await memoryNode(bus, 1, table, (d) => sharedLeg(legs.get(d)!));
+    const n2 = await memoryNode(bus, 2, table, (d) => sharedLeg(legs.get(d)!, d === 'b' ? bPath2 : undefined));
     for (const r of [3, 7, 9]) await n1.exp.write(pattern(r, 8192), r * REGION_BYTES, { fua: false });
 
     bPath2.on = true; // node 2 loses its path to b; node 1 still reaches it
@@ -109,11 +74,11 @@ describe('stale legs in a cluster log', () => {
     const legs = new Map(['a', 'b'].map((d) => [d, new MemoryLeg({ device: d, sizeBytes: SIZE_BYTES })]));
     const table = `0 ${SIZE_BYTES / 512} mirror userspace 4 LVM-stale2 clustered-core ${REGION_SECTORS} nosync 2 a 0 b 0`;
     const bPath1 = { on: false };
-    const n1 = await node(bus, 1, table, (d) => view(legs.get(d)!, d === 'b' ? bPath1 : undefined));
+    const n1 = await memoryNode(bus, 1, table, (d) => sharedLeg(legs.get(d)!, d === 'b' ? bPath1 : undefined));
     bPath1.on = true;
     await n1.exp.write(pattern(1, 4096), 0, { fua: false });
     expect(n1.exp.status().legs[1]!.health).toBe('D');
-    const n2 = await node(bus, 2, table, (d) => view(legs.get(d)!));
+    const n2 = await memoryNode(bus, 2, table, (d) => sharedLeg(legs.get(d)!));
     expect(n2.exp.status().legs.map((l) => [l.device, l.health, l.upToDate, l.isDefault])).toEqual([
       ['a', 'A', true, true],
       ['b', 'D', false, false],
@@ -127,10 +92,10 @@ describe('stale legs in a cluster log', () => {
     const logDev = new MemoryLeg({ device: 'log', sizeBytes: LOG_BYTES, volatileCache: true });
     const table = `0 ${SIZE_BYTES / 512} mirror userspace 4 LVM-stale3 clustered-disk log ${REGION_SECTORS} 2 a 0 b 0`;
     const aBroken = { on: false }; // a fails for every node (the device itself)
-    const open1 = (log: MemoryLeg) => (d: string) => (d === 'log' ? view(log) : view(legs.get(d)!, d === 'a' ? aBroken : undefined));
+    const open1 = (log: MemoryLeg) => (d: string) => (d === 'log' ? sharedLeg(log) : sharedLeg(legs.get(d)!, d === 'a' ? aBroken : undefined));
     const bus = new MemoryBus();
-    const n1 = await node(bus, 1, table, open1(logDev));
-    const n2 = await node(bus, 2, table, open1(logDev));
+    const n1 = await memoryNode(bus, 1, table, open1(logDev));
+    const n2 = await memoryNode(bus, 2, table, open1(logDev));
     await until(() => [n1, n2].every((n) => n.exp.status().inSyncRegions === n.exp.status().regionCount), 10_000, 'first sync');
     const written = new Map<number, number>();
     const w = async (n: typeof n1, seed: number, off: number) => {
@@ -169,8 +134,8 @@ describe('stale legs in a cluster log', () => {
       } as Leg;
     };
     const bus2 = new MemoryBus();
-    const m1 = await node(bus2, 1, table, open2);
-    const m2 = await node(bus2, 2, table, open2);
+    const m1 = await memoryNode(bus2, 1, table, open2);
+    const m2 = await memoryNode(bus2, 2, table, open2);
     for (const m of [m1, m2]) {
       expect(m.exp.status().legs.map((l) => [l.device, l.upToDate, l.isDefault])).toEqual([
         ['a', false, false],

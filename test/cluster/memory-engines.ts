@@ -1,0 +1,56 @@
+// memory-engines.ts — test-side helpers for real mirror engines (openTable) over shared memory legs,
+// coordinated by ClusterLogs on the in-memory bus: one node's view of a shared leg (optionally a path that
+// fails on demand), one node's engine and its cluster log, and polling until a condition holds.
+import { clusterLogOpener } from '../../src/cluster/log-opener.js';
+import type { ClusterLog } from '../../src/cluster/cluster-log.js';
+import type { MemoryBus } from '../../src/cluster/memory-bus.js';
+import { ExportError } from '../../src/nbd/export.js';
+import type { Leg } from '../../src/mirror/legs/leg.js';
+import type { MemoryLeg } from '../../src/mirror/legs/memory.js';
+import type { DirtyLog } from '../../src/mirror/log/dirty-log.js';
+import type { MirrorExport } from '../../src/mirror/mirror.js';
+import { openTable } from '../../src/mirror/open.js';
+import { parseTable } from '../../src/mirror/table.js';
+
+/**
+ * One node's view of a shared MemoryLeg: close() leaves the bytes to the other nodes; while `broken.on`,
+ * every request on this path fails with EIO (the leg itself stays fine for the others).
+ */
+export function sharedLeg(leg: MemoryLeg, broken: { on: boolean } = { on: false }): Leg {
+  const guard = <T>(f: () => Promise<T>) => (broken.on ? Promise.reject(new ExportError('EIO', `${leg.device}: path failed`)) : f());
+  return {
+    device: leg.device,
+    sizeBytes: leg.sizeBytes,
+    read: (t, o) => guard(() => leg.read(t, o)),
+    write: (d, o, f) => guard(() => leg.write(d, o, f)),
+    flush: () => guard(() => leg.flush()),
+    trim: (o, l) => guard(() => leg.trim(o, l)),
+    zero: (o, l, f) => guard(() => leg.zero(o, l, f)),
+    close: async () => undefined,
+  } as Leg;
+}
+
+/** A node's engine for `table`; openLeg gets this node's log (set before the mirror activates). */
+export async function memoryNode(
+  bus: MemoryBus,
+  nodeId: number,
+  table: string,
+  openLeg: (device: string, log: () => DirtyLog | undefined) => Leg,
+): Promise<{ exp: MirrorExport; log: ClusterLog }> {
+  let log: DirtyLog | undefined;
+  const opener = clusterLogOpener({ transport: () => bus.connect(nodeId) });
+  const exp = (await openTable(parseTable(table), {
+    openLeg: async (d) => openLeg(d, () => log),
+    openLog: async (s, ctx) => (log = await opener(s, ctx)),
+  })) as MirrorExport;
+  return { exp, log: log as ClusterLog };
+}
+
+/** Polls cond every 2 ms; throws after ms. */
+export async function until(cond: () => boolean, ms: number, what: string): Promise<void> {
+  const t0 = Date.now();
+  while (!cond()) {
+    if (Date.now() - t0 > ms) throw new Error(`${what}: not within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}
