@@ -120,12 +120,17 @@ function resyncPanel(report, y0) {
     return out;
   }
   const rows = [
-    { label: 'nbd-mirror resync (spawn to in-sync)', mbps: r.oursMBps, color: COLORS.ours, ours: true },
-    ...(r.engineReportedMBps > 0 ? [{ label: 'nbd-mirror engine rate', mbps: r.engineReportedMBps, color: '#58a6ff', ours: true }] : []),
+    { label: 'nbd-mirror, end to end (spawn to in-sync)', mbps: r.oursMBps, color: COLORS.ours, ours: true },
+    // engineMBps: resync start to in-sync (newer reports); engineReportedMBps: the engine's last progress rate.
+    ...(r.engineMBps > 0
+      ? [{ label: 'nbd-mirror engine (resync start to in-sync)', mbps: r.engineMBps, color: '#58a6ff', ours: true }]
+      : r.engineReportedMBps > 0
+        ? [{ label: 'nbd-mirror engine rate', mbps: r.engineReportedMBps, color: '#58a6ff', ours: true }]
+        : []),
     ...(r.nbdcopyMBps > 0 ? [{ label: 'nbdcopy file to file', mbps: r.nbdcopyMBps, color: COLORS.nbdcopy, ours: false }] : []),
   ];
   const max = Math.max(...rows.map((x) => x.mbps));
-  const labelW = 250;
+  const labelW = 300;
   const barMax = WIDTH - MARGIN.left - MARGIN.right - labelW - 90;
   rows.forEach((row, i) => {
     const y = y0 + 40 + i * 26;

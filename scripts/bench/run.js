@@ -42,8 +42,9 @@ const { values: flags } = parseArgs({
     size: { type: 'string', default: String(1024 * 1024 * 1024) },
     dir: { type: 'string', default: '/dev/shm' },
     'no-resync': { type: 'boolean', default: false },
+    'only-resync': { type: 'boolean', default: false },
     'no-tls': { type: 'boolean', default: false },
-    out: { type: 'string', default: DEFAULT_OUT },
+    out: { type: 'string' },
     cli: { type: 'string' },
     repeat: { type: 'string', default: '1' },
     help: { type: 'boolean', default: false },
@@ -52,11 +53,14 @@ const { values: flags } = parseArgs({
 if (flags.help) {
   console.log(`usage: npm run bench -- [--servers ${ALL_SERVERS.join(',')}] [--jobs ${Object.keys(JOBS).join(',')}]
        [--runtime SEC per job] [--size BYTES] [--dir DIR for backing files] [--no-resync] [--no-tls] [--out FILE]
+       [--only-resync: just the resync comparison (with --repeat N: N interleaved rounds, medians)]
        [--cli PATH to bin/nbd-mirror.js; default: a private build of src/ in .cache/e2e/]
        [--repeat N: N interleaved rounds over the servers, the median per job is reported (noisy machines)]`);
   process.exit(0);
 }
-const servers = flags.servers.split(',').filter(Boolean).filter((s) => !(flags['no-tls'] && TLS_GROUP.includes(s)));
+// --only-resync writes its own report (the full run's latest.json and the README chart stay as they are).
+flags.out ??= flags['only-resync'] ? join(ROOT, 'bench-results', 'resync-latest.json') : DEFAULT_OUT;
+const servers = flags['only-resync'] ? [] : flags.servers.split(',').filter(Boolean).filter((s) => !(flags['no-tls'] && TLS_GROUP.includes(s)));
 for (const s of servers) if (!ALL_SERVERS.includes(s)) throw new Error(`unknown server ${s}; known: ${ALL_SERVERS.join(', ')}`);
 const jobs = flags.jobs.split(',').filter(Boolean);
 const runtimeSec = Number(flags.runtime);
@@ -130,17 +134,21 @@ async function benchServer(name, ctx) {
   }
 }
 
-async function benchResync(ctx) {
-  // Leg A holds random data, leg B is empty: a core log without nosync resyncs every region at activation.
+/** One full resync by our server: spawn, wait for in-sync, stop; times from its own events. */
+async function resyncOnce(ctx) {
+  // Leg A holds random data, leg B is empty: a core log with `sync` resyncs every region at activation.
   await sparse(ctx.files.b, ctx.sizeBytes);
   const table = mirrorTable({ legs: [ctx.files.a, ctx.files.b], sizeBytes: ctx.sizeBytes, sync: 'sync' });
   const def = SERVERS['mirror-core'](ctx);
   // debug: the control plane logs resync-progress events at debug level.
   const args = def.args.map((a) => (a === def.table ? table : a)).map((a) => (a === 'warn' ? 'debug' : a));
+  // The resync's start: a progress event's time minus its runningMs (how long the run has been copying;
+  // the engine's first event, as it hands out the first region, is emitted before the control plane listens).
+  let startMs;
   let inSyncMs;
   let engineBytesPerSec;
   let pending = '';
-  const started = Date.now();
+  const spawnedMs = Date.now();
   const server = await startServer(
     { ...def, args, table },
     {
@@ -156,29 +164,74 @@ async function benchResync(ctx) {
           } catch {
             continue;
           }
-          if (rec.event === 'resync-progress' && typeof rec.bytesPerSec === 'number') engineBytesPerSec = rec.bytesPerSec;
-          if (rec.event === 'in-sync' && inSyncMs === undefined) inSyncMs = typeof rec.time === 'number' ? rec.time : Date.now();
+          const at = typeof rec.time === 'number' ? rec.time : Date.now();
+          if (rec.event === 'resync-progress') {
+            if (typeof rec.runningMs === 'number') startMs ??= at - rec.runningMs;
+            if (typeof rec.bytesPerSec === 'number' && rec.bytesPerSec > 0) engineBytesPerSec = rec.bytesPerSec;
+          }
+          if (rec.event === 'in-sync' && inSyncMs === undefined) inSyncMs = at;
         }
       },
     },
   );
-  while (inSyncMs === undefined && Date.now() - started < RESYNC_TIMEOUT_MS) await new Promise((r) => setTimeout(r, 20));
+  const readyMs = server.readyMs;
+  while (inSyncMs === undefined && Date.now() - spawnedMs < RESYNC_TIMEOUT_MS) await new Promise((r) => setTimeout(r, 20));
   await server.stop();
   if (inSyncMs === undefined) return { error: `no in-sync event within ${RESYNC_TIMEOUT_MS} ms`, stderrTail: server.stderr().slice(-2000) };
   const identical = await timeCommand('cmp', [ctx.files.a, ctx.files.b]).then(() => true, () => false);
-  const oursSec = (inSyncMs - started) / 1000;
+  return {
+    endToEndSec: (inSyncMs - spawnedMs) / 1000,
+    engineSec: startMs !== undefined ? (inSyncMs - startMs) / 1000 : null,
+    startupSec: startMs !== undefined ? (startMs - spawnedMs) / 1000 : null,
+    readySec: (readyMs - spawnedMs) / 1000,
+    engineReportedMBps: engineBytesPerSec !== undefined ? engineBytesPerSec / 1e6 : null,
+    identical,
+  };
+}
 
-  await sparse(ctx.files.b, ctx.sizeBytes);
-  const nbdcopySec = await timeCommand('nbdcopy', [ctx.files.a, ctx.files.b]);
+async function benchResync(ctx, rounds) {
+  // Interleaved: ours then nbdcopy in every round, so load elsewhere hits both alike; medians reported.
+  const ours = [];
+  const nbdcopy = [];
+  for (let i = 0; i < rounds; i++) {
+    const r = await resyncOnce(ctx);
+    if (r.error) return r;
+    ours.push(r);
+    await sparse(ctx.files.b, ctx.sizeBytes);
+    nbdcopy.push(await timeCommand('nbdcopy', [ctx.files.a, ctx.files.b]));
+  }
+  const med = (k) => {
+    const v = ours.map((r) => r[k]).filter((x) => x !== null);
+    return v.length === 0 ? null : median(v);
+  };
+  const endToEndSec = med('endToEndSec');
+  const engineSec = med('engineSec');
+  const nbdcopySec = median(nbdcopy);
+  const mbps = (sec) => (sec === null ? null : ctx.sizeBytes / 1e6 / sec);
   return {
     bytes: ctx.sizeBytes,
-    oursSec,
-    oursMBps: ctx.sizeBytes / 1e6 / oursSec,
-    engineReportedMBps: engineBytesPerSec !== undefined ? engineBytesPerSec / 1e6 : null,
-    legsIdenticalAfter: identical,
+    rounds,
+    // End to end: from spawning `nbd-mirror serve` to its in-sync event (node start-up, module loading,
+    // opening the table, then the copy).
+    oursSec: endToEndSec,
+    oursMBps: mbps(endToEndSec),
+    endToEndRatio: nbdcopySec / endToEndSec,
+    // Engine: from the resync's start (the table opens and hands out its first region) to in-sync.
+    engineSec,
+    engineMBps: mbps(engineSec),
+    engineRatio: engineSec === null ? null : nbdcopySec / engineSec,
+    startupSec: med('startupSec'),
+    readySec: med('readySec'),
+    engineReportedMBps: med('engineReportedMBps'),
+    legsIdenticalAfter: ours.every((r) => r.identical),
     nbdcopySec,
-    nbdcopyMBps: ctx.sizeBytes / 1e6 / nbdcopySec,
-    note: 'ours: from spawning the server to its in-sync event (includes node start-up); engineReportedMBps: the rate in the last resync-progress event; nbdcopy: local file to file',
+    nbdcopyMBps: mbps(nbdcopySec),
+    perRound: ours.map((r, i) => ({ ...r, nbdcopySec: nbdcopy[i] })),
+    note:
+      'end to end (oursSec, endToEndRatio): spawn of `nbd-mirror serve` to its in-sync event, node start-up included; ' +
+      'engine (engineSec, engineRatio): the resync start (the table opened and handed out its first region; from the runningMs of its resync-progress events) to in-sync; ' +
+      'startupSec: spawn to resync start; readySec: spawn to the pid file (every address listening); ' +
+      'engineReportedMBps: the rate in the last resync-progress event; nbdcopy: local file to file, same files; ratio = nbdcopy time / ours',
   };
 }
 
@@ -234,25 +287,26 @@ async function main() {
   const ctx = { dir, sizeBytes, files: { a: join(dir, 'leg-a.img'), b: join(dir, 'leg-b.img'), log: join(dir, 'mirror.log') } };
   const started = Date.now();
   try {
-    if (servers.some((s) => ['linear', 'mirror-core', 'mirror-disk', 'linear-tls'].includes(s))) setCli(flags.cli ?? privateBuildCopy(dir));
+    const runResync = flags['only-resync'] || (!flags['no-resync'] && servers.includes('mirror-core'));
+    if (runResync || servers.some((s) => ['linear', 'mirror-core', 'mirror-disk', 'linear-tls'].includes(s))) setCli(flags.cli ?? privateBuildCopy(dir));
     if (servers.some((s) => TLS_GROUP.includes(s))) ctx.pki = makePki(join(dir, 'pki'));
-    console.log(`nbd-mirror bench: ${sizeBytes / 2 ** 20} MiB files in ${dir}, ${runtimeSec} s per job, servers: ${servers.join(', ')}`);
+    console.log(`nbd-mirror bench: ${sizeBytes / 2 ** 20} MiB files in ${dir}, ${runtimeSec} s per job, servers: ${servers.join(', ') || '(none)'}${runResync ? ', resync' : ''}`);
     await fillRandom(ctx.files.a, sizeBytes);
-    await copyFile(ctx.files.a, ctx.files.b);
+    if (servers.length > 0) await copyFile(ctx.files.a, ctx.files.b);
     await sparse(ctx.files.log, 1024 * 1024);
     // Rounds are interleaved (every server once per round) so a burst of load elsewhere on the machine
     // hits all servers alike; each figure is the median over the rounds.
     const rounds = {};
-    for (let round = 0; round < repeat; round++) {
+    for (let round = 0; round < repeat && servers.length > 0; round++) {
       if (repeat > 1) console.log(`  round ${round + 1}/${repeat}`);
       for (const name of servers) (rounds[name] ??= []).push(await benchServer(name, ctx));
     }
     const results = {};
     for (const name of servers) results[name] = medianResult(rounds[name]);
     let resync;
-    if (!flags['no-resync'] && servers.includes('mirror-core')) {
-      process.stdout.write('  resync       full resync of 2-leg core-log mirror vs nbdcopy A -> B ... ');
-      resync = await benchResync(ctx);
+    if (runResync) {
+      process.stdout.write(`  resync       full resync of 2-leg core-log mirror vs nbdcopy A -> B${repeat > 1 ? `, ${repeat} rounds` : ''} ... `);
+      resync = await benchResync(ctx, repeat);
       process.stdout.write('done\n');
     }
 
@@ -263,10 +317,14 @@ async function main() {
       console.log('\nResync of', `${sizeBytes / 2 ** 20} MiB`);
       if (resync.error) console.log(`  ours: FAILED: ${resync.error}`);
       else {
-        console.log(
-          `  nbd-mirror resync (unthrottled): ${resync.oursSec.toFixed(2)} s from spawn, ${fmt(resync.oursMBps)} MB/s (engine reports ${resync.engineReportedMBps === null ? '?' : fmt(resync.engineReportedMBps)} MB/s), legs identical: ${resync.legsIdenticalAfter}`,
-        );
-        console.log(`  nbdcopy leg A -> leg B:          ${resync.nbdcopySec.toFixed(2)} s, ${fmt(resync.nbdcopyMBps)} MB/s`);
+        const x = (ratio) => (ratio === null ? '?' : `${ratio.toFixed(2)}x`);
+        const sec = (v) => (v === null ? '?' : `${v.toFixed(2)} s`);
+        const rate = (v) => (v === null ? '?' : `${fmt(v)} MB/s`);
+        console.log(`  nbd-mirror, end to end (spawn -> in-sync):     ${sec(resync.oursSec)}, ${rate(resync.oursMBps)}, ${x(resync.endToEndRatio)} nbdcopy`);
+        console.log(`  nbd-mirror, engine (resync start -> in-sync):  ${sec(resync.engineSec)}, ${rate(resync.engineMBps)}, ${x(resync.engineRatio)} nbdcopy`);
+        console.log(`    start-up (spawn -> resync start) ${sec(resync.startupSec)}, spawn -> serving ${sec(resync.readySec)}; engine's last reported rate ${rate(resync.engineReportedMBps)}; legs identical: ${resync.legsIdenticalAfter}`);
+        console.log(`  nbdcopy leg A -> leg B:                        ${sec(resync.nbdcopySec)}, ${rate(resync.nbdcopyMBps)}`);
+        console.log(`  (ratio = nbdcopy time / ours; end to end includes node start-up and module loading, engine is the copy alone${resync.rounds > 1 ? `; medians of ${resync.rounds} interleaved rounds` : ''})`);
       }
     }
     const report = {

@@ -139,6 +139,8 @@ export async function startServer(def, { onStderr } = {}) {
   return {
     pid: child.pid,
     startedMs,
+    /** When the pid file and socket were first seen (polled every 20 ms). */
+    readyMs: Date.now(),
     stderr: () => stderr,
     stop: async () => {
       if (exit !== undefined) return exit;

@@ -4,7 +4,9 @@
 // (regions with waiting writes jump ahead), the copy loop (Leg.copyRangeTo offload, copy_file_range between
 // file legs; else read + write through chunkBytes buffers, one per worker, reused), the rate limit (a token
 // bucket on the injected scheduler, changeable while running), and progress
-// (in-sync regions, bytes/s, ETA) with periodic 'resync-progress' events.
+// (in-sync regions, bytes/s, ETA, how long this run has been copying) with 'resync-progress' events: one
+// when copying starts from idle, periodic ones, and one when it goes idle (runningMs then is the run's
+// length: the benchmark's engine time).
 //
 // Per region: claim it in the log (recovering), hold it in the region hash (new writes park, wait for its
 // pending writes), copy, then release the hold with the result (sync bit + lazy clear on success) and let
@@ -42,6 +44,8 @@ export interface ResyncProgress {
   regionCount: number;
   bytesPerSec: number;
   etaSec: number | null;
+  /** How long the current (or last) copying run has lasted: from handing out its first region to idle. */
+  runningMs: number;
 }
 
 /** Bytes-per-second token bucket on the injected clock. rate 0 = unlimited. */
@@ -101,6 +105,9 @@ export class Resync {
   private rateSampleBytes = 0;
   private rateSampleMs: number;
   private bytesPerSec = 0;
+  /** The current (or last) run: copying from idle to idle (scheduler clock); null before the first. */
+  private runStartMs: number | null = null;
+  private runEndMs: number | null = null;
   regionsRecovered = 0;
 
   constructor(
@@ -169,7 +176,8 @@ export class Resync {
     const inSyncRegions = this.host.log.syncCount();
     const remainingBytes = (regionCount - inSyncRegions) * this.host.log.regionSizeBytes;
     const etaSec = remainingBytes === 0 ? 0 : this.bytesPerSec > 0 ? remainingBytes / this.bytesPerSec : null;
-    return { inSyncRegions, regionCount, bytesPerSec: this.bytesPerSec, etaSec };
+    const runningMs = this.runStartMs === null ? 0 : (this.runEndMs ?? this.host.scheduler.nowMs()) - this.runStartMs;
+    return { inSyncRegions, regionCount, bytesPerSec: this.bytesPerSec, etaSec, runningMs };
   }
 
   private nextRegion(): number | null {
@@ -196,6 +204,7 @@ export class Resync {
     while (this.inFlight < this.opts.regionsInFlightMax) {
       const r = this.nextRegion();
       if (r === null) break;
+      if (this.runEndMs !== null || this.runStartMs === null) this.announceStart(); // from idle
       this.inFlight++;
       this.startProgressTimer();
       void this.recover(r).then(
@@ -209,6 +218,7 @@ export class Resync {
     this.inFlight--;
     this.pump();
     if (this.inFlight === 0) {
+      this.runEndMs = this.host.scheduler.nowMs();
       this.stopProgressTimer();
       this.emitProgress();
       const w = this.idleWaiters;
@@ -282,6 +292,15 @@ export class Resync {
     } finally {
       if (buffer !== null) this.freeBuffers.push(buffer);
     }
+  }
+
+  /** Copying starts from idle: the rate window starts now (idle time is not slowness), progress is announced. */
+  private announceStart(): void {
+    this.rateSampleBytes = 0;
+    this.rateSampleMs = this.host.scheduler.nowMs();
+    this.runStartMs = this.rateSampleMs;
+    this.runEndMs = null;
+    this.host.progress(this.progress());
   }
 
   private startProgressTimer(): void {
