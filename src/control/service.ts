@@ -3,7 +3,8 @@
 // startService/close.
 //
 // Start-up: parse EVERY table first (nothing opened while any line is bad), check every listen address,
-// open every export (closing those already open if one fails), then listen. Any failure before the first
+// open every export (closing those already open if one fails), then listen. The NBD server's modules load
+// while the exports open (a mirror that needs a resync starts copying as it opens: start-up is resync time). Any failure before the first
 // byte is served is a UsageError (exit 2), naming the table's source or the address.
 // Shutdown: stop listening and let the server finish in-flight requests and close connections, then
 // flush and close each export (a mirror flushes its legs and its log), then remove unix socket files.
@@ -11,7 +12,7 @@ import { lstat, unlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { existsSync } from 'node:fs';
 import type { Export } from '../nbd/export.js';
-import { NbdServer, type ServerOptions } from '../nbd/server/server.js';
+import type { ServerOptions } from '../nbd/server/server.js';
 import type { Logger } from '../nbd/server/log.js';
 import type { ExportEntry } from '../nbd/server/registry.js';
 import { parseTable, TableError, type TableSpec } from '../mirror/table.js';
@@ -62,6 +63,8 @@ export function parsePlanTables(plan: ServePlan): { name: string; source: string
 }
 
 export async function startService(opts: ServiceOptions): Promise<Service> {
+  const serverModule = import('../nbd/server/server.js');
+  serverModule.catch(() => undefined); // awaited below; a failure there is reported there
   const parsed = parsePlanTables(opts.plan);
   for (const address of opts.listen) await checkAddressUsable(address);
 
@@ -89,6 +92,13 @@ export async function startService(opts: ServiceOptions): Promise<Service> {
     throw err;
   }
 
+  let NbdServer: Awaited<typeof serverModule>['NbdServer'];
+  try {
+    ({ NbdServer } = await serverModule);
+  } catch (err) {
+    await closeExports(opened, opts.log);
+    throw err;
+  }
   const registry = new Map<string, ExportEntry>(opened.map((o) => [o.name, { export: o.export }]));
   const server = new NbdServer({ ...opts.server, exports: registry, defaultExportName: opts.plan.defaultExportName, log: opts.log });
   const listening: ListenAddress[] = [];
