@@ -109,11 +109,13 @@ describe('serve loads what its options need', () => {
     // repair-relay.js is the cluster's repair hook the control plane calls (no corosync behind it).
     expect(loaded(modules, /\/dist\/cluster\/(?!repair-relay\.js)/), 'cluster').toEqual([]);
     expect(loaded(modules, /\/cli\/commands\/(?!serve\.js|serve-pool\.js)/), 'other commands').toEqual([]);
+    expect(loaded(modules, /\/control\/(metrics|dashboard\/dashboard)\.js$/), 'metrics, dashboard').toEqual([]);
   });
 
   it('with a dashboard: metrics and its WebSocket are loaded (once it starts)', async () => {
     const modules = await servedModules('dashboard', ['--dashboard', String(await freePort())]);
     expect(loaded(modules, /\/node_modules\/prom-client\//).length).toBeGreaterThan(0);
     expect(loaded(modules, /\/node_modules\/ws\//).length).toBeGreaterThan(0);
+    expect(loaded(modules, /\/control\/(metrics|dashboard\/dashboard)\.js$/)).toHaveLength(2);
   });
 });

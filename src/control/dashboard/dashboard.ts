@@ -10,25 +10,24 @@
 // which is printed in the page URL's fragment (#token=...), never sent in a URL the server logs.
 //
 // Never blocks the NBD path: it reads counters and status at its own pace (batch at your own pace).
-import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { timingSafeEqual } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { dirname, extname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Option, type Command } from 'commander';
 import type { WebSocketServer, WebSocket } from 'ws';
-import { ControlClient, readToken } from '../client.js';
+import { ControlClient } from '../client.js';
 import { ControlError } from '../control-error.js';
 import { readJsonObject, sendJson as sendJsonReply, sendJsonError } from '../http-json.js';
 import { bucketQuantileMs, mirrorSample, type IoCounters, type Metrics } from '../metrics.js';
 import { planRepair } from '../repair.js';
-import { UsageError } from '../usage-error.js';
-import { errorText, type Volume, type VolumeEvent, type Volumes } from '../volumes.js';
+import type { Volume, VolumeEvent, Volumes } from '../volumes.js';
+// The serve options and their validation live in dashboard-options.ts (loaded at start-up; this file is
+// loaded when a dashboard starts).
+export { DASHBOARD_PORT_DEFAULT, addDashboardOptions, dashboardPlan, type DashboardFlags, type DashboardPlan } from './dashboard-options.js';
 import { onClusterMembership, type ClusterView } from './cluster-view.js';
 import { regionMapOf } from './region-map.js';
 
-/** Default dashboard port (127.0.0.1 only). If it is taken, serve warns and runs without a dashboard. */
-export const DASHBOARD_PORT_DEFAULT = 7390;
 /** One sample per second, five minutes of history. */
 export const SAMPLE_INTERVAL_MS = 1000;
 export const HISTORY_SAMPLES = 300;
@@ -48,45 +47,6 @@ const CONTENT_TYPES: Record<string, string> = {
   '.svg': 'image/svg+xml',
   '.ico': 'image/x-icon',
 };
-
-export interface DashboardFlags {
-  dashboard?: string;
-  controlTokenFile?: string;
-}
-
-export function addDashboardOptions(cmd: Command): Command {
-  return cmd.addOption(
-    new Option('--dashboard <port>', `web dashboard and /metrics on http://127.0.0.1:PORT (0 = none)`).default(String(DASHBOARD_PORT_DEFAULT)),
-  );
-}
-
-/** Validated dashboard settings (UsageError naming the flag on bad input). */
-export interface DashboardPlan {
-  readonly port: number;
-  /** The port was not given: a busy default port is a warning, not an error. */
-  readonly portIsDefault: boolean;
-  readonly token: string;
-}
-
-export function dashboardPlan(flags: DashboardFlags, argv: readonly string[] = process.argv): DashboardPlan | null {
-  const text = flags.dashboard ?? String(DASHBOARD_PORT_DEFAULT);
-  if (!/^[0-9]{1,5}$/.test(text) || Number(text) > 65535) throw new UsageError(`--dashboard ${text}: expected a port number 1..65535, or 0 for none`);
-  const port = Number(text);
-  if (port === 0) return null;
-  // With --control-tcp's token file the dashboard takes the same token; otherwise a fresh one per start.
-  let token: string;
-  if (flags.controlTokenFile !== undefined) {
-    try {
-      token = readToken(flags.controlTokenFile);
-    } catch (e) {
-      throw new UsageError(`--control-token-file ${flags.controlTokenFile}: ${errorText(e)}`);
-    }
-  } else {
-    token = randomBytes(16).toString('hex');
-  }
-  const portIsDefault = !argv.some((a) => a === '--dashboard' || a.startsWith('--dashboard='));
-  return { port, portIsDefault, token };
-}
 
 export interface DashboardOptions {
   readonly volumes: Volumes;

@@ -6,16 +6,18 @@
 //   await obs.close()                                         at shutdown
 // A taken default port moves to the next free one of 7390..7399 (then a warning: serve runs on without a
 // dashboard); a taken explicit port is an error. With --dashboard 0 nothing reads the counters: exports
-// are not metered and prom-client is never loaded.
+// are not metered, and neither the metrics nor the dashboard are loaded. With a dashboard, the metrics
+// module loads while the first export opens, the dashboard (and prom-client, ws) when it starts.
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import type { Export } from '../../nbd/export.js';
 import type { TableSpec } from '../../mirror/table.js';
 import { defaultControlPath } from '../client.js';
-import { Metrics } from '../metrics.js';
+import type { Metrics } from '../metrics.js';
 import { UsageError } from '../usage-error.js';
 import { errorText, type Volumes } from '../volumes.js';
-import { Dashboard, dashboardPlan, type DashboardFlags, type DashboardPlan } from './dashboard.js';
+import type { Dashboard } from './dashboard.js';
+import { dashboardPlan, type DashboardFlags, type DashboardPlan } from './dashboard-options.js';
 
 /** Ports tried from the default one up when it is taken (7390..7399). */
 const DEFAULT_PORT_TRIES = 10;
@@ -26,8 +28,8 @@ interface Log {
 }
 
 export class ServeDashboard {
-  /** null without a dashboard (--dashboard 0): nothing would read the counters. */
-  readonly metrics: Metrics | null;
+  /** Loaded on first use; never without a dashboard (--dashboard 0): nothing would read the counters. */
+  private metricsLoaded: Promise<Metrics> | undefined;
   private dashboard: Dashboard | undefined;
 
   private constructor(
@@ -35,8 +37,11 @@ export class ServeDashboard {
     private readonly controlSocketPath: string,
     private readonly log: Log,
     private readonly node: string,
-  ) {
-    this.metrics = plan === null ? null : new Metrics();
+  ) {}
+
+  private metrics(): Promise<Metrics> {
+    this.metricsLoaded ??= import('../metrics.js').then(({ Metrics }) => new Metrics());
+    return this.metricsLoaded;
   }
 
   static fromFlags(flags: DashboardFlags & { control?: string }, log: Log): ServeDashboard {
@@ -46,15 +51,19 @@ export class ServeDashboard {
 
   /** Wrap an export opener so every export's requests are counted under its name. */
   meter(open: (name: string, spec: TableSpec) => Promise<Export>): (name: string, spec: TableSpec) => Promise<Export> {
-    const metrics = this.metrics;
-    if (metrics === null) return open;
-    return async (name, spec) => metrics.wrap(name, await open(name, spec));
+    if (this.plan === null) return open;
+    return async (name, spec) => {
+      const metrics = this.metrics(); // loads while the export opens
+      metrics.catch(() => undefined); // awaited below (and by start); an open failure must not leave it unhandled
+      const e = await open(name, spec);
+      return (await metrics).wrap(name, e);
+    };
   }
 
   /** Start the listener; returns the lines for the start banner (the dashboard's URL first). */
   async start(volumes: Volumes): Promise<string[]> {
-    const metrics = this.metrics;
-    if (this.plan === null || metrics === null) return [];
+    if (this.plan === null) return [];
+    const [metrics, { Dashboard }] = await Promise.all([this.metrics(), import('./dashboard.js')]);
     metrics.attachVolumes(volumes);
     await metrics.registry(); // default process metrics are collected from now on
     // A default port that is taken (a second server on this host) moves to the next free one of a few;

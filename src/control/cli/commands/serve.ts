@@ -10,7 +10,7 @@ import { readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { Command, Option } from 'commander';
 import type { ServerTls } from '../../../nbd/tls/server-tls.js';
 import { createLogger, LOG_LEVELS, type LogLevel } from '../../logging.js';
-import { addDashboardOptions, type DashboardFlags } from '../../dashboard/dashboard.js';
+import { addDashboardOptions, type DashboardFlags } from '../../dashboard/dashboard-options.js';
 import { ServeDashboard } from '../../dashboard/serve-dashboard.js';
 import { DEFAULT_LISTEN, formatListenAddress, parseListenAddress, type ListenAddress } from '../../listen-address.js';
 import { buildServePlan } from '../../serve-plan.js';
