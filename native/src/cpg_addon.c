@@ -562,6 +562,18 @@ static napi_value bool_value(napi_env env, bool b) {
   return v;
 }
 
+/* A corosync call's result as a JS value: throws (returns NULL) when err is not CS_OK. */
+static napi_value cs_uint32(napi_env env, int err, const char *what, uint32_t value) {
+  if (err != CS_OK) { throw_cs(env, what, err); return NULL; }
+  napi_value v;
+  napi_create_uint32(env, value, &v);
+  return v;
+}
+static napi_value cs_bool(napi_env env, int err, const char *what, bool value) {
+  if (err != CS_OK) { throw_cs(env, what, err); return NULL; }
+  return bool_value(env, value);
+}
+
 static napi_value cpg_join_leave(napi_env env, napi_callback_info info, int join) {
   size_t argc = 1;
   napi_value argv[1];
@@ -612,10 +624,7 @@ static napi_value m_local_node_id(napi_env env, napi_callback_info info) {
   if (!w) return NULL;
   unsigned int id = 0;
   int err = cpg_local_get(w->handle, &id);
-  if (err != CS_OK) { throw_cs(env, "cpg_local_get", err); return NULL; }
-  napi_value v;
-  napi_create_uint32(env, id, &v);
-  return v;
+  return cs_uint32(env, err, "cpg_local_get", id);
 }
 
 static napi_value m_membership(napi_env env, napi_callback_info info) {
@@ -638,20 +647,16 @@ static napi_value m_max_atomic(napi_env env, napi_callback_info info) {
   if (!w) return NULL;
   uint32_t size = 0;
   int err = cpg_max_atomic_msgsize_get(w->handle, &size);
-  if (err != CS_OK) { throw_cs(env, "cpg_max_atomic_msgsize_get", err); return NULL; }
-  napi_value v;
-  napi_create_uint32(env, size, &v);
-  return v;
+  return cs_uint32(env, err, "cpg_max_atomic_msgsize_get", size);
 }
 
 static napi_value m_flow_control(napi_env env, napi_callback_info info) {
   size_t argc = 0;
   watcher *w = unwrap_open(env, info, &argc, NULL, KIND_CPG);
   if (!w) return NULL;
-  cpg_flow_control_state_t st;
+  cpg_flow_control_state_t st = CPG_FLOW_CONTROL_DISABLED;
   int err = cpg_flow_control_state_get(w->handle, &st);
-  if (err != CS_OK) { throw_cs(env, "cpg_flow_control_state_get", err); return NULL; }
-  return bool_value(env, st == CPG_FLOW_CONTROL_ENABLED);
+  return cs_bool(env, err, "cpg_flow_control_state_get", st == CPG_FLOW_CONTROL_ENABLED);
 }
 
 static napi_value m_get_quorate(napi_env env, napi_callback_info info) {
@@ -660,8 +665,7 @@ static napi_value m_get_quorate(napi_env env, napi_callback_info info) {
   if (!w) return NULL;
   int q = 0;
   int err = quorum_getquorate(w->handle, &q);
-  if (err != CS_OK) { throw_cs(env, "quorum_getquorate", err); return NULL; }
-  return bool_value(env, q != 0);
+  return cs_bool(env, err, "quorum_getquorate", q != 0);
 }
 
 static napi_value m_close(napi_env env, napi_callback_info info) {

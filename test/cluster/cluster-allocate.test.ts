@@ -6,14 +6,12 @@
 // and apply it: every node ends on [file, spare]. The spare is resynced once, cluster-wide (the resync
 // bytes of all nodes together = the volume), the held writes complete, every acknowledged write reads back
 // through another node, and file and spare are identical. Skips unless CI=true.
-import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { NbdkitLeg } from '../control/nbdkit-leg.js';
 import { run } from '../helpers/run.js';
-import { findTool } from '../helpers/tools.js';
-import { startNbdkitErrorLeg, type NbdkitLeg } from '../control/nbdkit-leg.js';
-import { clusterUnavailableReason, Harness, now } from './harness.js';
-import { checkAcked, Node, sleep, waitAllInSync, writer, type EventWatch } from './serve-node.js';
+import { now } from './harness.js';
+import { checkAcked, Node, ServeCluster, serveTestUnavailable, sleep, waitAllInSync, writer, type EventWatch } from './serve-node.js';
 
 const NODES = 3;
 const TOKEN_MS = 1000;
@@ -25,42 +23,31 @@ const UUID = 'LVM-e2eclalloc';
 const DASHBOARD_PORT = 18_376;
 const REPAIR_MS = 30_000;
 
-const unavailable =
-  (await clusterUnavailableReason()) ??
-  (['nbdkit', 'cmp', 'curl'].map((t) => (findTool(t) ? undefined : `${t} missing (apt-get install nbdkit diffutils curl)`)).find((x) => x !== undefined));
-if (unavailable && process.env.CI === 'true') throw new Error(`cluster tests cannot run under CI: ${unavailable}`);
+const unavailable = await serveTestUnavailable(['nbdkit', 'cmp', 'curl']);
 
 describe.skipIf(unavailable !== undefined)(`repair policy allocate on a 3-node cluster mirror${unavailable ? ` (skipped: ${unavailable})` : ''}`, () => {
-  let h: Harness;
-  let dir: string;
+  let c: ServeCluster;
   let file: string;
   let spare: string;
   let bad: NbdkitLeg;
-  const nodes: Node[] = [];
+  let nodes: Node[] = [];
   const watches: EventWatch[] = [];
   const times: Record<string, number> = {};
 
   beforeAll(async () => {
-    h = new Harness('a');
-    dir = path.join(h.runDir, 'data');
-    mkdirSync(dir);
-    file = path.join(dir, 'leg0.img');
-    spare = path.join(dir, 'spare.img');
-    for (const f of [file, spare]) await run('truncate', ['-s', String(SIZE_BYTES), f]);
-    bad = await startNbdkitErrorLeg(dir, 'bad', SIZE_BYTES);
-    await h.start(NODES, TOKEN_MS);
+    c = await ServeCluster.start({ tag: 'a', nodes: NODES, tokenMs: TOKEN_MS, sizeBytes: SIZE_BYTES, legFiles: 1, errorLeg: true });
+    [file, bad] = [c.files[0]!, c.bad!];
+    spare = path.join(c.dir, 'spare.img');
+    await run('truncate', ['-s', String(SIZE_BYTES), spare]);
     const table = `0 ${SIZE_BYTES / 512} mirror userspace 4 ${UUID} clustered-core ${REGION_SECTORS} nosync 2 ${file} 0 ${bad.uri} 0 1 handle_errors`;
-    for (let i = 1; i <= NODES; i++) nodes.push(new Node(h, i, dir, table, DASHBOARD_PORT, ['--repair-policy', 'allocate', '--spare', spare]));
-    for (const n of nodes) await n.start(); // node 1 first: the log server
+    nodes = await c.startNodes(NODES, table, DASHBOARD_PORT, ['--repair-policy', 'allocate', '--spare', spare]); // node 1 first: the log server
     for (const n of nodes) watches.push(await n.watchEvents());
   }, 120_000);
 
   afterAll(async () => {
     console.log(`cluster allocate times (ms): ${JSON.stringify(times)}`);
     for (const w of watches) w.close();
-    for (const n of nodes) await n.kill9().catch(() => undefined);
-    await bad?.stop().catch(() => undefined);
-    await h?.teardown();
+    await c?.teardown();
   }, 60_000);
 
   it('the server allocates the spare for every node; it is resynced once cluster-wide; nothing acked is lost', async () => {

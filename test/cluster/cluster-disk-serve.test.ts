@@ -2,13 +2,11 @@
 // shared log file, two shared leg files). After the initial full resync, every node writes its slice; then
 // the WHOLE cluster is killed (-9) mid-write and restarted: only regions that were dirty are resynced (a
 // few, not the volume), every acknowledged write reads back, legs identical. Skips unless CI=true.
-import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { run } from '../helpers/run.js';
-import { findTool } from '../helpers/tools.js';
-import { clusterUnavailableReason, Harness, now } from './harness.js';
-import { checkAcked, Node, sleep, waitAllInSync, writer } from './serve-node.js';
+import { now } from './harness.js';
+import { checkAcked, Node, ServeCluster, serveTestUnavailable, sleep, waitAllInSync, writer } from './serve-node.js';
 
 const NODES = 3;
 const TOKEN_MS = 1000;
@@ -20,36 +18,27 @@ const REGION_BYTES = REGION_SECTORS * 512;
 const UUID = 'LVM-e2eclusterdisk';
 const DASHBOARD_PORT = 18_378;
 
-const unavailable =
-  (await clusterUnavailableReason()) ?? (['curl', 'cmp'].map((t) => (findTool(t) ? undefined : `${t} missing`)).find((x) => x !== undefined));
-if (unavailable && process.env.CI === 'true') throw new Error(`cluster tests cannot run under CI: ${unavailable}`);
+const unavailable = await serveTestUnavailable(['curl', 'cmp']);
 
 describe.skipIf(unavailable !== undefined)(`clustered-disk on a 3-node corosync cluster${unavailable ? ` (skipped: ${unavailable})` : ''}`, () => {
-  let h: Harness;
-  let dir: string;
+  let c: ServeCluster;
   let legs: string[];
-  const nodes: Node[] = [];
+  let nodes: Node[] = [];
   const figures: Record<string, number> = {};
 
   beforeAll(async () => {
-    h = new Harness('d');
-    dir = path.join(h.runDir, 'data');
-    mkdirSync(dir);
-    legs = [0, 1].map((i) => path.join(dir, `leg${i}.img`));
-    for (const l of legs) await run('truncate', ['-s', String(SIZE_BYTES), l]);
-    const log = path.join(dir, 'log.img');
+    c = await ServeCluster.start({ tag: 'd', nodes: NODES, tokenMs: TOKEN_MS, sizeBytes: SIZE_BYTES, legFiles: 2 });
+    legs = c.files;
+    const log = path.join(c.dir, 'log.img');
     await run('truncate', ['-s', String(MiB), log]);
-    await h.start(NODES, TOKEN_MS);
     // No sync argument: the log device decides (a new one: everything out of sync once).
     const table = `0 ${SIZE_BYTES / 512} mirror userspace 4 ${UUID} clustered-disk ${log} ${REGION_SECTORS} 2 ${legs[0]} 0 ${legs[1]} 0 1 handle_errors`;
-    for (let i = 1; i <= NODES; i++) nodes.push(new Node(h, i, dir, table, DASHBOARD_PORT));
-    for (const n of nodes) await n.start();
+    nodes = await c.startNodes(NODES, table, DASHBOARD_PORT);
   }, 120_000);
 
   afterAll(async () => {
     console.log(`clustered-disk e2e figures: ${JSON.stringify(figures)}`);
-    for (const n of nodes) await n.kill9().catch(() => undefined);
-    await h?.teardown();
+    await c?.teardown();
   }, 60_000);
 
   it('a whole-cluster kill -9 and restart resyncs only the regions that were dirty', async () => {

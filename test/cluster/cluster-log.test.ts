@@ -80,6 +80,50 @@ const opArb = (nodes: number, regions: number): fc.Arbitrary<Op> => {
   );
 };
 
+/** Runs one op against the live logs (no model): restart of a dead node, or an action on an initialized one. */
+function applyOp(op: Op, bus: MemoryBus, logs: Map<number, ClusterLog>, handed: Map<number, number>, pending: Promise<unknown>[], mk: (n: number) => ClusterLog): void {
+  const log = logs.get(op.node);
+  if (op.kind === 'restart' && !log) {
+    const l = mk(op.node);
+    logs.set(op.node, l);
+    pending.push(l.resume(activation).catch(() => undefined));
+  } else if (log && log.initialized) {
+    if (op.kind === 'mark') log.markRegion(op.region);
+    if (op.kind === 'clear') log.clearRegion(op.region);
+    if (op.kind === 'mark' || op.kind === 'clear') pending.push(log.flush().catch(() => undefined));
+    if (op.kind === 'write-wait') log.isRemoteRecovering(op.region);
+    if (op.kind === 'nosync') log.setRegionSync(op.region, false);
+    if (op.kind === 'work') {
+      const r = log.getResyncWork();
+      if (r !== null) handed.set(op.node, r);
+    }
+    if (op.kind === 'finish' && handed.has(op.node)) {
+      log.setRegionSync(handed.get(op.node)!, op.ok);
+      handed.delete(op.node);
+    }
+    if (op.kind === 'kill' && logs.size > 1) {
+      bus.killNode(op.node);
+      logs.delete(op.node);
+      handed.delete(op.node);
+    }
+  }
+}
+
+/**
+ * Every live log holds the identical state, which names only live nodes (marks, recoverer, members) and
+ * has nobody waiting for a checkpoint.
+ */
+function expectOneState(live: readonly ClusterLog[], logs: Map<number, ClusterLog>) {
+  expect(new Set(live.map((l) => l.digest())).size).toBe(1);
+  const s = live[0]!.replicated!;
+  const liveNodes = new Set(logs.keys());
+  for (const n of s.marksByNode.keys()) expect(liveNodes.has(n)).toBe(true);
+  if (s.recovering) expect(liveNodes.has(s.recovering.nodeId)).toBe(true);
+  expect(s.members.map((m) => m.nodeId).sort()).toEqual([...liveNodes].sort());
+  expect(s.waiting.size).toBe(0);
+  return { s, liveNodes };
+}
+
 class Model {
   sync: boolean[];
   marks = new Map<number, Set<number>>();
@@ -260,44 +304,14 @@ describe('ClusterLog on the memory bus', () => {
         const pending: Promise<unknown>[] = [];
         const handed = new Map<number, number>();
         for (const op of ops) {
-          const log = logs.get(op.node);
-          if (op.kind === 'restart' && !log) {
-            const l = newLog(bus, op.node, 16, 'default');
-            logs.set(op.node, l);
-            pending.push(l.resume(activation));
-          } else if (log && log.initialized) {
-            if (op.kind === 'mark') log.markRegion(op.region);
-            if (op.kind === 'clear') log.clearRegion(op.region);
-            if (op.kind === 'mark' || op.kind === 'clear') pending.push(log.flush().catch(() => undefined));
-            if (op.kind === 'write-wait') log.isRemoteRecovering(op.region);
-            if (op.kind === 'nosync') log.setRegionSync(op.region, false);
-            if (op.kind === 'work') {
-              const r = log.getResyncWork();
-              if (r !== null) handed.set(op.node, r);
-            }
-            if (op.kind === 'finish' && handed.has(op.node)) {
-              log.setRegionSync(handed.get(op.node)!, op.ok);
-              handed.delete(op.node);
-            }
-            if (op.kind === 'kill' && logs.size > 1) {
-              bus.killNode(op.node);
-              logs.delete(op.node);
-              handed.delete(op.node);
-            }
-          }
+          applyOp(op, bus, logs, handed, pending, (n) => newLog(bus, n, 16, 'default'));
           for (let i = 0; i < stepsBetween; i++) bus.step();
         }
         await settle(bus, Promise.allSettled(pending));
         await quiesce(bus);
         const live = [...logs.values()].filter((l) => l.initialized);
         expect(live.length).toBe(logs.size);
-        expect(new Set(live.map((l) => l.digest())).size).toBe(1);
-        const s = live[0]!.replicated!;
-        const liveNodes = new Set(logs.keys());
-        for (const n of s.marksByNode.keys()) expect(liveNodes.has(n)).toBe(true);
-        if (s.recovering) expect(liveNodes.has(s.recovering.nodeId)).toBe(true);
-        expect(s.members.map((m) => m.nodeId).sort()).toEqual([...liveNodes].sort());
-        expect(s.waiting.size).toBe(0);
+        expectOneState(live, logs);
       }),
       { numRuns: 60 },
     );
@@ -342,31 +356,7 @@ describe('ClusterLog on the memory bus', () => {
           } else if (op.kind === 'heal') {
             bus.heal();
           } else {
-            const log = logs.get(op.node);
-            if (op.kind === 'restart' && !log) {
-              const l = mk(op.node);
-              logs.set(op.node, l);
-              pending.push(l.resume(activation).catch(() => undefined));
-            } else if (log && log.initialized) {
-              if (op.kind === 'mark') log.markRegion(op.region);
-              if (op.kind === 'clear') log.clearRegion(op.region);
-              if (op.kind === 'mark' || op.kind === 'clear') pending.push(log.flush().catch(() => undefined));
-              if (op.kind === 'write-wait') log.isRemoteRecovering(op.region);
-              if (op.kind === 'nosync') log.setRegionSync(op.region, false);
-              if (op.kind === 'work') {
-                const r = log.getResyncWork();
-                if (r !== null) handed.set(op.node, r);
-              }
-              if (op.kind === 'finish' && handed.has(op.node)) {
-                log.setRegionSync(handed.get(op.node)!, op.ok);
-                handed.delete(op.node);
-              }
-              if (op.kind === 'kill' && logs.size > 1) {
-                bus.killNode(op.node);
-                logs.delete(op.node);
-                handed.delete(op.node);
-              }
-            }
+            applyOp(op, bus, logs, handed, pending, mk);
           }
           for (let i = 0; i < stepsBetween; i++) bus.step();
         }
@@ -378,13 +368,7 @@ describe('ClusterLog on the memory bus', () => {
         await quiesce(bus);
         const live = [...logs.values()];
         for (const l of live) expect(l.initialized).toBe(true);
-        expect(new Set(live.map((l) => l.digest())).size).toBe(1);
-        const s = live[0]!.replicated!;
-        const liveNodes = new Set(logs.keys());
-        for (const n of s.marksByNode.keys()) expect(liveNodes.has(n)).toBe(true);
-        if (s.recovering) expect(liveNodes.has(s.recovering.nodeId)).toBe(true);
-        expect(s.members.map((m) => m.nodeId).sort()).toEqual([...liveNodes].sort());
-        expect(s.waiting.size).toBe(0);
+        const { s, liveNodes } = expectOneState(live, logs);
         expect(s.initialized.size).toBe(liveNodes.size);
       }),
       { numRuns: 80 },

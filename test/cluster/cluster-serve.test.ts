@@ -11,15 +11,14 @@
 //  (c) a node restarts and rejoins: it gets the state (in sync) and its writes are seen by others;
 //  (e) a partition isolates one node: it stops acknowledging writes to new regions; the majority goes on.
 // Times are printed (detection/takeover/resync). Skips where it cannot run unless CI=true.
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NbdClient } from '../../src/nbd/client/client.js';
 import { run } from '../helpers/run.js';
-import { findTool } from '../helpers/tools.js';
-import { clusterUnavailableReason, Harness, now } from './harness.js';
-import { checkAcked, expectDepartureResynced, Node, pattern, sleep, waitAllInSync, within, writer } from './serve-node.js';
+import { type Harness, now } from './harness.js';
+import { checkAcked, expectDepartureResynced, Node, pattern, ServeCluster, serveTestUnavailable, sleep, waitAllInSync, within, writer } from './serve-node.js';
 
 const NODES = 3;
 const TOKEN_MS = 1000;
@@ -32,10 +31,7 @@ const UUID = 'LVM-e2ecluster';
 /** Each node's dashboard (/metrics) on 127.0.0.1 inside its own namespace (namespaces do not share it). */
 const DASHBOARD_PORT = 18_377;
 
-const unavailable =
-  (await clusterUnavailableReason()) ??
-  (['fio', 'curl', 'cmp'].map((t) => (findTool(t) ? undefined : `${t} missing (apt-get install fio curl diffutils)`)).find((x) => x !== undefined));
-if (unavailable && process.env.CI === 'true') throw new Error(`cluster tests cannot run under CI: ${unavailable}`);
+const unavailable = await serveTestUnavailable(['fio', 'curl', 'cmp']);
 
 function fioJob(uri: string, offsetBytes: number, extra: string[] = []): string {
   return [
@@ -68,21 +64,19 @@ async function fioVerify(dir: string, label: string, uri: string, offsetBytes: n
 }
 
 describe.skipIf(unavailable !== undefined)(`nbd-mirror serve on a 3-node corosync cluster${unavailable ? ` (skipped: ${unavailable})` : ''}`, () => {
+  let c: ServeCluster;
   let h: Harness;
   let dir: string;
   let legs: string[];
-  const nodes: Node[] = [];
+  let nodes: Node[] = [];
   const times: Record<string, number> = {};
 
   beforeAll(async () => {
-    h = new Harness('s');
-    dir = path.join(h.runDir, 'data');
-    mkdirSync(dir);
-    legs = [0, 1].map((i) => path.join(dir, `leg${i}.img`));
-    for (const l of legs) await run('truncate', ['-s', String(SIZE_BYTES), l]);
-    times.corosyncUpMs = await h.start(NODES, TOKEN_MS);
+    c = await ServeCluster.start({ tag: 's', nodes: NODES, tokenMs: TOKEN_MS, sizeBytes: SIZE_BYTES, legFiles: 2 });
+    [h, dir, legs] = [c.h, c.dir, c.files];
+    times.corosyncUpMs = c.corosyncUpMs;
     const table = `0 ${SIZE_BYTES / 512} mirror userspace 4 ${UUID} clustered-core ${REGION_SECTORS} nosync 2 ${legs[0]} 0 ${legs[1]} 0 1 handle_errors`;
-    for (let i = 1; i <= NODES; i++) nodes.push(new Node(h, i, dir, table, DASHBOARD_PORT));
+    nodes = c.addNodes(NODES, table, DASHBOARD_PORT);
     // Node 1 first (it becomes the log server: lowest node id), then the others join and get a checkpoint.
     times.serveReadyMs = await nodes[0]!.start();
     for (const n of nodes.slice(1)) await n.start();
@@ -90,8 +84,7 @@ describe.skipIf(unavailable !== undefined)(`nbd-mirror serve on a 3-node corosyn
 
   afterAll(async () => {
     console.log(`cluster e2e times (ms): ${JSON.stringify(times)}`);
-    for (const n of nodes) await n.kill9().catch(() => undefined);
-    await h?.teardown();
+    await c?.teardown();
   }, 60_000);
 
   it('(a) kill -9 of a non-server node mid-write: only its dirty regions are resynced, nothing acked is lost, legs equal', async () => {

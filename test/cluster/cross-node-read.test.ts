@@ -12,15 +12,12 @@
 // wait for recovery, reads of them come from the default leg only. Every read must
 // return exactly the acknowledged data; the survivors report exactly node 3's regions left out of sync and
 // recover exactly those (expectDepartureResynced); at the end both legs are identical.
-import { mkdirSync } from 'node:fs';
-import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NbdClient } from '../../src/nbd/client/client.js';
 import { run } from '../helpers/run.js';
-import { findTool } from '../helpers/tools.js';
 import { CLI_PATH } from '../helpers/server.js';
-import { clusterUnavailableReason, Harness, now } from './harness.js';
-import { expectDepartureResynced, Node, sleep, waitAllInSync, type EventWatch } from './serve-node.js';
+import { now } from './harness.js';
+import { expectDepartureResynced, Node, ServeCluster, serveTestUnavailable, sleep, waitAllInSync, type EventWatch } from './serve-node.js';
 
 const NODES = 3;
 const TOKEN_MS = 1000;
@@ -37,10 +34,7 @@ const SIZES = [4 * KiB, 64 * KiB, 256 * KiB];
 const RUN_MS = 9_000;
 const RESYNC_RATE_BYTES_PER_SEC = 1 * MiB;
 
-const unavailable =
-  (await clusterUnavailableReason()) ??
-  (['cmp', 'curl'].map((t) => (findTool(t) ? undefined : `${t} missing (apt-get install diffutils curl)`)).find((x) => x !== undefined));
-if (unavailable && process.env.CI === 'true') throw new Error(`cluster tests cannot run under CI: ${unavailable}`);
+const unavailable = await serveTestUnavailable(['cmp', 'curl']);
 
 /** Unique bytes per (lane, iteration): a 4-byte word stream seeded by both. */
 function pattern(lane: number, iter: number, bytes: number): Buffer {
@@ -58,22 +52,16 @@ function pattern(lane: number, iter: number, bytes: number): Buffer {
 }
 
 describe.skipIf(unavailable !== undefined)(`read after acknowledged write across cluster nodes${unavailable ? ` (skipped: ${unavailable})` : ''}`, () => {
-  let h: Harness;
-  let dir: string;
+  let c: ServeCluster;
   let legs: string[];
-  const nodes: Node[] = [];
+  let nodes: Node[] = [];
   const watches: EventWatch[] = [];
 
   beforeAll(async () => {
-    h = new Harness('x');
-    dir = path.join(h.runDir, 'data');
-    mkdirSync(dir);
-    legs = [0, 1].map((i) => path.join(dir, `leg${i}.img`));
-    for (const l of legs) await run('truncate', ['-s', String(SIZE_BYTES), l]);
-    await h.start(NODES, TOKEN_MS);
+    c = await ServeCluster.start({ tag: 'x', nodes: NODES, tokenMs: TOKEN_MS, sizeBytes: SIZE_BYTES, legFiles: 2 });
+    legs = c.files;
     const table = `0 ${SIZE_BYTES / 512} mirror userspace 4 ${UUID} clustered-core ${REGION_SECTORS} nosync 2 ${legs[0]} 0 ${legs[1]} 0 1 handle_errors`;
-    for (let i = 1; i <= NODES; i++) nodes.push(new Node(h, i, dir, table, DASHBOARD_PORT));
-    for (const n of nodes) await n.start();
+    nodes = await c.startNodes(NODES, table, DASHBOARD_PORT);
     for (const n of nodes.slice(0, 2)) {
       await run(process.execPath, [CLI_PATH, 'message', 'volume', '0', 'resync_rate', String(RESYNC_RATE_BYTES_PER_SEC), '--control', n.ctl]);
     }
@@ -81,8 +69,7 @@ describe.skipIf(unavailable !== undefined)(`read after acknowledged write across
 
   afterAll(async () => {
     for (const w of watches) w.close();
-    for (const n of nodes) await n.kill9().catch(() => undefined);
-    await h?.teardown();
+    await c?.teardown();
   }, 60_000);
 
   it('every read through either node returns the acknowledged data, also while a dead node\'s regions are recovered', async () => {

@@ -116,21 +116,17 @@ export class Member {
 
   /** Resolves with the first event (at index >= from) matching pred; rejects after timeoutMs. */
   async waitFor(pred: (e: MemberEvent) => boolean, timeoutMs: number, from = 0, what = 'event'): Promise<MemberEvent> {
-    const deadline = now() + timeoutMs;
     let i = from;
-    for (;;) {
-      for (; i < this.events.length; i++) if (pred(this.events[i]!)) return this.events[i]!;
-      if (this.exited) throw new Error(`member on node ${this.node} exited while waiting for ${what}; stderr: ${this.stderr}`);
-      const left = deadline - now();
-      if (left <= 0) throw new Error(`timeout waiting for ${what} on node ${this.node} member ${this.pid}`);
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, left);
-        this.waiters.push(() => {
-          clearTimeout(t);
-          resolve();
-        });
-      });
-    }
+    let hit: MemberEvent | undefined;
+    await this.waitUntil(
+      () => {
+        for (; i < this.events.length && hit === undefined; i++) if (pred(this.events[i]!)) hit = this.events[i]!;
+        return hit !== undefined;
+      },
+      timeoutMs,
+      what,
+    );
+    return hit!;
   }
 
   /** Resolves when cond() holds (evaluated once per new event); rejects after timeoutMs. */

@@ -1,9 +1,11 @@
 // serve-node.ts — test-side helpers for `nbd-mirror serve` running inside a cluster node's namespace:
 // start (ready = pid file), kill -9 / SIGTERM by PID, dm status and resync bytes (/metrics inside the
 // namespace) per node, its control event stream, a writer that records which writes were acknowledged,
-// the read-back check, and the exact-resync check after a node died (expectDepartureResynced).
+// the read-back check, and the exact-resync check after a node died (expectDepartureResynced); the common
+// set-up of a serve test file (serveTestUnavailable, ServeCluster: corosync up, data dir, leg files, an
+// optional nbdkit error leg, the nodes, and their teardown).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { expect } from 'vitest';
@@ -13,7 +15,9 @@ import { ControlClient } from '../../src/control/client.js';
 import { NbdClient } from '../../src/nbd/client/client.js';
 import { run } from '../helpers/run.js';
 import { CLI_PATH } from '../helpers/server.js';
-import { ADDON, type Harness, now } from './harness.js';
+import { findTool } from '../helpers/tools.js';
+import { startNbdkitErrorLeg, type NbdkitLeg } from '../control/nbdkit-leg.js';
+import { ADDON, clusterUnavailableReason, Harness, now } from './harness.js';
 
 const READY_MS = 30_000;
 
@@ -203,6 +207,26 @@ export async function failLegExpectHeld(
   return detectedMs;
 }
 
+/**
+ * After a repair that left two legs: writes go on through every node (each writer acks more within 1 s),
+ * no writer saw an error, all nodes reach in sync on 2 legs, every acked block of writer i (slice i, tag
+ * tagBase+i) reads back through the next node, and the two leg files are identical.
+ */
+export async function expectRepairedTwoLegs(nodes: readonly Node[], ws: readonly ReturnType<typeof writer>[], sliceBytes: number, tagBase: number, files: readonly string[]): Promise<void> {
+  const after = ws.map((w) => w.acked.length);
+  await sleep(1000);
+  ws.forEach((w, i) => expect(w.acked.length, `node ${i + 1} writes after repair`).toBeGreaterThan(after[i]!));
+  for (const w of ws) await w.stop();
+  for (const w of ws) expect(w.error).toBeUndefined();
+  await waitAllInSync([...nodes], 30_000);
+  for (const n of nodes) {
+    const s = await n.status();
+    expect(s.raw).toContain(' 2 '); // two legs left
+  }
+  for (let i = 0; i < ws.length; i++) await checkAcked(nodes[(i + 1) % nodes.length]!.uri, i * sliceBytes, ws[i]!.acked, ws[i]!.block, tagBase + i);
+  await run('cmp', [files[0]!, files[1]!]);
+}
+
 /** Reads back every acked block (the last write of each block index) through uri. */
 export async function checkAcked(uri: string, offsetBytes: number, acked: number[], block: number, tag: number): Promise<number> {
   const c = await NbdClient.connect(uri);
@@ -284,4 +308,80 @@ export async function expectDepartureResynced(
   }
   expect(here.sort((a, b) => a - b), 'the survivors recovered each region once, all of them').toEqual(expected);
   return { regions, bytes: left.bytes, copiedBytes, resyncMs: (resynced[0] as unknown as NodeResyncedEvent).ms, left };
+}
+
+/**
+ * Why a serve test on a corosync cluster cannot run here (no corosync, or a tool of `tools` missing), or
+ * undefined. Under CI=true that is an error: the tests must not skip there.
+ */
+export async function serveTestUnavailable(tools: readonly string[], what = 'cluster tests'): Promise<string | undefined> {
+  const reason =
+    (await clusterUnavailableReason()) ??
+    (tools.length > 0 && tools.some((t) => !findTool(t)) ? `${tools.filter((t) => !findTool(t)).join(', ')} missing (apt-get install ${tools.join(' ')})` : undefined);
+  if (reason && process.env.CI === 'true') throw new Error(`${what} cannot run under CI: ${reason}`);
+  return reason;
+}
+
+export interface ServeClusterOptions {
+  /** Harness tag (namespace prefix). */
+  readonly tag: string;
+  readonly nodes: number;
+  readonly tokenMs: number;
+  /** Size of each leg file (and of the nbdkit error leg). */
+  readonly sizeBytes: number;
+  /** Sparse leg files leg0.img, leg1.img, ... in the data dir. */
+  readonly legFiles: number;
+  /** Also an nbdkit error-filter leg ('bad', armed by its trigger file). */
+  readonly errorLeg?: boolean;
+}
+
+/** One test file's cluster: corosync on `nodes` namespaces, a data dir with the legs, the serve nodes. */
+export class ServeCluster {
+  readonly nodes: Node[] = [];
+  private constructor(
+    readonly h: Harness,
+    readonly dir: string,
+    readonly files: string[],
+    readonly bad: NbdkitLeg | undefined,
+    /** corosync start until every node is quorate. */
+    readonly corosyncUpMs: number,
+  ) {}
+
+  static async start(o: ServeClusterOptions): Promise<ServeCluster> {
+    const h = new Harness(o.tag);
+    const dir = path.join(h.runDir, 'data');
+    mkdirSync(dir);
+    const files = Array.from({ length: o.legFiles }, (_, i) => path.join(dir, `leg${i}.img`));
+    for (const f of files) await run('truncate', ['-s', String(o.sizeBytes), f]);
+    const bad = o.errorLeg ? await startNbdkitErrorLeg(dir, 'bad', o.sizeBytes) : undefined;
+    const c = new ServeCluster(h, dir, files, bad, 0);
+    try {
+      (c as { corosyncUpMs: number }).corosyncUpMs = await h.start(o.nodes, o.tokenMs);
+    } catch (e) {
+      await c.teardown();
+      throw e;
+    }
+    return c;
+  }
+
+  /** Node objects 1..n serving `table` (not started). */
+  addNodes(n: number, table: string, dashboardPort: number, extraArgs: readonly string[] = []): Node[] {
+    const added = Array.from({ length: n }, (_, i) => new Node(this.h, i + 1, this.dir, table, dashboardPort, extraArgs));
+    this.nodes.push(...added);
+    return added;
+  }
+
+  /** addNodes, then starts them in order (node 1 first: it becomes the log server). */
+  async startNodes(n: number, table: string, dashboardPort: number, extraArgs: readonly string[] = []): Promise<Node[]> {
+    const added = this.addNodes(n, table, dashboardPort, extraArgs);
+    for (const node of added) await node.start();
+    return added;
+  }
+
+  /** Kills the nodes by PID, stops the error leg, brings the cluster down. Never throws. */
+  async teardown(): Promise<void> {
+    for (const n of this.nodes) await n.kill9().catch(() => undefined);
+    await this.bad?.stop().catch(() => undefined);
+    await this.h.teardown();
+  }
 }
