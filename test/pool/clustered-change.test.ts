@@ -10,30 +10,22 @@ import { formatTable, parseTable } from '../../src/mirror/table.js';
 import { readRange, writeRange } from '../helpers/crash.js';
 import { mirrorStatus, waitInSync } from '../helpers/mirror.js';
 import { run } from '../helpers/run.js';
-import { startServer, stopAllServers } from '../helpers/server.js';
+import { startServer } from '../helpers/server.js';
 import { requireTools } from '../helpers/tools.js';
-import { makeTempDir, MiB, removeTempDir } from '../helpers/tmp.js';
-import { areaHashes, cli, makeDevices, ok } from './pool-cli.js';
+import { MiB } from '../helpers/tmp.js';
+import { areaHashes, cli, makeDevices, ok, createPool, poolDir, removePoolDir } from './pool-cli.js';
 
 const haveTools = requireTools('nbdcopy');
 let dir: string;
 let env: NodeJS.ProcessEnv;
 
 beforeAll(async () => {
-  dir = await makeTempDir('pool-clustered-');
   // No corosync in this namespace: changing a clustered pool goes without the cluster lock (the refusal
   // without this override is tested below; the lock itself in cluster-lock.test.ts).
-  env = { NBD_MIRROR_DEVICES: dir, NBD_MIRROR_POOL_LOCK: 'local' };
-  await ok(['pool', 'create', 'p', ...(await makeDevices(dir, ['a.img', 'b.img', 'c.img']))], env);
-  await ok(['create', 'p/v', '--size', '8M', '--mirrors', '1'], env);
+  ({ dir, env } = await poolDir('pool-clustered-', { NBD_MIRROR_POOL_LOCK: 'local' }));
+  await createPool(dir, env, 'p', ['a.img', 'b.img', 'c.img'], [['p/v', '--size', '8M', '--mirrors', '1']]);
 });
-afterAll(async () => {
-  try {
-    await stopAllServers();
-  } finally {
-    await removeTempDir(dir);
-  }
-});
+afterAll(() => removePoolDir(dir));
 
 describe.runIf(haveTools)('pool change --clustered', () => {
   it('keeps the disk log and its sync state: nothing is resynced', async () => {

@@ -10,10 +10,10 @@ import { parseTable } from '../../src/mirror/table.js';
 import { readRange } from '../helpers/crash.js';
 import { waitInSync } from '../helpers/mirror.js';
 import { run } from '../helpers/run.js';
-import { startServer, stopAllServers, type ServerHandle } from '../helpers/server.js';
+import { startServer, type ServerHandle } from '../helpers/server.js';
 import { requireTools } from '../helpers/tools.js';
-import { makeTempDir, MiB, removeTempDir } from '../helpers/tmp.js';
-import { cli, makeDevices, ok } from './pool-cli.js';
+import { MiB } from '../helpers/tmp.js';
+import { cli, ok, createPool, poolDir, removePoolDir } from './pool-cli.js';
 
 const haveTools = requireTools('nbdcopy');
 const SIZE = 8 * MiB;
@@ -23,18 +23,10 @@ let server: ServerHandle;
 let data: Buffer;
 
 beforeAll(async () => {
-  dir = await makeTempDir('pool-convert-');
-  env = { NBD_MIRROR_DEVICES: dir };
-  await ok(['pool', 'create', 'p', ...(await makeDevices(dir, ['a.img', 'b.img', 'c.img', 'd.img']))], env);
-  await ok(['create', 'p/v', '--size', '8M', '--mirrors', '0'], env);
+  ({ dir, env } = await poolDir('pool-convert-'));
+  await createPool(dir, env, 'p', ['a.img', 'b.img', 'c.img', 'd.img'], [['p/v', '--size', '8M', '--mirrors', '0']]);
 });
-afterAll(async () => {
-  try {
-    await stopAllServers();
-  } finally {
-    await removeTempDir(dir);
-  }
-});
+afterAll(() => removePoolDir(dir));
 
 async function served(): Promise<string> {
   const r = await ok<{ table: string }>(['table', 'v', '--control', server.controlPath, '--json'], env);

@@ -16,10 +16,10 @@ import { fioVerifyJob } from '../helpers/fio.js';
 import { readRange } from '../helpers/crash.js';
 import { waitInSync } from '../helpers/mirror.js';
 import { run } from '../helpers/run.js';
-import { startServer, stopAllServers, type ServerHandle } from '../helpers/server.js';
+import { startServer, type ServerHandle } from '../helpers/server.js';
 import { requireTools } from '../helpers/tools.js';
-import { makeTempDir, MiB, removeTempDir } from '../helpers/tmp.js';
-import { cli, makeDevices, ok } from './pool-cli.js';
+import { MiB } from '../helpers/tmp.js';
+import { cli, ok, createPool, poolDir, removePoolDir } from './pool-cli.js';
 import { ControlClient } from '../../src/control/client.js';
 import { poolShow, volumeTableLine } from '../../src/pool/service.js';
 
@@ -30,20 +30,20 @@ let devs: string[];
 let server: ServerHandle;
 
 beforeAll(async () => {
-  dir = await makeTempDir('pool-move-online-');
-  env = { NBD_MIRROR_DEVICES: dir };
-  devs = await makeDevices(dir, ['a.img', 'b.img', 'c.img', 'd.img', 'e.img'], 16 * MiB);
-  await ok(['pool', 'create', 'p', '--extent-size', '1M', ...devs], env);
-  await ok(['create', 'p/l', '--size', '4M', '--mirrors', '0'], env); // on a.img (all equal: the first)
-  await ok(['create', 'p/m', '--size', '4M', '--mirrors', '1', '--region-size', '256K'], env); // legs b, c; log a
+  ({ dir, env } = await poolDir('pool-move-online-'));
+  devs = await createPool(
+    dir,
+    env,
+    'p',
+    ['a.img', 'b.img', 'c.img', 'd.img', 'e.img'],
+    [
+      ['p/l', '--size', '4M', '--mirrors', '0'], // on a.img (all equal: the first)
+      ['p/m', '--size', '4M', '--mirrors', '1', '--region-size', '256K'], // legs b, c; log a
+    ],
+    { sizeBytes: 16 * MiB, poolArgs: ['--extent-size', '1M'] },
+  );
 });
-afterAll(async () => {
-  try {
-    await stopAllServers();
-  } finally {
-    await removeTempDir(dir);
-  }
-});
+afterAll(() => removePoolDir(dir));
 
 /** fio verify runs back to back on [0, 2 MiB) of an export until stopped. */
 function fioLoop(name: string) {

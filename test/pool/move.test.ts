@@ -9,10 +9,10 @@ import { parseTable } from '../../src/mirror/table.js';
 import { readRange } from '../helpers/crash.js';
 import { waitInSync } from '../helpers/mirror.js';
 import { run } from '../helpers/run.js';
-import { startServer, stopAllServers } from '../helpers/server.js';
+import { startServer } from '../helpers/server.js';
 import { requireTools } from '../helpers/tools.js';
-import { makeTempDir, MiB, removeTempDir } from '../helpers/tmp.js';
-import { makeDevices, ok } from './pool-cli.js';
+import { MiB } from '../helpers/tmp.js';
+import { makeDevices, ok, createPool, poolDir, removePoolDir } from './pool-cli.js';
 
 const haveTools = requireTools('nbdcopy');
 let dir: string;
@@ -20,21 +20,15 @@ let env: NodeJS.ProcessEnv;
 let devs: string[];
 
 beforeAll(async () => {
-  dir = await makeTempDir('pool-move-');
-  env = { NBD_MIRROR_DEVICES: dir };
-  devs = await makeDevices(dir, ['a.img', 'b.img', 'c.img', 'd.img']);
-  await ok(['pool', 'create', 'p', ...devs.slice(0, 3)], env);
-  await ok(['create', 'p/m', '--size', '8M', '--mirrors', '1'], env);
-  await ok(['create', 'p/l', '--size', '4M', '--mirrors', '0'], env);
+  ({ dir, env } = await poolDir('pool-move-'));
+  devs = await createPool(dir, env, 'p', ['a.img', 'b.img', 'c.img'], [
+    ['p/m', '--size', '8M', '--mirrors', '1'],
+    ['p/l', '--size', '4M', '--mirrors', '0'],
+  ]);
+  devs.push(...(await makeDevices(dir, ['d.img'])));
   await ok(['pool', 'extend', 'p', devs[3]!], env);
 });
-afterAll(async () => {
-  try {
-    await stopAllServers();
-  } finally {
-    await removeTempDir(dir);
-  }
-});
+afterAll(() => removePoolDir(dir));
 
 describe.runIf(haveTools)('pool move', () => {
   it('moves every run off a device, which can then leave the pool', async () => {

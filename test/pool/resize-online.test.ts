@@ -13,10 +13,10 @@ import { fioVerifyJob } from '../helpers/fio.js';
 import { readRange, writeRange } from '../helpers/crash.js';
 import { mirrorStatus, waitInSync } from '../helpers/mirror.js';
 import { run } from '../helpers/run.js';
-import { startServer, stopAllServers, type ServerHandle } from '../helpers/server.js';
+import { startServer, type ServerHandle } from '../helpers/server.js';
 import { requireTools } from '../helpers/tools.js';
-import { makeTempDir, MiB, removeTempDir } from '../helpers/tmp.js';
-import { cli, makeDevices, ok } from './pool-cli.js';
+import { MiB } from '../helpers/tmp.js';
+import { cli, ok, createPool, poolDir, removePoolDir } from './pool-cli.js';
 import { ControlClient } from '../../src/control/client.js';
 import { poolShow, volumeTableLine } from '../../src/pool/service.js';
 
@@ -26,18 +26,10 @@ let env: NodeJS.ProcessEnv;
 let server: ServerHandle;
 
 beforeAll(async () => {
-  dir = await makeTempDir('pool-resize-online-');
-  env = { NBD_MIRROR_DEVICES: dir };
-  await ok(['pool', 'create', 'p', ...(await makeDevices(dir, ['a.img', 'b.img', 'c.img']))], env);
-  await ok(['create', 'p/v', '--size', '8M', '--mirrors', '1', '--region-size', '512K'], env);
+  ({ dir, env } = await poolDir('pool-resize-online-'));
+  await createPool(dir, env, 'p', ['a.img', 'b.img', 'c.img'], [['p/v', '--size', '8M', '--mirrors', '1', '--region-size', '512K']]);
 });
-afterAll(async () => {
-  try {
-    await stopAllServers();
-  } finally {
-    await removeTempDir(dir);
-  }
-});
+afterAll(() => removePoolDir(dir));
 
 // Queries in-process (the same code as `pool show` / `table`); the changes go through the real CLI.
 async function metadata(): Promise<{ seqno: number; pending: boolean; sizeBytes: number }> {

@@ -9,28 +9,20 @@ import { parseTable, type MirrorTableSpec } from '../../src/mirror/table.js';
 import { readRange, writeRange } from '../helpers/crash.js';
 import { mirrorStatus, waitInSync } from '../helpers/mirror.js';
 import { run } from '../helpers/run.js';
-import { startServer, stopAllServers } from '../helpers/server.js';
+import { startServer } from '../helpers/server.js';
 import { requireTools } from '../helpers/tools.js';
-import { makeTempDir, MiB, removeTempDir } from '../helpers/tmp.js';
-import { makeDevices, ok } from './pool-cli.js';
+import { MiB } from '../helpers/tmp.js';
+import { ok, createPool, poolDir, removePoolDir } from './pool-cli.js';
 
 const haveTools = requireTools('nbdcopy');
 let dir: string;
 let env: NodeJS.ProcessEnv;
 
 beforeAll(async () => {
-  dir = await makeTempDir('pool-resize-');
-  env = { NBD_MIRROR_DEVICES: dir };
-  await ok(['pool', 'create', 'p', ...(await makeDevices(dir, ['a.img', 'b.img', 'c.img']))], env);
-  await ok(['create', 'p/v', '--size', '8M', '--mirrors', '1', '--region-size', '512K'], env);
+  ({ dir, env } = await poolDir('pool-resize-'));
+  await createPool(dir, env, 'p', ['a.img', 'b.img', 'c.img'], [['p/v', '--size', '8M', '--mirrors', '1', '--region-size', '512K']]);
 });
-afterAll(async () => {
-  try {
-    await stopAllServers();
-  } finally {
-    await removeTempDir(dir);
-  }
-});
+afterAll(() => removePoolDir(dir));
 
 async function mirrorSpec(): Promise<MirrorTableSpec> {
   const spec = parseTable((await ok(['table', 'p/v'], env)).trim());

@@ -11,10 +11,10 @@ import { parseTable } from '../../src/mirror/table.js';
 import { readRange } from '../helpers/crash.js';
 import { waitInSync } from '../helpers/mirror.js';
 import { run } from '../helpers/run.js';
-import { startServer, stopAllServers, type ServerHandle } from '../helpers/server.js';
+import { startServer, type ServerHandle } from '../helpers/server.js';
 import { requireTools } from '../helpers/tools.js';
-import { makeTempDir, MiB, removeTempDir } from '../helpers/tmp.js';
-import { cli, makeDevices, ok } from './pool-cli.js';
+import { MiB } from '../helpers/tmp.js';
+import { cli, ok, createPool, poolDir, removePoolDir } from './pool-cli.js';
 
 const haveTools = requireTools('nbdinfo', 'nbdcopy');
 let dir: string;
@@ -23,20 +23,13 @@ let server: ServerHandle;
 const DATA_BYTES = 12 * MiB;
 
 beforeAll(async () => {
-  dir = await makeTempDir('pool-serve-');
-  const devs = await makeDevices(dir, ['a.img', 'b.img', 'c.img']);
-  env = { NBD_MIRROR_DEVICES: dir };
-  await ok(['pool', 'create', 'tank', ...devs], env);
-  await ok(['create', 'mir', '--pool', 'tank', '--size', '16M', '--mirrors', '1', '--region-size', '256K'], env);
-  await ok(['create', 'tank/lin', '--size', '8M', '--mirrors', '0'], env);
+  ({ dir, env } = await poolDir('pool-serve-'));
+  await createPool(dir, env, 'tank', ['a.img', 'b.img', 'c.img'], [
+    ['mir', '--pool', 'tank', '--size', '16M', '--mirrors', '1', '--region-size', '256K'],
+    ['tank/lin', '--size', '8M', '--mirrors', '0'],
+  ]);
 });
-afterAll(async () => {
-  try {
-    await stopAllServers();
-  } finally {
-    await removeTempDir(dir);
-  }
-});
+afterAll(() => removePoolDir(dir));
 
 describe.runIf(haveTools)('serve --pool', () => {
   it('serves every volume under its name', async () => {
