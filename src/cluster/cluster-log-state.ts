@@ -201,10 +201,28 @@ export class ReplicatedLogState {
     const changed: string[] = [];
     for (const d of devices) {
       if (this.staleLegs.get(d) === 'failed') continue;
+      const wasSource = this.sourceLeg() === d;
       this.staleLegs.set(d, 'failed');
       changed.push(d);
+      if (wasSource && this.sync.population() < this.regionCount) {
+        // The source failed while regions were out of sync: only it holds them, so no other leg is up to date
+        // (each is for the regions in sync: catching up). No leg is the source any more; a restart from the
+        // records refuses (cluster-log.ts) unless told to resync everything from the first leg (`sync`).
+        for (const o of this.tableOrder()) if (!this.staleLegs.has(o)) this.staleLegs.set(o, 'catching');
+      }
     }
     return changed;
+  }
+
+  /** The legs in table order, as the log server announced them (every member runs on the same set). */
+  tableOrder(): readonly string[] {
+    const server = this.server();
+    return (server && this.legsByMember.get(memberKey(server))) ?? [];
+  }
+
+  /** The resync source every member derives: the first leg in table order that is up to date. */
+  sourceLeg(): string | undefined {
+    return this.tableOrder().find((d) => this.knownLegs.has(d) && !this.staleLegs.has(d));
   }
 
   /** Catching-up legs become up to date once every region is in sync while every member runs on them. */

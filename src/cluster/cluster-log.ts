@@ -259,6 +259,8 @@ export class ClusterLog implements DirtyLog {
   private diskClean: Bitmap | null = null;
   /** How a fresh state started by this member decides the stale legs (from the log device, or the sync mode). */
   private legSeed: LegSeed = { mode: 'first' };
+  /** This member started the state (whole-cluster start) with legSeed. */
+  private seededHere = false;
   /** Server: a DISK_MARK of ours is on its way (not yet delivered back). */
   private diskMarkSent = false;
   /** Server: a write is running. */
@@ -417,7 +419,10 @@ export class ClusterLog implements DirtyLog {
     } else if (!this.state) {
       await this.waitInitialized();
     }
-    if (!this.resumedOnce) this.refuseForeignLegs(activation.legDevices);
+    if (!this.resumedOnce) {
+      this.refuseForeignLegs(activation.legDevices);
+      this.refuseWithoutCurrentLeg(activation.legDevices);
+    }
     // Our legs must be in the replicated state before the mirror looks at it: a leg new to the log makes
     // every region out of sync, and the mirror must not see it "in sync" (and record the new leg up to
     // date) in between.
@@ -478,6 +483,27 @@ export class ClusterLog implements DirtyLog {
       'EINVAL',
       `cluster log ${this.opts.uuid}: this node's table has the legs ${mine.join(' ')}, the running nodes use ${sets[0]!.join(' ')}; ` +
         `every node must name the same legs (load the cluster's current table here)`,
+    );
+  }
+
+  /**
+   * A whole-cluster start from leg records that name no leg of the table up to date (the source failed
+   * while regions were out of sync, or every leg failed): the regions out of sync exist on no leg the
+   * mirror could use, and picking one would serve stale data silently. Refused, as the single-node disk
+   * log does; `sync` (resync everything from the first leg) is the override.
+   */
+  private refuseWithoutCurrentLeg(devices: readonly string[]): void {
+    const seed = this.legSeed;
+    if (!this.seededHere || seed.mode !== 'records') return;
+    const current = new Set(seed.legs.filter(([, st]) => st === 'current').map(([d]) => d));
+    if (devices.some((d) => current.has(d))) return;
+    const recorded = new Map(seed.legs);
+    throw new ExportError(
+      'EIO',
+      `cluster log ${this.opts.uuid}: no leg of the table is recorded up to date on the log device ` +
+        `(${devices.map((d) => `${d}: ${recorded.get(d) ?? 'unknown'}`).join(', ')}); the regions that were out of sync ` +
+        `exist only on a leg that failed. To accept losing them, serve once with the \`sync\` log argument ` +
+        `(a full resync from the first leg of the table).`,
     );
   }
 
@@ -880,6 +906,7 @@ export class ClusterLog implements DirtyLog {
     // clustered-disk whole-cluster start: regions recorded clean on the log device are in sync.
     if (this.diskClean && this.mergeWaiting === null) s.sync.copyFrom(this.diskClean);
     s.legSeed = this.mergeWaiting === null ? this.legSeed : { mode: 'first' };
+    this.seededHere = this.mergeWaiting === null;
     this.diskClean = null;
     s.members = [...c.members];
     for (const m of c.members) {

@@ -11,6 +11,9 @@
 //     single-node disk log reads: checked by activating a DiskLog on a copy); after the restart with a
 //     healthy again, b is the source, a is never read, the whole volume is copied b -> a once, every
 //     acknowledged write reads back, a = b, and a is recorded up to date again.
+//  3. clustered-disk, the source fails while regions are out of sync (the first resync): b holds only the
+//     regions in sync, so it is not recorded up to date either; a restart refuses (no leg of the table is up
+//     to date) instead of serving b's stale regions; `sync` is the override (a full resync from leg 0).
 import { describe, expect, it } from 'vitest';
 import { MemoryBus } from '../../src/cluster/memory-bus.js';
 import type { Leg } from '../../src/mirror/legs/leg.js';
@@ -154,5 +157,35 @@ describe('stale legs in a cluster log', () => {
     expect(m1.exp.status().legs.map((l) => l.upToDate)).toEqual([true, true]);
     for (const m of [m1, m2]) await m.exp.close();
     console.log(`stale leg after a whole-cluster crash (memory bus): resync bytes node 1 ${copied[0]}, node 2 ${copied[1]} (volume ${SIZE_BYTES})`);
+  });
+
+  it('clustered-disk: the source failing while out of sync leaves no leg up to date; a restart refuses unless `sync`', async () => {
+    const legs = new Map(['a', 'b'].map((d) => [d, new MemoryLeg({ device: d, sizeBytes: SIZE_BYTES })]));
+    legs.get('a')!.bytes.fill(7); // data only a holds (b never got it: the first resync never ran)
+    const logDev = new MemoryLeg({ device: 'log', sizeBytes: LOG_BYTES, volatileCache: true });
+    const table = (sync: string) => `0 ${SIZE_BYTES / 512} mirror userspace ${sync ? 5 : 4} LVM-stale4 clustered-disk log ${REGION_SECTORS}${sync} 2 a 0 b 0`;
+    const aBroken = { on: true };
+    const open = (log: MemoryLeg) => (d: string) => (d === 'log' ? sharedLeg(log) : sharedLeg(legs.get(d)!, d === 'a' ? aBroken : undefined));
+    const n1 = await memoryNode(new MemoryBus(), 1, table(''), open(logDev)); // new log: all out of sync, a the source
+    await until(() => n1.exp.status().legs[0]!.health !== 'A', 5_000, 'a failed');
+    await n1.exp.flush();
+    expect(n1.log.replicated!.recordedState('a')).toBe('failed');
+    expect(n1.log.replicated!.recordedState('b')).toBe('catching');
+    const survived = Buffer.from(logDev.durableBytes!);
+    await n1.exp.close();
+    // The single-node disk log reads no leg up to date either.
+    const single = new DiskLog({ device: new MemoryLeg({ device: 'copy', sizeBytes: LOG_BYTES, initial: survived }), regionSizeBytes: REGION_BYTES, lengthBytes: SIZE_BYTES, sync: 'default' });
+    const states = await single.resume({ legDevices: ['a', 'b'], flushDataLegs: async () => undefined }).catch((e: Error) => e);
+    if (!(states instanceof Error)) expect(states.map((x) => x.upToDate)).toEqual([false, false]);
+
+    aBroken.on = false;
+    const logAfter = new MemoryLeg({ device: 'log', sizeBytes: LOG_BYTES, initial: survived, volatileCache: true });
+    await expect(memoryNode(new MemoryBus(), 1, table(''), open(logAfter))).rejects.toThrow(/no leg of the table is recorded up to date.*`sync`/s);
+    // The override: resync everything from leg 0.
+    const m = await memoryNode(new MemoryBus(), 1, table(' sync'), open(logAfter));
+    await until(() => m.exp.status().inSyncRegions === m.exp.status().regionCount, 10_000, 'resync');
+    await m.exp.resyncIdle();
+    expect(legs.get('b')!.bytes.equals(legs.get('a')!.bytes)).toBe(true);
+    await m.exp.close();
   });
 });
