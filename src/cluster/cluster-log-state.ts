@@ -140,7 +140,11 @@ export class ReplicatedLogState {
       const invalidate = this.seedLegs(devices);
       for (const d of devices) this.knownLegs.add(d);
       this.pruneKnownLegs();
-      return invalidate ? { invalidated: true, released: this.invalidate() } : { invalidated: false, released: null };
+      if (invalidate) return { invalidated: true, released: this.invalidate() };
+      // A leg recorded catching up whose last regions were resynced before the stop (the record was written
+      // lazily) is up to date now if every region is in sync.
+      this.settleCaughtUp();
+      return { invalidated: false, released: null };
     }
     const fresh = devices.filter((d) => !this.knownLegs.has(d));
     for (const d of fresh) {

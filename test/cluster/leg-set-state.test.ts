@@ -103,5 +103,11 @@ describe('replicated leg sets', () => {
     u.initialized.add(memberKey(A));
     expect(u.applyLegs(memberKey(A), ['a', 'b']).invalidated).toBe(false);
     expect([...u.staleLegs]).toEqual([['b', 'catching']]);
+    // Recorded catching up, but every region in sync: up to date at the first announcement.
+    const v = twoMembers();
+    v.legSeed = { mode: 'records', legs: [['a', 'current'], ['b', 'catching']] };
+    v.initialized.delete(memberKey(B)); // B joins later
+    expect(v.applyLegs(memberKey(A), ['a', 'b']).invalidated).toBe(false);
+    expect(v.staleLegs.size).toBe(0);
   });
 });
