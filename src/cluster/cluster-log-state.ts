@@ -26,6 +26,9 @@
 // resync source. The first LEGS of a fresh state decides from `legSeed` (the clustered-disk log's per-leg
 // records, read at a whole-cluster start): a leg recorded failed, or never recorded, sets every region out of
 // sync and catches up; with no records leg 0 is the source and the others catch up unless all is in sync.
+// The source (first up-to-date leg in the log server's table order) failing while regions are out of sync
+// leaves no leg up to date: the others are only current for the regions in sync, so they become catching up
+// (cluster-log.ts refuses a whole-cluster start from such records).
 import { Bitmap } from '../mirror/log/bitmap.js';
 import { ClusterLogCodecError, type CheckpointTarget } from './cluster-log-codec.js';
 import type { ConfigChange, Member } from './transport.js';

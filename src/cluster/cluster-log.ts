@@ -54,7 +54,8 @@
 //    (a member that joins or resumes fails it too); it comes back through a whole-cluster restart or a repair
 //    and re-add. clustered-disk records the legs (up to date / catching up / stale) in disk.ts's leg records;
 //    a whole-cluster start takes them from there: a leg that was stale never becomes the source and is resynced
-//    in full from an up-to-date one.
+//    in full from an up-to-date one; records naming no leg of the table up to date (the source failed while
+//    regions were out of sync) are refused unless the table says `sync`.
 // One member per node per log (marks are kept per node id).
 import { ExportError } from '../nbd/export.js';
 import type {
