@@ -7,13 +7,14 @@
 //    buffers too, and their small replies (gathered while one is in the socket) each arrive once;
 //  - backpressure still holds over TLS: a client blasting 1 MiB writes at a slow export meets the
 //    pause, and held payload stays within inFlightBytesMax + requestBytesMax;
-//  - splitLargeTlsWrites on a plain Writable: large chunks alone, small runs batched, one callback.
+//  - splitLargeTlsWrites on a plain Writable: large chunks alone (the largest in pieces), small runs
+//    batched, one callback.
 import { readFileSync } from 'node:fs';
 import { Writable } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
 import * as C from '../../src/nbd/codec/constants.js';
 import { NbdClient } from '../../src/nbd/client/client.js';
-import { splitLargeTlsWrites, TLS_WRITE_ALONE_BYTES_MIN } from '../../src/nbd/tls/tls-writes.js';
+import { splitLargeTlsWrites, TLS_WRITE_ALONE_BYTES_MIN, TLS_WRITE_PIECE_BYTES } from '../../src/nbd/tls/tls-writes.js';
 import { requireTools } from '../helpers/tools.js';
 import { pattern } from '../nbd/harness.js';
 import { W } from '../unit/nbd/wire.js';
@@ -129,7 +130,7 @@ describe.skipIf(!ok)('TLS data path', () => {
 });
 
 describe('splitLargeTlsWrites', () => {
-  it('writes chunks of a full record or more alone, batches runs of small ones, calls back once', async () => {
+  it('writes chunks of a full record or more alone (longer than a piece: in pieces), batches runs of small ones, calls back once', async () => {
     const calls: number[][] = [];
     const w = new Writable({
       write(chunk: Buffer, _enc, cb) {
@@ -142,6 +143,14 @@ describe('splitLargeTlsWrites', () => {
       },
     });
     expect(splitLargeTlsWrites(w)).toBe(true);
+    const w3 = new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        calls.push([chunk.length]);
+        setImmediate(cb);
+      },
+      writev: (_chunks, cb) => cb(),
+    });
+    splitLargeTlsWrites(w3);
     const big = TLS_WRITE_ALONE_BYTES_MIN;
     const sizes = [16, 16, big, 16, big + 1, big * 64, 16, 16, 16];
     let done = 0;
@@ -150,7 +159,16 @@ describe('splitLargeTlsWrites', () => {
     w.uncork();
     await new Promise<void>((r) => w.end(r));
     expect(done).toBe(sizes.length);
-    expect(calls).toEqual([[16, 16], [big], [16], [big + 1], [big * 64], [16, 16, 16]]);
+    // big * 64 (1 MiB) goes in TLS_WRITE_PIECE_BYTES pieces, one after the other.
+    const pieces = Array.from({ length: (big * 64) / TLS_WRITE_PIECE_BYTES }, () => [TLS_WRITE_PIECE_BYTES]);
+    expect(pieces.length).toBeGreaterThan(1);
+    expect(calls).toEqual([[16, 16], [big], [16], [big + 1], ...pieces, [16, 16, 16]]);
+    // A lone write (no cork) longer than a piece: pieces too, one callback.
+    calls.length = 0;
+    let lone = 0;
+    await new Promise<void>((r) => w3.write(Buffer.alloc(TLS_WRITE_PIECE_BYTES * 2 + 5), () => (lone++, r())));
+    expect(calls).toEqual([[TLS_WRITE_PIECE_BYTES], [TLS_WRITE_PIECE_BYTES], [5]]);
+    expect(lone).toBe(1);
     // Only small chunks: one writev, as before.
     calls.length = 0;
     const w2 = new Writable({ write: (_c, _e, cb) => cb(), writev: (chunks, cb) => (calls.push(chunks.map((c) => (c.chunk as Buffer).length)), cb()) });

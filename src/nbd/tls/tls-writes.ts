@@ -8,12 +8,25 @@
 // splitLargeTlsWrites replaces the socket's _writev: a chunk of at least TLS_WRITE_ALONE_BYTES_MIN (the
 // largest TLS record's plaintext: concatenating it with others saves no record) is written on its own;
 // runs of smaller chunks still go as one writev (one TLS record for many 16-byte replies, what the cork
-// is for). The callback contract is unchanged: one call when every chunk was written, or the first error.
+// is for). It also replaces _write: a chunk longer than TLS_WRITE_PIECE_BYTES is handed to the TLS
+// layer in pieces (see there). The callback contract is unchanged: one call when every chunk was
+// written, or the first error.
 
 import type { Duplex } from 'node:stream';
 
 /** Chunks at least this long (16 KiB: a full TLS record) are encrypted on their own, never concatenated. */
 export const TLS_WRITE_ALONE_BYTES_MIN = 16 * 1024;
+/**
+ * A chunk longer than this goes to the TLS layer in pieces of this size, each once the previous one is
+ * in the kernel. TLSWrap encrypts a whole write before sending any of it and takes the next write only
+ * when the previous one has left: a 1 MiB read reply was 64 records encrypted in one go (~0.3 ms) while
+ * the client, having drained the socket buffer, waited; then the server waited while the client
+ * decrypted. In pieces the next piece is encrypted while the client still has the socket buffer to read,
+ * and TLSWrap holds at most a piece of ciphertext instead of the whole reply. Measured (fio read 1M QD8
+ * over TLS, 8 interleaved rounds on the loaded 2-core machine): 1.07x the throughput of whole writes
+ * (within the noise), same server CPU per request; 64 KiB pieces cost ~9% more CPU per request.
+ */
+export const TLS_WRITE_PIECE_BYTES = 256 * 1024;
 
 interface WritevChunk {
   chunk: Buffer | string;
@@ -27,11 +40,35 @@ interface WritableInternals {
 }
 
 /** Install on a connected TLS socket (see the header). Returns false if the socket has no _writev. */
-export function splitLargeTlsWrites(socket: Duplex, aloneBytesMin = TLS_WRITE_ALONE_BYTES_MIN): boolean {
+export function splitLargeTlsWrites(socket: Duplex, aloneBytesMin = TLS_WRITE_ALONE_BYTES_MIN, pieceBytes = TLS_WRITE_PIECE_BYTES): boolean {
   const s = socket as unknown as WritableInternals;
   const writev = s._writev;
-  const write = s._write;
-  if (typeof writev !== 'function' || typeof write !== 'function') return false;
+  const writeWhole = s._write;
+  if (typeof writev !== 'function' || typeof writeWhole !== 'function') return false;
+  const pieceWrite = function pieceWrite(this: WritableInternals, chunk: Buffer | string, encoding: BufferEncoding | string, cb: WriteCb): void {
+    if (typeof chunk === 'string' || chunk.length <= pieceBytes) {
+      writeWhole.call(this, chunk, encoding, cb);
+      return;
+    }
+    let at = 0;
+    const next = (err?: Error | null): void => {
+      if (err) {
+        cb(err);
+        return;
+      }
+      if (at >= chunk.length) {
+        cb(null);
+        return;
+      }
+      const end = Math.min(at + pieceBytes, chunk.length);
+      const piece = chunk.subarray(at, end);
+      at = end;
+      writeWhole.call(this, piece, encoding, next);
+    };
+    next();
+  };
+  const write = pieceBytes > 0 ? pieceWrite : writeWhole;
+  s._write = write;
   s._writev = function splitWritev(this: WritableInternals, chunks: WritevChunks, cb: WriteCb): void {
     let large = false;
     for (let k = 0; k < chunks.length; k++) {
