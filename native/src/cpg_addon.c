@@ -167,13 +167,19 @@ static void copy_group(event *e, const struct cpg_name *g) {
   e->group[n] = 0;
 }
 
+/* A zeroed event of this kind (callbacks cannot report failure: out of memory aborts). */
+static event *new_event(ev_kind kind) {
+  event *e = calloc(1, sizeof *e);
+  if (!e) abort();
+  e->kind = kind;
+  return e;
+}
+
 static void on_cpg_deliver(cpg_handle_t h, const struct cpg_name *group, uint32_t nodeid, uint32_t pid,
                            void *msg, size_t len) {
   watcher *w = cpg_ctx(h);
   if (!w) return;
-  event *e = calloc(1, sizeof *e);
-  if (!e) abort();
-  e->kind = EV_DELIVER;
+  event *e = new_event(EV_DELIVER);
   copy_group(e, group);
   e->nodeid = nodeid;
   e->pid = pid;
@@ -190,9 +196,7 @@ static void on_cpg_confchg(cpg_handle_t h, const struct cpg_name *group,
                            const struct cpg_address *joined, size_t n_joined) {
   watcher *w = cpg_ctx(h);
   if (!w) return;
-  event *e = calloc(1, sizeof *e);
-  if (!e) abort();
-  e->kind = EV_CONFCHG;
+  event *e = new_event(EV_CONFCHG);
   copy_group(e, group);
   e->n_members = (uint32_t)n_members;
   e->n_left = (uint32_t)n_left;
@@ -210,9 +214,7 @@ static void on_cpg_confchg(cpg_handle_t h, const struct cpg_name *group,
 static void on_cpg_totem(cpg_handle_t h, struct cpg_ring_id ring, uint32_t n, const uint32_t *members) {
   watcher *w = cpg_ctx(h);
   if (!w) return;
-  event *e = calloc(1, sizeof *e);
-  if (!e) abort();
-  e->kind = EV_TOTEM;
+  event *e = new_event(EV_TOTEM);
   e->nodeid = ring.nodeid;
   e->seq = ring.seq;
   e->n_members = n;
@@ -226,9 +228,7 @@ static void on_quorum(quorum_handle_t h, uint32_t quorate, uint64_t ring_seq, ui
   const void *ctx = NULL;
   if (quorum_context_get(h, &ctx) != CS_OK || !ctx) return;
   watcher *w = (watcher *)ctx;
-  event *e = calloc(1, sizeof *e);
-  if (!e) abort();
-  e->kind = EV_QUORUM;
+  event *e = new_event(EV_QUORUM);
   e->quorate = quorate;
   e->seq = ring_seq;
   e->n_members = n;
