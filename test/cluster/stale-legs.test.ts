@@ -11,11 +11,15 @@
 //     single-node disk log reads: checked by activating a DiskLog on a copy); after the restart with a
 //     healthy again, b is the source, a is never read, the whole volume is copied b -> a once, every
 //     acknowledged write reads back, a = b, and a is recorded up to date again.
+//  2b. The other way: a single-node disk log that recorded b stale is served clustered: b is not a source
+//     there either and is resynced in full from a.
 //  3. clustered-disk, the source fails while regions are out of sync (the first resync): b holds only the
 //     regions in sync, so it is not recorded up to date either; a restart refuses (no leg of the table is up
 //     to date) instead of serving b's stale regions; `sync` is the override (a full resync from leg 0).
 import { describe, expect, it } from 'vitest';
 import { MemoryBus } from '../../src/cluster/memory-bus.js';
+import { openTable } from '../../src/mirror/open.js';
+import { parseTable } from '../../src/mirror/table.js';
 import type { Leg } from '../../src/mirror/legs/leg.js';
 import { MemoryLeg } from '../../src/mirror/legs/memory.js';
 import { DiskLog } from '../../src/mirror/log/disk.js';
@@ -187,5 +191,34 @@ describe('stale legs in a cluster log', () => {
     await m.exp.resyncIdle();
     expect(legs.get('b')!.bytes.equals(legs.get('a')!.bytes)).toBe(true);
     await m.exp.close();
+  });
+
+  it('a single-node disk log that recorded a leg stale: served clustered, that leg is resynced in full, never a source', async () => {
+    const legs = new Map(['a', 'b'].map((d) => [d, new MemoryLeg({ device: d, sizeBytes: SIZE_BYTES })]));
+    const logDev = new MemoryLeg({ device: 'log', sizeBytes: LOG_BYTES, volatileCache: true });
+    const bBroken = { on: false };
+    const open = (log: MemoryLeg) => (d: string) => (d === 'log' ? sharedLeg(log) : sharedLeg(legs.get(d)!, d === 'b' ? bBroken : undefined));
+    const single = (await openTable(parseTable(`0 ${SIZE_BYTES / 512} mirror disk 3 log ${REGION_SECTORS} nosync 2 a 0 b 0`), {
+      openLeg: async (d) => open(logDev)(d),
+    })) as MirrorExport;
+    bBroken.on = true;
+    await single.write(pattern(1, 8192), 5 * REGION_BYTES, { fua: false }); // b fails: recorded stale
+    await single.flush();
+    const survived = Buffer.from(logDev.durableBytes!);
+    await single.close();
+
+    bBroken.on = false;
+    const logAfter = new MemoryLeg({ device: 'log', sizeBytes: LOG_BYTES, initial: survived, volatileCache: true });
+    const n = await memoryNode(new MemoryBus(), 1, `0 ${SIZE_BYTES / 512} mirror userspace 4 LVM-stale5 clustered-disk log ${REGION_SECTORS} 2 a 0 b 0`, open(logAfter));
+    expect(n.exp.status().legs.map((l) => [l.device, l.upToDate, l.isDefault])).toEqual([
+      ['a', true, true],
+      ['b', false, false],
+    ]);
+    await until(() => n.exp.status().inSyncRegions === n.exp.status().regionCount, 10_000, 'resync');
+    await n.exp.resyncIdle();
+    expect(n.exp.status().resync.bytesCopied).toBe(SIZE_BYTES);
+    expect(legs.get('b')!.bytes.equals(legs.get('a')!.bytes)).toBe(true);
+    await readsBack(n.exp, 5 * REGION_BYTES, pattern(1, 8192), 4);
+    await n.exp.close();
   });
 });
