@@ -38,6 +38,9 @@ export function privateBuildCopy(intoDir) {
   const copy = join(intoDir, 'build');
   cpSync(join(buildDir, 'dist'), join(copy, 'dist'), { recursive: true });
   cpSync(join(buildDir, 'bin'), join(copy, 'bin'), { recursive: true });
+  // package.json ("type": "module", the version): without one above it, node finds each .js file's module
+  // type by first compiling it as CommonJS (syntax detection): slower start-up than an installed copy.
+  cpSync(join(ROOT, 'package.json'), join(copy, 'package.json'));
   symlinkSync(join(ROOT, 'node_modules'), join(copy, 'node_modules'));
   return join(copy, 'bin', 'nbd-mirror.js');
 }
