@@ -131,13 +131,14 @@ function resyncPanel(report, y0) {
   ];
   const max = Math.max(...rows.map((x) => x.mbps));
   const labelW = 300;
-  const barMax = WIDTH - MARGIN.left - MARGIN.right - labelW - 90;
+  const barMax = WIDTH - MARGIN.left - MARGIN.right - labelW - 170;
   rows.forEach((row, i) => {
     const y = y0 + 40 + i * 26;
     const w = (row.mbps / max) * barMax;
     out.push(`<text x="${MARGIN.left}" y="${y + 13}" class="legend${row.ours ? ' bold' : ''}">${esc(row.label)}</text>`);
     out.push(`<rect x="${MARGIN.left + labelW}" y="${y}" width="${w.toFixed(1)}" height="18" fill="${row.color}"/>`);
-    out.push(`<text x="${(MARGIN.left + labelW + w + 6).toFixed(1)}" y="${y + 13}" class="value">${row.mbps.toFixed(0)} MB/s</text>`);
+    const ratio = row.ours && r.nbdcopyMBps > 0 ? ` (${(row.mbps / r.nbdcopyMBps).toFixed(2)}x nbdcopy)` : '';
+    out.push(`<text x="${(MARGIN.left + labelW + w + 6).toFixed(1)}" y="${y + 13}" class="value">${row.mbps.toFixed(0)} MB/s${ratio}</text>`);
   });
   return out;
 }
