@@ -25,6 +25,7 @@ import type { RecordedLegState } from './cluster-log-state.js';
 /** disk.ts's leg record flags and name prefix (the on-disk format it owns). */
 const LEG_FLAG_UP_TO_DATE = 1;
 const LEG_FLAG_CATCHING_UP = 2;
+const LOST_SOURCE_FLAG_VALID = 1;
 const LEG_NAME_PREFIX_BYTES = 32;
 
 function namePrefix(device: string): Buffer {
@@ -39,6 +40,11 @@ export interface ClusterDiskState {
   clean: Bitmap;
   /** Per leg device asked for, in that order, as recorded (undefined: no record); null: no leg records. */
   legs: Array<[string, RecordedLegState | undefined]> | null;
+  /**
+   * disk.ts's lost-source record: the source leg that failed while regions were out of sync (the device
+   * asked for that it names, or its name prefix when none matches); null: none.
+   */
+  lostSource: string | null;
 }
 
 export interface ClusterDiskAreaOptions {
@@ -69,18 +75,21 @@ export class ClusterDiskArea extends DiskLog {
     const clean = new Bitmap(this.regionCount);
     clean.load(area.subarray(DISK_LOG_BITMAP_OFFSET_BYTES, DISK_LOG_BITMAP_OFFSET_BYTES + clean.bytes.length));
     for (let r = Math.min(h.nrRegions, this.regionCount); r < this.regionCount; r++) clean.set(r, false);
-    if (h.legsMagic !== DISK_LOG_LEGS_MAGIC) return { clean, legs: null };
+    if (h.legsMagic !== DISK_LOG_LEGS_MAGIC) return { clean, legs: null, lostSource: null };
     const records = h.legs.slice(0, Math.min(h.legCount, DISK_LOG_LEGS_MAX));
+    const named = (rec: { nameHash: number; namePrefix: Buffer }, device: string) => rec.nameHash === fnv1a32(device) && rec.namePrefix.equals(namePrefix(device));
+    let lostSource: string | null = null;
+    if ((h.lostSource.flags & LOST_SOURCE_FLAG_VALID) !== 0) {
+      lostSource = legDevices.find((d) => named(h.lostSource, d)) ?? h.lostSource.namePrefix.toString('utf8').replace(/\0+$/, '');
+    }
     const legs = legDevices.map((device): [string, RecordedLegState | undefined] => {
-      const hash = fnv1a32(device);
-      const prefix = namePrefix(device);
-      const rec = records.find((l) => l.nameHash === hash && l.namePrefix.equals(prefix));
+      const rec = records.find((l) => named(l, device));
       if (rec === undefined) return [device, undefined];
       const st: RecordedLegState =
         (rec.flags & LEG_FLAG_UP_TO_DATE) !== 0 ? 'current' : (rec.flags & LEG_FLAG_CATCHING_UP) !== 0 ? 'catching' : 'failed';
       return [device, st];
     });
-    return { clean, legs };
+    return { clean, legs, lostSource };
   }
 
   /**

@@ -95,6 +95,8 @@ export class ReplicatedLogState {
   readonly knownLegs = new Set<string>();
   /** Devices not up to date cluster-wide (never a resync source). */
   readonly staleLegs = new Map<string, StaleLegState>();
+  /** The source leg that failed while regions were out of sync (they exist only on it), or null. */
+  lostSource: string | null = null;
   /** What the first LEGS uses to decide the stale legs (fresh states only). */
   legSeed: LegSeed = { mode: 'first' };
   /** The first LEGS was applied (legSeed consumed). */
@@ -212,6 +214,7 @@ export class ReplicatedLogState {
       this.staleLegs.set(d, 'failed');
       changed.push(d);
       if (wasSource && this.sync.population() < this.regionCount) {
+        this.lostSource = d;
         // The source failed while regions were out of sync: only it holds them, so no other leg is up to date
         // (each is for the regions in sync: catching up). No leg is the source any more; a restart from the
         // records refuses (cluster-log.ts) unless told to resync everything from the first leg (`sync`).
@@ -257,6 +260,8 @@ export class ReplicatedLogState {
     if (announced === 0) return; // nobody present has told its legs yet: keep what the log knew
     for (const d of [...this.knownLegs]) if (!inUse.has(d)) this.knownLegs.delete(d);
     for (const d of [...this.staleLegs.keys()]) if (!inUse.has(d)) this.staleLegs.delete(d);
+    // A reload without the lost source (repair --force) accepts the loss of its regions.
+    if (this.lostSource !== null && !inUse.has(this.lostSource)) this.lostSource = null;
   }
 
   /** Every initialized member announced its legs, and all announced the same set. */
@@ -419,6 +424,7 @@ export class ReplicatedLogState {
         known: [...this.knownLegs].sort(),
         stale: [...this.staleLegs].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
         seed: this.legsSeeded ? null : this.legSeed,
+        lost: this.lostSource,
       }),
       'utf8',
     );
@@ -502,7 +508,9 @@ export class ReplicatedLogState {
       this.legsByMember.set(e[0], e[1]);
     }
     for (const d of o.known) this.knownLegs.add(d);
-    const x = v as { stale?: unknown; seed?: unknown };
+    const x = v as { stale?: unknown; seed?: unknown; lost?: unknown };
+    if (x.lost !== undefined && x.lost !== null && !isNames([x.lost])) throw new ClusterLogCodecError('bad lost source');
+    this.lostSource = (x.lost as string | null | undefined) ?? null;
     const isStale = (st: unknown): st is StaleLegState => st === 'failed' || st === 'catching';
     if (x.stale !== undefined) {
       if (!Array.isArray(x.stale)) throw new ClusterLogCodecError('bad stale leg list');

@@ -262,6 +262,8 @@ export class ClusterLog implements DirtyLog {
   private legSeed: LegSeed = { mode: 'first' };
   /** This member started the state (whole-cluster start) with legSeed. */
   private seededHere = false;
+  /** The log device's lost-source record, when regions are dirty there (they may exist only on that leg). */
+  private diskLostSource: string | null = null;
   /** Server: a DISK_MARK of ours is on its way (not yet delivered back). */
   private diskMarkSent = false;
   /** Server: a write is running. */
@@ -406,6 +408,7 @@ export class ClusterLog implements DirtyLog {
         const found = await this.disk.readState(activation.legDevices);
         if (found) {
           this.diskClean = found.clean;
+          if (found.lostSource !== null && found.clean.population() < this.regionCount) this.diskLostSource = found.lostSource;
           // A log written without leg records (dm): every leg holds the data, as disk.ts reads it.
           this.legSeed = found.legs
             ? { mode: 'records', legs: found.legs.filter((l): l is [string, RecordedLegState] => l[1] !== undefined) }
@@ -496,6 +499,15 @@ export class ClusterLog implements DirtyLog {
   private refuseWithoutCurrentLeg(devices: readonly string[]): void {
     const seed = this.legSeed;
     if (!this.seededHere || seed.mode !== 'records') return;
+    if (this.diskLostSource !== null) {
+      throw new ExportError(
+        'EIO',
+        `cluster log ${this.opts.uuid}: leg ${this.diskLostSource} was the mirror's source when it failed while regions were out of ` +
+          `sync (the log device records it, and regions are dirty there): they may exist only on it, the other legs hold stale ` +
+          `data for them. To accept, serve once with the \`sync\` log argument and the leg to keep listed first (every region ` +
+          `is then resynced from it).`,
+      );
+    }
     const current = new Set(seed.legs.filter(([, st]) => st === 'current').map(([d]) => d));
     if (devices.some((d) => current.has(d))) return;
     const recorded = new Map(seed.legs);
@@ -755,6 +767,11 @@ export class ClusterLog implements DirtyLog {
 
   legStates(): readonly LegLogState[] {
     return this.legs;
+  }
+
+  /** The source leg lost cluster-wide while regions were out of sync (no leg may serve them), or null. */
+  lostSource(): string | null {
+    return this.state?.lostSource ?? null;
   }
 
   setLegUpToDate(legIndex: number, upToDate: boolean): void {

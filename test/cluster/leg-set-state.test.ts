@@ -103,6 +103,19 @@ describe('replicated leg sets', () => {
     u.initialized.add(memberKey(A));
     expect(u.applyLegs(memberKey(A), ['a', 'b']).invalidated).toBe(false);
     expect([...u.staleLegs]).toEqual([['b', 'catching']]);
+    // The source failing while regions are out of sync: no leg up to date, the lost source recorded (and
+    // checkpointed) until no member runs on it any more.
+    const w = twoMembers();
+    w.applyLegs(memberKey(A), ['a', 'b']);
+    w.applyLegs(memberKey(B), ['a', 'b']);
+    w.applySetRegionSync(1, 4, false);
+    expect(w.sourceLeg()).toBe('a');
+    w.applyLegFailed(['a']);
+    expect([w.lostSource, w.sourceLeg(), w.recordedState('b')]).toEqual(['a', undefined, 'catching']);
+    expect(ReplicatedLogState.decode(w.encode(), 8).lostSource).toBe('a');
+    w.applyLegs(memberKey(A), ['b']);
+    w.applyLegs(memberKey(B), ['b']);
+    expect(w.lostSource).toBeNull();
     // Recorded catching up, but every region in sync: up to date at the first announcement.
     const v = twoMembers();
     v.legSeed = { mode: 'records', legs: [['a', 'current'], ['b', 'catching']] };

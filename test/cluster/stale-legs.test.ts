@@ -16,6 +16,7 @@
 //  3. clustered-disk, the source fails while regions are out of sync (the first resync): b holds only the
 //     regions in sync, so it is not recorded up to date either; a restart refuses (no leg of the table is up
 //     to date) instead of serving b's stale regions; `sync` is the override (a full resync from leg 0).
+//     The same for a single-node disk log's lost-source record read by the cluster log.
 import { describe, expect, it } from 'vitest';
 import { MemoryBus } from '../../src/cluster/memory-bus.js';
 import { openTable } from '../../src/mirror/open.js';
@@ -175,6 +176,8 @@ describe('stale legs in a cluster log', () => {
     await n1.exp.flush();
     expect(n1.log.replicated!.recordedState('a')).toBe('failed');
     expect(n1.log.replicated!.recordedState('b')).toBe('catching');
+    expect(n1.log.lostSource()).toBe('a'); // the mirror keeps the unsynced regions unreadable (no default leg)
+    expect(n1.exp.status().legs.map((l) => l.isDefault)).toEqual([false, false]);
     const survived = Buffer.from(logDev.durableBytes!);
     await n1.exp.close();
     // The single-node disk log reads no leg up to date either.
@@ -220,5 +223,27 @@ describe('stale legs in a cluster log', () => {
     expect(legs.get('b')!.bytes.equals(legs.get('a')!.bytes)).toBe(true);
     await readsBack(n.exp, 5 * REGION_BYTES, pattern(1, 8192), 4);
     await n.exp.close();
+  });
+
+  it("a single-node disk log's lost-source record: served clustered, the start is refused unless `sync`", async () => {
+    const legs = new Map(['a', 'b'].map((d) => [d, new MemoryLeg({ device: d, sizeBytes: SIZE_BYTES })]));
+    const logDev = new MemoryLeg({ device: 'log', sizeBytes: LOG_BYTES, volatileCache: true });
+    const aBroken = { on: true };
+    const open = (log: MemoryLeg) => (d: string) => (d === 'log' ? sharedLeg(log) : sharedLeg(legs.get(d)!, d === 'a' ? aBroken : undefined));
+    // New log: every region out of sync, a the source; a fails at the first resync copy.
+    const single = (await openTable(parseTable(`0 ${SIZE_BYTES / 512} mirror disk 2 log ${REGION_SECTORS} 2 a 0 b 0`), {
+      openLeg: async (d) => open(logDev)(d),
+    })) as MirrorExport;
+    await until(() => single.status().legs[0]!.health !== 'A', 5_000, 'a failed');
+    await single.flush();
+    const survived = Buffer.from(logDev.durableBytes!);
+    await single.close();
+    aBroken.on = false;
+    const logAfter = new MemoryLeg({ device: 'log', sizeBytes: LOG_BYTES, initial: survived, volatileCache: true });
+    const clustered = (sync: string) => `0 ${SIZE_BYTES / 512} mirror userspace ${sync ? 5 : 4} LVM-stale6 clustered-disk log ${REGION_SECTORS}${sync} 2 a 0 b 0`;
+    await expect(memoryNode(new MemoryBus(), 1, clustered(''), open(logAfter))).rejects.toThrow(/leg a was the mirror's source/);
+    const m = await memoryNode(new MemoryBus(), 1, clustered(' sync'), open(logAfter));
+    await until(() => m.exp.status().inSyncRegions === m.exp.status().regionCount, 10_000, 'resync');
+    await m.exp.close();
   });
 });
