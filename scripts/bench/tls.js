@@ -8,6 +8,7 @@
 //     the program allows local files (fio does not), so fio finds the client certificates where libnbd
 //     looks by default: $HOME/.pki/libnbd (HOME points into the work dir for the fio run).
 //   nbdcopy (which allows local files) 1M requests x8 write and read, over TLS-PSK (tls-psk-file=).
+// First it prints the TLS session each server negotiates with libnbd (protocol, cipher).
 //
 // Usage: node scripts/bench/tls.js [--size-mib 256] [--runtime 5] [--json out.json]
 // Everything lives in a temp dir, removed at the end; servers are stopped by their PID.
@@ -45,6 +46,30 @@ function serverDef(kind, auth, ctx) {
     socket,
     pidFile,
   };
+}
+
+/**
+ * The TLS session each server negotiates with libnbd (nbdinfo), from the servers' own debug output:
+ * nbdkit -D nbdkit.tls.session=1 prints "(TLS1.3)-(kx)-(sig)-(cipher)", ours logs protocol and cipher.
+ * Measured 2026-11-25, the same cipher on both servers each time, so the rows compare like with like:
+ * X.509 (the fio rows): TLS1.3 AES-256-GCM (nbdkit: ECDHE-SECP256R1, ECDSA-SECP256R1-SHA256; ours:
+ * TLS_AES_256_GCM_SHA384); PSK (the nbdcopy rows): TLS1.3 CHACHA20-POLY1305 on both (libnbd's preference).
+ */
+async function negotiated(kind, auth, ctx) {
+  const def = serverDef(kind, auth, ctx);
+  const args = kind === 'nbdkit' ? ['-v', '-D', 'nbdkit.tls.session=1', ...def.args] : def.args.map((a) => (a === 'warn' ? 'debug' : a));
+  let stderr = '';
+  const srv = await startServer({ ...def, args }, { onStderr: (t) => (stderr += t) });
+  try {
+    const uri = auth === 'psk' ? `nbds+unix://bench@/?socket=${def.socket}&tls-psk-file=${ctx.pki.psk}` : `nbds+unix:///?socket=${def.socket}`;
+    execFileSync('nbdinfo', ['--size', uri], { env: { ...process.env, HOME: ctx.pki.home }, stdio: ['ignore', 'ignore', 'pipe'] });
+    await new Promise((r) => setTimeout(r, 200)); // the server's log line may trail the client's exit
+  } finally {
+    await srv.stop();
+  }
+  if (kind === 'nbdkit') return /TLS session: (\S+)/.exec(stderr)?.[1] ?? 'unknown (no session line)';
+  const m = /"protocol":"([^"]+)","cipher":"([^"]+)"/.exec(stderr);
+  return m === null ? 'unknown (no session line)' : `${m[1]} ${m[2]}`;
 }
 
 function runNbdcopy(argv) {
@@ -108,6 +133,9 @@ async function main() {
     execFileSync('fio', ['--name=fill', `--filename=${file}`, '--rw=write', '--bs=1m', `--size=${SIZE_BYTES}`, '--output=/dev/null'], { cwd: dir });
     copyFileSync(file, src);
     const ctx = { dir, cli, pki, file, src };
+    for (const auth of ['x509', 'psk']) {
+      for (const kind of ['nbdkit', 'ours']) console.log(`negotiated (${auth}) ${kind.padEnd(6)}: ${await negotiated(kind, auth, ctx)}`);
+    }
     const results = {};
     for (const kind of ['nbdkit', 'ours']) results[kind] = await measure(kind, ctx);
     const rows = [];
