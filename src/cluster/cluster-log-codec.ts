@@ -20,7 +20,8 @@
 //                        add these spares), a device list being u32 count, count x (u32 bytes, UTF-8 name)
 //   LEGS 134             device list: the sender's data legs, table order (after each activation)
 //   LEG_FAILED 135       device list: legs the sender's mirror failed (every member stops using them;
-//                        each acknowledges with FLUSH_ACK flushSeq = this seq)
+//                        each acknowledges with FLUSH_ACK flushSeq = this seq), then u8 again (1: failed
+//                        before, re-announced into a state re-taken after a partition merge; else 0)
 
 export const ClusterLogRequest = {
   CTR: 1,
@@ -91,7 +92,7 @@ export type ClusterLogMessage =
   | { type: typeof ClusterLogRequest.DISK_DONE; seq: number; markSeq: number }
   | { type: typeof ClusterLogRequest.REPAIR; seq: number; removed: string[]; added: string[] }
   | { type: typeof ClusterLogRequest.LEGS; seq: number; devices: string[] }
-  | { type: typeof ClusterLogRequest.LEG_FAILED; seq: number; devices: string[] }
+  | { type: typeof ClusterLogRequest.LEG_FAILED; seq: number; devices: string[]; again?: true }
   | {
       type: typeof ClusterLogRequest.CHECKPOINT;
       seq: number;
@@ -159,7 +160,7 @@ export function encodeMessage(m: ClusterLogMessage): Buffer {
       body = encodeDevices(m.devices, 'LEGS');
       break;
     case ClusterLogRequest.LEG_FAILED:
-      body = encodeDevices(m.devices, 'LEG_FAILED');
+      body = Buffer.concat([encodeDevices(m.devices, 'LEG_FAILED'), Buffer.from([m.again ? 1 : 0])]);
       break;
     case ClusterLogRequest.SET_REGION_SYNC:
       body = Buffer.alloc(5);
@@ -299,8 +300,10 @@ export function decodeMessage(b: Buffer, regionCount: number): ClusterLogMessage
     }
     case ClusterLogRequest.LEG_FAILED: {
       const devices = r.devices('LEG_FAILED');
+      const again = r.u8('again');
+      if (again > 1) throw new ClusterLogCodecError(`LEG_FAILED again flag ${again} is not 0 or 1`);
       r.end('LEG_FAILED');
-      return { type, seq, devices };
+      return again === 1 ? { type, seq, devices, again: true } : { type, seq, devices };
     }
     case ClusterLogRequest.DISK_DONE: {
       const markSeq = r.u32('markSeq');

@@ -204,16 +204,18 @@ export class ReplicatedLogState {
 
   /**
    * LEG_FAILED: a member failed these legs; every member stops using them (applied on delivery) and they
-   * stay stale while the group lives. Returns the devices that were not failed before.
+   * stay stale while the group lives. `again`: failed before, re-announced after a partition merge (no
+   * lost-source judgement). Returns the devices that were not failed before.
    */
-  applyLegFailed(devices: readonly string[]): string[] {
+  applyLegFailed(devices: readonly string[], again = false): string[] {
     const changed: string[] = [];
     for (const d of devices) {
       if (this.staleLegs.get(d) === 'failed') continue;
       const wasSource = this.sourceLeg() === d;
       this.staleLegs.set(d, 'failed');
       changed.push(d);
-      if (wasSource && this.sync.population() < this.regionCount) {
+      // (A failure announced again into a re-taken state was judged when it happened, not now.)
+      if (wasSource && !again && this.sync.population() < this.regionCount) {
         this.lostSource = d;
         // The source failed while regions were out of sync: only it holds them, so no other leg is up to date
         // (each is for the regions in sync: catching up). No leg is the source any more; a restart from the

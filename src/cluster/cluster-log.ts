@@ -455,13 +455,13 @@ export class ClusterLog implements DirtyLog {
    * flush() awaits) resolves once it came back, every other member acknowledged applying it, and
    * (clustered-disk) the record is durable.
    */
-  private announceLegFailed(devices: readonly string[]): void {
+  private announceLegFailed(devices: readonly string[], again = false): void {
     const seq = ++this.seq;
     const p = this.deliveredPromise(seq, this.disk !== null, true);
     const tracked = p.finally(() => this.legFailPending.delete(tracked));
     tracked.catch(() => undefined); // flush() reports it
     this.legFailPending.add(tracked);
-    this.sendWithSeq({ type: Req.LEG_FAILED, seq, devices: [...devices] }).catch((e: unknown) => {
+    this.sendWithSeq({ type: Req.LEG_FAILED, seq, devices: [...devices], ...(again ? { again: true as const } : {}) }).catch((e: unknown) => {
       const w = this.flushWaiters.get(seq);
       this.flushWaiters.delete(seq);
       w?.reject(e instanceof ExportError ? e : new ExportError('EIO', `cluster log: leg failure not sent: ${String(e)}`));
@@ -923,7 +923,9 @@ export class ClusterLog implements DirtyLog {
     const s = ReplicatedLogState.fresh(this.regionCount, allInSync);
     // clustered-disk whole-cluster start: regions recorded clean on the log device are in sync.
     if (this.diskClean && this.mergeWaiting === null) s.sync.copyFrom(this.diskClean);
-    s.legSeed = this.mergeWaiting === null ? this.legSeed : { mode: 'first' };
+    // After a merge every side lost, each member's legs are as its own mirror left them: every leg counts
+    // (the ones a member had failed are announced again and become stale; every region resyncs anyway).
+    s.legSeed = this.mergeWaiting === null ? this.legSeed : { mode: 'equal' };
     this.seededHere = this.mergeWaiting === null;
     this.diskClean = null;
     s.members = [...c.members];
@@ -963,7 +965,7 @@ export class ClusterLog implements DirtyLog {
       // never learned of them.
       this.applyFailedLegs(s.staleLegs, 'failed cluster-wide');
       const lost = [...this.failedHere].filter((d) => s.staleLegs.get(d) !== 'failed');
-      if (lost.length > 0) this.announceLegFailed(lost);
+      if (lost.length > 0) this.announceLegFailed(lost, true);
     }
     this.membershipL.emit({ members: s.members, server: s.server() });
     this.regionsL.emit('all');
@@ -1205,7 +1207,7 @@ export class ClusterLog implements DirtyLog {
         break;
       }
       case Req.LEG_FAILED: {
-        const changed = s.applyLegFailed(m.devices);
+        const changed = s.applyLegFailed(m.devices, m.again === true);
         if (live && this.disk && this.isServer(s)) this.diskRequestWrite(); // the sender waits for it
         if (live && changed.length > 0) this.workL.emit();
         break;

@@ -23,6 +23,7 @@ const messageArb: fc.Arbitrary<ClusterLogMessage> = fc.oneof(
   fc.record({ type: fc.constant(Req.IS_REMOTE_RECOVERING), seq: u32, region }),
   fc.record({ type: fc.constant(Req.FLUSH_ACK), seq: u32, nodeId: u32, pid: u32, flushSeq: u32 }),
   fc.record({ type: fc.constant(Req.LEG_FAILED), seq: u32, devices: fc.array(fc.string({ minLength: 1, maxLength: 40 }), { minLength: 1, maxLength: 4 }) }),
+  fc.record({ type: fc.constant(Req.LEG_FAILED), seq: u32, devices: fc.array(fc.string({ minLength: 1, maxLength: 40 }), { minLength: 1, maxLength: 4 }), again: fc.constant(true as const) }),
   fc
     .record({
       type: fc.constant(Req.CHECKPOINT),

@@ -17,6 +17,9 @@
 //     regions in sync, so it is not recorded up to date either; a restart refuses (no leg of the table is up
 //     to date) instead of serving b's stale regions; `sync` is the override (a full resync from leg 0).
 //     The same for a single-node disk log's lost-source record read by the cluster log.
+//  4. A heal of three sides where no side wins (every member re-takes a fresh state): a leg failed before
+//     is announced again and stays failed, but is not judged a lost source now (every region is out of sync
+//     after such a heal); the other leg is the source, the volume resyncs from it and reads back.
 import { describe, expect, it } from 'vitest';
 import { MemoryBus } from '../../src/cluster/memory-bus.js';
 import { openTable } from '../../src/mirror/open.js';
@@ -245,5 +248,33 @@ describe('stale legs in a cluster log', () => {
     const m = await memoryNode(new MemoryBus(), 1, clustered(' sync'), open(logAfter));
     await until(() => m.exp.status().inSyncRegions === m.exp.status().regionCount, 10_000, 'resync');
     await m.exp.close();
+  });
+
+  it('after a merge every side lost, a leg failed before stays failed and the other leg is the source', async () => {
+    const bus = new MemoryBus();
+    const legs = new Map(['a', 'b'].map((d) => [d, new MemoryLeg({ device: d, sizeBytes: SIZE_BYTES })]));
+    const table = `0 ${SIZE_BYTES / 512} mirror userspace 4 LVM-stale7 clustered-core ${REGION_SECTORS} nosync 2 a 0 b 0`;
+    const aBroken = { on: false };
+    const ns = [];
+    for (const id of [1, 2, 3]) ns.push(await memoryNode(bus, id, table, (d) => sharedLeg(legs.get(d)!, d === 'a' ? aBroken : undefined)));
+    await ns[0]!.exp.write(pattern(1, 8192), 3 * REGION_BYTES, { fua: false });
+    aBroken.on = true;
+    await ns[1]!.exp.write(pattern(2, 8192), 6 * REGION_BYTES, { fua: false }); // a fails, cluster-wide
+    for (const n of ns) expect(n.exp.status().legs[0]!.health).toBe('D');
+    bus.partition([[1], [2], [3]]);
+    await new Promise((r) => setTimeout(r, 20));
+    bus.heal(); // three equal sides: every member starts over with every region out of sync
+    await until(() => ns.every((n) => n.log.initialized && n.log.replicated!.recordedState('a') === 'failed'), 5_000, 'state re-taken');
+    for (const n of ns) {
+      expect(n.log.lostSource()).toBeNull();
+      expect(n.log.replicated!.sourceLeg()).toBe('b');
+    }
+    await until(() => ns.every((n) => n.exp.status().inSyncRegions === n.exp.status().regionCount), 10_000, 'resync');
+    for (const n of ns) {
+      await readsBack(n.exp, 3 * REGION_BYTES, pattern(1, 8192), 2);
+      await readsBack(n.exp, 6 * REGION_BYTES, pattern(2, 8192), 2);
+    }
+    await until(() => new Set(ns.map((n) => n.log.digest())).size === 1, 5_000, 'one replicated state');
+    for (const n of ns) await n.exp.close();
   });
 });
