@@ -36,6 +36,8 @@ const REGION = 4096;
 const REGIONS = 8;
 const SIZE = REGION * REGIONS;
 const LIVENESS_STEPS_MAX = 400;
+/** SIM_TRACE prints this byte of every leg after each step (SIM_TRACE_BYTE=<offset>). */
+const TRACE_BYTE = Number(process.env.SIM_TRACE_BYTE ?? 0);
 
 const never = <T>() => new Promise<T>(() => undefined);
 
@@ -316,20 +318,20 @@ async function runScenario(seedOps: Op[], legCount0: number, disk: boolean, ioSe
   /**
    * Activation after a crash. The disk log refuses when the source leg failed while regions were out of
    * sync (only it held them; the other legs are stale for them): the refusal must name every region whose
-   * acknowledged data the other legs may lack. The simulator then plays the operator who accepts the loss
-   * (the override the error names: the lost leg last, `sync` = full resync from the first leg); only the
-   * named regions may differ from the model afterwards.
+   * acknowledged data the other legs may lack, and suggest the leg holding every clean region. The simulator
+   * then plays the operator who accepts the loss (the override the error names: that leg first, `sync` =
+   * full resync from it); only the named regions may differ from the model afterwards.
    */
   const reactivate = async (): Promise<World> => {
     try {
       return await activate({ legs, logDev }, rand, handleErrors, syncRand);
     } catch (err) {
-      if (!(err instanceof LostSourceError) || err.holder === '') throw err;
+      if (!(err instanceof LostSourceError) || err.suggestedSource === null) throw err;
       if (process.env.SIM_TRACE) console.log(`  refused: ${err.message}`);
-      if (err.regions.length === 0) throw new Error(`refusal names no region: ${err.message}`);
       stats.refusals++;
       for (const r of err.regions) model.forget(r * REGION, REGION);
-      legs = [...legs.filter((l) => l.device !== err.holder), ...legs.filter((l) => l.device === err.holder)];
+      const first = err.suggestedSource;
+      legs = [...legs.filter((l) => l.device === first), ...legs.filter((l) => l.device !== first)];
       return activate({ legs, logDev }, rand, handleErrors, syncRand, 'sync');
     }
   };
@@ -466,13 +468,14 @@ async function runScenario(seedOps: Op[], legCount0: number, disk: boolean, ioSe
         break;
       case 'fail': {
         if (!disk) break;
-        // Survivable faults only: an up-to-date healthy leg must remain (failing the only source of the
-        // unsynced regions loses data by definition; the mirror then fails those I/Os, see unit tests).
+        // Survivable faults only: another healthy leg must remain. It need not be up to date: failing the
+        // source while the others are catching up or regions are out of sync loses those regions by
+        // definition; their I/O must fail, and the next activation must refuse (see reactivate).
         const i = op.leg % legCount;
         if (w.failed.has(i)) break;
         const st = w.m.status();
-        const sourcesLeft = st.legs.filter((l, j) => j !== i && !w.failed.has(j) && l.upToDate && l.health === 'A').length;
-        if (sourcesLeft < 1) break;
+        const legsLeft = st.legs.filter((l, j) => j !== i && !w.failed.has(j) && l.health === 'A').length;
+        if (legsLeft < 1) break;
         w.failed.add(i);
         legs[i]!.failWrites = true;
         break;
@@ -514,7 +517,7 @@ async function runScenario(seedOps: Op[], legCount0: number, disk: boolean, ioSe
     if (process.env.SIM_TRACE) {
       const st = w.m.status();
       const bits = (f: (r: number) => boolean) => Array.from({ length: REGIONS }, (_, r) => (f(r) ? '1' : '0')).join('');
-      console.log(`  legs ${st.legs.map((l) => `${l.health}${l.upToDate ? 'u' : 's'}${l.isDefault ? '*' : ''}`).join(' ')} sync ${bits((r) => w.log.inSync(r))} clean ${bits((r) => w.log.isClean(r))} b26624 ${legs.map((l) => l.view()[26624]).join(',')} dur ${legs.map((l) => l.durable[26624]).join(',')}`);
+      console.log(`  legs ${st.legs.map((l) => `${l.health}${l.upToDate ? 'u' : 's'}${l.isDefault ? '*' : ''}`).join(' ')} sync ${bits((r) => w.log.inSync(r))} clean ${bits((r) => w.log.isClean(r))} b${TRACE_BYTE} ${legs.map((l) => l.view()[TRACE_BYTE]).join(',')} dur ${legs.map((l) => l.durable[TRACE_BYTE]).join(',')}`);
     }
     checkInvariants(w, ctx);
     // handle_errors: a held write is never acknowledged before the reload.
@@ -651,6 +654,26 @@ describe('mirror simulation against a reference model', () => {
       { t: 'read', off: 9117, len: 1343 },
     ];
     const stats = await runScenario(ops, 2, true, 8);
+    expect(stats.refusals).toBe(1);
+  });
+
+  it('regression: the source failed while the only other healthy leg was catching up (3 legs, handle_errors): the override takes the catching-up leg, never the failed one', async () => {
+    // Leg 1 fails first (stale), leg 2 catches up from leg 0, leg 0 fails with regions out of sync. At the
+    // restart the refusal must suggest leg 2 (it holds every clean region), not leg 1 (zeros).
+    const ops: Op[] = [
+      { t: 'flush' },
+      { t: 'settle', n: 11 },
+      { t: 'writes', ws: [{ off: 3135, len: 3099, v: 53, fua: false, zero: false }] },
+      { t: 'fail', leg: 0 },
+      { t: 'writes', ws: [{ off: 4196, len: 2282, v: 190, fua: false, zero: false }, { off: 26590, len: 4086, v: 2, fua: true, zero: false }] },
+      { t: 'read', off: 30541, len: 8249 },
+      { t: 'writes', ws: [{ off: 6559, len: 1412, v: 240, fua: true, zero: false }, { off: 16974, len: 5296, v: 120, fua: false, zero: false }, { off: 23371, len: 1332, v: 89, fua: false, zero: false }, { off: 23380, len: 5679, v: 103, fua: false, zero: false }] },
+      { t: 'writes', ws: [{ off: 7972, len: 1427, v: 227, fua: true, zero: false }, { off: 23409, len: 204, v: 123, fua: false, zero: true }] },
+      { t: 'writes', ws: [{ off: 10262, len: 5705, v: 79, fua: true, zero: false }] },
+      { t: 'flush' },
+      { t: 'settle', n: 4 },
+    ];
+    const stats = await runScenario(ops, 3, true, 1238064288, true, false);
     expect(stats.refusals).toBe(1);
   });
 });

@@ -125,6 +125,11 @@ export class LostSourceError extends ExportError {
     readonly holder: string,
     /** Regions whose data may exist only on `holder` (dirty in the log). */
     readonly regions: readonly number[],
+    /**
+     * The table's leg to list first with `sync` if the loss is accepted: recorded up to date, else catching up
+     * (either holds every region the log records clean), never `holder`; null when the table has none.
+     */
+    readonly suggestedSource: string | null,
   ) {
     super('EIO', message);
     this.name = 'LostSourceError';
@@ -144,6 +149,27 @@ function regionList(regions: readonly number[]): string {
   }
   const rest = regions.length - shown;
   return parts.join(', ') + (rest > 0 ? ` and ${rest} more` : '');
+}
+
+/** The override's source: the first table leg recorded up to date, else the first catching up; not `exclude`. */
+function suggestSource(header: DiskLogHeader, legDevices: readonly string[], exclude: string): string | null {
+  const records = header.legs.slice(0, Math.min(header.legCount, DISK_LOG_LEGS_MAX));
+  const flagsOf = (device: string): number => {
+    const hash = fnv1a32(device);
+    const prefix = namePrefix(device);
+    return records.find((l) => l.nameHash === hash && l.namePrefix.equals(prefix))?.flags ?? 0;
+  };
+  const usable = legDevices.filter((d) => d !== exclude);
+  return usable.find((d) => (flagsOf(d) & LEG_FLAG_UP_TO_DATE) !== 0) ?? usable.find((d) => (flagsOf(d) & LEG_FLAG_CATCHING_UP) !== 0) ?? null;
+}
+
+/** How to accept the loss, for a refusal message. */
+function overrideAdvice(suggested: string | null): string {
+  return suggested !== null
+    ? `To accept, start once with the log argument 'sync' and ${suggested} listed first (of the table's legs, the log ` +
+        `records it as holding every clean region; every region is then resynced from it)`
+    : `To accept, start once with the log argument 'sync' and the leg to keep listed first (every region is then ` +
+        `resynced from it; the log records no leg of the table as holding the clean regions)`;
 }
 
 function recordName(rec: LegRecord): string {
@@ -229,14 +255,15 @@ export class DiskLog extends BitmapLog {
       for (let r = 0; r < this.regionCount; r++) if (!this.clean.get(r)) dirty.push(r);
       const holder = recordName(header!.lostSource);
       if (dirty.length > 0) {
+        const suggested = suggestSource(header!, activation.legDevices, holder);
         throw new LostSourceError(
           `log ${this.device.device}: leg ${holder} was the mirror's source when it failed while regions were out of ` +
             `sync; ${dirty.length} region(s) dirty in the log (${regionList(dirty)}) may exist only on it, and the other ` +
             `legs hold stale data for them. Refusing to activate (serving them from another leg would return stale ` +
-            `data silently). To accept, start once with the log argument 'sync' and the leg to keep listed first ` +
-            `(every region is then resynced from it)`,
+            `data silently). ${overrideAdvice(suggested)}`,
           holder,
           dirty,
+          suggested,
         );
       }
       // Nothing dirty: no region can be missing (a clean region was in sync on every leg).
@@ -274,13 +301,15 @@ export class DiskLog extends BitmapLog {
         .map(recordName);
       const dirty: number[] = [];
       for (let r = 0; r < this.regionCount; r++) if (!this.clean.get(r)) dirty.push(r);
+      const suggested = suggestSource(header!, activation.legDevices, '');
       throw new LostSourceError(
         `log ${this.device.device}: no leg of the table is recorded up to date ` +
           `(${known.length ? `the log knows ${known.join(', ')} as up to date` : 'every leg the log knows failed or was catching up'}); ` +
-          `refusing to activate (a stale leg would become the resync source). To accept, start once with the log ` +
-          `argument 'sync' and the leg to keep listed first (every region is then resynced from it)`,
+          `refusing to activate (a stale leg would become the resync source; ${dirty.length} region(s) are dirty in ` +
+          `the log${dirty.length ? `: ${regionList(dirty)}` : ''}). ${overrideAdvice(suggested)}`,
         '',
         dirty,
+        suggested,
       );
     }
     this.deriveSyncState(legs, catchingUp);

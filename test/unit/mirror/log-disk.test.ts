@@ -224,7 +224,7 @@ describe('disk log: lost-source record (the source failed while regions were out
     const dev = new MemLeg('/log', 8192);
     await lostLog(dev);
     const before = Buffer.from(dev.durable);
-    for (const devices of [['/a', '/b'], ['/b'], ['/b', '/c'], ['/b', '/a']]) {
+    for (const devices of [['/a', '/b'], ['/b'], ['/b', '/c'], ['/b', '/a'], ['/a', '/c']]) {
       const again = newLog(dev, 8);
       const err = await again.resume({ legDevices: devices, ...noFlush }).then(
         () => null,
@@ -235,9 +235,12 @@ describe('disk log: lost-source record (the source failed while regions were out
       expect(e.errno).toBe('EIO');
       expect(e.holder).toBe('/a');
       expect(e.regions).toEqual([2, 5]);
+      // The override's source: /b (recorded up to date), when the table has it.
+      expect(e.suggestedSource).toBe(devices.includes('/b') ? '/b' : null);
       expect(e.message).toMatch(/leg \/a was the mirror's source when it failed while regions were out of sync/);
       expect(e.message).toContain('2 region(s) dirty in the log (2, 5)');
       expect(e.message).toContain("'sync'");
+      if (devices.includes('/b')) expect(e.message).toContain("'sync' and /b listed first");
     }
     expect(dev.durable.equals(before)).toBe(true);
   });
@@ -289,6 +292,7 @@ describe('disk log: lost-source record (the source failed while regions were out
       );
     expect(err).toBeInstanceOf(LostSourceError);
     expect((err as Error).message).toMatch(/no leg of the table is recorded up to date \(the log knows \/a as up to date\)/);
+    expect((err as LostSourceError).suggestedSource).toBe(null); // /b failed, /c is unknown
     // A leg set with /a activates.
     await newLog(dev, 8).resume({ legDevices: ['/b', '/a'], ...noFlush });
   });

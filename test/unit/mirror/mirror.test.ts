@@ -412,6 +412,7 @@ describe('stale-leg protection: the source lost while out of sync, across restar
     expect(err).toBeInstanceOf(LostSourceError);
     expect((err as LostSourceError).holder).toBe('/a');
     expect((err as LostSourceError).regions).toContain(7);
+    expect((err as LostSourceError).suggestedSource).toBe('/b');
     expect(legs[1]!.durable[7 * REGION]).toBe(1); // nothing copied over /b
     expect(legs[0]!.durable[7 * REGION]).toBe(2); // nor over /a
     // The operator's override: /b first, `sync`: every region from /b (region 7's write is lost, knowingly).
