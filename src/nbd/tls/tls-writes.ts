@@ -23,8 +23,9 @@ export const TLS_WRITE_ALONE_BYTES_MIN = 16 * 1024;
  * the client, having drained the socket buffer, waited; then the server waited while the client
  * decrypted. In pieces the next piece is encrypted while the client still has the socket buffer to read,
  * and TLSWrap holds at most a piece of ciphertext instead of the whole reply. Measured (fio read 1M QD8
- * over TLS, 8 interleaved rounds on the loaded 2-core machine): 1.07x the throughput of whole writes
- * (within the noise), same server CPU per request; 64 KiB pieces cost ~9% more CPU per request.
+ * over TLS against whole writes, interleaved rounds on the loaded 2-core machine): throughput 1.07x (8
+ * rounds) and 0.94x (10 rounds), i.e. no effect measurable there; server CPU per request 3-7% lower;
+ * 64 KiB pieces cost ~9% more CPU per request.
  */
 export const TLS_WRITE_PIECE_BYTES = 256 * 1024;
 
