@@ -488,13 +488,7 @@ export class Volume extends EventEmitter {
     // The proxy is still closed: wait for everything forwarded (held writes included) to complete.
     await withTimeout(this.proxy.suspend('all'), this.limits.suspendTimeoutMs, () => 'resume: held writes did not complete on the remaining leg');
     await engine.suspend(false);
-    const live = await openExport(this.backend, this.pool, next.spec);
-    this.live = live;
-    this.attach(live);
-    this.proxy.retarget(live.export);
-    old.sink.listener = undefined;
-    await old.export.close().catch((e: unknown) => this.record('close-error', { table: old.line, message: errorText(e) }, false));
-    await releasePrepared(next);
+    await this.resumeNewExport(next);
   }
 
   /** Anything else: build the new export (devices are shared through the pool), swap, close the old one. */
