@@ -15,7 +15,7 @@ import { acquireSlots } from '../../scripts/vm/slots.js';
 import { run } from '../helpers/run.js';
 import { MiB } from '../helpers/tmp.js';
 import {
-  bootGuest, describeGuest, e2fsckClean, fileSha256, guestSums, hostSums, requireKernelTestTools,
+  bootGuest, describeGuest, e2fsckClean, fileSha256, guestScript, guestSums, hostSums, requireKernelTestTools,
   peakRssMiB, prepareImage, serverConnections, startVolume, type GuestResult, type ServerKind, type TestVolume,
 } from './helpers.js';
 
@@ -39,8 +39,6 @@ const REQUEST_TIMEOUT_S = 8;
 /** Where the other (host) client of the bad-input test keeps its marker (past the guest's busy region). */
 const MARKER_OFFSET_BYTES = 28 * MiB;
 const TREE_FILES = 41; // 4 dirs x 5 files x 2 + the big file (see guest/ext4-roundtrip.sh)
-const GUEST_DIR = join(import.meta.dirname, 'guest');
-const script = (name: string) => readFileSync(join(GUEST_DIR, name), 'utf8');
 
 const ok = requireKernelTestTools(KIND === 'nbdkit' ? ['nbdkit', 'nbdcopy'] : ['nbdcopy']);
 
@@ -89,7 +87,7 @@ async function roundTrip(t: Run, nbdClientArgs: string, expectConnections: numbe
   const v = (t.volume = await t.timed('server-start', () => startVolume(KIND, VOLUME_BYTES)));
   let maxConnections = 0;
   const r = await t.timed('guest', () => bootGuest({
-    script: script('ext4-roundtrip.sh'),
+    script: guestScript('ext4-roundtrip.sh', 'verify-tree.sh'),
     env: { NBDM_NBD_PORT: v.port, NBDM_NBD_EXPORT: v.exportName, NBD_CLIENT_ARGS: nbdClientArgs },
     timeoutMs: GUEST_TIMEOUT_MS,
     onLine: (line) => {
@@ -178,7 +176,7 @@ describe.skipIf(!ok).concurrent(`kernel nbd client, ext4 (${KIND})`, () => {
       let r: GuestResult;
       try {
         r = await t.timed('guest', () => bootGuest({
-          script: script('disconnect-without-disc.sh'),
+          script: guestScript('disconnect-without-disc.sh'),
           env: {
             NBDM_NBD_PORT: v.port, NBDM_NBD_EXPORT: v.exportName,
             PATTERN_KIB: patternKiB, PATTERN_OFFSET_KIB: patternOffsetKiB, BUSY_OFFSET_KIB: 8192,

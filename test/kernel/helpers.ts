@@ -315,3 +315,8 @@ export function peakRssMiB(pid: number): number {
     return 0;
   }
 }
+
+/** The text of guest scripts under test/kernel/guest, joined in order (a script and the shared tails it ends with). */
+export function guestScript(...names: string[]): string {
+  return names.map((n) => readFileSync(join(import.meta.dirname, 'guest', n), 'utf8')).join('\n');
+}

@@ -10,16 +10,14 @@
 // debugfs from leg A (host), e2fsck -fn on A is clean; the event stream shows B failing and writes held
 // while the guest was writing; how long writes were held is printed and must stay well inside the kernel
 // client's request timeout (nbd-client -t).
-import { readFileSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
-import { join } from 'node:path';
 import { beforeAll, describe, expect, test } from 'vitest';
 import type { WebSocket } from 'ws';
 import { ControlClient } from '../../src/control/client.js';
 import { startFaultLeg, type FaultLeg } from '../control/faults-legs.js';
 import { MiB, makeTempDir, removeTempDir, SECTOR_BYTES } from '../helpers/tmp.js';
 import {
-  bootGuest, describeGuest, e2fsckClean, fileSha256, guestSums, hostSums, peakRssMiB, prepareImage, requireKernelTestTools,
+  bootGuest, describeGuest, e2fsckClean, fileSha256, guestScript, guestSums, hostSums, peakRssMiB, prepareImage, requireKernelTestTools,
   startVolume, withGuestSlots, type GuestResult, type TestVolume,
 } from './helpers.js';
 
@@ -131,7 +129,7 @@ describe.skipIf(!ok)('kernel nbd client, a mirror leg fails under ext4 (handle_e
         arm = a.server;
         const stepAtMs = new Map<string, number>();
         const r: GuestResult = await timed('guest', () => bootGuest({
-          script: readFileSync(join(import.meta.dirname, 'guest', 'leg-failure.sh'), 'utf8'),
+          script: guestScript('leg-failure.sh', 'verify-tree.sh'),
           env: {
             NBDM_NBD_PORT: vol.port, NBDM_NBD_EXPORT: EXPORT, ARM_PORT: a.port, ARM_WAIT_S,
             REQUEST_TIMEOUT_S, TREE_DIRS, TREE_FILES_PER_DIR, BIG_FILE_KIB, BUSY_FILE_KIB,
