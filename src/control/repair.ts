@@ -78,9 +78,10 @@ export function planRepair(
     throw new ControlError(
       'EBUSY',
       `repair: the default leg failed while the mirror was out of sync; the regions not yet in sync exist only on ` +
-        `${failed.map((l) => l.device).join(', ')}, so dropping it would serve stale data for them. Bring the leg back ` +
-        `(reload the same table once it works: it becomes the resync source again), or accept losing those regions ` +
-        `with \`repair --force\``,
+        `${failed.map((l) => l.device).join(', ')}, so dropping it would serve stale data for them. Either keep that ` +
+        `leg's copy (once it works, restart once with the log argument 'sync' and it listed first: every region is ` +
+        `resynced from it, and writes made since it failed are lost), or accept losing those regions with ` +
+        `\`repair --force\``,
     );
   }
   const survivors = spec.legs.filter((l) => !failedDevices.has(l.device));

@@ -211,7 +211,8 @@ export class FileLeg implements Leg {
     if (this.closed) throw new ExportError('EIO', `${this.device}: leg is closed`);
     assert(Number.isSafeInteger(offsetBytes) && offsetBytes >= 0, 'offsetBytes');
     assert(Number.isSafeInteger(lengthBytes) && lengthBytes >= 0, 'lengthBytes');
-    assert(offsetBytes + lengthBytes <= this.sizeBytes, `range ${offsetBytes}+${lengthBytes} beyond leg size ${this.sizeBytes}`);
+    // The message is built only on failure: a template string per call was ~0.7% of the CPU at 4K QD32.
+    if (offsetBytes + lengthBytes > this.sizeBytes) assert(false, `range ${offsetBytes}+${lengthBytes} beyond leg size ${this.sizeBytes}`);
   }
 
   // The hot path uses the callback fs.read/fs.write on the raw fds: measured ~1.4x the operations per
