@@ -1,7 +1,7 @@
 // Helpers for the dashboard tests: a free 127.0.0.1 port, the dashboard URL a server printed, Debian's
 // chromium driven by playwright-core, and a directory for screenshots that outlives the test (its path is
 // printed so a person can look at them).
-import { mkdtemp } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -49,9 +49,23 @@ export async function dashboardUrlOf(server: ServerHandle): Promise<string> {
   return waitFor('the dashboard URL on stdout', async () => /dashboard (http:\/\/127\.0\.0\.1:[0-9]+\/#token=[0-9a-f]+)/.exec(server.output())?.[1], 15_000);
 }
 
-/** Where screenshots go: kept after the run (printed), under the system temp dir. */
-export async function artifactsDir(name: string): Promise<string> {
+/**
+ * Where screenshots go: NBDM_SCREENSHOTS_DIR when set (kept), else a temp dir that `done(passed)` removes
+ * when the test passed and keeps (printed) when it failed.
+ */
+export async function artifactsDir(name: string): Promise<{ dir: string; done(passed: boolean): Promise<void> }> {
+  const wanted = process.env.NBDM_SCREENSHOTS_DIR;
+  if (wanted) {
+    await mkdir(wanted, { recursive: true });
+    console.log(`dashboard screenshots: ${wanted}`);
+    return { dir: wanted, done: async () => undefined };
+  }
   const dir = await mkdtemp(join(tmpdir(), `nbd-mirror-${name}-artifacts-`));
-  console.log(`dashboard screenshots: ${dir}`);
-  return dir;
+  return {
+    dir,
+    async done(passed: boolean) {
+      if (passed) await rm(dir, { recursive: true, force: true });
+      else console.log(`dashboard screenshots of the failed run: ${dir}`);
+    },
+  };
 }

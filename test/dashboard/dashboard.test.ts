@@ -6,7 +6,7 @@
 // Screenshots go to a kept temp directory whose path is printed.
 import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, onTestFinished } from 'vitest';
 import { NbdClient } from '../../src/nbd/client/client.js';
 import { useTempDir } from '../helpers/e2e.js';
 import { startServer, type ServerHandle } from '../helpers/server.js';
@@ -44,7 +44,10 @@ async function shot(page: Page, outDir: string, name: string): Promise<string> {
 describe.skipIf(!ok)('dashboard in chromium', () => {
   it('shows a leg failing, held writes, the repair, a resync to 100%, and reconnects after a restart', async () => {
     const d = dir();
-    const out = await artifactsDir('dashboard');
+    const artifacts = await artifactsDir('dashboard');
+    const out = artifacts.dir;
+    let passed = false;
+    onTestFinished(() => artifacts.done(passed));
     const legA = await createSparseFile(join(d, 'a.img'), SIZE);
     const legC = await createSparseFile(join(d, 'c.img'), SIZE);
     const bad = await startNbdkitErrorLeg(d, 'b', SIZE);
@@ -155,5 +158,6 @@ describe.skipIf(!ok)('dashboard in chromium', () => {
 
     expect(pageErrors).toEqual([]);
     await server.stop();
+    passed = true;
   });
 });
