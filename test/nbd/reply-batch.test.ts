@@ -5,7 +5,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import * as C from '../../src/nbd/codec/constants.js';
 import { RawClient } from '../tls/raw-client.js';
-import { W } from '../unit/nbd/wire.js';
+import { successCookies, W } from '../unit/nbd/wire.js';
 import { type Harness, pattern, startHarness } from './harness.js';
 
 let h: Harness | undefined;
@@ -35,13 +35,7 @@ describe('gathered small replies', () => {
     const all = Buffer.concat(chunks);
     const expected = writes + Math.floor(writes / 50);
     expect(all.length).toBe(expected * C.SIMPLE_REPLY_BYTES);
-    const cookies = new Set<bigint>();
-    for (let at = 0; at < all.length; at += C.SIMPLE_REPLY_BYTES) {
-      expect(all.readUInt32BE(at)).toBe(C.NBD_SIMPLE_REPLY_MAGIC);
-      expect(all.readUInt32BE(at + 4)).toBe(0);
-      cookies.add(all.readBigUInt64BE(at + 8));
-    }
-    expect(cookies.size).toBe(expected);
+    expect(new Set(successCookies(all)).size).toBe(expected);
     const disk = h.exports.get('disk')!;
     expect(disk.calls.write).toBe(writes);
     for (const i of [0, 1, 149, writes - 1]) {

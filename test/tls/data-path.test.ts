@@ -17,7 +17,7 @@ import { NbdClient } from '../../src/nbd/client/client.js';
 import { splitLargeTlsWrites, TLS_WRITE_ALONE_BYTES_MIN, TLS_WRITE_PIECE_BYTES } from '../../src/nbd/tls/tls-writes.js';
 import { requireTools } from '../helpers/tools.js';
 import { pattern } from '../nbd/harness.js';
-import { W } from '../unit/nbd/wire.js';
+import { successCookies, W } from '../unit/nbd/wire.js';
 import { MiB, startTlsHarness, type TlsHarness } from './harness.js';
 import { pskOf, RawClient } from './raw-client.js';
 
@@ -79,13 +79,7 @@ describe.skipIf(!ok)('TLS data path', () => {
     await allReplies;
     const all = Buffer.concat(replies);
     expect(all.length).toBe(writes * C.SIMPLE_REPLY_BYTES);
-    const cookies = new Set<bigint>();
-    for (let at = 0; at < all.length; at += C.SIMPLE_REPLY_BYTES) {
-      expect(all.readUInt32BE(at)).toBe(C.NBD_SIMPLE_REPLY_MAGIC);
-      expect(all.readUInt32BE(at + 4)).toBe(0);
-      cookies.add(all.readBigUInt64BE(at + 8));
-    }
-    expect(cookies.size).toBe(writes);
+    expect(new Set(successCookies(all)).size).toBe(writes);
     expect(h.server.stats().transmissions[0]!.directReadBytes).toBe(writes * 4096);
     const disk = h.exports.get('disk')!;
     for (let i = 0; i < writes; i++) {

@@ -43,3 +43,16 @@ export function sortedReplies(buf: Buffer): string[] {
   }
   return out.sort();
 }
+
+/** The cookies of a run of simple replies, each of which must be a success (throws naming the first that is not). */
+export function successCookies(buf: Buffer): bigint[] {
+  if (buf.length % 16 !== 0) throw new Error(`${buf.length} bytes is not a whole number of 16-byte simple replies`);
+  const out: bigint[] = [];
+  for (let at = 0; at < buf.length; at += 16) {
+    const magic = buf.readUInt32BE(at);
+    const error = buf.readUInt32BE(at + 4);
+    if (magic !== 0x67446698 || error !== 0) throw new Error(`reply at byte ${at}: magic 0x${magic.toString(16)}, error ${error}`);
+    out.push(buf.readBigUInt64BE(at + 8));
+  }
+  return out;
+}
