@@ -18,21 +18,12 @@ import {
   DISK_LOG_VERSION,
   DiskLog,
   diskLogHeaderLayout,
-  fnv1a32,
+  LEG_FLAG_CATCHING_UP,
+  LEG_FLAG_UP_TO_DATE,
+  legRecordOf,
+  lostSourceOf,
 } from '../mirror/log/disk.js';
 import type { RecordedLegState } from './cluster-log-state.js';
-
-/** disk.ts's leg record flags and name prefix (the on-disk format it owns). */
-const LEG_FLAG_UP_TO_DATE = 1;
-const LEG_FLAG_CATCHING_UP = 2;
-const LOST_SOURCE_FLAG_VALID = 1;
-const LEG_NAME_PREFIX_BYTES = 32;
-
-function namePrefix(device: string): Buffer {
-  const out = Buffer.alloc(LEG_NAME_PREFIX_BYTES);
-  Buffer.from(device, 'utf8').copy(out, 0, 0, LEG_NAME_PREFIX_BYTES);
-  return out;
-}
 
 /** What the area says at activation. */
 export interface ClusterDiskState {
@@ -76,14 +67,9 @@ export class ClusterDiskArea extends DiskLog {
     clean.load(area.subarray(DISK_LOG_BITMAP_OFFSET_BYTES, DISK_LOG_BITMAP_OFFSET_BYTES + clean.bytes.length));
     for (let r = Math.min(h.nrRegions, this.regionCount); r < this.regionCount; r++) clean.set(r, false);
     if (h.legsMagic !== DISK_LOG_LEGS_MAGIC) return { clean, legs: null, lostSource: null };
-    const records = h.legs.slice(0, Math.min(h.legCount, DISK_LOG_LEGS_MAX));
-    const named = (rec: { nameHash: number; namePrefix: Buffer }, device: string) => rec.nameHash === fnv1a32(device) && rec.namePrefix.equals(namePrefix(device));
-    let lostSource: string | null = null;
-    if ((h.lostSource.flags & LOST_SOURCE_FLAG_VALID) !== 0) {
-      lostSource = legDevices.find((d) => named(h.lostSource, d)) ?? h.lostSource.namePrefix.toString('utf8').replace(/\0+$/, '');
-    }
+    const lostSource = lostSourceOf(h, legDevices);
     const legs = legDevices.map((device): [string, RecordedLegState | undefined] => {
-      const rec = records.find((l) => named(l, device));
+      const rec = legRecordOf(h, device);
       if (rec === undefined) return [device, undefined];
       const st: RecordedLegState =
         (rec.flags & LEG_FLAG_UP_TO_DATE) !== 0 ? 'current' : (rec.flags & LEG_FLAG_CATCHING_UP) !== 0 ? 'catching' : 'failed';

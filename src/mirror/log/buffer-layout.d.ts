@@ -5,6 +5,8 @@ declare module 'buffer-layout' {
     readonly property?: string;
     decode(b: Uint8Array, offset?: number): T;
     encode(src: T, b: Uint8Array, offset?: number): number;
+    /** The same layout under another property name. */
+    replicate(property: string): Layout<T>;
   }
   export function u32(property?: string): Layout<number>;
   export function nu64(property?: string): Layout<number>;

@@ -56,9 +56,9 @@ export const DISK_LOG_BITMAP_OFFSET_BYTES = 1024;
 export const DISK_LOG_BLOCK_BYTES = 4096;
 export const DISK_LOG_LEGS_MAX = 16;
 const LEG_NAME_PREFIX_BYTES = 32;
-const LEG_FLAG_UP_TO_DATE = 1;
-const LEG_FLAG_CATCHING_UP = 2;
-const LOST_SOURCE_FLAG_VALID = 1;
+export const LEG_FLAG_UP_TO_DATE = 1;
+export const LEG_FLAG_CATCHING_UP = 2;
+export const LOST_SOURCE_FLAG_VALID = 1;
 /** Regions listed by number in a refusal message; the rest are counted. */
 const LOST_REGIONS_LISTED_MAX = 32;
 
@@ -95,10 +95,7 @@ export const diskLogHeaderLayout = layout.struct<DiskLogHeader>([
   layout.u32('legCount'),
   layout.nu64('generation'),
   layout.seq(legRecordLayout, DISK_LOG_LEGS_MAX, 'legs'),
-  layout.struct<LegRecord>(
-    [layout.u32('flags'), layout.u32('nameHash'), layout.nu64('upToDateGeneration'), layout.blob(LEG_NAME_PREFIX_BYTES, 'namePrefix')],
-    'lostSource',
-  ),
+  legRecordLayout.replicate('lostSource'),
 ]);
 assert(diskLogHeaderLayout.span <= DISK_LOG_BITMAP_OFFSET_BYTES, 'disk log header overlaps the bitmap');
 
@@ -153,12 +150,7 @@ function regionList(regions: readonly number[]): string {
 
 /** The override's source: the first table leg recorded up to date, else the first catching up; not `exclude`. */
 function suggestSource(header: DiskLogHeader, legDevices: readonly string[], exclude: string): string | null {
-  const records = header.legs.slice(0, Math.min(header.legCount, DISK_LOG_LEGS_MAX));
-  const flagsOf = (device: string): number => {
-    const hash = fnv1a32(device);
-    const prefix = namePrefix(device);
-    return records.find((l) => l.nameHash === hash && l.namePrefix.equals(prefix))?.flags ?? 0;
-  };
+  const flagsOf = (device: string): number => legRecordOf(header, device)?.flags ?? 0;
   const usable = legDevices.filter((d) => d !== exclude);
   return usable.find((d) => (flagsOf(d) & LEG_FLAG_UP_TO_DATE) !== 0) ?? usable.find((d) => (flagsOf(d) & LEG_FLAG_CATCHING_UP) !== 0) ?? null;
 }
@@ -176,6 +168,32 @@ function recordName(rec: LegRecord): string {
   const end = rec.namePrefix.indexOf(0);
   return rec.namePrefix.subarray(0, end < 0 ? rec.namePrefix.length : end).toString('utf8');
 }
+
+/** Whether a leg record names `device` (name hash and prefix). */
+function recordNames(rec: LegRecord, device: string): boolean {
+  return rec.nameHash === fnv1a32(device) && rec.namePrefix.equals(namePrefix(device));
+}
+
+/** The leg records a header holds (legCount of them, at most DISK_LOG_LEGS_MAX). */
+function legRecords(header: DiskLogHeader): LegRecord[] {
+  return header.legs.slice(0, Math.min(header.legCount, DISK_LOG_LEGS_MAX));
+}
+
+/** `device`'s leg record in a header that has leg records, or undefined. */
+export function legRecordOf(header: DiskLogHeader, device: string): LegRecord | undefined {
+  return legRecords(header).find((rec) => recordNames(rec, device));
+}
+
+/**
+ * The leg the lost-source record names, or null when there is none: the one of `legDevices` it matches,
+ * else the name prefix it stores (a device no longer in the table).
+ */
+export function lostSourceOf(header: DiskLogHeader, legDevices: readonly string[]): string | null {
+  if ((header.lostSource.flags & LOST_SOURCE_FLAG_VALID) === 0) return null;
+  return legDevices.find((d) => recordNames(header.lostSource, d)) ?? recordName(header.lostSource);
+}
+
+const noRecord = (): LegRecord => ({ flags: 0, nameHash: 0, upToDateGeneration: 0, namePrefix: Buffer.alloc(LEG_NAME_PREFIX_BYTES) });
 
 function namePrefix(device: string): Buffer {
   const out = Buffer.alloc(LEG_NAME_PREFIX_BYTES);
@@ -249,11 +267,10 @@ export class DiskLog extends BitmapLog {
     const firstFromDisk = !this.activatedBefore;
     this.activatedBefore = true;
     if (!hasLegRecords) this.lostSourceDevice = null;
-    else if (firstFromDisk && (header!.lostSource.flags & LOST_SOURCE_FLAG_VALID) !== 0) {
+    else if (firstFromDisk && lostSourceOf(header!, activation.legDevices) !== null) {
       // A restart: refuse while regions may exist only on the lost source (dirty in the log).
-      const dirty: number[] = [];
-      for (let r = 0; r < this.regionCount; r++) if (!this.clean.get(r)) dirty.push(r);
-      const holder = recordName(header!.lostSource);
+      const dirty = this.dirtyRegions();
+      const holder = lostSourceOf(header!, activation.legDevices)!;
       if (dirty.length > 0) {
         const suggested = suggestSource(header!, activation.legDevices, holder);
         throw new LostSourceError(
@@ -275,11 +292,7 @@ export class DiskLog extends BitmapLog {
       let catching = false;
       let gen = 0;
       if (hasLegRecords) {
-        const hash = fnv1a32(device);
-        const prefix = namePrefix(device);
-        const rec = header!.legs
-          .slice(0, Math.min(header!.legCount, DISK_LOG_LEGS_MAX))
-          .find((l) => l.nameHash === hash && l.namePrefix.equals(prefix));
+        const rec = legRecordOf(header!, device);
         upToDate = rec !== undefined && (rec.flags & LEG_FLAG_UP_TO_DATE) !== 0;
         catching = rec !== undefined && !upToDate && (rec.flags & LEG_FLAG_CATCHING_UP) !== 0;
         gen = rec?.upToDateGeneration ?? 0;
@@ -295,12 +308,10 @@ export class DiskLog extends BitmapLog {
       this.legGenerations.push(upToDate ? this.generation : gen);
     });
     if (firstFromDisk && hasLegRecords && !legs.some((l) => l.upToDate)) {
-      const known = header!.legs
-        .slice(0, Math.min(header!.legCount, DISK_LOG_LEGS_MAX))
+      const known = legRecords(header!)
         .filter((rec) => (rec.flags & LEG_FLAG_UP_TO_DATE) !== 0)
         .map(recordName);
-      const dirty: number[] = [];
-      for (let r = 0; r < this.regionCount; r++) if (!this.clean.get(r)) dirty.push(r);
+      const dirty = this.dirtyRegions();
       const suggested = suggestSource(header!, activation.legDevices, '');
       throw new LostSourceError(
         `log ${this.device.device}: no leg of the table is recorded up to date ` +
@@ -316,6 +327,13 @@ export class DiskLog extends BitmapLog {
     this.touchedDirtied = true; // persist the new header, generation and leg records now
     await this.flush();
     return this.legs;
+  }
+
+  /** Regions not clean in the log, ascending. */
+  private dirtyRegions(): number[] {
+    const dirty: number[] = [];
+    for (let r = 0; r < this.regionCount; r++) if (!this.clean.get(r)) dirty.push(r);
+    return dirty;
   }
 
   override recordSourceLost(legIndex: number): void {
@@ -410,7 +428,7 @@ export class DiskLog extends BitmapLog {
               upToDateGeneration: this.legGenerations[i] ?? 0,
               namePrefix: namePrefix(l.device),
             }
-          : { flags: 0, nameHash: 0, upToDateGeneration: 0, namePrefix: Buffer.alloc(LEG_NAME_PREFIX_BYTES) },
+          : noRecord(),
       );
     }
     const lost = this.lostSourceDevice;
@@ -426,7 +444,7 @@ export class DiskLog extends BitmapLog {
         lostSource:
           lost !== null
             ? { flags: LOST_SOURCE_FLAG_VALID, nameHash: fnv1a32(lost), upToDateGeneration: this.lostGeneration, namePrefix: namePrefix(lost) }
-            : { flags: 0, nameHash: 0, upToDateGeneration: 0, namePrefix: Buffer.alloc(LEG_NAME_PREFIX_BYTES) },
+            : noRecord(),
       },
       this.area,
       0,
