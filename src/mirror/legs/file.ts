@@ -268,6 +268,15 @@ export class FileLeg implements Leg {
    * Account one synchronous call that started at `startMs`. A lone slow call may be the process being
    * preempted (a busy machine), so only a window with many slow calls, or one stall, means the device is slow.
    */
+  /**
+   * Counts a synchronous call and returns its start time when it is one to time, else -1: every
+   * SYNC_IO_SAMPLE_EVERY-th call is timed (a clock read costs ~0.1 us in a VM; two per call added up).
+   */
+  private syncCallStart(): number {
+    this.syncStats.syncCalls++;
+    return this.sampleCountdown-- <= 0 ? performance.now() : -1;
+  }
+
   private timed(startMs: number): void {
     const nowMs = performance.now();
     const us = (nowMs - startMs) * 1000;
@@ -295,9 +304,7 @@ export class FileLeg implements Leg {
   private readSyncNow(target: Buffer, offsetBytes: number): Error | null {
     const length = target.length;
     const base = this.offsetBytes + offsetBytes;
-    // Every SYNC_IO_SAMPLE_EVERY-th call is timed (a clock read costs ~0.1 us in a VM; two per call added up).
-    const startMs = this.sampleCountdown-- <= 0 ? performance.now() : -1;
-    this.syncStats.syncCalls++;
+    const startMs = this.syncCallStart();
     let done = 0;
     try {
       while (done < length) {
@@ -320,9 +327,7 @@ export class FileLeg implements Leg {
   private writeSyncNow(data: Buffer, offsetBytes: number): Error | null {
     const length = data.length;
     const position = this.offsetBytes + offsetBytes;
-    // Every SYNC_IO_SAMPLE_EVERY-th call is timed (a clock read costs ~0.1 us in a VM; two per call added up).
-    const startMs = this.sampleCountdown-- <= 0 ? performance.now() : -1;
-    this.syncStats.syncCalls++;
+    const startMs = this.syncCallStart();
     let done = 0;
     try {
       while (done < length) {
