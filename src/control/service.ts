@@ -4,8 +4,9 @@
 //
 // Start-up: parse EVERY table first (nothing opened while any line is bad), check every listen address,
 // open every export (closing those already open if one fails), then listen. The NBD server's modules load
-// while the exports open (a mirror that needs a resync starts copying as it opens: start-up is resync time). Any failure before the first
-// byte is served is a UsageError (exit 2), naming the table's source or the address.
+// while the exports open (a mirror that needs a resync starts copying as it opens: start-up is resync
+// time). Any failure before the first byte is served is a UsageError (exit 2), naming the table's source
+// or the address.
 // Shutdown: stop listening and let the server finish in-flight requests and close connections, then
 // flush and close each export (a mirror flushes its legs and its log), then remove unix socket files.
 import { lstat, unlink } from 'node:fs/promises';
