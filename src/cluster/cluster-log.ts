@@ -78,6 +78,7 @@ import {
 } from './cluster-log-codec.js';
 import type { Leg } from '../mirror/legs/leg.js';
 import type { Bitmap } from '../mirror/log/bitmap.js';
+import { lostSourceRefusal } from '../mirror/log/disk.js';
 import { ClusterDiskArea } from './cluster-disk-area.js';
 import { compareMembers, memberKey, ReplicatedLogState, type DepartedNode, type LegSeed, type RecordedLegState } from './cluster-log-state.js';
 import { DepartureTracker, type DepartureLimits, type DepartureResynced } from './departures.js';
@@ -264,6 +265,8 @@ export class ClusterLog implements DirtyLog {
   private seededHere = false;
   /** The log device's lost-source record, when regions are dirty there (they may exist only on that leg). */
   private diskLostSource: string | null = null;
+  /** The regions dirty on the log device with diskLostSource (they may exist only on that leg). */
+  private diskLostRegions: number[] = [];
   /** Server: a DISK_MARK of ours is on its way (not yet delivered back). */
   private diskMarkSent = false;
   /** Server: a write is running. */
@@ -408,7 +411,10 @@ export class ClusterLog implements DirtyLog {
         const found = await this.disk.readState(activation.legDevices);
         if (found) {
           this.diskClean = found.clean;
-          if (found.lostSource !== null && found.clean.population() < this.regionCount) this.diskLostSource = found.lostSource;
+          if (found.lostSource !== null && found.clean.population() < this.regionCount) {
+            this.diskLostSource = found.lostSource;
+            this.diskLostRegions = found.clean.indexesOf(false);
+          }
           // A log written without leg records (dm): every leg holds the data, as disk.ts reads it.
           this.legSeed = found.legs
             ? { mode: 'records', legs: found.legs.filter((l): l is [string, RecordedLegState] => l[1] !== undefined) }
@@ -500,13 +506,11 @@ export class ClusterLog implements DirtyLog {
     const seed = this.legSeed;
     if (!this.seededHere || seed.mode !== 'records') return;
     if (this.diskLostSource !== null) {
-      throw new ExportError(
-        'EIO',
-        `cluster log ${this.opts.uuid}: leg ${this.diskLostSource} was the mirror's source when it failed while regions were out of ` +
-          `sync (the log device records it, and regions are dirty there): they may exist only on it, the other legs hold stale ` +
-          `data for them. To accept, serve once with the \`sync\` log argument and the leg to keep listed first (every region ` +
-          `is then resynced from it).`,
-      );
+      const holder = this.diskLostSource;
+      const stateOf = new Map(seed.legs);
+      const usable = devices.filter((d) => d !== holder);
+      const suggested = usable.find((d) => stateOf.get(d) === 'current') ?? usable.find((d) => stateOf.get(d) === 'catching') ?? null;
+      throw lostSourceRefusal(`cluster log ${this.opts.uuid}`, holder, this.diskLostRegions, suggested);
     }
     const current = new Set(seed.legs.filter(([, st]) => st === 'current').map(([d]) => d));
     if (devices.some((d) => current.has(d))) return;

@@ -26,7 +26,7 @@ import { openTable } from '../../src/mirror/open.js';
 import { parseTable } from '../../src/mirror/table.js';
 import type { Leg } from '../../src/mirror/legs/leg.js';
 import { MemoryLeg } from '../../src/mirror/legs/memory.js';
-import { DiskLog } from '../../src/mirror/log/disk.js';
+import { DiskLog, LostSourceError } from '../../src/mirror/log/disk.js';
 import type { DirtyLog } from '../../src/mirror/log/dirty-log.js';
 import type { MirrorExport } from '../../src/mirror/mirror.js';
 import { memoryNode, sharedLeg, until } from './memory-engines.js';
@@ -244,7 +244,19 @@ describe('stale legs in a cluster log', () => {
     aBroken.on = false;
     const logAfter = new MemoryLeg({ device: 'log', sizeBytes: LOG_BYTES, initial: survived, volatileCache: true });
     const clustered = (sync: string) => `0 ${SIZE_BYTES / 512} mirror userspace ${sync ? 5 : 4} LVM-stale6 clustered-disk log ${REGION_SECTORS}${sync} 2 a 0 b 0`;
-    await expect(memoryNode(new MemoryBus(), 1, clustered(''), open(logAfter))).rejects.toThrow(/leg a was the mirror's source/);
+    const refused = await memoryNode(new MemoryBus(), 1, clustered(''), open(logAfter)).then(
+      () => null,
+      (e: unknown) => e,
+    );
+    // The single-node log's refusal, word for word: the holder, the dirty regions, the leg to list first.
+    expect(refused).toBeInstanceOf(LostSourceError);
+    const lost = refused as LostSourceError;
+    expect(lost.message).toMatch(/^cluster log LVM-stale6: leg a was the mirror's source/);
+    expect(lost.holder).toBe('a');
+    expect(lost.regions.length).toBeGreaterThan(0);
+    expect(lost.message).toContain(`${lost.regions.length} region(s) dirty in the log (${lost.regions[0]}`);
+    expect(lost.suggestedSource).toBe('b');
+    expect(lost.message).toMatch(/start once with the log argument 'sync' and b listed first/);
     const m = await memoryNode(new MemoryBus(), 1, clustered(' sync'), open(logAfter));
     await until(() => m.exp.status().inSyncRegions === m.exp.status().regionCount, 10_000, 'resync');
     await m.exp.close();

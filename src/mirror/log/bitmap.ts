@@ -84,6 +84,13 @@ export class Bitmap {
     return n;
   }
 
+  /** Every index whose bit equals v, ascending. */
+  indexesOf(v: boolean): number[] {
+    const out: number[] = [];
+    for (let i = this.findNext(v); i >= 0; i = this.findNext(v, i + 1)) out.push(i);
+    return out;
+  }
+
   /** First index >= from whose bit equals v, or -1. Skips whole bytes of the other value. */
   findNext(v: boolean, from = 0): number {
     const skipByte = v ? 0x00 : 0xff;

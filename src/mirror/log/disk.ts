@@ -133,6 +133,22 @@ export class LostSourceError extends ExportError {
   }
 }
 
+/**
+ * The restart refusal while `dirty` regions may exist only on `holder`, the lost source (single-node and
+ * clustered-disk logs say it alike). `logName` names the log ("log /dev/x", "cluster log <uuid>").
+ */
+export function lostSourceRefusal(logName: string, holder: string, dirty: readonly number[], suggested: string | null): LostSourceError {
+  return new LostSourceError(
+    `${logName}: leg ${holder} was the mirror's source when it failed while regions were out of sync; ` +
+      `${dirty.length} region(s) dirty in the log (${regionList(dirty)}) may exist only on it, and the other legs hold ` +
+      `stale data for them. Refusing to activate (serving them from another leg would return stale data silently). ` +
+      overrideAdvice(suggested),
+    holder,
+    dirty,
+    suggested,
+  );
+}
+
 /** "3, 7-9, 12" for a human, at most LOST_REGIONS_LISTED_MAX numbers. */
 function regionList(regions: readonly number[]): string {
   const parts: string[] = [];
@@ -273,15 +289,7 @@ export class DiskLog extends BitmapLog {
       const holder = lostSourceOf(header!, activation.legDevices)!;
       if (dirty.length > 0) {
         const suggested = suggestSource(header!, activation.legDevices, holder);
-        throw new LostSourceError(
-          `log ${this.device.device}: leg ${holder} was the mirror's source when it failed while regions were out of ` +
-            `sync; ${dirty.length} region(s) dirty in the log (${regionList(dirty)}) may exist only on it, and the other ` +
-            `legs hold stale data for them. Refusing to activate (serving them from another leg would return stale ` +
-            `data silently). ${overrideAdvice(suggested)}`,
-          holder,
-          dirty,
-          suggested,
-        );
+        throw lostSourceRefusal(`log ${this.device.device}`, holder, dirty, suggested);
       }
       // Nothing dirty: no region can be missing (a clean region was in sync on every leg).
     }
@@ -331,9 +339,7 @@ export class DiskLog extends BitmapLog {
 
   /** Regions not clean in the log, ascending. */
   private dirtyRegions(): number[] {
-    const dirty: number[] = [];
-    for (let r = 0; r < this.regionCount; r++) if (!this.clean.get(r)) dirty.push(r);
-    return dirty;
+    return this.clean.indexesOf(false);
   }
 
   override recordSourceLost(legIndex: number): void {
