@@ -216,6 +216,23 @@ function replaceVolume(md: PoolMetadata, v: PoolVolume): PoolMetadata {
   return next(md, { volumes: md.volumes.map((x) => (x.name === v.name ? v : x)) });
 }
 
+/**
+ * Checks for `resync` (lvchange --resync) and the metadata after it: a mirror with a disk log (a core log
+ * resyncs everything at each start anyway), no move in progress; its nosync flag is dropped (a nosync table
+ * would declare every region in sync again at the next start). `md` unchanged when there is nothing to drop.
+ */
+export function resyncVolume(md: PoolMetadata, name: string): { md: PoolMetadata; volume: PoolVolume } {
+  const v = findVolume(md, name);
+  if (v.legs.length < 2) throw new PoolError('EINVAL', `resync ${name}: a linear volume (one leg) has nothing to resync`);
+  if (v.moving !== undefined) throw new PoolError('EBUSY', `resync ${name}: a move of one of its legs is in progress; finish it first (pool move)`);
+  if (v.log !== 'disk' || v.logRun === undefined) {
+    throw new PoolError('EINVAL', `resync ${name}: its log is in memory (core): every region is resynced from the first leg at each start already`);
+  }
+  if (!v.nosync) return { md, volume: v };
+  const volume: PoolVolume = { ...v, nosync: false };
+  return { md: replaceVolume(md, volume), volume };
+}
+
 /** Grow only. Every leg grows in place (the extents right after it must be free); the log run must still hold the bitmap. */
 export function resizeVolume(md: PoolMetadata, name: string, sizeBytes: number): { md: PoolMetadata; volume: PoolVolume; oldSizeBytes: number } {
   const v = findVolume(md, name);

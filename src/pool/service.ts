@@ -15,7 +15,7 @@ import { diskLogState, servedTableOf, serverState, servesVolume, tableIsVolume, 
 import type { MetadataLock } from '../cluster/metadata-lock.js';
 import { commit, expandDevicePaths, scanDevice, type CommitPlan, type DeviceScan, type LoadedPool } from './store.js';
 import { announceCommitted, heldClusterLock, LOCK_MODE_ENV, takeClusterLock } from './cluster-lock.js';
-import { volumeTable } from './tables.js';
+import { volumeTable, volumeTableSpec } from './tables.js';
 
 export interface ControlFlag {
   control?: string;
@@ -338,6 +338,53 @@ export async function volumeResize(ref: string, poolFlag: string | undefined, si
   }
   const md = await applyOnline(pool, c, base, out.volume, out.md.volumes, 'resize');
   return { ...out, md, online: true };
+}
+
+/**
+ * lvchange --resync: every region of a stopped mirror volume (disk log) is resynced from one leg (`source`,
+ * default the first) at its next activation. This is the override the lost-source refusal names, done by
+ * the engine's disk log itself: activated once as for the volume's table with the log argument `sync` and
+ * the source listed first, it records on the log device every region out of sync, the source up to date,
+ * the other legs catching up, and no lost source. The metadata's nosync flag is dropped first (a nosync
+ * table would declare everything in sync again). Refused while the volume may be served: by a server on
+ * this host, or in a clustered pool while other nodes follow it.
+ */
+export async function volumeResync(ref: string, poolFlag: string | undefined, source: string | undefined, flags: LocateFlags & ControlFlag): Promise<{ md: PoolMetadata; volume: PoolVolume; source: string }> {
+  const r = volumeRef(ref, poolFlag);
+  const pool = await openForChange(flags, r.pool, `resync ${r.pool}/${r.volume}`);
+  const current = ops.findVolume(pool.md, r.volume);
+  const out = ops.resyncVolume(withPaths(pool.md, pool.paths), r.volume);
+  await refuseServed(pool, [current], flags, 'resync');
+  const members = heldClusterLock()?.members().length ?? 1;
+  if (pool.md.clustered && members > 1) {
+    throw new PoolError(
+      'EBUSY',
+      `resync ${current.name}: other nodes follow clustered pool ${pool.md.name} (${members - 1} other member(s)) and may serve the volume; stop serving it on every node first`,
+    );
+  }
+  const spec = volumeTableSpec(pool.md, pool.paths, current);
+  if (spec.kind !== 'mirror') throw new PoolError('EINVAL', `resync ${current.name}: not a mirror`);
+  let first = spec.legs[0]!;
+  if (source !== undefined) {
+    const want = await realpath(source).catch(() => resolve(source));
+    const legPaths = await Promise.all(spec.legs.map((l) => realpath(l.device).catch(() => resolve(l.device))));
+    const i = legPaths.indexOf(want);
+    if (i < 0) throw new PoolError('EINVAL', `resync ${current.name}: --source ${source} is not a leg of the volume (legs: ${spec.legs.map((l) => l.device).join(', ')})`);
+    first = spec.legs[i]!;
+  }
+  if (current.nosync) await commitChange(pool, out.md, {}, [current.name]);
+  // The engine's own disk log, activated once as a table with `sync` and `first` listed first would be (the
+  // clustered-disk log reads the same records). No data leg is opened: nothing is copied now.
+  const { DiskLog } = await import('../mirror/log/disk.js');
+  const logDevice = await FileLeg.open(spec.log.device!, { offsetBytes: 0 });
+  try {
+    const log = new DiskLog({ device: logDevice, regionSizeBytes: current.regionSizeBytes, lengthBytes: current.sizeBytes, sync: 'sync' });
+    await log.resume({ legDevices: [first, ...spec.legs.filter((l) => l !== first)].map((l) => l.device), flushDataLegs: async () => {} });
+    await log.close();
+  } finally {
+    await logDevice.close();
+  }
+  return { md: out.md, volume: out.volume, source: first.device };
 }
 
 export async function volumeConvert(ref: string, poolFlag: string | undefined, mirrors: number, o: { log?: LogKind }, flags: LocateFlags & ControlFlag): Promise<{ md: PoolMetadata; volume: PoolVolume; table: string; online: boolean }> {

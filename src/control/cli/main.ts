@@ -39,6 +39,7 @@ const COMMANDS: Record<string, () => Promise<Register[]>> = {
   remove: async () => [(await import('./commands/remove.js')).registerRemove],
   resize: async () => [(await import('./commands/resize.js')).registerResize],
   convert: async () => [(await import('./commands/convert.js')).registerConvert],
+  resync: async () => [(await import('./commands/resync.js')).registerResync],
 };
 
 /** The command the arguments name, if it is one of ours (the program has no options of its own before it). */
