@@ -122,8 +122,10 @@ export class Connection {
     this.exportName = result.negotiated.exportName;
     this.socket.once('close', () => t.closedBySocket());
     this.socket.once('end', () => t.inputEnd());
-    if (!upgraded) this.readController?.lendTo(t);
-    else if (this.tlsDirectReads) {
+    if (!upgraded) {
+      this.readController?.lendTo(t);
+      t.useDirectWrites();
+    } else if (this.tlsDirectReads) {
       // Over TLS the raw socket feeds the TLS layer; the cleartext goes to our buffers (direct-read.ts).
       const ctl = new ReadController(TLS_DIRECT_READ_BYTES_MIN);
       if (lendTlsReads(this.socket, ctl)) ctl.lendTo(t);

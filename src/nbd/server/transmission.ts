@@ -6,9 +6,11 @@
 // or more is read by the kernel straight into its (pooled) buffer when the socket reads through
 // direct-read.ts; otherwise it is a subarray view of the chunk when contiguous (a copy when the
 // chunk is a reused read buffer, or when it spans chunks). A read reply is one buffer (header +
-// data) the export fills through a subarray. A lone reply is one socket.write; small replies
-// completing while our previous small write is still in the socket are gathered into one buffer
-// written when it is done; larger replies completing together leave in one corked writev. Nothing
+// data) the export fills through a subarray. Replies completing together (in one tick) leave in one
+// write; a lone reply (nothing else in flight: QD1) leaves at once. On a plain socket whose stream
+// holds nothing of ours, that write is a write(2)/writev(2) straight on its fd (no WriteWrap, no
+// stream bookkeeping, no callback tick); what the kernel does not take, and everything under TLS,
+// goes through the stream, and later replies gather behind that write until it is done. Nothing
 // logs on the data path.
 //
 // Assumes exports are done with a write's `data` once its promise settles (the buffer is reused).
@@ -23,6 +25,7 @@
 // Framing violations (bad magic, a WRITE too large to even discard) end this connection only.
 
 import type { Socket } from 'node:net';
+import { writeSync, writevSync } from 'node:fs';
 import type { Duplex } from 'node:stream';
 import * as C from '../codec/constants.js';
 import { errorToNbd } from '../codec/errors.js';
@@ -73,15 +76,12 @@ const SMALL_POOLED_BYTES_MAX = 128 * 1024 - 1;
 const SMALL_HELD_BYTES_MAX = 1024 * 1024;
 
 /**
- * Small replies (simple replies, error chunks, block status) up to this size completing while our
- * previous small write is still in the socket are gathered here and leave as one buffer when it is done
- * (what the stream's own queue would do, without a queue entry, a writev array and, under TLS, a
- * concatenation per 16-byte reply at 4 KiB QD32). They leave no later than before: never held back
- * waiting for more (holding replies for a batch measured slower: client and server took turns).
+ * Replies queued for one write (see write()) are sent at once when they reach this many bytes, even while
+ * a stream write of ours is still in progress (they then join the stream's queue behind it).
  */
-const REPLY_BATCH_BYTES_MAX = 512;
-/** A gathered batch this large is written at once. */
-const REPLY_BATCH_FLUSH_BYTES = 16 * 1024;
+const OUT_FLUSH_BYTES = 256 * 1024;
+/** Queued replies up to this many bytes in all go to the stream as one concatenated buffer (TLS: one record). */
+const OUT_CONCAT_BYTES_MAX = 16 * 1024;
 
 export class Transmission implements DirectReadTarget {
   private readonly exp: Export;
@@ -100,7 +100,6 @@ export class Transmission implements DirectReadTarget {
   private paused = false;
   private limitLogged = false;
   private processing = false;
-  private corked = false;
   private inFlightRequests = 0;
   private inFlightBytes = 0;
   private closed = false;
@@ -112,18 +111,23 @@ export class Transmission implements DirectReadTarget {
   /** Input chunks are views of a buffer the reader reuses (direct-read.ts): never keep them. */
   private inputLent = false;
   private directReadBytesMin = DIRECT_READ_BYTES_MIN;
-  /** Small replies gathered for one write (REPLY_BATCH_BYTES_MAX), and their total length. */
-  private batch: Buffer[] = [];
-  private batchBytes = 0;
-  /** A small reply write of ours is in the socket (its callback has not run yet). */
-  private smallWriting = false;
+  /** Replies waiting to leave, in order, their total length, and the pooled ones among them (released once sent). */
+  private out: Buffer[] = [];
+  private outBytes = 0;
+  private outPooled: Buffer[] = [];
+  private flushQueued = false;
+  /** A stream write of ours has not completed yet (its callback has not run): replies gather behind it. */
+  private streamWriting = false;
+  /** Plain socket: its handle and fd, for writing replies straight to the kernel (writeDirect); else -1. */
+  private directHandle: unknown = null;
+  private directFd = -1;
   private readonly pool = new BufferPool();
   /** Small WRITE payloads copied out of a lent chunk (4 KiB at QD32: a malloc + free per request otherwise). */
   private readonly smallPool = new BufferPool(SMALL_POOLED_BYTES_MIN, SMALL_POOLED_BYTES_MAX, SMALL_HELD_BYTES_MAX);
   private readonly onDataBound = (chunk: Buffer): void => this.onData(chunk);
   private readonly onDrainBound = (): void => this.maybeResume();
-  private readonly uncorkBound = (): void => this.uncork();
-  private readonly smallWrittenBound = (): void => this.smallWritten();
+  private readonly flushQueuedBound = (): void => this.onFlushTick();
+  private readonly streamWrittenBound = (err?: Error | null): void => this.streamWritten(err);
   private finishedResolve!: () => void;
   /** Resolves when the client disconnected (DISC or close) and every in-flight request finished. */
   readonly finished: Promise<void>;
@@ -149,11 +153,23 @@ export class Transmission implements DirectReadTarget {
     if (leftover.length > 0) this.onData(leftover);
   }
 
+  /**
+   * The socket is a plain one (no TLS layer above it): replies may be written straight to its fd when the
+   * stream holds nothing of ours (writeDirect). Without a handle with an fd, nothing changes.
+   */
+  useDirectWrites(): void {
+    const h = (this.socket as Duplex & { _handle?: { fd?: unknown } | null })._handle;
+    if (h !== undefined && h !== null && typeof h.fd === 'number' && h.fd >= 0) {
+      this.directHandle = h;
+      this.directFd = h.fd;
+    }
+  }
+
   stats(): TransmissionStats {
     return {
       inFlightRequests: this.inFlightRequests,
       inFlightBytes: this.inFlightBytes,
-      writeBufferedBytes: this.socket.writableLength + this.batchBytes,
+      writeBufferedBytes: this.socket.writableLength + this.outBytes,
       paused: this.paused,
       directReadBytes: this.directReadBytes,
     };
@@ -178,8 +194,9 @@ export class Transmission implements DirectReadTarget {
   /** The socket is gone: drop replies from now on. */
   closedBySocket(): void {
     this.closed = true;
-    this.batch = [];
-    this.batchBytes = 0;
+    this.out = [];
+    this.outBytes = 0;
+    this.outPooled = [];
     this.stop();
   }
 
@@ -275,7 +292,7 @@ export class Transmission implements DirectReadTarget {
     return (
       this.inFlightRequests >= this.limits.inFlightRequestsMax ||
       this.inFlightBytes >= this.limits.inFlightBytesMax ||
-      this.socket.writableLength + this.batchBytes >= this.limits.writeBufferedBytesMax
+      this.socket.writableLength + this.outBytes >= this.limits.writeBufferedBytesMax
     );
   }
 
@@ -578,66 +595,94 @@ export class Transmission implements DirectReadTarget {
     else if (this.state === STATE_CLOSING) this.checkFinished();
   }
 
+  /**
+   * Queue a reply. It leaves at once when nothing else is in flight (QD1: no hop, no stream machinery on
+   * the plain path), else with every reply completing in this tick (flushOut on nextTick): promise
+   * reactions of requests decoded from one read run back to back, so they leave in one write.
+   */
   private write(b: Buffer, pooled = false): void {
     if (this.closed) {
       if (pooled) this.pool.release(b);
       return;
     }
-    if (!pooled && b.length <= REPLY_BATCH_BYTES_MAX) {
-      if (!this.smallWriting) {
-        this.smallWriting = true;
-        this.socket.write(b, this.smallWrittenBound);
-        return;
-      }
-      this.batch.push(b);
-      this.batchBytes += b.length;
-      if (this.batchBytes >= REPLY_BATCH_FLUSH_BYTES) this.flushBatch();
+    this.out.push(b);
+    this.outBytes += b.length;
+    if (pooled) this.outPooled.push(b);
+    if (this.inFlightRequests === 0 || this.outBytes >= OUT_FLUSH_BYTES) this.flushOut();
+    else if (!this.flushQueued) {
+      this.flushQueued = true;
+      process.nextTick(this.flushQueuedBound);
+    }
+  }
+
+  /**
+   * Send the queued replies: straight to the socket's fd when the stream holds nothing of ours (plain
+   * socket), whatever the kernel does not take (or everything, under TLS) through the stream. While a
+   * stream write of ours is in progress, replies gather behind it (streamWritten sends them) up to
+   * OUT_FLUSH_BYTES, then join the stream's own queue.
+   */
+  private flushOut(force = false): void {
+    const out = this.out;
+    if (out.length === 0 || this.closed) return;
+    if (this.streamWriting && this.outBytes < OUT_FLUSH_BYTES && !force) return;
+    const total = this.outBytes;
+    let written = 0;
+    if (this.directFd >= 0 && !this.streamWriting) written = this.writeDirect(out, total);
+    const pooled = this.outPooled;
+    this.out = [];
+    this.outBytes = 0;
+    if (pooled.length > 0) this.outPooled = [];
+    if (written === total) {
+      for (const b of pooled) this.pool.release(b);
       return;
     }
-    // A pooled reply goes back to the pool once the socket is done with it.
-    const cb = pooled ? (err?: Error | null): void => (err ? undefined : this.pool.release(b)) : undefined;
-    if (!this.corked && this.inFlightRequests === 0) {
-      this.socket.write(b, cb); // nothing else can complete this tick: no cork, no nextTick (QD1 path)
-      return;
-    }
-    if (!this.corked) {
-      this.corked = true;
+    // The rest goes through the stream (in order behind anything it holds); pooled buffers return once it is done.
+    let i = 0;
+    let skip = written;
+    while (skip >= out[i]!.length) skip -= out[i++]!.length;
+    const rest = i === 0 && skip === 0 ? out : out.slice(i);
+    if (skip > 0) rest[0] = rest[0]!.subarray(skip);
+    this.streamWriting = true;
+    const cb = pooled.length === 0 ? this.streamWrittenBound : (err?: Error | null): void => this.streamWritten(err, pooled);
+    if (rest.length === 1) this.socket.write(rest[0]!, cb);
+    else if (total - written <= OUT_CONCAT_BYTES_MAX) this.socket.write(Buffer.concat(rest), cb);
+    else {
       this.socket.cork();
-      process.nextTick(this.uncorkBound);
+      for (let k = 0; k < rest.length - 1; k++) this.socket.write(rest[k]!);
+      this.socket.write(rest[rest.length - 1]!, cb);
+      this.socket.uncork();
     }
-    this.socket.write(b, cb);
   }
 
-  private uncork(): void {
-    this.corked = false;
-    this.socket.uncork();
-  }
-
-  /** Our previous small write is done: the replies gathered meanwhile leave as one buffer. */
-  private smallWritten(): void {
-    if (this.batch.length === 0 || this.closed) {
-      this.smallWriting = false;
-      return;
+  /** Bytes of `out` the kernel took in one write(2)/writev(2) on the socket's fd (0 if it must not be tried). */
+  private writeDirect(out: Buffer[], total: number): number {
+    const s = this.socket as Duplex & { _handle?: unknown };
+    // The handle we took the fd from is still the socket's (a destroyed socket's fd may be reused: never
+    // write to it then), the stream holds nothing (order) and is not ended.
+    if (s._handle !== this.directHandle || s.writableLength !== 0 || s.writableEnded) return 0;
+    try {
+      return out.length === 1 ? writeSync(this.directFd, out[0]!, 0, total) : writevSync(this.directFd, out);
+    } catch {
+      return 0; // EAGAIN (socket buffer full) or an error the stream will report: the stream takes it all
     }
-    this.socket.write(this.takeBatch(), this.smallWrittenBound);
   }
 
-  /** Write the gathered small replies now (queued by the stream behind what it holds). */
-  private flushBatch(): void {
-    if (this.batch.length === 0 || this.closed) return;
-    this.socket.write(this.takeBatch());
+  private streamWritten(err: Error | null | undefined, pooled?: Buffer[]): void {
+    this.streamWriting = false;
+    if (pooled !== undefined && !err) for (const b of pooled) this.pool.release(b);
+    if (this.closed) return;
+    if (this.out.length > 0) this.flushOut();
+    if (this.paused) this.maybeResume();
   }
 
-  private takeBatch(): Buffer {
-    const b = this.batch.length === 1 ? this.batch[0]! : Buffer.concat(this.batch, this.batchBytes);
-    this.batch = [];
-    this.batchBytes = 0;
-    return b;
+  private onFlushTick(): void {
+    this.flushQueued = false;
+    this.flushOut();
   }
 
   private checkFinished(): void {
     if (this.state === STATE_CLOSING && this.inFlightRequests === 0) {
-      this.flushBatch(); // every reply is in the socket before the connection ends it
+      this.flushOut(true); // every reply is in the socket before the connection ends it
       this.finishedResolve();
     }
   }
