@@ -82,6 +82,8 @@ const SMALL_HELD_BYTES_MAX = 1024 * 1024;
 const OUT_FLUSH_BYTES = 256 * 1024;
 /** Queued replies up to this many bytes in all go to the stream as one concatenated buffer (TLS: one record). */
 const OUT_CONCAT_BYTES_MAX = 16 * 1024;
+/** Size of the buffer successful simple replies are encoded into back to back (1024 replies). */
+const OUT_BUF_BYTES = 16 * 1024;
 
 export class Transmission implements DirectReadTarget {
   private readonly exp: Export;
@@ -116,6 +118,13 @@ export class Transmission implements DirectReadTarget {
   private outBytes = 0;
   private outPooled: Buffer[] = [];
   private flushQueued = false;
+  /**
+   * Successful simple replies (every WRITE, FLUSH, TRIM...) are encoded here back to back, no Buffer each;
+   * [outRunStart, outRunEnd) is the run not yet moved to `out` as one view (sealRun).
+   */
+  private outBuf = Buffer.allocUnsafeSlow(OUT_BUF_BYTES);
+  private outRunStart = 0;
+  private outRunEnd = 0;
   /** A stream write of ours has not completed yet (its callback has not run): replies gather behind it. */
   private streamWriting = false;
   /** Plain socket: its handle and fd, for writing replies straight to the kernel (writeDirect); else -1. */
@@ -197,6 +206,7 @@ export class Transmission implements DirectReadTarget {
     this.out = [];
     this.outBytes = 0;
     this.outPooled = [];
+    this.outRunStart = this.outRunEnd = 0;
     this.stop();
   }
 
@@ -540,7 +550,7 @@ export class Transmission implements DirectReadTarget {
     p.then(
       () => {
         this.releasePayload(data);
-        this.complete(simpleReply(0, cookieHi, cookieLo), data.length);
+        this.completeOk(cookieHi, cookieLo, data.length);
       },
       (err: unknown) => {
         this.releasePayload(data);
@@ -562,7 +572,7 @@ export class Transmission implements DirectReadTarget {
 
   private settle(p: Promise<void>, cookieHi: number, cookieLo: number, heldBytes: number): void {
     p.then(
-      () => this.complete(simpleReply(0, cookieHi, cookieLo), heldBytes),
+      () => this.completeOk(cookieHi, cookieLo, heldBytes),
       (err: unknown) => this.failed(cookieHi, cookieLo, false, err, heldBytes),
     );
   }
@@ -595,6 +605,34 @@ export class Transmission implements DirectReadTarget {
     else if (this.state === STATE_CLOSING) this.checkFinished();
   }
 
+  /** complete() with a successful simple reply, encoded into outBuf. */
+  private completeOk(cookieHi: number, cookieLo: number, heldBytes: number): void {
+    this.inFlightRequests--;
+    this.inFlightBytes -= heldBytes;
+    if (!this.closed) {
+      if (this.outRunEnd + C.SIMPLE_REPLY_BYTES > OUT_BUF_BYTES) {
+        // Full: what it holds is queued (as views); later replies go to a fresh one.
+        this.sealRun();
+        this.outBuf = Buffer.allocUnsafeSlow(OUT_BUF_BYTES);
+        this.outRunStart = this.outRunEnd = 0;
+      }
+      encodeSimpleReply(this.outBuf, this.outRunEnd, 0, cookieHi, cookieLo);
+      this.outRunEnd += C.SIMPLE_REPLY_BYTES;
+      this.outBytes += C.SIMPLE_REPLY_BYTES;
+      this.queued();
+    }
+    if (this.paused) this.maybeResume();
+    else if (this.state === STATE_CLOSING) this.checkFinished();
+  }
+
+  /** Move the replies encoded in outBuf since the last seal to `out` (one view), keeping reply order. */
+  private sealRun(): void {
+    if (this.outRunEnd > this.outRunStart) {
+      this.out.push(this.outBuf.subarray(this.outRunStart, this.outRunEnd));
+      this.outRunStart = this.outRunEnd;
+    }
+  }
+
   /**
    * Queue a reply. It leaves at once when nothing else is in flight (QD1: no hop, no stream machinery on
    * the plain path), else with every reply completing in this tick (flushOut on nextTick): promise
@@ -605,9 +643,14 @@ export class Transmission implements DirectReadTarget {
       if (pooled) this.pool.release(b);
       return;
     }
+    this.sealRun();
     this.out.push(b);
     this.outBytes += b.length;
     if (pooled) this.outPooled.push(b);
+    this.queued();
+  }
+
+  private queued(): void {
     if (this.inFlightRequests === 0 || this.outBytes >= OUT_FLUSH_BYTES) this.flushOut();
     else if (!this.flushQueued) {
       this.flushQueued = true;
@@ -622,10 +665,12 @@ export class Transmission implements DirectReadTarget {
    * OUT_FLUSH_BYTES, then join the stream's own queue.
    */
   private flushOut(force = false): void {
-    const out = this.out;
-    if (out.length === 0 || this.closed) return;
+    if (this.outBytes === 0 || this.closed) return;
     if (this.streamWriting && this.outBytes < OUT_FLUSH_BYTES && !force) return;
+    this.sealRun();
+    const out = this.out;
     const total = this.outBytes;
+    const usedOutBuf = this.outRunEnd > 0; // views of outBuf are among `out`
     let written = 0;
     if (this.directFd >= 0 && !this.streamWriting) written = this.writeDirect(out, total);
     const pooled = this.outPooled;
@@ -634,6 +679,7 @@ export class Transmission implements DirectReadTarget {
     if (pooled.length > 0) this.outPooled = [];
     if (written === total) {
       for (const b of pooled) this.pool.release(b);
+      this.outRunStart = this.outRunEnd = 0; // the kernel has its bytes: reuse outBuf from the start
       return;
     }
     // The rest goes through the stream (in order behind anything it holds); pooled buffers return once it is done.
@@ -644,14 +690,16 @@ export class Transmission implements DirectReadTarget {
     if (skip > 0) rest[0] = rest[0]!.subarray(skip);
     this.streamWriting = true;
     const cb = pooled.length === 0 ? this.streamWrittenBound : (err?: Error | null): void => this.streamWritten(err, pooled);
-    if (rest.length === 1) this.socket.write(rest[0]!, cb);
-    else if (total - written <= OUT_CONCAT_BYTES_MAX) this.socket.write(Buffer.concat(rest), cb);
+    if (rest.length === 1 && !usedOutBuf) this.socket.write(rest[0]!, cb);
+    else if (total - written <= OUT_CONCAT_BYTES_MAX) this.socket.write(Buffer.concat(rest), cb); // a copy: outBuf is free again
     else {
       this.socket.cork();
       for (let k = 0; k < rest.length - 1; k++) this.socket.write(rest[k]!);
       this.socket.write(rest[rest.length - 1]!, cb);
       this.socket.uncork();
+      if (usedOutBuf) this.outBuf = Buffer.allocUnsafeSlow(OUT_BUF_BYTES); // the stream holds views of the old one
     }
+    this.outRunStart = this.outRunEnd = 0;
   }
 
   /** Bytes of `out` the kernel took in one write(2)/writev(2) on the socket's fd (0 if it must not be tried). */
