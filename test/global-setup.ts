@@ -33,7 +33,7 @@ function sourceFiles(dir: string): string[] {
 
 function sourceHash(): string {
   const h = createHash('sha256');
-  for (const f of [join(ROOT, 'tsconfig.json'), join(ROOT, 'bin', 'nbd-mirror.js'), ...sourceFiles(join(ROOT, 'src'))]) {
+  for (const f of [join(ROOT, 'tsconfig.json'), join(ROOT, 'bin', 'nbd-mirror.js'), join(ROOT, 'scripts', 'build-cli.js'), ...sourceFiles(join(ROOT, 'src'))]) {
     h.update(relative(ROOT, f)).update('\0').update(readFileSync(f)).update('\0');
   }
   return h.digest('hex').slice(0, 16);
@@ -76,6 +76,9 @@ export default function setup(): void {
     }
     if (!existsSync(join(tmp, 'dist', 'control', 'cli', 'main.js'))) throw new Error('global-setup: tsc emitted no dist/control/cli/main.js');
     cpSync(join(ROOT, 'bin'), join(tmp, 'bin'), { recursive: true });
+    // The bundle bin/nbd-mirror.js runs and its code cache, as `npm run build` makes them (what users run).
+    const bundle = spawnSync(process.execPath, [join(ROOT, 'scripts', 'build-cli.js'), '--dist', join(tmp, 'dist')], { cwd: ROOT, encoding: 'utf8' });
+    if (bundle.status !== 0) throw new Error(`global-setup: scripts/build-cli.js failed:\n${bundle.stdout}${bundle.stderr}`);
     writeFileSync(join(tmp, 'BUILT'), `${new Date().toISOString()} from ${hash}\n`);
     try {
       renameSync(tmp, buildDir); // atomic: a concurrent run either sees the whole build or none

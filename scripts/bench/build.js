@@ -1,4 +1,5 @@
-// A private, content-addressed build of the CLI for the benchmark: .cache/e2e/<hash of src + tsconfig +
+// A private, content-addressed build of the CLI for the benchmark (tsc, then scripts/build-cli.js: the bundle
+// bin/nbd-mirror.js runs and its code cache): .cache/e2e/<hash of src + tsconfig +
 // bin>/ (the same scheme and directory as test/global-setup.ts, so the two share builds). dist/ is left
 // alone: others rebuild it at any moment and a benchmark must not spawn a half-written build.
 import { spawnSync } from 'node:child_process';
@@ -22,7 +23,7 @@ function sourceFiles(dir) {
 
 function sourceHash() {
   const h = createHash('sha256');
-  for (const f of [join(ROOT, 'tsconfig.json'), join(ROOT, 'bin', 'nbd-mirror.js'), ...sourceFiles(join(ROOT, 'src'))]) {
+  for (const f of [join(ROOT, 'tsconfig.json'), join(ROOT, 'bin', 'nbd-mirror.js'), join(ROOT, 'scripts', 'build-cli.js'), ...sourceFiles(join(ROOT, 'src'))]) {
     h.update(relative(ROOT, f)).update('\0').update(readFileSync(f)).update('\0');
   }
   return h.digest('hex').slice(0, 16);
@@ -36,7 +37,8 @@ export function privateBuildCopy(intoDir) {
   const cli = privateBuild();
   const buildDir = dirname(dirname(cli));
   const copy = join(intoDir, 'build');
-  cpSync(join(buildDir, 'dist'), join(copy, 'dist'), { recursive: true });
+  // Timestamps kept: bin/nbd-mirror.js runs the bundle only when it is newer than tsc's output.
+  cpSync(join(buildDir, 'dist'), join(copy, 'dist'), { recursive: true, preserveTimestamps: true });
   cpSync(join(buildDir, 'bin'), join(copy, 'bin'), { recursive: true });
   // package.json ("type": "module", the version): without one above it, node finds each .js file's module
   // type by first compiling it as CommonJS (syntax detection): slower start-up than an installed copy.
@@ -45,7 +47,7 @@ export function privateBuildCopy(intoDir) {
   return join(copy, 'bin', 'nbd-mirror.js');
 }
 
-/** Returns the path of bin/nbd-mirror.js in a complete private build of the current sources. */
+/** Returns the path of bin/nbd-mirror.js in a complete private build of the current sources (tsc, bundle, code cache). */
 export function privateBuild() {
   mkdirSync(CACHE, { recursive: true });
   const hash = sourceHash();
@@ -61,6 +63,9 @@ export function privateBuild() {
   if (r.status !== 0) console.warn(`bench: tsc reported errors; using what it emitted:\n${r.stdout}${r.stderr}`);
   if (!existsSync(join(tmp, 'dist', 'control', 'cli', 'main.js'))) throw new Error('bench: tsc emitted no dist/control/cli/main.js');
   cpSync(join(ROOT, 'bin'), join(tmp, 'bin'), { recursive: true });
+  // The bundle bin/nbd-mirror.js runs, and its code cache (trained through tmp/bin).
+  const b = spawnSync(process.execPath, [join(ROOT, 'scripts', 'build-cli.js'), '--dist', join(tmp, 'dist')], { cwd: ROOT, stdio: 'inherit' });
+  if (b.status !== 0) throw new Error('bench: scripts/build-cli.js failed');
   writeFileSync(join(tmp, 'BUILT'), `${new Date().toISOString()} from ${hash}\n`);
   try {
     renameSync(tmp, buildDir);

@@ -1,12 +1,14 @@
 // The CLI's start-up: --version, help that still lists every command and option although commands are
 // loaded on demand, and a plain `serve` that loads only what its options need (start-up time is resync
 // time: a table that needs a resync starts copying when it opens). Which modules a real `serve` process
-// loaded is read from node's own loader trace (NODE_DEBUG=esm,module), so the test sees what ran.
+// loaded is read from node's own loader trace (NODE_DEBUG=esm,module), so the test sees what ran: for our
+// own modules in the per-module build (NBD_MIRROR_BUNDLE=0: tsc's dist/), for packages also in the bundle
+// bin/nbd-mirror.js normally runs (scripts/build-cli.js), which the last test checks is what ran.
 import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { mkdir, readFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { useTempDir } from '../helpers/e2e.js';
 import { run } from '../helpers/run.js';
@@ -54,14 +56,14 @@ describe('--version and help', () => {
 });
 
 /** Start serve with node's loader trace on; returns the traced module paths once it is ready, then stops it. */
-async function servedModules(sub: string, extraArgs: string[]): Promise<string[]> {
+async function servedModules(sub: string, extraArgs: string[], env: NodeJS.ProcessEnv = {}): Promise<string[]> {
   const d = join(dir(), sub);
   await mkdir(d);
   const legs = [await createSparseFile(join(d, 'a.img'), 8 * MiB), await createSparseFile(join(d, 'b.img'), 8 * MiB)];
   const pidFile = join(d, 'serve.pid');
   const args = [CLI_PATH, 'serve', '--quiet', '--log-level', 'warn', '--table', mirrorTable({ legs, sizeBytes: 8 * MiB, sync: 'nosync' })];
   args.push('--listen', `unix:${join(d, 'serve.sock')}`, '--pid-file', pidFile, '--control', join(d, 'serve.ctl'), ...extraArgs);
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, NODE_DEBUG: 'esm,module' } });
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env, NODE_DEBUG: 'esm,module' } });
   let trace = '';
   child.stderr.on('data', (c: Buffer) => {
     if (trace.length < TRACE_BYTES_MAX) trace += c.toString();
@@ -96,15 +98,17 @@ async function freePort(): Promise<number> {
   return port;
 }
 
+const PER_MODULE = { NBD_MIRROR_BUNDLE: '0' };
+/** Packages a plain serve must not load. */
+const OPTIONAL_PACKAGES = ['prom-client', 'ws', 'pino-pretty', 'cli-progress', '@opentelemetry'];
+
 describe('serve loads what its options need', () => {
   it('a local mirror without a dashboard: no metrics, WebSocket, pretty logs, progress bars, pool or cluster code', async () => {
-    const modules = await servedModules('plain', ['--dashboard', '0']);
+    const modules = await servedModules('plain', ['--dashboard', '0'], PER_MODULE);
     // The trace works: the engine and the server were loaded.
     expect(loaded(modules, /\/mirror\/mirror\.js$/)).toHaveLength(1);
     expect(loaded(modules, /\/nbd\/server\/server\.js$/)).toHaveLength(1);
-    for (const pkg of ['prom-client', 'ws', 'pino-pretty', 'cli-progress', '@opentelemetry']) {
-      expect(loaded(modules, new RegExp(`/node_modules/${pkg}/`)), pkg).toEqual([]);
-    }
+    for (const pkg of OPTIONAL_PACKAGES) expect(loaded(modules, new RegExp(`/node_modules/${pkg}/`)), pkg).toEqual([]);
     expect(loaded(modules, /\/dist\/pool\//), 'pool').toEqual([]);
     // repair-relay.js is the cluster's repair hook the control plane calls (no corosync behind it).
     expect(loaded(modules, /\/dist\/cluster\/(?!repair-relay\.js)/), 'cluster').toEqual([]);
@@ -113,9 +117,31 @@ describe('serve loads what its options need', () => {
   });
 
   it('with a dashboard: metrics and its WebSocket are loaded (once it starts)', async () => {
-    const modules = await servedModules('dashboard', ['--dashboard', String(await freePort())]);
+    const modules = await servedModules('dashboard', ['--dashboard', String(await freePort())], PER_MODULE);
     expect(loaded(modules, /\/node_modules\/prom-client\//).length).toBeGreaterThan(0);
     expect(loaded(modules, /\/node_modules\/ws\//).length).toBeGreaterThan(0);
     expect(loaded(modules, /\/control\/(metrics|dashboard\/dashboard)\.js$/)).toHaveLength(2);
+  });
+});
+
+describe('the bundle', () => {
+  it('serve runs from the bundle (no per-module dist/ file loaded) with its code cache, and loads no optional package', async () => {
+    const modules = await servedModules('bundle', ['--dashboard', '0']);
+    expect(loaded(modules, /\/bin\/nbd-mirror\.js$/)).toHaveLength(1);
+    expect(loaded(modules, /\/dist\//), 'per-module files').toEqual([]);
+    // commander and pino are inside the bundle; the optional packages stay outside and unloaded.
+    expect(loaded(modules, /\/node_modules\/(commander|pino)\//), 'bundled packages').toEqual([]);
+    for (const pkg of OPTIONAL_PACKAGES) expect(loaded(modules, new RegExp(`/node_modules/${pkg}/`)), pkg).toEqual([]);
+    // The build stored the code cache beside the bundle (named by the bundle's build id).
+    const bundleDir = join(dirname(CLI_PATH), '..', 'dist', 'bundle');
+    const id = /^\/\/ nbd-mirror bundle ([0-9a-f]{16})\n/.exec(readFileSync(join(bundleDir, 'nbd-mirror.cjs'), 'utf8'))?.[1];
+    expect(id).toBeDefined();
+    expect(readdirSync(bundleDir)).toContain(`nbd-mirror.cjs.${id}.v8cache`);
+  });
+
+  it('a package loaded on demand works from the bundle (the dashboard: prom-client and ws)', async () => {
+    const modules = await servedModules('bundle-dashboard', ['--dashboard', String(await freePort())]);
+    expect(loaded(modules, /\/node_modules\/prom-client\//).length).toBeGreaterThan(0);
+    expect(loaded(modules, /\/node_modules\/ws\//).length).toBeGreaterThan(0);
   });
 });

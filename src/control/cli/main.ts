@@ -3,6 +3,7 @@
 // pay for the pool, the control client's WebSocket or the progress bars at start-up (every module
 // imported here is parsed and evaluated before anything else happens: start-up time is resync time).
 // Help (no command, --help, `help`, an unknown command) loads every command, to list them.
+// bin/nbd-mirror.js runs this from one bundled file when the build made one (scripts/build-cli.js).
 // Exit codes: 0 ok, 1 runtime failure, 2 bad input (usage, table, address, files): commander's own usage
 // errors are mapped to 2 as well.
 import { Command, CommanderError } from 'commander';
@@ -54,25 +55,30 @@ const program = new Command('nbd-mirror')
   .exitOverride()
   .showHelpAfterError('(run with --help for usage)');
 
-try {
-  const args = process.argv.slice(2);
-  const wanted = commandOf(args);
-  // --version alone needs no command; anything else that names none (help, a typo) lists them all.
-  const isVersion = wanted === undefined && args.length === 1 && (args[0] === '--version' || args[0] === '-V');
-  const names = isVersion ? [] : wanted !== undefined ? [wanted] : Object.keys(COMMANDS);
-  const registers = await Promise.all(names.map((n) => COMMANDS[n]!()));
-  for (const r of registers.flat()) r(program);
-  for (const sub of program.commands) sub.exitOverride();
-  await program.parseAsync(process.argv);
-} catch (err) {
-  if (err instanceof CommanderError) {
-    // Help and version "errors" carry exit code 0; commander already printed its message.
-    process.exit(err.exitCode === 0 ? 0 : EXIT_USAGE);
+/** Runs the command line. Not top-level await: the bundle (scripts/build-cli.js) is a CommonJS file. */
+async function main(): Promise<void> {
+  try {
+    const args = process.argv.slice(2);
+    const wanted = commandOf(args);
+    // --version alone needs no command; anything else that names none (help, a typo) lists them all.
+    const isVersion = wanted === undefined && args.length === 1 && (args[0] === '--version' || args[0] === '-V');
+    const names = isVersion ? [] : wanted !== undefined ? [wanted] : Object.keys(COMMANDS);
+    const registers = await Promise.all(names.map((n) => COMMANDS[n]!()));
+    for (const r of registers.flat()) r(program);
+    for (const sub of program.commands) sub.exitOverride();
+    await program.parseAsync(process.argv);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // Help and version "errors" carry exit code 0; commander already printed its message.
+      process.exit(err.exitCode === 0 ? 0 : EXIT_USAGE);
+    }
+    if (err instanceof UsageError) {
+      process.stderr.write(`nbd-mirror: error: ${err.message}\n`);
+      process.exit(EXIT_USAGE);
+    }
+    process.stderr.write(`nbd-mirror: fatal: ${(err as Error).stack ?? String(err)}\n`);
+    process.exit(EXIT_FAILURE);
   }
-  if (err instanceof UsageError) {
-    process.stderr.write(`nbd-mirror: error: ${err.message}\n`);
-    process.exit(EXIT_USAGE);
-  }
-  process.stderr.write(`nbd-mirror: fatal: ${(err as Error).stack ?? String(err)}\n`);
-  process.exit(EXIT_FAILURE);
 }
+
+void main();

@@ -19,6 +19,7 @@ import { addControlPlaneOptions, ControlPlane, type ControlPlaneFlags } from '..
 import { openLocalLog, type LogOpener } from '../../../mirror/open.js';
 import { EXIT_FAILURE, EXIT_OK, UsageError } from '../../usage-error.js';
 import { addServeTlsOptions, reloadTls, serveConnectHints, serveServerOptions, type ServeTlsFlags } from '../../serve-tls.js';
+import { startupDone } from '../startup-done.js';
 
 /** After SIGTERM, in-flight requests get this long to finish before we give up and exit non-zero. */
 export const SHUTDOWN_GRACE_MS = 8000;
@@ -142,6 +143,7 @@ async function serve(flags: ServeFlags): Promise<void> {
   // appears gets the clean shutdown, not node's default (immediate death).
   if (flags.pidFile !== undefined) await writePidFile(flags.pidFile);
   log.info({ exports: service.exports.map((e) => e.name), listen: service.listening.map(formatListenAddress) }, 'serving');
+  startupDone();
 }
 
 async function shutdown(service: Service, pidFile: string | undefined, control: ControlPlane, dashboard: ServeDashboard): Promise<void> {
