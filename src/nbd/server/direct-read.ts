@@ -18,8 +18,12 @@
 // During the handshake data reaches the protocol code as 'data' events emitted by the ReadController
 // (the handshake reader stays stream-agnostic), each chunk a copy (the reader keeps chunks). In
 // transmission the controller hands chunks straight to Transmission.input(), each a view of a scratch
-// buffer: the Transmission copies small payloads out of it, and says if it still kept a view (a stash
-// while paused), in which case a fresh scratch is used for the next read.
+// buffer. A small WRITE payload inside the chunk is handed to the export as a view of the scratch,
+// held (hold/release) until the export is done with it: the next reads go to another scratch (a free
+// one, or a new one) and the held one is reused once its last view is released. At most
+// SCRATCH_HELD_MAX scratches are held per connection; past that the Transmission copies the payload out
+// instead. A scratch the Transmission keeps a view of otherwise (a stash while paused, takeRetained) is
+// never reused.
 
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -27,13 +31,13 @@ import type { Duplex } from 'node:stream';
 /** What Transmission offers the reader: a place for the next read, and notice of bytes landed there. */
 export interface DirectReadTarget {
   /**
-   * From now on input chunks are views of a reused buffer (copy what must be kept), handed to input()
-   * rather than emitted as 'data'. A payload with at least `directReadBytesMin` bytes still to come is
-   * read straight into its buffer (nextReadTarget).
+   * From now on input chunks are views of a reused buffer (copy what must be kept, or hold it through
+   * `lender`), handed to input() rather than emitted as 'data'. A payload with at least
+   * `directReadBytesMin` bytes still to come is read straight into its buffer (nextReadTarget).
    */
-  lendInput(directReadBytesMin: number): void;
-  /** A chunk of input (a view of the reader's scratch buffer: valid during the call only). */
-  input(chunk: Buffer): void;
+  lendInput(directReadBytesMin: number, lender: ScratchLender): void;
+  /** Input: chunk[0, end) (the reader's scratch buffer: valid during the call only unless held). */
+  input(chunk: Buffer, end: number): void;
   /** A buffer to read the next bytes into directly (the rest of a WRITE payload), or null. */
   nextReadTarget(): Buffer | null;
   /** n bytes were read into the buffer nextReadTarget() returned. */
@@ -43,6 +47,18 @@ export interface DirectReadTarget {
 }
 
 export const SCRATCH_BYTES = 64 * 1024;
+/** Scratch buffers held by payload views per connection (1 MiB); past it payloads are copied out. */
+export const SCRATCH_HELD_MAX = 16;
+/** Released scratch buffers kept for reuse per connection. */
+export const SCRATCH_FREE_MAX = 4;
+
+/** A read buffer and the number of payload views of it the export still holds. */
+export class Scratch {
+  holds = 0;
+  /** A view of it is kept beyond the holds (a stash): never reuse it. */
+  abandoned = false;
+  constructor(readonly buf: Buffer) {}
+}
 
 /**
  * Payload bytes still to come from which a read goes straight into the payload buffer. On a plain socket
@@ -54,8 +70,18 @@ export const SCRATCH_BYTES = 64 * 1024;
 export const DIRECT_READ_BYTES_MIN = 16 * 1024;
 export const TLS_DIRECT_READ_BYTES_MIN = 1024;
 
-export class ReadController {
-  private scratch: Buffer = Buffer.allocUnsafeSlow(SCRATCH_BYTES);
+/** What the reader offers the Transmission: keeping views of the chunk being processed. */
+export interface ScratchLender {
+  /** Keep the chunk being processed (input()) valid until release(); null: at the limit, copy instead. */
+  hold(): Scratch | null;
+  release(s: Scratch): void;
+}
+
+export class ReadController implements ScratchLender {
+  private scratch = new Scratch(Buffer.allocUnsafeSlow(SCRATCH_BYTES));
+  private readonly free: Scratch[] = [];
+  /** Scratches with holds > 0. */
+  private heldScratches = 0;
   private lastWasDirect = false;
   private target: DirectReadTarget | null = null;
   socket: Socket | null = null;
@@ -64,8 +90,24 @@ export class ReadController {
 
   /** Transmission phase: chunks are lent (views), payload reads go direct. */
   lendTo(target: DirectReadTarget): void {
-    target.lendInput(this.directReadBytesMin);
+    target.lendInput(this.directReadBytesMin, this);
     this.target = target;
+  }
+
+  hold(): Scratch | null {
+    const s = this.scratch;
+    if (s.holds === 0) {
+      if (this.heldScratches >= SCRATCH_HELD_MAX) return null;
+      this.heldScratches++;
+    }
+    s.holds++;
+    return s;
+  }
+
+  release(s: Scratch): void {
+    if (--s.holds !== 0) return;
+    this.heldScratches--;
+    if (s !== this.scratch && !s.abandoned && this.free.length < SCRATCH_FREE_MAX) this.free.push(s);
   }
 
   readonly buffer = (): Buffer => {
@@ -78,7 +120,7 @@ export class ReadController {
       }
     }
     this.lastWasDirect = false;
-    return this.scratch;
+    return this.scratch.buf;
   };
 
   readonly callback = (n: number, buf: Uint8Array): boolean => {
@@ -87,14 +129,21 @@ export class ReadController {
       this.target!.directRead(n);
       return true;
     }
-    const view = Buffer.from(buf.buffer, buf.byteOffset, n);
     const target = this.target;
     if (target === null) {
-      socket.emit('data', Buffer.from(view)); // handshake: the reader keeps chunks, so copy
+      socket.emit('data', Buffer.from(buf.subarray(0, n))); // handshake: the reader keeps chunks, so copy
       return true;
     }
-    target.input(view); // straight to the parser: no 'data' event (one per TLS record at 4 KiB QD32)
-    if (target.takeRetained()) this.scratch = Buffer.allocUnsafeSlow(SCRATCH_BYTES);
+    const s = this.scratch;
+    // Straight to the parser: no 'data' event (one per TLS record at 4 KiB QD32), no view per read.
+    // (Always our scratch; were it ever another buffer, a copy: nothing then views a buffer we did not hold.)
+    target.input(buf === s.buf ? s.buf : Buffer.from(buf.subarray(0, n)), n);
+    if (target.takeRetained()) {
+      s.abandoned = true; // a stash views it: read into another buffer, never reuse this one
+      this.scratch = this.free.pop() ?? new Scratch(Buffer.allocUnsafeSlow(SCRATCH_BYTES));
+    } else if (s.holds > 0) {
+      this.scratch = this.free.pop() ?? new Scratch(Buffer.allocUnsafeSlow(SCRATCH_BYTES));
+    }
     return true;
   };
 }

@@ -4,8 +4,9 @@
 //
 // Hot path: a header is decoded in place when it lies inside one chunk. A WRITE payload of 16 KiB
 // or more is read by the kernel straight into its (pooled) buffer when the socket reads through
-// direct-read.ts; otherwise it is a subarray view of the chunk when contiguous (a copy when the
-// chunk is a reused read buffer, or when it spans chunks). A read reply is one buffer (header +
+// direct-read.ts; otherwise it is a subarray view of the chunk when contiguous (of a reused read
+// buffer, held until the export settled: direct-read.ts hold/release; a copy past SCRATCH_HELD_MAX
+// held buffers, or when it spans chunks). A read reply is one buffer (header +
 // data) the export fills through a subarray. Replies completing together (in one tick) leave in one
 // write; a lone reply (nothing else in flight: QD1) leaves at once. On a plain socket whose stream
 // holds nothing of ours, that write is a write(2)/writev(2) straight on its fd (no WriteWrap, no
@@ -20,7 +21,8 @@
 // limit we stash the unparsed input and pause the socket; completions and 'drain' resume it.
 // Memory is therefore bounded by inFlightBytesMax + requestBytesMax + writeBufferedBytesMax
 // (+ one reply) per connection, whatever the client does, plus the idle buffers the two pools may
-// keep for reuse (buffer-pool.ts: 8 MiB + 64 KiB of large ones, SMALL_HELD_BYTES_MAX of small ones).
+// keep for reuse (buffer-pool.ts: 8 MiB + 64 KiB of large ones, SMALL_HELD_BYTES_MAX of small ones)
+// and the read buffers payload views hold (direct-read.ts: SCRATCH_HELD_MAX + SCRATCH_FREE_MAX of 64 KiB).
 //
 // Framing violations (bad magic, a WRITE too large to even discard) end this connection only.
 
@@ -41,7 +43,7 @@ import {
 import { decodeRequestHeader, newRequestHeader, type RequestHeader } from '../codec/request.js';
 import { type Export, ExportError, type Extent } from '../export.js';
 import { BufferPool } from './buffer-pool.js';
-import { DIRECT_READ_BYTES_MIN, type DirectReadTarget } from './direct-read.js';
+import { DIRECT_READ_BYTES_MIN, type DirectReadTarget, type Scratch, type ScratchLender } from './direct-read.js';
 import type { Negotiated } from './handshake.js';
 import type { ServerLimits } from './limits.js';
 import type { Logger } from './log.js';
@@ -113,6 +115,8 @@ export class Transmission implements DirectReadTarget {
   /** Input chunks are views of a buffer the reader reuses (direct-read.ts): never keep them. */
   private inputLent = false;
   private directReadBytesMin = DIRECT_READ_BYTES_MIN;
+  /** Holds the lent read buffer a WRITE payload view points into (direct-read.ts). */
+  private lender: ScratchLender | null = null;
   /** Replies waiting to leave, in order, their total length, and the pooled ones among them (released once sent). */
   private out: Buffer[] = [];
   private outBytes = 0;
@@ -212,8 +216,13 @@ export class Transmission implements DirectReadTarget {
 
   // ---- input -----------------------------------------------------------------------------------
 
-  input(chunk: Buffer): void {
-    this.onData(chunk);
+  input(chunk: Buffer, end: number): void {
+    if (this.state === STATE_CLOSING) return;
+    if (this.stash !== null) {
+      this.stash = Buffer.concat([this.stash, chunk.subarray(0, end)]); // as in onData
+      return;
+    }
+    this.process(chunk, end);
   }
 
   private onData(chunk: Buffer): void {
@@ -223,18 +232,18 @@ export class Transmission implements DirectReadTarget {
       this.stash = Buffer.concat([this.stash, chunk]); // a copy: the chunk itself is not kept
       return;
     }
-    this.process(chunk);
+    this.process(chunk, chunk.length);
   }
 
-  private process(chunk: Buffer): void {
+  /** Parse chunk[0, len). */
+  private process(chunk: Buffer, len: number): void {
     this.processing = true;
     let pos = 0;
-    const len = chunk.length;
     while (pos < len) {
       const state = this.state;
       if (state === STATE_HEADER) {
         if (this.overBudget()) {
-          this.stash = chunk.subarray(pos);
+          this.stash = chunk.subarray(pos, len);
           this.retained = true;
           this.pause();
           break;
@@ -256,17 +265,20 @@ export class Transmission implements DirectReadTarget {
         const want = this.hdr.lengthBytes;
         if (this.payloadHave === 0 && len - pos >= want) {
           let data: Buffer;
-          if (this.inputLent) {
-            // The chunk is a reused read buffer: copy (small, since larger payloads read directly).
-            data = this.takePayload(want);
-            chunk.copy(data, 0, pos, pos + want);
-          } else {
+          let held: Scratch | null = null;
+          if (!this.inputLent) {
             data = chunk.subarray(pos, pos + want); // a view of the socket's own chunk: no copy
             this.retained = true;
+          } else if ((held = this.lender!.hold()) !== null) {
+            data = chunk.subarray(pos, pos + want); // a view of the reused read buffer, held until settled
+          } else {
+            // Every scratch we may hold is held: copy (small, since larger payloads read directly).
+            data = this.takePayload(want);
+            chunk.copy(data, 0, pos, pos + want);
           }
           pos += want;
           this.state = STATE_HEADER;
-          this.dispatchWrite(data, this.inputLent);
+          this.dispatchWrite(data, this.inputLent && held === null, held);
         } else {
           let buf = this.payloadBuf;
           if (buf === null) buf = this.payloadBuf = this.takePayload(want);
@@ -329,16 +341,17 @@ export class Transmission implements DirectReadTarget {
     const stash = this.stash;
     this.stash = null;
     this.paused = false;
-    if (stash !== null) this.process(stash);
+    if (stash !== null) this.process(stash, stash.length);
     if (this.inputEnded && this.stash === null) this.stop();
     if (!this.paused && this.state !== STATE_CLOSING) this.socket.resume();
   }
 
   // ---- direct reads (see direct-read.ts) ---------------------------------------------------------
 
-  lendInput(directReadBytesMin: number): void {
+  lendInput(directReadBytesMin: number, lender: ScratchLender): void {
     this.inputLent = true;
     this.directReadBytesMin = directReadBytesMin;
+    this.lender = lender;
   }
 
   nextReadTarget(): Buffer | null {
@@ -537,12 +550,27 @@ export class Transmission implements DirectReadTarget {
     }
   }
 
-  private dispatchWrite(data: Buffer, pooled: boolean): void {
+  /** `pooled`: data came from takePayload (given back once settled); `held`: data views a held scratch. */
+  private dispatchWrite(data: Buffer, pooled: boolean, held: Scratch | null = null): void {
     const h = this.hdr;
     const cookieHi = h.cookieHi;
     const cookieLo = h.cookieLo;
     this.inFlightRequests++;
     const p = this.exp.write(data, h.offsetBytes, { fua: (h.flags & C.NBD_CMD_FLAG_FUA) !== 0 });
+    if (held !== null) {
+      const lender = this.lender!;
+      p.then(
+        () => {
+          lender.release(held);
+          this.completeOk(cookieHi, cookieLo, data.length);
+        },
+        (err: unknown) => {
+          lender.release(held);
+          this.failed(cookieHi, cookieLo, false, err, data.length);
+        },
+      );
+      return;
+    }
     if (!pooled || !(this.pool.pooled(data.length) || this.smallPool.pooled(data.length))) {
       this.settle(p, cookieHi, cookieLo, data.length);
       return;
