@@ -65,8 +65,12 @@ interface Request {
   hold: boolean;
   /** Do not acknowledge before this log flush has completed (stale-leg record durable). */
   ackAfterSeq: number;
-  resolve: () => void;
-  reject: (err: Error) => void;
+  /** The caller's promise, made when submit() returns with the request still in flight; null until then. */
+  resolve: (() => void) | null;
+  reject: ((err: Error) => void) | null;
+  /** Settled before submit() returned (every leg completed on its stack): the outcome, no promise made. */
+  settledNow: boolean;
+  errorNow: Error | null;
 }
 
 /** The part of a request inside one region. */
@@ -367,7 +371,11 @@ export class MirrorExport implements Export {
     const bad = this.rangeError(offsetBytes, lengthBytes);
     if (bad) return Promise.reject(bad);
     if (lengthBytes === 0) return Promise.resolve();
-    return new Promise<void>((resolve, reject) => {
+    // A request that every leg completed on this stack (page-cached file legs) is answered with a settled
+    // promise and no promise of its own; otherwise the caller's promise is made here, before anything can
+    // complete later (completions that come later find req.resolve set). A throw (an assertion) becomes a
+    // rejection, as it did inside a promise executor.
+    try {
       const req: Request = {
         kind,
         data,
@@ -379,8 +387,10 @@ export class MirrorExport implements Export {
         failed: false,
         hold: false,
         ackAfterSeq: 0,
-        resolve,
-        reject,
+        resolve: null,
+        reject: null,
+        settledNow: false,
+        errorNow: null,
       };
       const regionSize = this.regionSizeBytes;
       const first = this.regions.regionOf(offsetBytes);
@@ -388,15 +398,37 @@ export class MirrorExport implements Export {
       req.piecesLeft = last - first + 1;
       if (first === last) {
         this.classify(newPiece(req, first, offsetBytes, lengthBytes, data));
-        return;
+      } else {
+        for (let r = first; r <= last; r++) {
+          const startBytes = Math.max(offsetBytes, r * regionSize);
+          const endBytes = Math.min(offsetBytes + lengthBytes, (r + 1) * regionSize);
+          const slice = data ? data.subarray(startBytes - offsetBytes, endBytes - offsetBytes) : null;
+          this.classify(newPiece(req, r, startBytes, endBytes - startBytes, slice));
+        }
       }
-      for (let r = first; r <= last; r++) {
-        const startBytes = Math.max(offsetBytes, r * regionSize);
-        const endBytes = Math.min(offsetBytes + lengthBytes, (r + 1) * regionSize);
-        const slice = data ? data.subarray(startBytes - offsetBytes, endBytes - offsetBytes) : null;
-        this.classify(newPiece(req, r, startBytes, endBytes - startBytes, slice));
-      }
-    });
+      if (req.settledNow) return req.errorNow === null ? RESOLVED : Promise.reject(req.errorNow);
+      return new Promise<void>((resolve, reject) => {
+        req.resolve = resolve;
+        req.reject = reject;
+      });
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  /** Settle a request: its promise, or (still inside submit()) the outcome submit() returns. */
+  private settleOk(req: Request): void {
+    if (req.resolve !== null) req.resolve();
+    else if (!req.settledNow) req.settledNow = true;
+  }
+
+  private settleFailed(req: Request, err: Error): void {
+    if (req.reject !== null) {
+      req.reject(err);
+    } else if (!req.settledNow) {
+      req.settledNow = true;
+      req.errorNow = err;
+    }
   }
 
   /** dm do_writes step 1-2: park, or count in (+ mark) and dispatch now or after the batch's log flush. */
@@ -539,7 +571,7 @@ export class MirrorExport implements Export {
 
   private finish(req: Request): void {
     if (req.failed) {
-      req.reject(new ExportError('EIO', `${req.kind} failed on every leg`));
+      this.settleFailed(req, new ExportError('EIO', `${req.kind} failed on every leg`));
     } else if (req.hold) {
       this.holdRequest({
         kind: req.kind,
@@ -548,11 +580,11 @@ export class MirrorExport implements Export {
         lengthBytes: req.lengthBytes,
         fua: req.fua,
         mayTrim: req.mayTrim,
-        resolve: req.resolve,
-        reject: req.reject,
+        resolve: () => this.settleOk(req),
+        reject: (err: Error) => this.settleFailed(req, err),
       });
     } else {
-      req.resolve();
+      this.settleOk(req);
     }
   }
 
@@ -1112,8 +1144,8 @@ export class MirrorExport implements Export {
     this.suspendQueue = [];
     this.suspended = false;
     for (const f of queued) f(); // they see closed and fail
-    for (const p of this.regions.takeAllParked()) p.req.reject(new ExportError('ESHUTDOWN', 'mirror closed'));
-    for (const list of this.remoteParked.values()) for (const p of list) p.req.reject(new ExportError('ESHUTDOWN', 'mirror closed'));
+    for (const p of this.regions.takeAllParked()) this.settleFailed(p.req, new ExportError('ESHUTDOWN', 'mirror closed'));
+    for (const list of this.remoteParked.values()) for (const p of list) this.settleFailed(p.req, new ExportError('ESHUTDOWN', 'mirror closed'));
     this.remoteParked.clear();
     this.remotePollCancel?.();
     for (const u of this.logUnsubs) u();
