@@ -1,12 +1,14 @@
 // Resync progress as the operator and the benchmark see it: a 'resync-progress' event when copying starts
 // (from idle), runningMs counting the run on the engine's clock and frozen once it is idle, the rate window
 // restarting with each run (idle time is not slowness), and the rate limit still changeable mid-run.
+// Copies of contiguous regions go in runs (one offload call each) while the offload works.
 // Real engine (createMirror, core log) over in-test memory legs, on a manual clock.
 import { EventEmitter } from 'node:events';
 import { describe, expect, it } from 'vitest';
 import { CoreLog } from '../../src/mirror/log/core.js';
 import { createMirror, type MirrorExport } from '../../src/mirror/mirror.js';
-import type { ResyncProgress } from '../../src/mirror/resync.js';
+import type { Leg } from '../../src/mirror/legs/leg.js';
+import { RUN_BYTES_MAX, type ResyncProgress } from '../../src/mirror/resync.js';
 import { ManualScheduler } from '../../src/mirror/scheduler.js';
 import { MemLeg } from '../sim/mem-leg.js';
 
@@ -104,5 +106,66 @@ describe('resync progress', () => {
     for (let i = 0; i < 20 && r.inSync() === 0; i++) await settle();
     expect(r.inSync()).toBe(1);
     expect(r.legs[1]!.view().equals(r.legs[0]!.view())).toBe(true);
+  });
+});
+
+/** A memory leg with a copy offload (as FileLeg's copy_file_range): counts calls, can be switched off. */
+class OffloadLeg extends MemLeg {
+  offloadCalls: { off: number; len: number }[] = [];
+  offloadWorks = true;
+  copyRangeTo(target: Leg, offsetBytes: number, lengthBytes: number): Promise<boolean> {
+    if (!this.offloadWorks || !(target instanceof OffloadLeg)) return Promise.resolve(false);
+    this.offloadCalls.push({ off: offsetBytes, len: lengthBytes });
+    this.view().copy(target.durable, offsetBytes, offsetBytes, offsetBytes + lengthBytes);
+    return Promise.resolve(true);
+  }
+}
+
+describe('runs of contiguous regions', () => {
+  const RUN_REGION = 512 * 1024;
+  const RUN_REGIONS = 40; // 20 MiB: 5 runs of RUN_BYTES_MAX / 512 KiB = 8 regions
+  async function offloadRig(offloadWorks: boolean) {
+    const size = RUN_REGION * RUN_REGIONS;
+    const legs = [new OffloadLeg('/a', size), new OffloadLeg('/b', size)];
+    legs[0]!.durable.fill(0x5a);
+    legs[0]!.offloadWorks = offloadWorks;
+    const events = new EventEmitter();
+    let inSync = 0;
+    events.on('in-sync', () => inSync++);
+    const m = await createMirror({
+      legs,
+      log: new CoreLog({ regionSizeBytes: RUN_REGION, lengthBytes: size, sync: 'sync' }),
+      regionSizeBytes: RUN_REGION,
+      lengthBytes: size,
+      handleErrors: false,
+      keepLog: false,
+      scheduler: new ManualScheduler(),
+      events,
+      resync: { autoStart: true, rateBytesPerSec: 0, chunkBytes: 1024 * 1024, progressIntervalMs: 0, regionsInFlightMax: 2 },
+      limits: { cleanDelayMs: 50 },
+    });
+    for (let i = 0; i < 50 && inSync === 0; i++) await settle();
+    await m.resyncIdle();
+    return { m, legs, inSync };
+  }
+
+  it('with the copy offload working, contiguous regions go in runs (one call each, up to RUN_BYTES_MAX); every region in sync', async () => {
+    const r = await offloadRig(true);
+    expect(r.inSync).toBe(1);
+    expect(r.m.resyncProgress().inSyncRegions).toBe(RUN_REGIONS);
+    expect(r.legs[1]!.view().equals(r.legs[0]!.view())).toBe(true);
+    const calls = r.legs[0]!.offloadCalls;
+    // The first copy is one region (the offload is not known to work yet); the rest are runs.
+    expect(calls[0]!.len).toBe(RUN_REGION);
+    expect(Math.max(...calls.map((c) => c.len))).toBe(RUN_BYTES_MAX);
+    expect(calls.length).toBeLessThan(RUN_REGIONS / 4);
+    expect(calls.reduce((n, c) => n + c.len, 0)).toBe(RUN_REGION * RUN_REGIONS);
+  });
+
+  it('without the offload (read + write), every copy is one region', async () => {
+    const r = await offloadRig(false);
+    expect(r.inSync).toBe(1);
+    expect(r.legs[1]!.view().equals(r.legs[0]!.view())).toBe(true);
+    expect(r.legs[0]!.offloadCalls).toEqual([]);
   });
 });
