@@ -37,6 +37,15 @@
 // synchronous flush slower than SYNC_IO_SLOW_US sends flushes to the pool for SYNC_FLUSH_BACKOFF_MS,
 // doubling (up to SYNC_FLUSH_BACKOFF_MAX_MS) while it stays slow.
 //
+// Rejected by measurement (session 4): a writer thread per leg (N-API addon, pthreads) taking a mirror's
+// second-leg pwrite off the event loop, completions batched back through uv_async. On this 2-vCPU VM it
+// raised the process CPU per 4 KiB write at QD32 from ~7.6-8.2 to ~9.6-11 us (in-process driver, two
+// tmpfs legs) and did not raise IOPS: waking the sleeping thread (futex + IPI) cost ~30 us per kick,
+// batching kicks per macrotask and completions per loop iteration still left ~2-3 us/op of overhead, and
+// a thread that spins (sched_yield) instead of sleeping burns the CPU that the client needs. With the
+// client and server sharing two CPUs the total CPU per write is the limit, and the second pwrite costs the
+// same on any thread. io_uring is no better on tmpfs (writes are punted to io-wq).
+//
 // Resync between two FileLegs uses copyRangeTo (copy_file_range(2) through native/copy-range, one thread
 // pool job per chunk, no user-space buffer) when the addon is built; errors there are never reported, the
 // caller falls back to read + write, which attributes a failure to the right leg.
