@@ -1,14 +1,16 @@
 // ControlClient: the CLI's side of the control socket. Resolves where the server is (`--control PATH`,
 // env NBD_MIRROR_CONTROL, or the single live socket in the default directory), sends one HTTP/JSON
 // request, and turns an {error} answer back into a ControlError with the server's code and message.
-// Also: the default control socket path the server uses (so both sides agree), and the event stream.
-import { readdirSync, readFileSync } from 'node:fs';
+// Also: the event stream. The default control socket path both sides agree on: control-path.ts.
+import { readdirSync } from 'node:fs';
 import { request, type RequestOptions } from 'node:http';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { WebSocket } from 'ws';
 import { ControlError, isControlErrorCode } from './control-error.js';
+import { defaultControlDir, readToken } from './control-path.js';
 import { UsageError } from './usage-error.js';
+
+export { defaultControlDir, defaultControlPath, readToken } from './control-path.js';
 
 export const CONTROL_ENV = 'NBD_MIRROR_CONTROL';
 export const CONTROL_TOKEN_FILE_ENV = 'NBD_MIRROR_CONTROL_TOKEN_FILE';
@@ -18,18 +20,6 @@ export const CONTROL_ANSWER_BYTES_MAX = 4 * 1024 * 1024;
 export type ControlTarget =
   | { readonly kind: 'unix'; readonly path: string }
   | { readonly kind: 'tcp'; readonly host: string; readonly port: number; readonly token: string };
-
-/** Where the server puts its socket when --control is not given: one directory, one socket per pid. */
-export function defaultControlDir(): string {
-  const xdg = process.env.XDG_RUNTIME_DIR;
-  if (xdg !== undefined && xdg.length > 0) return join(xdg, 'nbd-mirror');
-  if (process.getuid?.() === 0) return '/run/nbd-mirror';
-  return join(tmpdir(), `nbd-mirror-${process.getuid?.() ?? 'user'}`);
-}
-
-export function defaultControlPath(pid = process.pid): string {
-  return join(defaultControlDir(), `${pid}.sock`);
-}
 
 /**
  * `--control` value (or env): a socket path, or tcp://127.0.0.1:PORT (token from --control-token-file or
@@ -59,17 +49,6 @@ export function resolveControlTarget(opts: { control?: string; controlTokenFile?
     throw new UsageError(`no control socket found in ${dir}: is \`nbd-mirror serve\` running? Give --control PATH or set ${CONTROL_ENV}`);
   }
   throw new UsageError(`${sockets.length} control sockets in ${dir} (${sockets.join(', ')}): choose one with --control PATH or ${CONTROL_ENV}`);
-}
-
-export function readToken(file: string): string {
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8').trim();
-  } catch (e) {
-    throw new UsageError(`cannot read token file ${file}: ${(e as Error).message}`);
-  }
-  if (text.length === 0) throw new UsageError(`token file ${file} is empty`);
-  return text;
 }
 
 export class ControlClient {

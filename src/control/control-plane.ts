@@ -10,10 +10,10 @@ import { Option, type Command } from 'commander';
 import type { Export } from '../nbd/export.js';
 import type { LogOpener } from '../mirror/open.js';
 import type { TableSpec } from '../mirror/table.js';
-import { defaultControlPath } from './client.js';
 import { ControlError } from './control-error.js';
 import { REPAIR_POLICIES, RepairPolicy, type RepairPolicyName } from './repair.js';
-import { CONTROL_TOKEN_CHARS_MIN, ControlServer } from './server.js';
+import { CONTROL_TOKEN_CHARS_MIN, defaultControlPath } from './control-path.js';
+import type { ControlServer } from './server.js';
 import { tableBackend } from './table-backend.js';
 import { logVolumeEvent } from './logging.js';
 import { UsageError } from './usage-error.js';
@@ -118,6 +118,8 @@ export class ControlPlane {
   /** Listen on the control socket(s) and start the repair policy. Returns lines for the start banner. */
   async start(): Promise<string[]> {
     try {
+      // Loaded here, after the exports opened: its HTTP server is not needed before the resync starts.
+      const { ControlServer } = await import('./server.js');
       this.server = await ControlServer.start({
         volumes: this.volumes,
         socketPath: this.socketPath,

@@ -27,6 +27,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { dirname } from 'node:path';
 import type { WebSocketServer, WebSocket } from 'ws';
 import { ControlError } from './control-error.js';
+import { CONTROL_TOKEN_CHARS_MIN } from './control-path.js';
 import { readJsonObject, sendJson, sendJsonError } from './http-json.js';
 import { repairVolume } from './repair.js';
 import { socketAccepts } from './socket-probe.js';
@@ -40,7 +41,6 @@ export const EVENT_BUFFERED_BYTES_MAX = 1024 * 1024;
 /** Event stream subscribers at once. */
 export const EVENT_SUBSCRIBERS_MAX = 64;
 /** Tokens shorter than this are refused: guessable. */
-export const CONTROL_TOKEN_CHARS_MIN = 16;
 
 export interface ControlServerOptions {
   readonly volumes: Volumes;

@@ -4,9 +4,10 @@
 //
 // Start-up: parse EVERY table first (nothing opened while any line is bad), check every listen address,
 // open every export (closing those already open if one fails), then listen. The NBD server's modules load
-// while the exports open (a mirror that needs a resync starts copying as it opens: start-up is resync
-// time). Any failure before the first byte is served is a UsageError (exit 2), naming the table's source
-// or the address.
+// after the exports opened (a mirror that needs a resync starts copying as it opens: start-up is resync
+// time; in the bundle, loading is evaluation on the main thread, better done while the copy runs). Any
+// failure before the first byte is served is a UsageError (exit 2), naming the table's source or the
+// address.
 // Shutdown: stop listening and let the server finish in-flight requests and close connections, then
 // flush and close each export (a mirror flushes its legs and its log), then remove unix socket files.
 import { lstat, unlink } from 'node:fs/promises';
@@ -64,8 +65,6 @@ export function parsePlanTables(plan: ServePlan): { name: string; source: string
 }
 
 export async function startService(opts: ServiceOptions): Promise<Service> {
-  const serverModule = import('../nbd/server/server.js');
-  serverModule.catch(() => undefined); // awaited below; a failure there is reported there
   const parsed = parsePlanTables(opts.plan);
   for (const address of opts.listen) await checkAddressUsable(address);
 
@@ -93,9 +92,9 @@ export async function startService(opts: ServiceOptions): Promise<Service> {
     throw err;
   }
 
-  let NbdServer: Awaited<typeof serverModule>['NbdServer'];
+  let NbdServer: typeof import('../nbd/server/server.js')['NbdServer'];
   try {
-    ({ NbdServer } = await serverModule);
+    ({ NbdServer } = await import('../nbd/server/server.js'));
   } catch (err) {
     await closeExports(opened, opts.log);
     throw err;

@@ -1,9 +1,8 @@
 // The dashboard's serve options (--dashboard PORT; 0 = none) and their validation, apart from the
 // dashboard itself (dashboard.ts, loaded only when a dashboard starts): serve registers and checks these at
 // start-up without loading the listener, the page's routes or the metrics.
-import { randomBytes } from 'node:crypto';
 import { Option, type Command } from 'commander';
-import { readToken } from '../client.js';
+import { readToken } from '../control-path.js';
 import { UsageError } from '../usage-error.js';
 import { errorText } from '../volumes.js';
 
@@ -43,7 +42,8 @@ export function dashboardPlan(flags: DashboardFlags, argv: readonly string[] = p
       throw new UsageError(`--control-token-file ${flags.controlTokenFile}: ${errorText(e)}`);
     }
   } else {
-    token = randomBytes(16).toString('hex');
+    // WebCrypto's global: node:crypto is loaded only when a token is made, not at every serve start.
+    token = Buffer.from(globalThis.crypto.getRandomValues(new Uint8Array(16))).toString('hex');
   }
   const portIsDefault = !argv.some((a) => a === '--dashboard' || a.startsWith('--dashboard='));
   return { port, portIsDefault, token };

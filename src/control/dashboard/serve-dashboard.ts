@@ -12,7 +12,7 @@ import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import type { Export } from '../../nbd/export.js';
 import type { TableSpec } from '../../mirror/table.js';
-import { defaultControlPath } from '../client.js';
+import { defaultControlPath } from '../control-path.js';
 import type { Metrics } from '../metrics.js';
 import { UsageError } from '../usage-error.js';
 import { errorText, type Volumes } from '../volumes.js';
