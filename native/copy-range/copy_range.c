@@ -3,6 +3,12 @@
 // reflinks / offloads where the filesystem or device can), so no user-space buffer and one pool job
 // per chunk instead of a read and a write. Optional: without it resync reads and writes through Node.
 //
+// Except into tmpfs / ramfs: there is no offload there, and copy_file_range does the whole copy while
+// holding the destination inode's lock (splice into the file), so parallel jobs into one file run one at
+// a time. pread into a per-thread buffer outside that lock, then pwrite, lets the reads of parallel jobs
+// overlap the writes: 1 GiB resync on /dev/shm, 10 interleaved rounds, 7.5% faster every round (as
+// nbdcopy copies there). The buffer (COPY_BUFFER_BYTES) is allocated once per pool thread, kept.
+//
 //   copyRange(fdIn, offIn, fdOut, offOut, length) -> Promise<number>
 // resolves with the bytes copied (fewer than length only at the end of the source file); rejects with an
 // Error whose `code` is the errno name (EXDEV, ENOSYS, EOPNOTSUPP, EINVAL: not possible here; EIO...).
@@ -13,7 +19,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <linux/magic.h>
+#include <sys/vfs.h>
 #include <node_api.h>
+
+/** Piece size of the buffered copy into tmpfs / ramfs (one buffer per pool thread). */
+#define COPY_BUFFER_BYTES (1024 * 1024)
+
+static __thread char *copy_buffer;
 
 typedef struct {
   napi_async_work work;
@@ -27,9 +40,48 @@ typedef struct {
   int err;
 } copy_job;
 
+/** The destination is memory-backed (tmpfs, ramfs): copy through a buffer (see the header). */
+static int buffered_destination(int fd_out) {
+  struct statfs s;
+  if (fstatfs(fd_out, &s) != 0) return 0;
+  return s.f_type == TMPFS_MAGIC || s.f_type == RAMFS_MAGIC;
+}
+
+/** pread + pwrite through this thread's buffer; stops early only at the source's end of file. */
+static void copy_buffered(copy_job *j) {
+  if (copy_buffer == NULL && (copy_buffer = malloc(COPY_BUFFER_BYTES)) == NULL) {
+    j->err = ENOMEM;
+    return;
+  }
+  while (j->copied < j->length) {
+    size_t want = (size_t)(j->length - j->copied) < COPY_BUFFER_BYTES ? (size_t)(j->length - j->copied) : COPY_BUFFER_BYTES;
+    ssize_t got = pread(j->fd_in, copy_buffer, want, j->off_in + j->copied);
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      j->err = errno;
+      return;
+    }
+    if (got == 0) return; // end of the source file
+    for (ssize_t put = 0; put < got;) {
+      ssize_t n = pwrite(j->fd_out, copy_buffer + put, (size_t)(got - put), j->off_out + j->copied + put);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        j->err = errno;
+        return;
+      }
+      put += n;
+    }
+    j->copied += got;
+  }
+}
+
 static void execute(napi_env env, void *data) {
   (void)env;
   copy_job *j = data;
+  if (buffered_destination(j->fd_out)) {
+    copy_buffered(j);
+    return;
+  }
   loff_t in = j->off_in;
   loff_t out = j->off_out;
   while (j->copied < j->length) {
