@@ -28,6 +28,8 @@ const BUILD_ID_HEX = 16;
 const ID_PLACEHOLDER = '0'.repeat(BUILD_ID_HEX);
 /** The training run must have stored the cache by then, else the build goes on without one. */
 const TRAIN_TIMEOUT_MS = 30_000;
+/** After SIGTERM, the training server gets this long to exit before SIGKILL. */
+const TRAIN_STOP_MS = 15_000;
 const TRAIN_POLL_MS = 20;
 /** The training mirror: 2 regions of 512 KiB, leg B empty, 'sync': it resyncs when it opens. */
 const TRAIN_LEG_BYTES = 1024 * 1024;
@@ -80,10 +82,11 @@ export async function bundleCli(distDir = join(ROOT, 'dist')) {
 export async function trainCodeCache(cliPath) {
   const bundleDir = dirname(bundlePath(join(dirname(cliPath), '..', 'dist')));
   const cached = () => readdirSync(bundleDir).some((f) => f.endsWith('.v8cache'));
-  const dir = mkdtempSync(join(tmpdir(), 'nbdm-train-'));
+  let dir;
   let child;
   let stderr = '';
   try {
+    dir = mkdtempSync(join(tmpdir(), 'nbdm-train-'));
     const legs = ['a.img', 'b.img'].map((f) => join(dir, f));
     writeFileSync(legs[0], Buffer.alloc(TRAIN_LEG_BYTES, 0x5a));
     writeFileSync(legs[1], Buffer.alloc(TRAIN_LEG_BYTES));
@@ -93,16 +96,25 @@ export async function trainCodeCache(cliPath) {
     child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, NBD_MIRROR_BUNDLE: '1' } });
     child.stderr.on('data', (c) => (stderr = (stderr + c).slice(-4000)));
     let exited = false;
-    const exit = new Promise((r) => child.on('exit', () => ((exited = true), r())));
+    const exit = new Promise((r) => {
+      child.on('exit', () => ((exited = true), r()));
+      child.on('error', (e) => ((exited = true), (stderr += String(e)), r()));
+    });
     const deadline = Date.now() + TRAIN_TIMEOUT_MS;
     while (!cached() && !exited && Date.now() < deadline) await new Promise((r) => setTimeout(r, TRAIN_POLL_MS));
-    if (!exited) child.kill('SIGTERM');
-    await exit;
-    if (!cached()) console.warn(`build-cli: no code cache stored (the CLI works, it starts slower)${stderr ? `:\n${stderr}` : ''}`);
-    return cached();
+    if (!exited) {
+      child.kill('SIGTERM');
+      const killer = setTimeout(() => child.kill('SIGKILL'), TRAIN_STOP_MS);
+      await exit;
+      clearTimeout(killer);
+    }
+  } catch (e) {
+    stderr += String(e);
   } finally {
-    rmSync(dir, { recursive: true, force: true });
+    if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
   }
+  if (!cached()) console.warn(`build-cli: no code cache stored (the CLI works, it starts slower)${stderr ? `:\n${stderr}` : ''}`);
+  return cached();
 }
 
 if (process.argv[1] !== undefined && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
