@@ -5,7 +5,7 @@
 // own modules in the per-module build (NBD_MIRROR_BUNDLE=0: tsc's dist/), for packages also in the bundle
 // bin/nbd-mirror.js normally runs (scripts/build-cli.js), which the last test checks is what ran.
 import { spawn } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { cpSync, readdirSync, readFileSync, symlinkSync, utimesSync } from 'node:fs';
 import { mkdir, readFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { dirname, join } from 'node:path';
@@ -143,5 +143,23 @@ describe('the bundle', () => {
     const modules = await servedModules('bundle-dashboard', ['--dashboard', String(await freePort())]);
     expect(loaded(modules, /\/node_modules\/prom-client\//).length).toBeGreaterThan(0);
     expect(loaded(modules, /\/node_modules\/ws\//).length).toBeGreaterThan(0);
+  });
+
+  it('tsc run alone after a build (its dist/ newer than the bundle): the per-module build runs, never the stale bundle', async () => {
+    const build = join(dirname(CLI_PATH), '..');
+    const copy = join(dir(), 'stale-build');
+    cpSync(join(build, 'bin'), join(copy, 'bin'), { recursive: true });
+    cpSync(join(build, 'dist'), join(copy, 'dist'), { recursive: true, preserveTimestamps: true });
+    cpSync(join(REPO_ROOT, 'package.json'), join(copy, 'package.json'));
+    symlinkSync(join(REPO_ROOT, 'node_modules'), join(copy, 'node_modules'));
+    const traced = async () => {
+      const r = await run(process.execPath, [join(copy, 'bin', 'nbd-mirror.js'), '--version'], { env: { ...process.env, NODE_DEBUG: 'esm,module' }, timeoutMs: 30_000 });
+      expect(r.stdout.trim()).toMatch(/^\d+\.\d+\.\d+/);
+      return /dist\/control\/cli\/main\.js/.test(r.stderr);
+    };
+    expect(await traced(), 'the bundle runs').toBe(false);
+    const later = new Date(Date.now() + 10_000);
+    utimesSync(join(copy, 'dist', 'control', 'cli', 'main.js'), later, later);
+    expect(await traced(), 'the newer per-module build runs').toBe(true);
   });
 });
