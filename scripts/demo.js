@@ -26,13 +26,15 @@ function newestMtimeMs(path) {
   return readdirSync(path).reduce((m, e) => Math.max(m, newestMtimeMs(join(path, e))), st.mtimeMs);
 }
 
-/** Build dist/ when it is missing or older than src/ (npm install builds it once via `prepare`). */
+/** Build dist/ (and the CLI bundle) when missing or older than src/ (npm install builds both via `prepare`). */
 function ensureBuilt() {
   const main = join(ROOT, 'dist', 'control', 'cli', 'main.js');
   if (existsSync(main) && statSync(main).mtimeMs >= newestMtimeMs(join(ROOT, 'src'))) return;
-  console.log('demo: building (tsc) ...');
+  console.log('demo: building (tsc, then the CLI bundle) ...');
   const r = spawnSync(process.execPath, [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(ROOT, 'tsconfig.json')], { stdio: 'inherit' });
   if (r.status !== 0 && !existsSync(main)) process.exit(r.status ?? 1);
+  // Without a fresh bundle bin/nbd-mirror.js runs the per-module build (slower start, same behaviour).
+  if (r.status === 0) spawnSync(process.execPath, [join(ROOT, 'scripts', 'build-cli.js')], { stdio: 'inherit' });
 }
 
 /** A sparse file of exactly `bytes`; an existing file of that size is kept (its data and the log persist). */
