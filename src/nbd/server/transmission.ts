@@ -747,7 +747,7 @@ export class Transmission implements DirectReadTarget {
     this.streamWriting = false;
     if (pooled !== undefined && !err) for (const b of pooled) this.pool.release(b);
     if (this.closed) return;
-    if (this.out.length > 0) this.flushOut();
+    if (this.outBytes > 0) this.flushOut(); // (replies may sit in outBuf only: not yet in `out`)
     if (this.paused) this.maybeResume();
   }
 
