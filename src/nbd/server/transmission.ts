@@ -84,6 +84,12 @@ const SMALL_HELD_BYTES_MAX = 1024 * 1024;
 const OUT_FLUSH_BYTES = 256 * 1024;
 /** Queued replies up to this many bytes in all go to the stream as one concatenated buffer (TLS: one record). */
 const OUT_CONCAT_BYTES_MAX = 16 * 1024;
+/**
+ * Queued replies up to this many bytes in all are tried straight on the fd (writeDirect); larger ones (1 MiB
+ * read replies) go through the stream: the stream's cost is nothing beside theirs, and a direct write then
+ * often finds the socket buffer still full of the previous reply (EAGAIN, an exception in Node).
+ */
+const DIRECT_WRITE_BYTES_MAX = 128 * 1024;
 /** Size of the buffer successful simple replies are encoded into back to back (1024 replies). */
 const OUT_BUF_BYTES = 16 * 1024;
 
@@ -700,7 +706,7 @@ export class Transmission implements DirectReadTarget {
     const total = this.outBytes;
     const usedOutBuf = this.outRunEnd > 0; // views of outBuf are among `out`
     let written = 0;
-    if (this.directFd >= 0 && !this.streamWriting) written = this.writeDirect(out, total);
+    if (this.directFd >= 0 && !this.streamWriting && total <= DIRECT_WRITE_BYTES_MAX) written = this.writeDirect(out, total);
     const pooled = this.outPooled;
     this.out = [];
     this.outBytes = 0;
