@@ -6,7 +6,8 @@
 //        [--repeat N] [--tls off|x509|psk-nbdcopy] [--size-mib 1024] [--dir /dev/shm] [--cli PATH]
 //        [--prof DIR (ours runs under node --cpu-prof, profiles written there)]
 //        [--cli-b PATH: servers "linear-b" / "mirror-b" are the same export served by another build, for A/B tests]
-// Servers: linear (one file), mirror (2-leg core-log mirror of two identical files, nosync), nbdkit (file).
+// Servers: linear (one file), mirror (2-leg core-log mirror of two identical files, nosync), mirror-disk
+// (the same with a disk log file in the work dir), nbdkit (file).
 //
 // Each job is one fio run (same job definitions as run.js, ramp_time 0) against a running server; the
 // server's utime+stime (/proc/PID/stat, all threads) is sampled before and after and divided by the
@@ -60,14 +61,15 @@ function serverDef(name, ctx) {
     const tls = TLS === 'x509' ? ['--tls=require', `--tls-certificates=${ctx.pki.server}`] : [];
     return { command: 'nbdkit', args: ['-f', '-U', socket, '-P', pidFile, ...tls, 'file', ctx.file], socket, pidFile };
   }
-  const known = ['linear', 'linear-b', 'mirror', 'mirror-b'];
+  const known = ['linear', 'linear-b', 'mirror', 'mirror-b', 'mirror-disk', 'mirror-disk-b'];
   if (!known.includes(name)) throw new Error(`unknown server ${name} (${known.join(', ')}, nbdkit)`);
   const cli = name.endsWith('-b') ? flags['cli-b'] : ctx.cli;
   if (cli === undefined) throw new Error(`${name} needs --cli-b PATH`);
   const tls = TLS === 'x509' ? ['--tls', 'require', '--tls-certificates', ctx.pki.server] : [];
   const node = flags.prof !== undefined ? ['--cpu-prof', '--cpu-prof-dir', flags.prof] : [];
   const sectors = SIZE_BYTES / 512;
-  const table = name.startsWith('mirror') ? `0 ${sectors} mirror core 2 1024 nosync 2 ${ctx.file} 0 ${ctx.fileB} 0` : `0 ${sectors} linear ${ctx.file} 0`;
+  const log = name.startsWith('mirror-disk') ? `disk 3 ${join(ctx.dir, `${name}.log`)} 1024 nosync` : 'core 2 1024 nosync';
+  const table = name.startsWith('mirror') ? `0 ${sectors} mirror ${log} 2 ${ctx.file} 0 ${ctx.fileB} 0` : `0 ${sectors} linear ${ctx.file} 0`;
   return {
     command: process.execPath,
     args: [...node, cli, 'serve', '--quiet', '--log-level', 'warn', '--table', table, '--listen', `unix:${socket}`, '--pid-file', pidFile, '--control', join(ctx.dir, `${name}.ctl`), '--dashboard', '0', ...tls],
@@ -111,6 +113,7 @@ async function main() {
     const fileB = join(dir, 'b.img');
     execFileSync('fio', ['--name=fill', `--filename=${file}`, '--rw=write', '--bs=1m', `--size=${SIZE_BYTES}`, '--output=/dev/null'], { cwd: dir });
     if (servers.some((n) => n.startsWith('mirror'))) execFileSync('cp', [file, fileB]);
+    for (const n of servers) if (n.startsWith('mirror-disk')) execFileSync('truncate', ['-s', '1M', join(dir, `${n}.log`)]);
     const ctx = { dir, cli, pki, file, fileB };
     const res = {}; // server -> job -> [{...}]
     for (let round = 0; round < REPEAT; round++) {
