@@ -141,6 +141,14 @@ export async function serverHandshake(io: HandshakeIo, ctx: HandshakeContext, re
     const data = lengthBytes === 0 ? Buffer.alloc(0) : await io.read(lengthBytes);
     const reply = (type: number, payload?: Buffer): void => io.write(encodeOptionReply(option, type, payload));
     const error = (type: number, message: string): void => reply(type, Buffer.from(message, 'utf8'));
+    /** The export `name` selects (INFO, GO, meta contexts), or undefined once refused (unknown, or by policy). */
+    const openable = (name: string): ReturnType<typeof lookupExport> => {
+      const found = lookupExport(ctx.registry, ctx.defaultExportName, name);
+      if (found === undefined) error(C.NBD_REP_ERR_UNKNOWN, `unknown export ${JSON.stringify(name)}`);
+      else if (denied(found.name) !== null) error(C.NBD_REP_ERR_POLICY, `not allowed to open export ${JSON.stringify(name)}`);
+      else return found;
+      return undefined;
+    };
 
     if (tlsMode === 'require' && !tlsActive && option !== C.NBD_OPT_STARTTLS && option !== C.NBD_OPT_ABORT) {
       if (option === C.NBD_OPT_EXPORT_NAME) return { kind: 'disconnect', reason: 'NBD_OPT_EXPORT_NAME before STARTTLS (TLS is required)' };
@@ -195,15 +203,8 @@ export async function serverHandshake(io: HandshakeIo, ctx: HandshakeContext, re
           error(C.NBD_REP_ERR_INVALID, req);
           break;
         }
-        const found = lookupExport(ctx.registry, ctx.defaultExportName, req.name);
-        if (found === undefined) {
-          error(C.NBD_REP_ERR_UNKNOWN, `unknown export ${JSON.stringify(req.name)}`);
-          break;
-        }
-        if (denied(found.name) !== null) {
-          error(C.NBD_REP_ERR_POLICY, `not allowed to open export ${JSON.stringify(req.name)}`);
-          break;
-        }
+        const found = openable(req.name);
+        if (found === undefined) break;
         const negotiated = negotiate(found, st, ctx, req.name);
         const caps = negotiated.capabilities;
         reply(C.NBD_REP_INFO, encodeInfoExport(caps.sizeBytes, negotiated.transmissionFlags));
@@ -248,15 +249,8 @@ export async function serverHandshake(io: HandshakeIo, ctx: HandshakeContext, re
           error(req.startsWith('too many') ? C.NBD_REP_ERR_TOO_BIG : C.NBD_REP_ERR_INVALID, req);
           break;
         }
-        const found = lookupExport(ctx.registry, ctx.defaultExportName, req.name);
-        if (found === undefined) {
-          error(C.NBD_REP_ERR_UNKNOWN, `unknown export ${JSON.stringify(req.name)}`);
-          break;
-        }
-        if (denied(found.name) !== null) {
-          error(C.NBD_REP_ERR_POLICY, `not allowed to open export ${JSON.stringify(req.name)}`);
-          break;
-        }
+        const found = openable(req.name);
+        if (found === undefined) break;
         const matches = isSet
           ? req.queries.includes(C.NBD_META_BASE_ALLOCATION)
           : req.queries.length === 0 || req.queries.some((q) => q === C.NBD_META_NS_BASE || q === C.NBD_META_BASE_ALLOCATION);
