@@ -51,12 +51,7 @@ export function decodeRequestHeader(buf: Buffer, at: number, out: RequestHeader)
 
 /** Decode the extended (32-byte, 64-bit length) header; decoded for completeness, not negotiated. */
 export function decodeExtendedRequestHeader(buf: Buffer, at: number, out: RequestHeader): void {
-  out.magic = buf.readUInt32BE(at);
-  out.flags = buf.readUInt16BE(at + 4);
-  out.type = buf.readUInt16BE(at + 6);
-  out.cookieHi = buf.readUInt32BE(at + 8);
-  out.cookieLo = buf.readUInt32BE(at + 12);
-  out.offsetBytes = buf.readUInt32BE(at + 16) * TWO_POW_32 + buf.readUInt32BE(at + 20);
+  decodeRequestHeader(buf, at, out); // the same fields up to the length, which is 64-bit here
   out.lengthBytes = buf.readUInt32BE(at + 24) * TWO_POW_32 + buf.readUInt32BE(at + 28);
 }
 
