@@ -31,6 +31,7 @@ import type { Leg, LegWriteFlags } from '../../src/mirror/legs/leg.js';
 import type { DirtyLog, SyncMode } from '../../src/mirror/log/dirty-log.js';
 import { verifyMirror } from '../../src/mirror/verify.js';
 import { MemLeg } from './mem-leg.js';
+import { xorshift32 } from '../helpers/xorshift.js';
 
 const REGION = 4096;
 const REGIONS = 8;
@@ -40,19 +41,6 @@ const LIVENESS_STEPS_MAX = 400;
 const TRACE_BYTE = Number(process.env.SIM_TRACE_BYTE ?? 0);
 
 const never = <T>() => new Promise<T>(() => undefined);
-
-/** xorshift32: the simulator's own PRNG, seeded per scenario, so I/O completion order replays. */
-function xorshift(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x / 0x100000000;
-  };
-}
 
 /**
  * A view of a MemLeg for one activation: every op lands after a PRNG-chosen number of event-loop turns
@@ -309,8 +297,8 @@ interface ScenarioStats {
 
 async function runScenario(seedOps: Op[], legCount0: number, disk: boolean, ioSeed: number, handleErrors = false, syncIo = false): Promise<ScenarioStats> {
   const stats: ScenarioStats = { refusals: 0 };
-  const rand = xorshift(ioSeed);
-  const syncRand = syncIo ? xorshift(ioSeed ^ 0x5bd1e995) : null;
+  const rand = xorshift32(ioSeed);
+  const syncRand = syncIo ? xorshift32(ioSeed ^ 0x5bd1e995) : null;
   // The table's legs: a repair (suspend + reload without failed legs + resume) shrinks it.
   let legs = Array.from({ length: legCount0 }, (_, i) => new MemLeg(`/leg${i}`, SIZE, { volatileCache: true }));
   const logDev = disk ? new MemLeg('/log', 8192, { volatileCache: true }) : null;

@@ -16,6 +16,7 @@ import { existsSync } from 'node:fs';
 import { run } from '../../helpers/run.js';
 import { requireTool, unmet } from '../../helpers/tools.js';
 import { ManualScheduler } from '../../../src/mirror/scheduler.js';
+import { xorshift32 } from '../../helpers/xorshift.js';
 
 // Loop devices need root and /dev/loop-control (a missing one fails under CI=true, skips locally).
 const haveLoop =
@@ -35,19 +36,6 @@ function pattern(length: number, seed: number): Buffer {
   const b = Buffer.alloc(length);
   for (let i = 0; i < length; i++) b[i] = (i * 31 + seed * 7 + (i >> 8)) & 0xff;
   return b;
-}
-
-/** Deterministic xorshift random source in [0, 1). */
-function seeded(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x / 2 ** 32;
-  };
 }
 
 describe('FileLeg', () => {
@@ -321,7 +309,7 @@ describe('FaultyLeg', () => {
 
   it('fractional rate follows the seeded random source, reproducibly', async () => {
     async function run(seed: number): Promise<boolean[]> {
-      const leg = new FaultyLeg(new MemoryLeg({ sizeBytes: 4096 }), { random: seeded(seed), rules: { read: { ratePerOp: 0.3 } } });
+      const leg = new FaultyLeg(new MemoryLeg({ sizeBytes: 4096 }), { random: xorshift32(seed), rules: { read: { ratePerOp: 0.3 } } });
       const out: boolean[] = [];
       for (let i = 0; i < 2000; i++) out.push(await leg.read(Buffer.alloc(1), 0).then(() => true, () => false));
       return out;

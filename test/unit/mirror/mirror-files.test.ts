@@ -8,6 +8,7 @@ import { createMirror } from '../../../src/mirror/mirror.js';
 import { DiskLog } from '../../../src/mirror/log/disk.js';
 import { FileLeg } from '../../../src/mirror/legs/file.js';
 import { verifyMirror } from '../../../src/mirror/verify.js';
+import { xorshift32 } from '../../helpers/xorshift.js';
 
 const REGION = 64 * 1024;
 const SIZE = 64 * REGION; // 4 MiB
@@ -18,24 +19,12 @@ afterEach(async () => {
   dir = '';
 });
 
-function prng(seed: number) {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x / 0x100000000;
-  };
-}
-
 describe('mirror over file legs', () => {
   it('random writes during the initial resync; afterwards the leg files are identical and correct', async () => {
     dir = await mkdtemp(join(tmpdir(), 'nbd-mirror-files-'));
     const paths = ['a', 'b', 'c'].map((n) => join(dir, n));
     const seedBytes = Buffer.alloc(SIZE);
-    const rand = prng(20261125);
+    const rand = xorshift32(20261125);
     for (let i = 0; i < SIZE; i++) seedBytes[i] = (rand() * 256) | 0;
     await writeFile(paths[0]!, seedBytes); // leg 0 has data; the others start as zeros
     await writeFile(paths[1]!, Buffer.alloc(SIZE));
