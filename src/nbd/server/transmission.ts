@@ -563,34 +563,26 @@ export class Transmission implements DirectReadTarget {
     const cookieLo = h.cookieLo;
     this.inFlightRequests++;
     const p = this.exp.write(data, h.offsetBytes, { fua: (h.flags & C.NBD_CMD_FLAG_FUA) !== 0 });
-    if (held !== null) {
-      const lender = this.lender!;
-      p.then(
-        () => {
-          lender.release(held);
-          this.completeOk(cookieHi, cookieLo, data.length);
-        },
-        (err: unknown) => {
-          lender.release(held);
-          this.failed(cookieHi, cookieLo, false, err, data.length);
-        },
-      );
-      return;
-    }
-    if (!pooled || !(this.pool.pooled(data.length) || this.smallPool.pooled(data.length))) {
+    if (held === null && (!pooled || !(this.pool.pooled(data.length) || this.smallPool.pooled(data.length)))) {
       this.settle(p, cookieHi, cookieLo, data.length);
       return;
     }
     p.then(
       () => {
-        this.releasePayload(data);
+        this.releaseWritePayload(data, held);
         this.completeOk(cookieHi, cookieLo, data.length);
       },
       (err: unknown) => {
-        this.releasePayload(data);
+        this.releaseWritePayload(data, held);
         this.failed(cookieHi, cookieLo, false, err, data.length);
       },
     );
+  }
+
+  /** A settled WRITE's payload: its held scratch goes back to the lender, else its buffer to its pool. */
+  private releaseWritePayload(data: Buffer, held: Scratch | null): void {
+    if (held !== null) this.lender!.release(held);
+    else this.releasePayload(data);
   }
 
   /** A buffer for a WRITE payload of n bytes (pooled sizes come back through releasePayload). */
