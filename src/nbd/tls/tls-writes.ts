@@ -52,21 +52,14 @@ export function splitLargeTlsWrites(socket: Duplex, aloneBytesMin = TLS_WRITE_AL
       return;
     }
     let at = 0;
-    const next = (err?: Error | null): void => {
-      if (err) {
-        cb(err);
-        return;
-      }
-      if (at >= chunk.length) {
-        cb(null);
-        return;
-      }
+    inSequence((next) => {
+      if (at >= chunk.length) return false;
       const end = Math.min(at + pieceBytes, chunk.length);
       const piece = chunk.subarray(at, end);
       at = end;
       writeWhole.call(this, piece, encoding, next);
-    };
-    next();
+      return true;
+    }, cb);
   };
   const write = pieceBytes > 0 ? pieceWrite : writeWhole;
   s._write = write;
@@ -83,29 +76,34 @@ export function splitLargeTlsWrites(socket: Duplex, aloneBytesMin = TLS_WRITE_AL
       return;
     }
     let i = 0;
-    const next = (err?: Error | null): void => {
-      if (err) {
-        cb(err);
-        return;
-      }
-      if (i >= chunks.length) {
-        cb(null);
-        return;
-      }
+    inSequence((next) => {
+      if (i >= chunks.length) return false;
       const c = chunks[i]!;
       let j = i + 1;
       if (c.chunk.length < aloneBytesMin) while (j < chunks.length && chunks[j]!.chunk.length < aloneBytesMin) j++;
       if (j - i === 1) {
         i = j;
         write.call(this, c.chunk, c.encoding, next);
-        return;
+        return true;
       }
       const run: WritevChunks = chunks.slice(i, j);
       run.allBuffers = chunks.allBuffers;
       i = j;
       writev.call(this, run, next);
-    };
-    next();
+      return true;
+    }, cb);
   };
   return true;
+}
+
+/**
+ * Writes one after another: `step(next)` starts the next write with `next` as its callback and returns
+ * true, or returns false when nothing is left; `cb` gets null after the last one, or the first error.
+ */
+function inSequence(step: (next: WriteCb) => boolean, cb: WriteCb): void {
+  const next = (err?: Error | null): void => {
+    if (err) cb(err);
+    else if (!step(next)) cb(null);
+  };
+  next();
 }
