@@ -7,7 +7,7 @@
 import { describe, expect, it } from 'vitest';
 import { createMirror } from '../../../src/mirror/mirror.js';
 import { CoreLog } from '../../../src/mirror/log/core.js';
-import type { Leg } from '../../../src/mirror/legs/leg.js';
+import { LegFilter, type LegOp } from '../../../src/mirror/legs/filter.js';
 import { ExportError } from '../../../src/nbd/export.js';
 import { MemLeg } from '../../sim/mem-leg.js';
 
@@ -15,38 +15,19 @@ const REGION = 64 * 1024;
 const SIZE = REGION * 8;
 
 /** A MemLeg whose non-FUA writes complete synchronously (writeNow) unless `async` is set. */
-class SyncLeg implements Leg {
+class SyncLeg extends LegFilter {
   async = false;
-  constructor(readonly inner: MemLeg) {}
-  get device() {
-    return this.inner.device;
+  constructor(readonly mem: MemLeg) {
+    super(mem);
   }
-  get sizeBytes() {
-    return this.inner.sizeBytes;
+  protected run(_op: LegOp, _offsetBytes: number, _lengthBytes: number, call: () => Promise<void>): Promise<void> {
+    return call();
   }
   writeNow(d: Buffer, o: number): Error | null | undefined {
-    return this.async ? undefined : this.inner.writeSync(d, o);
+    return this.async ? undefined : this.mem.writeSync(d, o);
   }
   readNow(t: Buffer, o: number): Error | null | undefined {
-    return this.inner.readSync(t, o);
-  }
-  read(t: Buffer, o: number) {
-    return this.inner.read(t, o);
-  }
-  write(d: Buffer, o: number, f: { fua: boolean }) {
-    return this.inner.write(d, o, f);
-  }
-  flush() {
-    return this.inner.flush();
-  }
-  trim(o: number, l: number) {
-    return this.inner.trim(o, l);
-  }
-  zero(o: number, l: number, f: { mayTrim: boolean }) {
-    return this.inner.zero(o, l, f);
-  }
-  close() {
-    return this.inner.close();
+    return this.mem.readSync(t, o);
   }
 }
 
@@ -76,10 +57,10 @@ describe('mirror writes settled on the submitting stack', () => {
     await p;
     for (const l of legs) {
       const back = Buffer.alloc(data.length);
-      expect(l.inner.readSync(back, REGION - 4096)).toBeNull();
+      expect(l.mem.readSync(back, REGION - 4096)).toBeNull();
       expect(back.equals(data)).toBe(true);
       const b2 = Buffer.alloc(4096);
-      l.inner.readSync(b2, 4096);
+      l.mem.readSync(b2, 4096);
       expect(b2.every((x) => x === 2)).toBe(true);
     }
     await m.close();
@@ -88,10 +69,10 @@ describe('mirror writes settled on the submitting stack', () => {
   it('every leg failing on the stack rejects with EIO; one failing degrades the mirror and the write succeeds after the stale record', async () => {
     const { m, legs } = await mirror();
     await m.write(Buffer.alloc(512, 1), 0, { fua: false }); // mark region 0
-    legs[1]!.inner.failWrites = true;
+    legs[1]!.mem.failWrites = true;
     await expect(m.write(Buffer.alloc(512, 2), 512, { fua: false })).resolves.toBeUndefined();
     expect(m.status().healthChars).toBe('AD');
-    legs[0]!.inner.failWrites = true;
+    legs[0]!.mem.failWrites = true;
     const err = await m.write(Buffer.alloc(512, 3), 1024, { fua: false }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ExportError);
     expect((err as ExportError).errno).toBe('EIO');
@@ -101,20 +82,20 @@ describe('mirror writes settled on the submitting stack', () => {
   it('handle_errors: a write whose leg failed on the stack is held (pending) until resume re-issues it', async () => {
     const { m, legs } = await mirror(true);
     await m.write(Buffer.alloc(512, 1), 0, { fua: false });
-    legs[1]!.inner.failWrites = true;
+    legs[1]!.mem.failWrites = true;
     let settled = false;
     const p = m.write(Buffer.alloc(512, 9), 512, { fua: false }).then(() => (settled = true));
     for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
     expect(settled).toBe(false);
     expect(m.status().heldWrites).toBe(1);
     await m.suspend({ noflush: true });
-    legs[1]!.inner.failWrites = false;
+    legs[1]!.mem.failWrites = false;
     m.reload({ legs: [legs[0]!] }); // drop the failed leg
     await m.resume();
     await p;
     expect(settled).toBe(true);
     const back = Buffer.alloc(512);
-    legs[0]!.inner.readSync(back, 512);
+    legs[0]!.mem.readSync(back, 512);
     expect(back.every((x) => x === 9)).toBe(true);
     await m.close();
   });
