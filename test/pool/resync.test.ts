@@ -41,7 +41,7 @@ beforeAll(async () => {
 afterAll(() => removePoolDir(dir));
 
 async function mirrorSpec(volume: string): Promise<MirrorTableSpec> {
-  const spec = parseTable((await ok(['table', `p/${volume}`], env)).trim());
+  const spec = parseTable((await ok<string>(['table', `p/${volume}`], env)).trim());
   if (spec.kind !== 'mirror') throw new Error('not a mirror');
   return spec;
 }
@@ -60,7 +60,7 @@ describe.runIf(haveTools)('resync (lvchange --resync)', () => {
     // The new volume's first activation: every region out of sync, leg 1 the source. Leg 1's reads fail, so
     // the first resync copy fails it while regions are out of sync: the log records it as the lost source.
     const opener = defaultLegOpener();
-    const exp = (await openTable(parseTable((await ok(['table', 'p/lost'], env)).trim()), {
+    const exp = (await openTable(parseTable((await ok<string>(['table', 'p/lost'], env)).trim()), {
       openLeg: async (device, offsetBytes, opts) => {
         const leg = await opener(device, offsetBytes, opts);
         return device === l1!.device && offsetBytes === l1!.offsetSectors * 512 ? new FaultyLeg(leg, { rules: { read: { errno: 'EIO' } } }) : leg;
@@ -117,9 +117,9 @@ describe.runIf(haveTools)('resync (lvchange --resync)', () => {
   });
 
   it('drops the nosync flag (a nosync table would declare every region in sync again)', async () => {
-    expect((await ok(['table', 'p/ns'], env)).trim()).toMatch(/ nosync /);
+    expect((await ok<string>(['table', 'p/ns'], env)).trim()).toMatch(/ nosync /);
     await ok(['resync', 'p/ns'], env);
-    expect((await ok(['table', 'p/ns'], env)).trim()).not.toMatch(/nosync/);
+    expect((await ok<string>(['table', 'p/ns'], env)).trim()).not.toMatch(/nosync/);
   });
 
   it('refuses a --source that is not a leg, a linear volume and a served volume, changing nothing', async () => {
