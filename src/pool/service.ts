@@ -366,9 +366,9 @@ export async function volumeResync(ref: string, poolFlag: string | undefined, so
   if (spec.kind !== 'mirror') throw new PoolError('EINVAL', `resync ${current.name}: not a mirror`);
   let first = spec.legs[0]!;
   if (source !== undefined) {
-    const want = await realpath(source).catch(() => resolve(source));
-    const legPaths = await Promise.all(spec.legs.map((l) => realpath(l.device).catch(() => resolve(l.device))));
-    const i = legPaths.indexOf(want);
+    // The pool device it names (path or uuid, as pool reduce takes it); spec.legs[i] is current.legs[i].
+    const uuid = await deviceUuidOf(pool, source).catch(() => null);
+    const i = uuid === null ? -1 : current.legs.findIndex((run) => run.device === uuid);
     if (i < 0) throw new PoolError('EINVAL', `resync ${current.name}: --source ${source} is not a leg of the volume (legs: ${spec.legs.map((l) => l.device).join(', ')})`);
     first = spec.legs[i]!;
   }
