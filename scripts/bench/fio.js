@@ -43,6 +43,28 @@ export function jobFile({ uri, sizeBytes, runtimeSec, jobs }) {
   return lines.join('\n');
 }
 
+/** The figure a job is judged by: IOPS for the 4k jobs, bytes/s for the others (1m, where bandwidth is the point). */
+export function figureOf(jobName, result) {
+  return JOBS[jobName].bs === '4k' ? result.iops : result.bwBytesPerSec;
+}
+
+export function median(values) {
+  const v = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(v.length / 2);
+  return v.length % 2 === 1 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
+}
+
+/**
+ * Paired ratios: a[i] / b[i] for each round i (the two measured in the same round on the same job, seconds
+ * apart), their median, min and max; and, for comparison with reports before pairing, median(a) / median(b).
+ */
+export function pairedRatio(a, b) {
+  if (a.length !== b.length || a.length === 0) throw new Error(`pairedRatio: ${a.length} vs ${b.length} rounds`);
+  const round4 = (x) => Math.round(x * 1e4) / 1e4;
+  const perRound = a.map((x, i) => x / b[i]);
+  return { median: round4(median(perRound)), min: round4(Math.min(...perRound)), max: round4(Math.max(...perRound)), perRound: perRound.map(round4), ratioOfMedians: round4(median(a) / median(b)) };
+}
+
 /** Runs fio once over all jobs; returns { jobName: { iops, bwBytesPerSec, clatP50Us, clatP99Us } }. */
 /** `env`: fio's environment (TLS: HOME pointing at libnbd's client certificates, see tls-pki.js). */
 export async function runFio({ workDir, label, uri, sizeBytes, runtimeSec, jobs, env }) {

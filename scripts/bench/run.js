@@ -1,8 +1,11 @@
 #!/usr/bin/env node
 // npm run bench [-- --servers linear,nbdkit --runtime 3 --dir /dev/shm --no-resync]
 //
-// One run of the same fio job file (fio's nbd engine over a unix socket) against each server on the same
-// backing file(s), then a table of IOPS / MB/s with ratios to `nbdkit file`, and bench-results/latest.json.
+// The same fio job file (fio's nbd engine over a unix socket) against each server on the same backing
+// file(s), then tables of IOPS / MB/s with paired ratios to `nbdkit file`, and bench-results/latest.json.
+// Servers are compared within groups; rounds are job-major: in each round, each job runs against every
+// server of a group back to back (the order changes with the round and job, see runOrder), so the figures
+// compared on a job were measured seconds apart. A ratio is the median over rounds of the per-round ratio.
 //   single file:  linear (ours) vs nbdkit file vs qemu-nbd
 //   2-leg mirror: mirror-core, mirror-disk (ours) vs nbdkit file on one leg (the ceiling) vs qemu-nbd quorum
 //   resync:       full resync of a 2-leg core-log mirror (unthrottled) vs nbdcopy copying leg A to leg B
@@ -11,15 +14,16 @@
 // Backing files live in --dir (default /dev/shm, tmpfs), so the figures measure the servers, not a disk.
 import { execFileSync, spawn } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { copyFile, mkdir, mkdtemp, open, rm, writeFile } from 'node:fs/promises';
 import { cpus, hostname, loadavg, release, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { JOBS, runFio } from './fio.js';
+import { figureOf, JOBS, median, pairedRatio, runFio } from './fio.js';
 import { privateBuildCopy } from './build.js';
 import { writeBenchChart } from './chart.js';
-import { mirrorTable, SERVERS, setCli, startServer } from './servers.js';
+import { mirrorTable, runOrder, SERVERS, setCli, startServer } from './servers.js';
 import { makePki } from './tls-pki.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -29,10 +33,45 @@ const MIRROR_GROUP = ['mirror-core', 'mirror-disk', 'nbdkit', 'qemu-quorum'];
 const TLS_GROUP = ['linear-tls', 'nbdkit-tls'];
 /** The TLS rows measure issue 12's jobs only (the others are the same code paths as without TLS). */
 const TLS_JOBS = ['read-1m-qd8', 'write-1m-qd8', 'randwrite-4k-qd32'];
+/**
+ * The groups servers are compared in, each measured job-major (see above) with its servers running through
+ * the round: none of these servers locks or caches the files, the one qemu-nbd of a group is the only process
+ * taking qemu's image locks (qemu-nbd and qemu-quorum would conflict on A, so they are in different groups),
+ * and the disk log file is mirror-disk's own. nbdkit is in two groups, so it runs in both: every ratio to it
+ * pairs figures measured seconds apart. `pairs`: ratios besides every server to `base`.
+ */
+const GROUPS = [
+  { key: 'single', title: 'Single file', servers: SINGLE_GROUP, base: 'nbdkit', jobs: null, pairs: [] },
+  {
+    key: 'mirror',
+    title: '2-leg mirror (nbdkit = one file, the ceiling)',
+    servers: MIRROR_GROUP,
+    base: 'nbdkit',
+    jobs: null,
+    pairs: [
+      ['mirror-core', 'qemu-quorum'],
+      ['mirror-disk', 'qemu-quorum'],
+      ['mirror-disk', 'mirror-core'],
+    ],
+  },
+  { key: 'tls', title: 'TLS (both --tls require, X.509, TLS 1.3; target >= 0.8x)', servers: TLS_GROUP, base: 'nbdkit-tls', jobs: TLS_JOBS, pairs: [] },
+];
+/** Issue 4's targets (and issue 12's TLS one): ratio `a/b` on `jobs` (null: every job run) at least `min`. */
+const TARGETS = [
+  { issue: 4, what: 'mirror, core log >= 0.8x nbdkit file', a: 'mirror-core', b: 'nbdkit', min: 0.8, jobs: null },
+  { issue: 4, what: 'mirror, disk log >= 0.8x nbdkit file', a: 'mirror-disk', b: 'nbdkit', min: 0.8, jobs: null },
+  { issue: 4, what: 'mirror, core log >= 1.5x qemu-nbd quorum', a: 'mirror-core', b: 'qemu-quorum', min: 1.5, jobs: null },
+  { issue: 4, what: 'mirror, disk log >= 1.5x qemu-nbd quorum', a: 'mirror-disk', b: 'qemu-quorum', min: 1.5, jobs: null },
+  { issue: 4, what: 'disk log at most 10% slower than core log', a: 'mirror-disk', b: 'mirror-core', min: 0.9, jobs: ['randwrite-4k-qd32'] },
+  { issue: 12, what: 'linear TLS >= 0.8x nbdkit TLS', a: 'linear-tls', b: 'nbdkit-tls', min: 0.8, jobs: TLS_JOBS },
+];
+/** The resync target (issue 4): nbdcopy time / ours, end to end, at least this. */
+const RESYNC_TARGET_MIN = 0.8;
 const DEFAULT_OUT = join(ROOT, 'bench-results', 'latest.json');
 const FILL_CHUNK_BYTES = 8 * 1024 * 1024;
 /** A resync that has not finished by then is reported as failed rather than waited for. */
 const RESYNC_TIMEOUT_MS = 120_000;
+const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim());
 
 const { values: flags } = parseArgs({
   options: {
@@ -55,7 +94,7 @@ if (flags.help) {
        [--runtime SEC per job] [--size BYTES] [--dir DIR for backing files] [--no-resync] [--no-tls] [--out FILE]
        [--only-resync: just the resync comparison (with --repeat N: N interleaved rounds, medians)]
        [--cli PATH to bin/nbd-mirror.js; default: a private build of src/ in .cache/e2e/]
-       [--repeat N: N interleaved rounds over the servers, the median per job is reported (noisy machines)]`);
+       [--repeat N: N rounds, each running every job on the servers of a group back to back; medians over rounds]`);
   process.exit(0);
 }
 // --only-resync writes its own report (the full run's latest.json and the README chart stay as they are).
@@ -115,21 +154,53 @@ function machine() {
   };
 }
 
-async function benchServer(name, ctx) {
-  const def = SERVERS[name](ctx);
-  process.stdout.write(`  ${name.padEnd(12)} ${def.description} ... `);
-  const server = await startServer(def);
+function cpuSec(pid) {
   try {
-    const uri = `${def.tls ? 'nbds+unix' : 'nbd+unix'}:///?socket=${def.socket}`;
-    const env = def.tls ? { ...process.env, HOME: ctx.pki.home } : undefined;
-    const serverJobs = def.tls ? jobs.filter((j) => TLS_JOBS.includes(j)) : jobs;
-    const results = await runFio({ workDir: ctx.dir, label: name, uri, sizeBytes: ctx.sizeBytes, runtimeSec, jobs: serverJobs, env });
-    process.stdout.write('done\n');
-    return { description: def.description, table: def.table, jobs: results };
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) / CLK_TCK; // utime, stime of every thread
+  } catch {
+    return NaN;
+  }
+}
+
+/**
+ * One round of one group: its servers start, then for each job every server runs it (fio, one job) back to
+ * back in runOrder(servers, round + job index), then they stop. Results go to `out[job][server]` (pushed,
+ * one per round). Also measures what an idle server costs the one being measured: the CPU each server uses
+ * while another one runs a job.
+ */
+async function benchGroupRound(group, round, ctx, out) {
+  const running = [];
+  try {
+    for (const name of group.servers) {
+      const def = SERVERS[name](ctx);
+      if (round === 0) console.log(`    ${name.padEnd(12)} ${def.description}`);
+      running.push({ name, def, server: await startServer(def) });
+    }
+    for (const [j, job] of group.jobs.entries()) {
+      const order = runOrder(group.servers, round + j);
+      const cells = [];
+      for (const name of order) {
+        const { def } = running.find((r) => r.name === name);
+        const others = running.filter((r) => r.name !== name);
+        const before = others.map((r) => cpuSec(r.server.pid));
+        const uri = `${def.tls ? 'nbds+unix' : 'nbd+unix'}:///?socket=${def.socket}`;
+        const env = def.tls ? { ...process.env, HOME: ctx.pki.home } : undefined;
+        const result = (await runFio({ workDir: ctx.dir, label: name, uri, sizeBytes: ctx.sizeBytes, runtimeSec, jobs: [job], env }))[job];
+        others.forEach((r, i) => {
+          const ms = (cpuSec(r.server.pid) - before[i]) * 1000;
+          if (ms > (ctx.idleCpu.maxMs ?? -1)) ctx.idleCpu = { maxMs: ms, server: r.name, whileRunning: name, job };
+        });
+        ((out[job] ??= {})[name] ??= []).push({ ...result, position: order.indexOf(name) });
+        cells.push(`${name} ${figureText(job, result)}`);
+      }
+      console.log(`    ${job.padEnd(18)} ${cells.join(', ')}`);
+    }
   } finally {
-    const status = await server.stop();
-    if (status.code !== 0 && name !== 'qemu-nbd' && name !== 'qemu-quorum') {
-      console.warn(`  warning: ${name} exited with ${status.code ?? status.signal} on SIGTERM`);
+    for (const { name, server } of running) {
+      const status = await server.stop();
+      if (status.code !== 0 && name !== 'qemu-nbd' && name !== 'qemu-quorum') console.warn(`  warning: ${name} exited with ${status.code ?? status.signal} on SIGTERM`);
     }
   }
 }
@@ -227,58 +298,159 @@ async function benchResync(ctx, rounds) {
     nbdcopySec,
     nbdcopyMBps: mbps(nbdcopySec),
     perRound: ours.map((r, i) => ({ ...r, nbdcopySec: nbdcopy[i] })),
+    // nbdcopy time / ours in each round (the two ran back to back): median, min, max over rounds.
+    endToEndRatioPaired: pairedRatio(nbdcopy, ours.map((r) => r.endToEndSec)),
+    engineRatioPaired: ours.every((r) => r.engineSec !== null) ? pairedRatio(nbdcopy, ours.map((r) => r.engineSec)) : null,
     note:
       'end to end (oursSec, endToEndRatio): spawn of `nbd-mirror serve` to its in-sync event, node start-up included; ' +
       'engine (engineSec, engineRatio): the resync start (the table opened and handed out its first region; from the runningMs of its resync-progress events) to in-sync; ' +
       'startupSec: spawn to resync start; readySec: spawn to the pid file (every address listening); ' +
-      'engineReportedMBps: the rate in the last resync-progress event; nbdcopy: local file to file, same files; ratio = nbdcopy time / ours',
+      'engineReportedMBps: the rate in the last resync-progress event; nbdcopy: local file to file, same files; ratio = nbdcopy time / ours; ' +
+      'endToEndRatio, engineRatio: ratio of the medians; *RatioPaired: median, min, max over rounds of the ratio within a round',
   };
 }
 
-function median(values) {
-  const v = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(v.length / 2);
-  return v.length % 2 === 1 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
-}
-
-function medianResult(runs) {
+function medianResult(runs, groups) {
   const jobsOut = {};
   for (const job of Object.keys(runs[0].jobs)) {
     const of = (k) => median(runs.map((r) => r.jobs[job][k]).filter((x) => x !== null));
+    const iops = runs.map((r) => r.jobs[job].iops);
     jobsOut[job] = {
       iops: Math.round(of('iops')),
       bwBytesPerSec: Math.round(of('bwBytesPerSec')),
       clatP50Us: of('clatP50Us') ?? null,
       clatP99Us: of('clatP99Us') ?? null,
-      ...(runs.length > 1 ? { iopsPerRound: runs.map((r) => r.jobs[job].iops) } : {}),
+      // A server in two groups (nbdkit) ran twice per round: its medians are over all its runs.
+      ...(runs.length > 1 ? (groups.length > 1 ? { iopsPerRun: iops } : { iopsPerRound: iops }) : {}),
     };
   }
-  return { description: runs[0].description, table: runs[0].table, rounds: runs.length, jobs: jobsOut };
+  return { description: runs[0].description, table: runs[0].table, rounds: repeat, runs: runs.length, groups, jobs: jobsOut };
+}
+
+/** The groups this run measures: those with a chosen server besides their base, with their chosen servers and jobs. */
+function groupsToRun() {
+  const chosen = [];
+  const jobsOf = (g) => (g.jobs ?? jobs).filter((j) => jobs.includes(j));
+  for (const g of GROUPS) {
+    const members = g.servers.filter((s) => servers.includes(s));
+    if (members.some((s) => s !== g.base) && jobsOf(g).length > 0) chosen.push({ ...g, servers: members, jobs: jobsOf(g) });
+  }
+  // A server chosen without anything to compare it with (e.g. --servers nbdkit) still runs, in its first group.
+  for (const s of servers) {
+    if (chosen.some((g) => g.servers.includes(s))) continue;
+    const g = GROUPS.find((x) => x.servers.includes(s));
+    if (jobsOf(g).length > 0) chosen.push({ ...g, servers: [s], jobs: jobsOf(g) });
+  }
+  return chosen;
+}
+
+/** Per job: each server's figure in every round, and the paired ratios (fio.js pairedRatio) of the group. */
+function pairedGroup(group, out) {
+  const has = (s) => group.servers.includes(s);
+  const pairs = [...group.servers.filter((s) => s !== group.base && has(group.base)).map((s) => [s, group.base]), ...group.pairs.filter(([a, b]) => has(a) && has(b))];
+  const jobsOut = {};
+  for (const job of group.jobs) {
+    const perRound = Object.fromEntries(group.servers.map((s) => [s, out[job][s].map((r) => figureOf(job, r))]));
+    jobsOut[job] = {
+      metric: JOBS[job].bs === '4k' ? 'iops' : 'bwBytesPerSec',
+      median: Object.fromEntries(group.servers.map((s) => [s, median(perRound[s])])),
+      perRound,
+      positionPerRound: Object.fromEntries(group.servers.map((s) => [s, out[job][s].map((r) => r.position)])),
+      ratios: Object.fromEntries(pairs.map(([a, b]) => [`${a}/${b}`, pairedRatio(perRound[a], perRound[b])])),
+    };
+  }
+  return { title: group.title, servers: group.servers, base: group.base, jobs: jobsOut };
+}
+
+function targetsOf(paired, resync) {
+  const out = [];
+  const row = (t, ratio, job, r) => ({
+    issue: t.issue,
+    target: t.what,
+    ratio,
+    job,
+    threshold: t.min,
+    ratioMedian: r.median,
+    ratioMin: r.min,
+    ratioMax: r.max,
+    roundsMet: r.perRound.filter((x) => x >= t.min).length,
+    rounds: r.perRound.length,
+    met: r.median >= t.min,
+  });
+  for (const t of TARGETS) {
+    const key = `${t.a}/${t.b}`;
+    for (const group of Object.values(paired)) {
+      for (const [job, j] of Object.entries(group.jobs)) {
+        if (j.ratios[key] !== undefined && (t.jobs === null || t.jobs.includes(job))) out.push(row(t, key, job, j.ratios[key]));
+      }
+    }
+  }
+  if (resync !== undefined && !resync.error) {
+    out.push(row({ issue: 4, what: `unthrottled resync >= ${RESYNC_TARGET_MIN}x nbdcopy (end to end)`, min: RESYNC_TARGET_MIN }, 'nbdcopy time / ours', 'resync', resync.endToEndRatioPaired));
+  }
+  return out;
 }
 
 function fmt(n) {
   return n >= 100 ? String(Math.round(n)) : n.toFixed(1);
 }
 
-function printTable(title, names, results, baseName = 'nbdkit') {
-  const present = names.filter((n) => results[n] !== undefined);
-  if (present.every((n) => n === baseName)) return; // nothing of ours in this group was run
-  console.log(`\n${title}`);
-  const header = ['job'.padEnd(18), ...present.map((n) => n.padStart(22))].join(' ');
-  console.log(header);
-  for (const job of jobs) {
-    if (present.every((n) => results[n].jobs[job] === undefined)) continue;
-    const base = results[baseName]?.jobs[job];
-    const cells = present.map((n) => {
-      const r = results[n].jobs[job];
-      if (r === undefined) return '-'.padStart(22);
-      const metric = JOBS[job].bs === '4k' ? `${fmt(r.iops)} IOPS` : `${fmt(r.bwBytesPerSec / 1e6)} MB/s`;
-      const ratio = base !== undefined ? ` ${(JOBS[job].bs === '4k' ? r.iops / base.iops : r.bwBytesPerSec / base.bwBytesPerSec).toFixed(2)}x` : '';
-      return `${metric}${ratio}`.padStart(22);
-    });
-    console.log([job.padEnd(18), ...cells].join(' '));
+function figureText(job, r) {
+  return JOBS[job].bs === '4k' ? `${fmt(r.iops)} IOPS` : `${fmt(r.bwBytesPerSec / 1e6)} MB/s`;
+}
+
+function ratioText(r) {
+  return repeat > 1 ? `${r.median.toFixed(2)}x [${r.min.toFixed(2)}-${r.max.toFixed(2)}]` : `${r.median.toFixed(2)}x`;
+}
+
+function printColumns(rows) {
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
+  for (const r of rows) console.log(r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('   '));
+}
+
+function printGroup(group) {
+  const baseText = group.base === 'nbdkit' ? 'nbdkit file' : group.base;
+  console.log(`\n${group.title}`);
+  const rows = [['job', ...group.servers]];
+  for (const [job, j] of Object.entries(group.jobs)) {
+    rows.push([
+      job,
+      ...group.servers.map((s) => {
+        const abs = j.metric === 'iops' ? `${fmt(j.median[s])} IOPS` : `${fmt(j.median[s] / 1e6)} MB/s`;
+        const r = j.ratios[`${s}/${group.base}`];
+        return r === undefined ? abs : `${abs}  ${ratioText(r)}`;
+      }),
+    ]);
   }
-  console.log(`(ratio = this server / ${baseName === 'nbdkit' ? 'nbdkit file' : baseName} on the same job)`);
+  printColumns(rows);
+  const others = Object.keys(Object.values(group.jobs)[0].ratios).filter((k) => !k.endsWith(`/${group.base}`));
+  if (others.length > 0) {
+    const more = [['paired ratio', ...others]];
+    for (const [job, j] of Object.entries(group.jobs)) more.push([job, ...others.map((k) => ratioText(j.ratios[k]))]);
+    console.log('');
+    printColumns(more);
+  }
+  const rounds = repeat > 1 ? `median of ${repeat} rounds` : 'one round';
+  console.log(
+    `(figures: ${rounds}, IOPS for 4k jobs, MB/s for 1m. Ratio A/B: A's figure / B's in the same round on the same job, run back to back; ` +
+      `${repeat > 1 ? 'median over rounds [min-max of the per-round ratios]' : 'one round'}; a bare ratio is to ${baseText})`,
+  );
+}
+
+function printTargets(targets) {
+  if (targets.length === 0) return;
+  console.log(`\nTargets (paired ratio: ${repeat > 1 ? `median over ${repeat} rounds [min-max]` : 'one round'}; met = the median at or above the target)`);
+  const rows = targets.map((t) => [
+    `issue ${t.issue}`,
+    t.target,
+    t.job,
+    t.rounds > 1 ? `${t.ratioMedian.toFixed(2)}x [${t.ratioMin.toFixed(2)}-${t.ratioMax.toFixed(2)}]` : `${t.ratioMedian.toFixed(2)}x`,
+    `${t.met ? 'met' : 'MISSED'}${t.rounds > 1 ? ` (${t.roundsMet}/${t.rounds} rounds)` : ''}`,
+  ]);
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
+  for (const r of rows) console.log(`  ${r.map((cell, c) => (c === 3 ? cell.padStart(widths[c]) : cell.padEnd(widths[c]))).join('  ')}`.trimEnd());
+  const missed = targets.filter((t) => !t.met).length;
+  console.log(`  ${targets.length - missed}/${targets.length} met`);
 }
 
 async function main() {
@@ -294,15 +466,30 @@ async function main() {
     await fillRandom(ctx.files.a, sizeBytes);
     if (servers.length > 0) await copyFile(ctx.files.a, ctx.files.b);
     await sparse(ctx.files.log, 1024 * 1024);
-    // Rounds are interleaved (every server once per round) so a burst of load elsewhere on the machine
-    // hits all servers alike; each figure is the median over the rounds.
-    const rounds = {};
-    for (let round = 0; round < repeat && servers.length > 0; round++) {
-      if (repeat > 1) console.log(`  round ${round + 1}/${repeat}`);
-      for (const name of servers) (rounds[name] ??= []).push(await benchServer(name, ctx));
+    // Rounds: in each, every group in turn runs each of its jobs against all its servers back to back
+    // (benchGroupRound), so a burst of load elsewhere on the machine hits the servers compared on a job alike.
+    const groups = groupsToRun();
+    const measured = {}; // group key -> job -> server -> [result per round]
+    ctx.idleCpu = {};
+    for (let round = 0; round < repeat && groups.length > 0; round++) {
+      for (const group of groups) {
+        console.log(`  round ${round + 1}/${repeat}, ${group.key} group`);
+        await benchGroupRound(group, round, ctx, (measured[group.key] ??= {}));
+      }
     }
     const results = {};
-    for (const name of servers) results[name] = medianResult(rounds[name]);
+    for (const name of servers) {
+      const inGroups = groups.filter((g) => g.servers.includes(name));
+      const runs = inGroups.flatMap((g) =>
+        Array.from({ length: repeat }, (_, i) => ({ jobs: Object.fromEntries(g.jobs.map((job) => [job, measured[g.key][job][name][i]])) })),
+      );
+      const def = SERVERS[name](ctx);
+      results[name] = medianResult(
+        runs.map((r) => ({ ...r, description: def.description, table: def.table })),
+        inGroups.map((g) => g.key),
+      );
+    }
+    const paired = Object.fromEntries(groups.map((g) => [g.key, pairedGroup(g, measured[g.key])]));
     let resync;
     if (runResync) {
       process.stdout.write(`  resync       full resync of 2-leg core-log mirror vs nbdcopy A -> B${repeat > 1 ? `, ${repeat} rounds` : ''} ... `);
@@ -310,9 +497,11 @@ async function main() {
       process.stdout.write('done\n');
     }
 
-    printTable('Single file', SINGLE_GROUP, results);
-    printTable('2-leg mirror (nbdkit = one file, the ceiling)', MIRROR_GROUP, results);
-    printTable('TLS (both --tls require, X.509, TLS 1.3; target >= 0.8x)', TLS_GROUP, results, 'nbdkit-tls');
+    for (const group of Object.values(paired)) if (group.servers.some((s) => s !== group.base)) printGroup(group);
+    if (ctx.idleCpu.maxMs !== undefined) {
+      const i = ctx.idleCpu;
+      console.log(`\n(idle servers: at most ${i.maxMs.toFixed(0)} ms of CPU while another one ran a job: ${i.server} while ${i.whileRunning} ran ${i.job})`);
+    }
     if (resync !== undefined) {
       console.log('\nResync of', `${sizeBytes / 2 ** 20} MiB`);
       if (resync.error) console.log(`  ours: FAILED: ${resync.error}`);
@@ -324,9 +513,15 @@ async function main() {
         console.log(`  nbd-mirror, engine (resync start -> in-sync):  ${sec(resync.engineSec)}, ${rate(resync.engineMBps)}, ${x(resync.engineRatio)} nbdcopy`);
         console.log(`    start-up (spawn -> resync start) ${sec(resync.startupSec)}, spawn -> serving ${sec(resync.readySec)}; engine's last reported rate ${rate(resync.engineReportedMBps)}; legs identical: ${resync.legsIdenticalAfter}`);
         console.log(`  nbdcopy leg A -> leg B:                        ${sec(resync.nbdcopySec)}, ${rate(resync.nbdcopyMBps)}`);
+        if (resync.rounds > 1) {
+          const e = resync.engineRatioPaired;
+          console.log(`  paired (nbdcopy time / ours within each round, median [min-max]): end to end ${ratioText(resync.endToEndRatioPaired)}, engine ${e === null ? '?' : ratioText(e)}`);
+        }
         console.log(`  (ratio = nbdcopy time / ours; end to end includes node start-up and module loading, engine is the copy alone${resync.rounds > 1 ? `; medians of ${resync.rounds} interleaved rounds` : ''})`);
       }
     }
+    const targets = targetsOf(paired, resync);
+    printTargets(targets);
     const report = {
       date: new Date().toISOString(),
       machine: machine(),
@@ -335,7 +530,19 @@ async function main() {
       runtimeSecPerJob: runtimeSec,
       rounds: repeat,
       jobs: Object.fromEntries(jobs.map((j) => [j, JOBS[j]])),
+      // Medians over rounds of each server's absolute figures (what reports before pairing had).
       servers: results,
+      pairing: {
+        method: 'job-major',
+        note:
+          'In each round, each group runs each of its jobs against all its servers back to back (order: runOrder in servers.js, ' +
+          'row = round + job index; positionPerRound: 0 = first), the servers running through the round. perRound: the figure ' +
+          '(metric: iops for 4k jobs, bwBytesPerSec otherwise) in each round; median: over rounds. ratios["A/B"]: perRound[i] = A / B ' +
+          'in round i on that job; median, min, max over rounds; ratioOfMedians = median(A) / median(B), the ratio reported before pairing.',
+        groups: paired,
+      },
+      targets,
+      idleCpu: ctx.idleCpu.maxMs === undefined ? null : { ...ctx.idleCpu, note: 'the most CPU (ms) a running server used while another one ran one job' },
       resync,
       elapsedSec: (Date.now() - started) / 1000,
     };

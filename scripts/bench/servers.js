@@ -113,6 +113,20 @@ function ours(ctx, label, table, description, extraArgs = []) {
   };
 }
 
+/**
+ * The order `names` run in for row `row` (run.js: row = round + job index): row r of a Williams design,
+ * base sequence 0, 1, n-1, 2, n-2, ... plus r (mod n). Over n consecutive rows each server runs once in every
+ * position; for an even n, each server also follows every other one exactly once (for an odd n, the rows
+ * are still a Latin square). So no server always goes first, last, or right after the same other server.
+ */
+export function runOrder(names, row) {
+  const n = names.length;
+  const base = [0];
+  for (let k = 1; k < n; k++) base.push(k % 2 === 1 ? (k + 1) / 2 : n - k / 2);
+  const shift = ((row % n) + n) % n;
+  return base.map((i) => names[(i + shift) % n]);
+}
+
 /** Starts a server definition; resolves once its pid file names it and its socket exists. */
 export async function startServer(def, { onStderr } = {}) {
   await rm(def.pidFile, { force: true });
