@@ -3,8 +3,10 @@
 //
 // Draws the bench report (scripts/bench/run.js) as one self-contained SVG: our servers beside the anchors
 // (nbdkit file, qemu-nbd, qemu-nbd quorum, nbdcopy). Each fio job is a group of bars whose height is the
-// ratio to `nbdkit file` on the same job (IOPS for 4k jobs, bandwidth for 1m jobs; the dashed line is
-// 1.0x) and whose label is the absolute figure; a third panel compares the full resync with nbdcopy.
+// paired ratio to `nbdkit file` on the same job (the median over rounds of server / nbdkit in one round,
+// report.pairing; IOPS for 4k jobs, bandwidth for 1m jobs; the dashed line is 1.0x), with a whisker from the
+// lowest to the highest per-round ratio, and whose label is the absolute figure (median over rounds);
+// reports from before pairing give the ratio of the medians. A third panel compares the resync with nbdcopy.
 // Pure: JSON in, SVG text out (renderBenchSvg); run.js calls writeBenchChart after each run.
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
@@ -14,8 +16,9 @@ import { parseArgs } from 'node:util';
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
 const PANELS = [
-  { title: 'Single file: nbd-mirror linear vs the anchors', servers: ['linear', 'nbdkit', 'qemu-nbd'] },
-  { title: '2-leg mirror: nbd-mirror vs nbdkit on one leg (ceiling) and qemu-nbd quorum', servers: ['mirror-core', 'mirror-disk', 'nbdkit', 'qemu-quorum'] },
+  { title: 'Single file: nbd-mirror linear vs the anchors', group: 'single', servers: ['linear', 'nbdkit', 'qemu-nbd'] },
+  // target: issue 4's floor for our mirrors against nbdkit file, drawn as a line.
+  { title: '2-leg mirror: nbd-mirror vs nbdkit on one leg (ceiling) and qemu-nbd quorum', group: 'mirror', servers: ['mirror-core', 'mirror-disk', 'nbdkit', 'qemu-quorum'], target: 0.8 },
 ];
 const OURS = new Set(['linear', 'mirror-core', 'mirror-disk']);
 const COLORS = {
@@ -58,7 +61,9 @@ function figureText(job, r) {
 
 function panel(report, p, y0) {
   const out = [];
-  const servers = p.servers.filter((s) => report.servers?.[s] !== undefined);
+  const paired = report.pairing?.groups?.[p.group];
+  // With pairing, a panel shows its group as measured (nbdkit alone, measured for the other group, is not this panel).
+  const servers = p.servers.filter((s) => report.servers?.[s] !== undefined && (report.pairing === undefined || paired?.servers?.includes(s)));
   const jobNames = Object.keys(report.jobs ?? {});
   const plotW = WIDTH - MARGIN.left - MARGIN.right;
   const plotH = PANEL_HEIGHT - MARGIN.top - MARGIN.bottom;
@@ -75,25 +80,45 @@ function panel(report, p, y0) {
     out.push(`<line x1="${MARGIN.left}" x2="${WIDTH - MARGIN.right}" y1="${y}" y2="${y}" class="${t === 1 ? 'one' : 'grid'}"/>`);
     out.push(`<text x="${MARGIN.left - 6}" y="${y + 4}" class="axis" text-anchor="end">${t.toFixed(1)}x</text>`);
   }
-  out.push(`<text x="14" y="${top + plotH / 2}" class="axis" transform="rotate(-90 14 ${top + plotH / 2})" text-anchor="middle">vs nbdkit file</text>`);
+  out.push(`<text x="14" y="${top + plotH / 2}" class="axis" transform="rotate(-90 14 ${top + plotH / 2})" text-anchor="middle">${paired !== undefined ? 'vs nbdkit file, paired' : 'vs nbdkit file'}</text>`);
+  const yOf = (ratio) => base - (Math.min(ratio, RATIO_AXIS_MAX) / RATIO_AXIS_MAX) * plotH;
+  if (p.target !== undefined) {
+    out.push(`<line x1="${MARGIN.left}" x2="${WIDTH - MARGIN.right}" y1="${yOf(p.target)}" y2="${yOf(p.target)}" class="target"/>`);
+  }
   const groupW = plotW / jobNames.length;
   const barW = Math.min(34, (groupW - 18) / servers.length);
   jobNames.forEach((jobName, j) => {
     const job = report.jobs[jobName];
     const anchor = report.servers.nbdkit?.jobs?.[jobName];
+    const pairedJob = paired?.jobs?.[jobName];
     const gx = MARGIN.left + j * groupW + (groupW - barW * servers.length) / 2;
     servers.forEach((s, i) => {
-      const r = report.servers[s].jobs?.[jobName];
+      let r = report.servers[s].jobs?.[jobName];
       if (r === undefined) return;
-      const ratio = anchor !== undefined && figure(job, anchor) > 0 ? figure(job, r) / figure(job, anchor) : null;
-      const h = ratio === null ? 0 : (Math.min(ratio, RATIO_AXIS_MAX) / RATIO_AXIS_MAX) * plotH;
+      // The label: this group's median (nbdkit runs in two groups, each with its own figures).
+      if (pairedJob?.median?.[s] !== undefined) r = pairedJob.metric === 'iops' ? { iops: pairedJob.median[s] } : { bwBytesPerSec: pairedJob.median[s] };
+      let ratio = null;
+      let range = null;
+      if (pairedJob !== undefined) {
+        const pr = s === 'nbdkit' ? { median: 1, min: 1, max: 1 } : pairedJob.ratios?.[`${s}/nbdkit`];
+        if (pr !== undefined) {
+          ratio = pr.median;
+          if (pr.max > pr.min) range = pr;
+        }
+      } else if (anchor !== undefined && figure(job, anchor) > 0) ratio = figure(job, r) / figure(job, anchor);
+      const h = ratio === null ? 0 : base - yOf(ratio);
       const x = gx + i * barW;
       const cls = OURS.has(s) ? 'ours' : 'anchor';
+      const ratioTitle = ratio === null ? '' : ` (${ratio.toFixed(2)}x nbdkit${pairedJob !== undefined ? `, paired median${range === null ? '' : `; rounds ${range.min.toFixed(2)}-${range.max.toFixed(2)}x`}` : ''})`;
       out.push(
-        `<rect x="${x.toFixed(1)}" y="${(base - h).toFixed(1)}" width="${(barW - 3).toFixed(1)}" height="${h.toFixed(1)}" fill="${COLORS[s] ?? '#888'}" class="${cls}"><title>${esc(LABELS[s] ?? s)} ${esc(jobName)}: ${esc(figureText(job, r))}${ratio === null ? '' : ` (${ratio.toFixed(2)}x nbdkit)`}</title></rect>`,
+        `<rect x="${x.toFixed(1)}" y="${(base - h).toFixed(1)}" width="${(barW - 3).toFixed(1)}" height="${h.toFixed(1)}" fill="${COLORS[s] ?? '#888'}" class="${cls}"><title>${esc(LABELS[s] ?? s)} ${esc(jobName)}: ${esc(figureText(job, r))}${esc(ratioTitle)}</title></rect>`,
       );
-      const lx = x + (barW - 3) / 2;
-      const ly = base - h - 4;
+      const cx = x + (barW - 3) / 2;
+      if (range !== null) {
+        out.push(`<line x1="${cx.toFixed(1)}" x2="${cx.toFixed(1)}" y1="${yOf(range.max).toFixed(1)}" y2="${yOf(range.min).toFixed(1)}" class="range"/>`);
+      }
+      const lx = cx;
+      const ly = Math.min(base - h, range === null ? base : yOf(range.max)) - 4;
       out.push(`<text x="${lx.toFixed(1)}" y="${ly.toFixed(1)}" class="value" transform="rotate(-60 ${lx.toFixed(1)} ${ly.toFixed(1)})">${esc(figureText(job, r))}</text>`);
     });
     out.push(`<text x="${(MARGIN.left + (j + 0.5) * groupW).toFixed(1)}" y="${base + 18}" class="job" text-anchor="middle">${esc(jobName)}</text>`);
@@ -108,6 +133,10 @@ function panel(report, p, y0) {
     out.push(`<text x="${lx + 14}" y="${ly}" class="legend${OURS.has(s) ? ' bold' : ''}">${esc(text)}</text>`);
     lx += 24 + text.length * 6.6;
   }
+  if (p.target !== undefined) {
+    out.push(`<line x1="${lx}" x2="${lx + 16}" y1="${ly - 4}" y2="${ly - 4}" class="target"/>`);
+    out.push(`<text x="${lx + 20}" y="${ly}" class="legend target-label">target ${p.target}x (issue 4)</text>`);
+  }
   return out;
 }
 
@@ -120,10 +149,11 @@ function resyncPanel(report, y0) {
     return out;
   }
   const rows = [
-    { label: 'nbd-mirror, end to end (spawn to in-sync)', mbps: r.oursMBps, color: COLORS.ours, ours: true },
+    // paired: nbdcopy time / ours within each round, median over rounds (newer reports).
+    { label: 'nbd-mirror, end to end (spawn to in-sync)', mbps: r.oursMBps, color: COLORS.ours, ours: true, paired: r.endToEndRatioPaired },
     // engineMBps: resync start to in-sync (newer reports); engineReportedMBps: the engine's last progress rate.
     ...(r.engineMBps > 0
-      ? [{ label: 'nbd-mirror engine (resync start to in-sync)', mbps: r.engineMBps, color: '#58a6ff', ours: true }]
+      ? [{ label: 'nbd-mirror engine (resync start to in-sync)', mbps: r.engineMBps, color: '#58a6ff', ours: true, paired: r.engineRatioPaired }]
       : r.engineReportedMBps > 0
         ? [{ label: 'nbd-mirror engine rate', mbps: r.engineReportedMBps, color: '#58a6ff', ours: true }]
         : []),
@@ -137,7 +167,9 @@ function resyncPanel(report, y0) {
     const w = (row.mbps / max) * barMax;
     out.push(`<text x="${MARGIN.left}" y="${y + 13}" class="legend${row.ours ? ' bold' : ''}">${esc(row.label)}</text>`);
     out.push(`<rect x="${MARGIN.left + labelW}" y="${y}" width="${w.toFixed(1)}" height="18" fill="${row.color}"/>`);
-    const ratio = row.ours && r.nbdcopyMBps > 0 ? ` (${(row.mbps / r.nbdcopyMBps).toFixed(2)}x nbdcopy)` : '';
+    const p = row.paired;
+    const paired = p ? ` (${p.median.toFixed(2)}x nbdcopy, paired${p.max > p.min ? `; rounds ${p.min.toFixed(2)}-${p.max.toFixed(2)}x` : ''})` : null;
+    const ratio = !row.ours ? '' : (paired ?? (r.nbdcopyMBps > 0 ? ` (${(row.mbps / r.nbdcopyMBps).toFixed(2)}x nbdcopy)` : ''));
     out.push(`<text x="${(MARGIN.left + labelW + w + 6).toFixed(1)}" y="${y + 13}" class="value">${row.mbps.toFixed(0)} MB/s${ratio}</text>`);
   });
   return out;
@@ -155,6 +187,9 @@ export function renderBenchSvg(report) {
   .job { font-weight: 600; fill: #1f2328; }
   .grid { stroke: #d0d7de; stroke-width: 1; }
   .one { stroke: #1f2328; stroke-width: 1; stroke-dasharray: 4 3; }
+  .target { stroke: #cf222e; stroke-width: 1; stroke-dasharray: 2 3; }
+  .target-label { fill: #cf222e; }
+  .range { stroke: #1f2328; stroke-width: 1.5; }
   .value { font-size: 10px; fill: #1f2328; }
   .legend { font-size: 11px; fill: #1f2328; }
   .bold { font-weight: 700; }
@@ -164,7 +199,7 @@ export function renderBenchSvg(report) {
   parts.push(`<rect width="100%" height="100%" fill="#ffffff"/>`);
   const load = Array.isArray(m.loadavgAtStart) ? ` · load ${m.loadavgAtStart[0]}` : '';
   parts.push(
-    `<text x="${MARGIN.left}" y="24" class="muted">nbd-mirror bench ${esc(String(report.date ?? '').slice(0, 16).replace('T', ' '))} · ${esc(m.cpuModel ?? '?')} x${esc(m.cpuCount ?? '?')}${esc(load)} · node ${esc(m.node ?? '?')} · ${esc(m.fio ?? 'fio')} · ${esc(m.nbdkit ?? '')} · ${esc(m.qemuNbd?.split(' (')[0] ?? '')} · ${esc(report.backingDir ?? '?')} · median of ${esc(report.rounds ?? 1)}</text>`,
+    `<text x="${MARGIN.left}" y="24" class="muted">nbd-mirror bench ${esc(String(report.date ?? '').slice(0, 16).replace('T', ' '))} · ${esc(m.cpuModel ?? '?')} x${esc(m.cpuCount ?? '?')}${esc(load)} · node ${esc(m.node ?? '?')} · ${esc(m.fio ?? 'fio')} · ${esc(m.nbdkit ?? '')} · ${esc(m.qemuNbd?.split(' (')[0] ?? '')} · ${esc(report.backingDir ?? '?')} · ${report.pairing !== undefined ? `paired, median of ${esc(report.rounds ?? 1)}${(report.rounds ?? 1) > 1 ? ' (whisker: min-max)' : ''}` : `median of ${esc(report.rounds ?? 1)}`}</text>`,
   );
   PANELS.forEach((p, i) => parts.push(...panel(report, p, 30 + i * PANEL_HEIGHT)));
   parts.push(...resyncPanel(report, 30 + PANELS.length * PANEL_HEIGHT));
