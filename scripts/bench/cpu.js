@@ -6,12 +6,15 @@
 //        [--repeat N] [--tls off|x509|psk-nbdcopy] [--size-mib 1024] [--dir /dev/shm] [--cli PATH]
 //        [--prof DIR (ours runs under node --cpu-prof, profiles written there)]
 //        [--cli-b PATH: servers "linear-b" / "mirror-b" are the same export served by another build, for A/B tests]
+//        [--base NAME: the server ratios are to (default nbdkit if run, else the first of --servers)]
 // Servers: linear (one file), mirror (2-leg core-log mirror of two identical files, nosync), mirror-disk
 // (the same with a disk log file in the work dir), nbdkit (file).
 //
 // Each job is one fio run (same job definitions as run.js, ramp_time 0) against a running server; the
 // server's utime+stime (/proc/PID/stat, all threads) is sampled before and after and divided by the
-// requests fio completed. Rounds interleave the servers; medians are printed, with ratio ours/nbdkit.
+// requests fio completed. Rounds interleave the servers, in an order that changes each round (runOrder in
+// servers.js: no server always first or last); medians are printed, with paired ratios to the base server:
+// the median over rounds of server / base in the same round [min-max], for throughput and CPU per request.
 // --tls x509: both servers with --tls require and X.509 (fio finds its client certificate in a private
 // HOME, see tls-pki.js).
 import { execFileSync, spawn } from 'node:child_process';
@@ -19,8 +22,8 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { privateBuildCopy } from './build.js';
-import { JOBS } from './fio.js';
-import { startServer } from './servers.js';
+import { JOBS, median, pairedRatio } from './fio.js';
+import { runOrder, startServer } from './servers.js';
 import { makePki } from './tls-pki.js';
 
 const { values: flags } = parseArgs({
@@ -36,9 +39,12 @@ const { values: flags } = parseArgs({
     'cli-b': { type: 'string' },
     prof: { type: 'string' },
     json: { type: 'string' },
+    base: { type: 'string' },
   },
 });
 const servers = flags.servers.split(',');
+const BASE = flags.base ?? (servers.includes('nbdkit') ? 'nbdkit' : servers[0]);
+if (!servers.includes(BASE)) throw new Error(`--base ${BASE} is not one of --servers`);
 const jobs = flags.jobs.split(',');
 for (const j of jobs) if (JOBS[j] === undefined) throw new Error(`unknown job ${j}`);
 const RUNTIME_SEC = Number(flags.runtime);
@@ -97,12 +103,6 @@ async function fioJob(ctx, uri, job) {
   return { iops: d.iops, bwBytesPerSec: d.bw_bytes, ops: d.total_ios, clientUsPerOp: ((u + sys) * 1e6) / d.total_ios };
 }
 
-function median(v) {
-  const s = [...v].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
-
 async function main() {
   mkdirSync(flags.dir, { recursive: true });
   const dir = mkdtempSync(join(flags.dir, 'nbdm-bench-cpu-'));
@@ -117,7 +117,7 @@ async function main() {
     const ctx = { dir, cli, pki, file, fileB };
     const res = {}; // server -> job -> [{...}]
     for (let round = 0; round < REPEAT; round++) {
-      for (const name of servers) {
+      for (const name of runOrder(servers, round)) {
         const def = serverDef(name, ctx);
         const srv = await startServer(def);
         try {
@@ -137,20 +137,34 @@ async function main() {
       }
     }
     console.log(`\nmedians over ${REPEAT} round(s), tls ${TLS}, ${RUNTIME_SEC}s per job; load ${execFileSync('cat', ['/proc/loadavg']).toString().trim()}`);
+    console.log(`(ratios: server / ${BASE} in the same round, median over rounds${REPEAT > 1 ? ' [min-max]' : ''})`);
     const rows = [];
     for (const job of jobs) {
       const m = {};
       for (const name of servers) {
         const rs = res[name][job];
-        m[name] = { iops: median(rs.map((r) => r.iops)), bwBytesPerSec: median(rs.map((r) => r.bwBytesPerSec)), cpuUsPerOp: median(rs.map((r) => r.cpuUsPerOp)), clientUsPerOp: median(rs.map((r) => r.clientUsPerOp)), ratio: median(rs.map((r, i) => (res.nbdkit ? r.iops / res.nbdkit[job][i].iops : NaN))) };
+        const base = res[BASE][job];
+        m[name] = {
+          iops: median(rs.map((r) => r.iops)),
+          bwBytesPerSec: median(rs.map((r) => r.bwBytesPerSec)),
+          cpuUsPerOp: median(rs.map((r) => r.cpuUsPerOp)),
+          clientUsPerOp: median(rs.map((r) => r.clientUsPerOp)),
+          // Paired with the base server's run of the same round: throughput (IOPS; the same ratio as bandwidth) and CPU per request.
+          ...(name !== BASE ? { ratio: pairedRatio(rs.map((r) => r.iops), base.map((r) => r.iops)), cpuRatio: pairedRatio(rs.map((r) => r.cpuUsPerOp), base.map((r) => r.cpuUsPerOp)) } : {}),
+        };
       }
       rows.push({ job, ...m });
-      console.log(`${job.padEnd(18)} ${servers.map((n) => `${n} ${fmtMetric(job, m[n])} ${m[n].cpuUsPerOp.toFixed(1)}us/op (fio ${m[n].clientUsPerOp.toFixed(1)})${n !== 'nbdkit' && res.nbdkit ? ` (${m[n].ratio.toFixed(2)}x)` : ''}`).join('  |  ')}`);
+      const ratios = (n) => (n === BASE ? '' : ` (${x(m[n].ratio)} ${BASE}, cpu/op ${x(m[n].cpuRatio)})`);
+      console.log(`${job.padEnd(18)} ${servers.map((n) => `${n} ${fmtMetric(job, m[n])} ${m[n].cpuUsPerOp.toFixed(1)}us/op (fio ${m[n].clientUsPerOp.toFixed(1)})${ratios(n)}`).join('  |  ')}`);
     }
-    if (flags.json) writeFileSync(flags.json, `${JSON.stringify({ date: new Date().toISOString(), tls: TLS, runtimeSec: RUNTIME_SEC, rounds: REPEAT, rows, raw: res }, null, 2)}\n`);
+    if (flags.json) writeFileSync(flags.json, `${JSON.stringify({ date: new Date().toISOString(), base: BASE, order: Array.from({ length: REPEAT }, (_, r) => runOrder(servers, r)), tls: TLS, runtimeSec: RUNTIME_SEC, rounds: REPEAT, rows, raw: res }, null, 2)}\n`);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+function x(r) {
+  return REPEAT > 1 ? `${r.median.toFixed(2)}x [${r.min.toFixed(2)}-${r.max.toFixed(2)}]` : `${r.median.toFixed(2)}x`;
 }
 
 function fmtMetric(job, r) {
