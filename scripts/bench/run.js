@@ -154,6 +154,19 @@ function machine() {
   };
 }
 
+/** The machine's CPU time so far, in seconds: busy (user, nice, system, irq, softirq; all CPUs) and steal. */
+function machineCpuSec() {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  return { busy: (f[0] + f[1] + f[2] + f[5] + f[6]) / CLK_TCK, steal: (f[7] ?? 0) / CLK_TCK };
+}
+
+/** This process's CPU time plus that of its exited children (fio, once waited for), in seconds. */
+function selfAndChildrenCpuSec() {
+  const stat = readFileSync('/proc/self/stat', 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) / CLK_TCK; // utime, stime, cutime, cstime
+}
+
 function cpuSec(pid) {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
@@ -184,15 +197,25 @@ async function benchGroupRound(group, round, ctx, out) {
       for (const name of order) {
         const { def } = running.find((r) => r.name === name);
         const others = running.filter((r) => r.name !== name);
-        const before = others.map((r) => cpuSec(r.server.pid));
         const uri = `${def.tls ? 'nbds+unix' : 'nbd+unix'}:///?socket=${def.socket}`;
         const env = def.tls ? { ...process.env, HOME: ctx.pki.home } : undefined;
+        const serversBefore = running.map((r) => cpuSec(r.server.pid));
+        const machineBefore = machineCpuSec();
+        const oursBefore = selfAndChildrenCpuSec();
+        const startedNs = process.hrtime.bigint();
         const result = (await runFio({ workDir: ctx.dir, label: name, uri, sizeBytes: ctx.sizeBytes, runtimeSec, jobs: [job], env }))[job];
-        others.forEach((r, i) => {
-          const ms = (cpuSec(r.server.pid) - before[i]) * 1000;
+        const wallSec = Number(process.hrtime.bigint() - startedNs) / 1e9;
+        const machineAfter = machineCpuSec();
+        const serversCpu = running.map((r, i) => cpuSec(r.server.pid) - serversBefore[i]);
+        // What the rest of the machine used meanwhile (other users' processes, not this bench, fio or the
+        // servers), in CPUs on average: a noisy run shows here, and the servers compared on a job share it.
+        const othersCpu = machineAfter.busy - machineBefore.busy - (selfAndChildrenCpuSec() - oursBefore) - serversCpu.reduce((a, b) => a + b, 0);
+        const machine = { otherCpus: Math.max(0, othersCpu) / wallSec, stealCpus: (machineAfter.steal - machineBefore.steal) / wallSec };
+        others.forEach((r) => {
+          const ms = serversCpu[running.indexOf(r)] * 1000;
           if (ms > (ctx.idleCpu.maxMs ?? -1)) ctx.idleCpu = { maxMs: ms, server: r.name, whileRunning: name, job };
         });
-        ((out[job] ??= {})[name] ??= []).push({ ...result, position: order.indexOf(name) });
+        ((out[job] ??= {})[name] ??= []).push({ ...result, position: order.indexOf(name), ...machine });
         cells.push(`${name} ${figureText(job, result)}`);
       }
       console.log(`    ${job.padEnd(18)} ${cells.join(', ')}`);
@@ -356,6 +379,8 @@ function pairedGroup(group, out) {
       median: Object.fromEntries(group.servers.map((s) => [s, median(perRound[s])])),
       perRound,
       positionPerRound: Object.fromEntries(group.servers.map((s) => [s, out[job][s].map((r) => r.position)])),
+      otherCpusPerRound: Object.fromEntries(group.servers.map((s) => [s, out[job][s].map((r) => round2(r.otherCpus))])),
+      stealCpusPerRound: Object.fromEntries(group.servers.map((s) => [s, out[job][s].map((r) => round2(r.stealCpus))])),
       ratios: Object.fromEntries(pairs.map(([a, b]) => [`${a}/${b}`, pairedRatio(perRound[a], perRound[b])])),
     };
   }
@@ -390,6 +415,8 @@ function targetsOf(paired, resync) {
   }
   return out;
 }
+
+const round2 = (x) => Math.round(x * 100) / 100;
 
 function fmt(n) {
   return n >= 100 ? String(Math.round(n)) : n.toFixed(1);
@@ -498,9 +525,24 @@ async function main() {
     }
 
     for (const group of Object.values(paired)) if (group.servers.some((s) => s !== group.base)) printGroup(group);
+    const fioRuns = Object.values(measured).flatMap((byJob) => Object.values(byJob).flatMap((byServer) => Object.values(byServer).flat()));
+    const otherLoad =
+      fioRuns.length === 0
+        ? null
+        : {
+            otherCpusMedian: round2(median(fioRuns.map((r) => r.otherCpus))),
+            otherCpusMax: round2(Math.max(...fioRuns.map((r) => r.otherCpus))),
+            stealCpusMedian: round2(median(fioRuns.map((r) => r.stealCpus))),
+            note: 'CPUs (of machine.cpuCount) used on average by everything but this bench, fio and the servers during each fio run (/proc/stat), and stolen by the hypervisor',
+          };
+    if (otherLoad !== null) {
+      console.log(
+        `\n(rest of the machine during the fio runs: median ${otherLoad.otherCpusMedian}, max ${otherLoad.otherCpusMax} of ${cpus().length} CPUs busy with other processes; steal median ${otherLoad.stealCpusMedian} CPUs)`,
+      );
+    }
     if (ctx.idleCpu.maxMs !== undefined) {
       const i = ctx.idleCpu;
-      console.log(`\n(idle servers: at most ${i.maxMs.toFixed(0)} ms of CPU while another one ran a job: ${i.server} while ${i.whileRunning} ran ${i.job})`);
+      console.log(`(idle servers: at most ${i.maxMs.toFixed(0)} ms of CPU while another one ran a job: ${i.server} while ${i.whileRunning} ran ${i.job})`);
     }
     if (resync !== undefined) {
       console.log('\nResync of', `${sizeBytes / 2 ** 20} MiB`);
@@ -542,6 +584,8 @@ async function main() {
         groups: paired,
       },
       targets,
+      otherLoad,
+      loadavgAtEnd: loadavg().map((x) => Number(x.toFixed(2))),
       idleCpu: ctx.idleCpu.maxMs === undefined ? null : { ...ctx.idleCpu, note: 'the most CPU (ms) a running server used while another one ran one job' },
       resync,
       elapsedSec: (Date.now() - started) / 1000,
