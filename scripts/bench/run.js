@@ -71,6 +71,9 @@ const DEFAULT_OUT = join(ROOT, 'bench-results', 'latest.json');
 const FILL_CHUNK_BYTES = 8 * 1024 * 1024;
 /** A resync that has not finished by then is reported as failed rather than waited for. */
 const RESYNC_TIMEOUT_MS = 120_000;
+/** --quiet-below: the longest wait for a quiet machine before a fio run, and the window it is judged over. */
+const QUIET_WAIT_MAX_MS = 15_000;
+const QUIET_WINDOW_MS = 500;
 const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim());
 
 const { values: flags } = parseArgs({
@@ -86,6 +89,7 @@ const { values: flags } = parseArgs({
     out: { type: 'string' },
     cli: { type: 'string' },
     repeat: { type: 'string', default: '1' },
+    'quiet-below': { type: 'string' },
     help: { type: 'boolean', default: false },
   },
 });
@@ -94,7 +98,8 @@ if (flags.help) {
        [--runtime SEC per job] [--size BYTES] [--dir DIR for backing files] [--no-resync] [--no-tls] [--out FILE]
        [--only-resync: just the resync comparison (with --repeat N: N interleaved rounds, medians)]
        [--cli PATH to bin/nbd-mirror.js; default: a private build of src/ in .cache/e2e/]
-       [--repeat N: N rounds, each running every job on the servers of a group back to back; medians over rounds]`);
+       [--repeat N: N rounds, each running every job on the servers of a group back to back; medians over rounds]
+       [--quiet-below CPUS: before each fio run, wait (at most ${QUIET_WAIT_MAX_MS / 1000} s) until other processes use less than CPUS]`);
   process.exit(0);
 }
 // --only-resync writes its own report (the full run's latest.json and the README chart stay as they are).
@@ -105,6 +110,8 @@ const jobs = flags.jobs.split(',').filter(Boolean);
 const runtimeSec = Number(flags.runtime);
 const repeat = Number(flags.repeat);
 if (!(Number.isInteger(repeat) && repeat >= 1)) throw new Error('--repeat must be a positive integer');
+const quietBelow = flags['quiet-below'] === undefined ? undefined : Number(flags['quiet-below']);
+if (quietBelow !== undefined && !(quietBelow > 0)) throw new Error('--quiet-below must be a positive number of CPUs');
 const sizeBytes = Number(flags.size);
 if (!(sizeBytes > 0 && sizeBytes % (1024 * 1024) === 0)) throw new Error('--size must be a positive multiple of 1 MiB');
 
@@ -177,6 +184,30 @@ function cpuSec(pid) {
   }
 }
 
+/** CPUs used by other processes (not this bench, its exited children or `running` servers) over `ms`. */
+async function otherCpusOver(running, ms) {
+  const servers0 = running.map((r) => cpuSec(r.server.pid));
+  const machine0 = machineCpuSec();
+  const ours0 = selfAndChildrenCpuSec();
+  const t0 = process.hrtime.bigint();
+  await new Promise((r) => setTimeout(r, ms));
+  const wallSec = Number(process.hrtime.bigint() - t0) / 1e9;
+  const serversCpu = running.reduce((sum, r, i) => sum + cpuSec(r.server.pid) - servers0[i], 0);
+  return Math.max(0, machineCpuSec().busy - machine0.busy - (selfAndChildrenCpuSec() - ours0) - serversCpu) / wallSec;
+}
+
+/** --quiet-below: waits until the rest of the machine is quiet (or QUIET_WAIT_MAX_MS passed). Same for every server. */
+async function waitQuiet(running) {
+  if (quietBelow === undefined) return {};
+  const started = Date.now();
+  for (;;) {
+    const other = await otherCpusOver(running, QUIET_WINDOW_MS);
+    const waitedSec = (Date.now() - started) / 1000;
+    if (other < quietBelow) return { quietWaitSec: waitedSec, quiet: true };
+    if (Date.now() - started >= QUIET_WAIT_MAX_MS) return { quietWaitSec: waitedSec, quiet: false };
+  }
+}
+
 /**
  * One round of one group: its servers start, then for each job every server runs it (fio, one job) back to
  * back in runOrder(servers, round + job index), then they stop. Results go to `out[job][server]` (pushed,
@@ -199,6 +230,7 @@ async function benchGroupRound(group, round, ctx, out) {
         const others = running.filter((r) => r.name !== name);
         const uri = `${def.tls ? 'nbds+unix' : 'nbd+unix'}:///?socket=${def.socket}`;
         const env = def.tls ? { ...process.env, HOME: ctx.pki.home } : undefined;
+        const quiet = await waitQuiet(running);
         const serversBefore = running.map((r) => cpuSec(r.server.pid));
         const machineBefore = machineCpuSec();
         const oursBefore = selfAndChildrenCpuSec();
@@ -215,7 +247,7 @@ async function benchGroupRound(group, round, ctx, out) {
           const ms = serversCpu[running.indexOf(r)] * 1000;
           if (ms > (ctx.idleCpu.maxMs ?? -1)) ctx.idleCpu = { maxMs: ms, server: r.name, whileRunning: name, job };
         });
-        ((out[job] ??= {})[name] ??= []).push({ ...result, position: order.indexOf(name), ...machine });
+        ((out[job] ??= {})[name] ??= []).push({ ...result, position: order.indexOf(name), ...machine, ...quiet });
         cells.push(`${name} ${figureText(job, result)}`);
       }
       console.log(`    ${job.padEnd(18)} ${cells.join(', ')}`);
@@ -535,7 +567,16 @@ async function main() {
             stealCpusMedian: round2(median(fioRuns.map((r) => r.stealCpus))),
             note: 'CPUs (of machine.cpuCount) used on average by everything but this bench, fio and the servers during each fio run (/proc/stat), and stolen by the hypervisor',
           };
+    if (otherLoad !== null && quietBelow !== undefined) {
+      otherLoad.quietBelow = quietBelow;
+      otherLoad.quietWaitSecTotal = round2(fioRuns.reduce((sum, r) => sum + r.quietWaitSec, 0));
+      otherLoad.runsStartedNotQuiet = fioRuns.filter((r) => !r.quiet).length;
+      otherLoad.runs = fioRuns.length;
+    }
     if (otherLoad !== null) {
+      if (quietBelow !== undefined) {
+        console.log(`\n(--quiet-below ${quietBelow}: waited ${otherLoad.quietWaitSecTotal} s in all; ${otherLoad.runsStartedNotQuiet} of ${otherLoad.runs} fio runs started without a quiet ${QUIET_WINDOW_MS} ms after ${QUIET_WAIT_MAX_MS / 1000} s)`);
+      }
       console.log(
         `\n(rest of the machine during the fio runs: median ${otherLoad.otherCpusMedian}, max ${otherLoad.otherCpusMax} of ${cpus().length} CPUs busy with other processes; steal median ${otherLoad.stealCpusMedian} CPUs)`,
       );
