@@ -491,8 +491,8 @@ function printGroup(group) {
   }
   const rounds = repeat > 1 ? `median of ${repeat} rounds` : 'one round';
   console.log(
-    `(figures: ${rounds}, IOPS for 4k jobs, MB/s for 1m. Ratio A/B: A's figure / B's in the same round on the same job, run back to back; ` +
-      `${repeat > 1 ? 'median over rounds [min-max of the per-round ratios]' : 'one round'}; a bare ratio is to ${baseText})`,
+    `(figures: ${rounds}, IOPS for 4k jobs, MB/s for 1m. Ratio A/B: A's figure / B's in the same round on the same job, run back to back` +
+      `${repeat > 1 ? ', median over rounds [min-max of the per-round ratios]' : ''}; a bare ratio is to ${baseText})`,
   );
 }
 
