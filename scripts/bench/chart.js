@@ -18,7 +18,7 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const PANELS = [
   { title: 'Single file: nbd-mirror linear vs the anchors', group: 'single', servers: ['linear', 'nbdkit', 'qemu-nbd'] },
   // target: issue 4's floor for our mirrors against nbdkit file, drawn as a line.
-  { title: '2-leg mirror: nbd-mirror vs nbdkit on one leg (ceiling) and qemu-nbd quorum', group: 'mirror', servers: ['mirror-core', 'mirror-disk', 'nbdkit', 'qemu-quorum'], target: 0.8 },
+  { title: '2-leg mirror: nbd-mirror vs nbdkit on one file (ceiling) and qemu-nbd quorum', group: 'mirror', servers: ['mirror-core', 'mirror-disk', 'nbdkit', 'qemu-quorum'], target: 0.8 },
 ];
 const OURS = new Set(['linear', 'mirror-core', 'mirror-disk']);
 const COLORS = {

@@ -6,8 +6,9 @@
 // Servers are compared within groups; rounds are job-major: in each round, each job runs against every
 // server of a group back to back (the order changes with the round and job, see runOrder), so the figures
 // compared on a job were measured seconds apart. A ratio is the median over rounds of the per-round ratio.
-//   single file:  linear (ours) vs nbdkit file vs qemu-nbd
-//   2-leg mirror: mirror-core, mirror-disk (ours) vs nbdkit file on one leg (the ceiling) vs qemu-nbd quorum
+//   single file:  linear (ours) vs nbdkit file vs qemu-nbd, on file S (a copy of leg A)
+//   2-leg mirror: mirror-core, mirror-disk (ours) vs qemu-nbd quorum on legs A and B, vs nbdkit file on S
+//                 (one file: the ceiling); only mirrors write A and B, so the legs stay identical
 //   resync:       full resync of a 2-leg core-log mirror (unthrottled) vs nbdcopy copying leg A to leg B
 //   TLS:          linear-tls (ours, --tls require, X.509) vs nbdkit-tls (--tls=require), same file, on the
 //                 TLS_JOBS of issue 12 (fio finds its client certificate through HOME, see tls-pki.js)
@@ -35,10 +36,10 @@ const TLS_GROUP = ['linear-tls', 'nbdkit-tls'];
 const TLS_JOBS = ['read-1m-qd8', 'write-1m-qd8', 'randwrite-4k-qd32'];
 /**
  * The groups servers are compared in, each measured job-major (see above) with its servers running through
- * the round: none of these servers locks or caches the files, the one qemu-nbd of a group is the only process
- * taking qemu's image locks (qemu-nbd and qemu-quorum would conflict on A, so they are in different groups),
- * and the disk log file is mirror-disk's own. nbdkit is in two groups, so it runs in both: every ratio to it
- * pairs figures measured seconds apart. `pairs`: ratios besides every server to `base`.
+ * the round: none of these servers locks or caches the files (the one qemu-nbd of a group is the only process
+ * taking qemu's image locks, and they are on different files: servers.js), and the disk log file is
+ * mirror-disk's own. nbdkit is in two groups, so it runs in both: every ratio to it pairs figures measured
+ * seconds apart. `pairs`: ratios besides every server to `base`.
  */
 const GROUPS = [
   { key: 'single', title: 'Single file', servers: SINGLE_GROUP, base: 'nbdkit', jobs: null, pairs: [] },
@@ -515,7 +516,7 @@ function printTargets(targets) {
 async function main() {
   await mkdir(flags.dir, { recursive: true });
   const dir = await mkdtemp(join(flags.dir, 'nbd-mirror-bench-'));
-  const ctx = { dir, sizeBytes, files: { a: join(dir, 'leg-a.img'), b: join(dir, 'leg-b.img'), log: join(dir, 'mirror.log') } };
+  const ctx = { dir, sizeBytes, files: { a: join(dir, 'leg-a.img'), b: join(dir, 'leg-b.img'), log: join(dir, 'mirror.log'), single: join(dir, 'single.img') } };
   const started = Date.now();
   try {
     const runResync = flags['only-resync'] || (!flags['no-resync'] && servers.includes('mirror-core'));
@@ -524,6 +525,8 @@ async function main() {
     console.log(`nbd-mirror bench: ${sizeBytes / 2 ** 20} MiB files in ${dir}, ${runtimeSec} s per job, servers: ${servers.join(', ') || '(none)'}${runResync ? ', resync' : ''}`);
     await fillRandom(ctx.files.a, sizeBytes);
     if (servers.length > 0) await copyFile(ctx.files.a, ctx.files.b);
+    // The one-file servers' own copy (servers.js: the mirror legs A and B stay identical).
+    if (servers.some((s) => !['mirror-core', 'mirror-disk', 'qemu-quorum'].includes(s))) await copyFile(ctx.files.a, ctx.files.single);
     await sparse(ctx.files.log, 1024 * 1024);
     // Rounds: in each, every group in turn runs each of its jobs against all its servers back to back
     // (benchGroupRound), so a burst of load elsewhere on the machine hits the servers compared on a job alike.
@@ -549,6 +552,9 @@ async function main() {
       );
     }
     const paired = Object.fromEntries(groups.map((g) => [g.key, pairedGroup(g, measured[g.key])]));
+    // Only mirrors wrote the legs: they should still be identical (qemu-quorum's reads are slower where they differ).
+    const legsIdenticalAfterFio = groups.some((g) => g.key === 'mirror') ? await timeCommand('cmp', [ctx.files.a, ctx.files.b]).then(() => true, () => false) : null;
+    if (legsIdenticalAfterFio === false) console.warn('  warning: legs A and B differ after the fio rounds');
     let resync;
     if (runResync) {
       process.stdout.write(`  resync       full resync of 2-leg core-log mirror vs nbdcopy A -> B${repeat > 1 ? `, ${repeat} rounds` : ''} ... `);
@@ -625,6 +631,7 @@ async function main() {
         groups: paired,
       },
       targets,
+      legsIdenticalAfterFio,
       otherLoad,
       loadavgAtEnd: loadavg().map((x) => Number(x.toFixed(2))),
       idleCpu: ctx.idleCpu.maxMs === undefined ? null : { ...ctx.idleCpu, note: 'the most CPU (ms) a running server used while another one ran one job' },
