@@ -39,6 +39,8 @@ export interface Engine {
   statusParams(): string | undefined;
   legs(): readonly LegState[] | undefined;
   heldWriteCount(): number;
+  /** Writes parked until the cluster lets them go (a noflush suspend keeps them, as held writes). */
+  clusterParkedWriteCount(): number;
   /** Engine-level suspend (mirror: stop resync, drain, persist the log; noflush keeps held writes). */
   suspend(noflush: boolean): Promise<void>;
   /** Engine-level resume (applies a pending in-place reload, re-issues held writes). */
@@ -62,6 +64,7 @@ export function engineOf(e: Export): Engine {
     statusParams: () => undefined,
     legs: () => undefined,
     heldWriteCount: () => 0,
+    clusterParkedWriteCount: () => 0,
     suspend: async () => undefined,
     resume: async () => undefined,
     reloadInPlace: undefined,
@@ -78,6 +81,7 @@ function mirrorEngine(m: MirrorExport): Engine {
     statusParams: () => m.statusLine(),
     legs: () => m.status().legs.map((l) => ({ device: l.device, health: l.health, isDefault: l.isDefault })),
     heldWriteCount: () => m.status().heldWrites,
+    clusterParkedWriteCount: () => m.clusterParkedWriteCount(),
     suspend: (noflush) => m.suspend({ noflush }),
     resume: () => m.resume(),
     reloadInPlace: (r) => m.reload({ legs: r.legs, ...(r.log ? { log: r.log } : {}), handleErrors: r.handleErrors, keepLog: r.keepLog }),

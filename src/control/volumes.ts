@@ -391,8 +391,11 @@ export class Volume extends EventEmitter {
       await withTimeout(
         (async () => {
           // 1. Gate closed: wait until every forwarded request has completed or is held by the engine (no
-          //    request may reach the engine after its suspend, or it would wait inside it unseen).
-          await this.proxy.suspend((n) => n <= engine.heldWriteCount());
+          //    request may reach the engine after its suspend, or it would wait inside it unseen). noflush
+          //    also keeps writes parked for the cluster: while a repair reaches the nodes one by one, every
+          //    write waits until all run on the same legs, which needs this very suspend and reload.
+          const kept = () => engine.heldWriteCount() + (opts.noflush ? engine.clusterParkedWriteCount() : 0);
+          await this.proxy.suspend((n) => n <= kept());
           // 2. The engine's own suspend: stop resync, persist the log; held writes fail with EIO when
           //    flushing, stay held with noflush.
           await engine.suspend(opts.noflush);

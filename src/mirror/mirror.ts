@@ -607,6 +607,18 @@ export class MirrorExport implements Export {
 
   // ---------------------------------------------------------------- remote recovery (cluster logs)
 
+  /**
+   * Requests with a piece parked until the cluster log lets it go (another node recovers the region, the
+   * members run on different legs, this side of a split is unknown). A noflush suspend keeps them as it
+   * keeps held writes (they may wait for the very reload it precedes); resume re-checks them.
+   */
+  clusterParkedWriteCount(): number {
+    if (this.remoteParked.size === 0) return 0;
+    const requests = new Set<Request>();
+    for (const list of this.remoteParked.values()) for (const p of list) requests.add(p.req);
+    return requests.size;
+  }
+
   /** Another node recovers the region: wait, re-checking on the log's notification or by polling. */
   private parkRemote(p: Piece): void {
     let list = this.remoteParked.get(p.region);
