@@ -1,21 +1,28 @@
 // Small replies gathered while an earlier one is still in the socket (transmission.ts: REPLY_BATCH_*):
 // a client pipelining many small requests and then NBD_CMD_DISC in one burst gets exactly one reply
 // per request, each well-formed, before the server closes the connection (the gathered replies are
-// flushed before the connection ends, not dropped), and the data is where the writes put it.
+// flushed before the connection ends, not dropped), and the data is where the writes put it. Both with the
+// fast-io addon's reply writes (when built) and with node:fs's writeSync (the fallback without the addon).
 import { afterEach, describe, expect, it } from 'vitest';
 import * as C from '../../src/nbd/codec/constants.js';
 import { RawClient } from '../tls/raw-client.js';
 import { successCookies, W } from '../unit/nbd/wire.js';
+import { setFastIoForTests } from '../../src/nbd/server/fast-io.js';
 import { type Harness, pattern, startHarness } from './harness.js';
 
 let h: Harness | undefined;
 afterEach(async () => {
   await h?.close();
   h = undefined;
+  setFastIoForTests(undefined);
 });
 
-describe('gathered small replies', () => {
+describe.each([
+  ['the fast-io addon (when built)', false],
+  ['node:fs (no addon)', true],
+])('gathered small replies, written through %s', (_name, withoutAddon) => {
   it('a burst of pipelined 4 KiB writes, flushes and a DISC: one reply per request, all sent before the close', async () => {
+    if (withoutAddon) setFastIoForTests(null);
     h = await startHarness({ disk: { sizeBytes: 4 * 1024 * 1024 } });
     const c = await RawClient.open(h.socketPath);
     expect('transmissionFlags' in (await c.go('disk'))).toBe(true);

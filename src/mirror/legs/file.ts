@@ -10,7 +10,9 @@
 // so mayTrim=false is honoured trivially).
 //
 // Hot path: no copies, no per-call buffers; one pread/pwrite per request unless the kernel returns a
-// short count. Callers (the mirror, LinearExport) validate ranges; we assert them.
+// short count. Callers (the mirror, LinearExport) validate ranges; we assert them. The synchronous
+// reads and writes go through the fast-io addon when it is built (src/nbd/server/fast-io.ts: the same
+// system call without fs.readSync/writeSync's ~0.8 us wrapper; errors become the Error fs would throw).
 //
 // Adaptive synchronous I/O (syncio below): libuv runs fs calls on its thread pool, which costs two thread
 // switches and an event-loop wakeup per call (tens of microseconds, far more on a loaded machine), while a
@@ -59,6 +61,7 @@ import { ExportError } from '../../nbd/export.js';
 import type { Leg, LegWriteFlags } from './leg.js';
 import { LegOpenError, toExportError } from './errors.js';
 import { copyRange, copyRangeAvailable } from './copy-range.js';
+import { fastIo, systemError } from '../../nbd/server/fast-io.js';
 
 /** Largest single zero-fill write; the shared zero buffer has this size (allocated once, lazily). */
 export const ZERO_CHUNK_BYTES = 1024 * 1024;
@@ -315,9 +318,12 @@ export class FileLeg implements Leg {
     const base = this.offsetBytes + offsetBytes;
     const startMs = this.syncCallStart();
     let done = 0;
+    // The addon's read costs ~0.1 us instead of readSync's ~0.8 us of wrapper (fast-io.ts); null: node:fs.
+    const io = fastIo();
     try {
       while (done < length) {
-        const n = readSync(this.fh.fd, target, done, length - done, base + done);
+        const n = io !== null ? io.read(this.fh.fd, target, done, length - done, base + done) : readSync(this.fh.fd, target, done, length - done, base + done);
+        if (n < 0) throw systemError(n, 'read');
         if (n === 0) {
           target.fill(0, done); // EOF inside sizeBytes: the file shrank
           break;
@@ -338,9 +344,12 @@ export class FileLeg implements Leg {
     const position = this.offsetBytes + offsetBytes;
     const startMs = this.syncCallStart();
     let done = 0;
+    // The addon's write costs ~0.1 us instead of writeSync's ~0.8 us of wrapper (fast-io.ts); null: node:fs.
+    const io = fastIo();
     try {
       while (done < length) {
-        const n = writeSync(this.fh.fd, data, done, length - done, position + done);
+        const n = io !== null ? io.write(this.fh.fd, data, done, length - done, position + done) : writeSync(this.fh.fd, data, done, length - done, position + done);
+        if (n < 0) throw systemError(n, 'write');
         if (n === 0) return new ExportError('ENOSPC', `${this.device}: write made no progress at ${position + done}`);
         done += n;
       }

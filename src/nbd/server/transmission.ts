@@ -43,6 +43,7 @@ import {
 import { decodeRequestHeader, newRequestHeader, type RequestHeader } from '../codec/request.js';
 import { type Export, ExportError, type Extent } from '../export.js';
 import { BufferPool } from './buffer-pool.js';
+import { fastIo } from './fast-io.js';
 import { DIRECT_READ_BYTES_MIN, type DirectReadTarget, type Scratch, type ScratchLender } from './direct-read.js';
 import type { Negotiated } from './handshake.js';
 import type { ServerLimits } from './limits.js';
@@ -734,6 +735,10 @@ export class Transmission implements DirectReadTarget {
     // The handle we took the fd from is still the socket's (a destroyed socket's fd may be reused: never
     // write to it then), the stream holds nothing (order) and is not ended.
     if (s._handle !== this.directHandle || s.writableLength !== 0 || s.writableEnded) return 0;
+    if (out.length === 1) {
+      const io = fastIo(); // the addon: no exception for EAGAIN, ~0.7 us less wrapper than writeSync (fast-io.ts)
+      if (io !== null) return Math.max(0, io.write(this.directFd, out[0]!, 0, total, -1));
+    }
     try {
       return out.length === 1 ? writeSync(this.directFd, out[0]!, 0, total) : writevSync(this.directFd, out);
     } catch {
