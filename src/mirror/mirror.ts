@@ -434,13 +434,13 @@ export class MirrorExport implements Export {
   /** dm do_writes step 1-2: park, or count in (+ mark) and dispatch now or after the batch's log flush. */
   private classify(p: Piece): void {
     const r = p.region;
-    if (this.regions.mustPark(r)) {
+    const waitSeq = this.regions.tryInc(r, this.flushSeqStarted + 1, this.flushSeqDone);
+    if (waitSeq < 0) {
       if (this.regions.isHeld(r)) this.regions.park(r, p);
       else this.parkRemote(p);
       return;
     }
     this.piecesInFlight++;
-    const waitSeq = this.regions.inc(r, this.flushSeqStarted + 1, this.flushSeqDone);
     if (!this.log.inSync(r)) this.resync.prioritize(r);
     if (waitSeq === 0) {
       this.dispatch(p);

@@ -34,6 +34,8 @@ export interface RegionEntry<P> {
   idleSinceMs: number;
   /** acquire() waiting for pending to drain. */
   drained: (() => void) | null;
+  /** The region is in idleDirty (it may have become busy since: clearIdle drops it then). */
+  listed: boolean;
 }
 
 export interface RegionHashOptions<P> {
@@ -55,8 +57,14 @@ export class RegionHash<P> {
   readonly regionCount: number;
   private readonly regionShift: number;
   private readonly entries = new Map<number, RegionEntry<P>>();
-  /** Idle dirty regions waiting to be cleared in the log (lazy clear). */
+  /**
+   * Idle dirty regions waiting to be cleared in the log (lazy clear), and regions that were so since the
+   * last clearIdle(): a write to an idle region leaves it here (clearIdle skips and drops it if it is still
+   * busy then), so the write and its completion cost no Set delete + add (~0.3 us per 4K write at QD32).
+   */
   private readonly idleDirty = new Set<number>();
+  /** Entries with idleSinceMs >= 0 (the idle dirty regions in idleDirty). */
+  private idleCount = 0;
   private readonly release: (parked: P[]) => void;
   private readonly idle: () => void;
   private readonly nowMs: () => number;
@@ -95,10 +103,26 @@ export class RegionHash<P> {
   private getOrCreate(region: number): RegionEntry<P> {
     let e = this.entries.get(region);
     if (!e) {
-      e = { region, pending: 0, held: null, markSeq: 0, parked: [], idleSinceMs: -1, drained: null };
+      e = { region, pending: 0, held: null, markSeq: 0, parked: [], idleSinceMs: -1, drained: null, listed: false };
       this.entries.set(region, e);
     }
     return e;
+  }
+
+  /** The region went idle while dirty: it waits for its lazy clear from now on. */
+  private goIdle(e: RegionEntry<P>): void {
+    if (e.idleSinceMs < 0) this.idleCount++;
+    e.idleSinceMs = this.nowMs();
+    if (!e.listed) {
+      e.listed = true;
+      this.idleDirty.add(e.region);
+    }
+  }
+
+  /** The region no longer waits for a clear (a write, recovery, nosync); it stays listed until clearIdle. */
+  private leaveIdle(e: RegionEntry<P>): void {
+    e.idleSinceMs = -1;
+    this.idleCount--;
   }
 
   /** Drop the entry if nothing about the region needs remembering. */
@@ -122,6 +146,14 @@ export class RegionHash<P> {
     return this.log.isRemoteRecovering?.(region) ?? false;
   }
 
+  /** mustPark() then inc() with one map lookup: -1 when the write must park (not counted in), else inc()'s result. */
+  tryInc(region: number, nextFlushSeq: number, doneFlushSeq: number): number {
+    const e = this.entries.get(region);
+    if (e !== undefined && e.held !== null) return -1;
+    if (this.log.isRemoteRecovering?.(region) ?? false) return -1;
+    return this.incEntry(e ?? this.getOrCreate(region), nextFlushSeq, doneFlushSeq);
+  }
+
   park(region: number, p: P): void {
     this.getOrCreate(region).parked.push(p);
   }
@@ -132,12 +164,13 @@ export class RegionHash<P> {
    * for (0: the mark is already durable, dispatch now).
    */
   inc(region: number, nextFlushSeq: number, doneFlushSeq: number): number {
-    const e = this.getOrCreate(region);
+    return this.incEntry(this.getOrCreate(region), nextFlushSeq, doneFlushSeq);
+  }
+
+  private incEntry(e: RegionEntry<P>, nextFlushSeq: number, doneFlushSeq: number): number {
+    const region = e.region;
     e.pending++;
-    if (e.idleSinceMs >= 0) {
-      e.idleSinceMs = -1;
-      this.idleDirty.delete(region);
-    }
+    if (e.idleSinceMs >= 0) this.leaveIdle(e);
     if (this.log.isClean(region)) {
       this.log.markRegion(region);
       e.markSeq = nextFlushSeq;
@@ -159,10 +192,7 @@ export class RegionHash<P> {
       e.drained = null;
       d();
     }
-    if (e.held === null && this.log.inSync(region) && !this.log.isClean(region)) {
-      e.idleSinceMs = this.nowMs();
-      this.idleDirty.add(region);
-    }
+    if (e.held === null && this.log.inSync(region) && !this.log.isClean(region)) this.goIdle(e);
     this.maybeForget(e);
   }
 
@@ -170,12 +200,19 @@ export class RegionHash<P> {
   clearIdle(nowMs: number, minIdleMs: number, doneFlushSeq: number): number {
     let n = 0;
     for (const region of this.idleDirty) {
-      const e = this.entries.get(region)!;
+      const e = this.entries.get(region);
+      if (e === undefined || e.idleSinceMs < 0) {
+        // Busy again (or forgotten) since it was listed: unlist; it is listed again when it goes idle.
+        this.idleDirty.delete(region);
+        if (e !== undefined) e.listed = false;
+        continue;
+      }
       if (nowMs - e.idleSinceMs < minIdleMs) continue;
       if (e.held !== null) continue; // verify holds it briefly; clear it on a later pass
       if (e.markSeq !== 0 && e.markSeq > doneFlushSeq) continue; // never clear ahead of the mark's flush
       this.idleDirty.delete(region);
-      e.idleSinceMs = -1;
+      e.listed = false;
+      this.leaveIdle(e);
       e.markSeq = 0;
       if (e.pending === 0 && e.held === null && this.log.inSync(region)) {
         this.log.clearRegion(region);
@@ -187,7 +224,7 @@ export class RegionHash<P> {
   }
 
   idleDirtyCount(): number {
-    return this.idleDirty.size;
+    return this.idleCount;
   }
 
   /**
@@ -198,10 +235,7 @@ export class RegionHash<P> {
     const e = this.getOrCreate(region);
     assert(e.held === null, 'region already held');
     e.held = why;
-    if (why === 'recovery' && e.idleSinceMs >= 0) {
-      e.idleSinceMs = -1;
-      this.idleDirty.delete(region);
-    }
+    if (why === 'recovery' && e.idleSinceMs >= 0) this.leaveIdle(e);
     if (e.pending === 0) return Promise.resolve();
     return new Promise((resolve) => {
       e.drained = resolve;
@@ -233,8 +267,7 @@ export class RegionHash<P> {
     e.held = null;
     if (e.pending === 0 && e.idleSinceMs < 0 && this.log.inSync(region) && !this.log.isClean(region)) {
       // Writes drained during the hold (dec() skips held regions): queue the lazy clear now.
-      e.idleSinceMs = this.nowMs();
-      this.idleDirty.add(region);
+      this.goIdle(e);
       this.idle();
     }
     const parked = e.parked;
@@ -248,8 +281,7 @@ export class RegionHash<P> {
     this.log.setRegionSync(region, false);
     const e = this.entries.get(region);
     if (e && e.idleSinceMs >= 0) {
-      e.idleSinceMs = -1;
-      this.idleDirty.delete(region);
+      this.leaveIdle(e);
       this.maybeForget(e);
     }
   }

@@ -51,6 +51,34 @@ describe('region hash', () => {
     expect(log.isClean(1)).toBe(false);
   });
 
+  it('a region busy at a clear pass is skipped, and cleared at a later pass once idle long enough', async () => {
+    const { log, rh } = await setup();
+    let now = 0;
+    const timed = new RegionHash<string>({ log, regionSizeBytes: REGION, lengthBytes: 10 * REGION + 100, release: () => {}, nowMs: () => now });
+    timed.inc(3, 1, 0);
+    timed.dec(3, 1); // idle since 0
+    timed.inc(5, 1, 0);
+    timed.dec(5, 1);
+    now = 10;
+    expect(timed.inc(3, 2, 1)).toBe(0); // busy again: not idle, whatever the pass finds
+    expect(timed.idleDirtyCount()).toBe(1);
+    expect(timed.clearIdle(100, 50, 1)).toBe(1); // region 5 only
+    expect(log.isClean(3)).toBe(false);
+    expect(log.isClean(5)).toBe(true);
+    timed.dec(3, 1); // idle since 10
+    expect(timed.idleDirtyCount()).toBe(1);
+    expect(timed.clearIdle(40, 50, 1)).toBe(0); // idle 30 ms only
+    for (let i = 0; i < 3; i++) {
+      timed.inc(3, 2, 1); // busy and idle again between passes: still one idle region
+      timed.dec(3, 1);
+    }
+    expect(timed.idleDirtyCount()).toBe(1);
+    expect(timed.clearIdle(60, 50, 1)).toBe(1);
+    expect(log.isClean(3)).toBe(true);
+    expect(timed.idleDirtyCount()).toBe(0);
+    expect(timed.activeRegionCount()).toBe(0);
+  });
+
   it('NOSYNC regions are never cleared; recovery holds park writes and wait for pending to drain', async () => {
     const { log, rh, released } = await setup('default');
     // core log default: leg /b stale -> all out of sync
