@@ -62,6 +62,11 @@ function figureText(job, r) {
 function panel(report, p, y0) {
   const out = [];
   const paired = report.pairing?.groups?.[p.group];
+  if (paired !== undefined) {
+    const rounds = report.rounds ?? 1;
+    const how = rounds > 1 ? `median of ${rounds} paired rounds, whisker min-max` : 'one round';
+    out.push(`<text x="${WIDTH - MARGIN.right}" y="${y0 + 22}" class="muted small" text-anchor="end">${esc(how)}</text>`);
+  }
   // With pairing, a panel shows its group as measured (nbdkit alone, measured for the other group, is not this panel).
   const servers = p.servers.filter((s) => report.servers?.[s] !== undefined && (report.pairing === undefined || paired?.servers?.includes(s)));
   const jobNames = Object.keys(report.jobs ?? {});
@@ -161,7 +166,7 @@ function resyncPanel(report, y0) {
   ];
   const max = Math.max(...rows.map((x) => x.mbps));
   const labelW = 300;
-  const barMax = WIDTH - MARGIN.left - MARGIN.right - labelW - 170;
+  const barMax = WIDTH - MARGIN.left - MARGIN.right - labelW - 290; // room for the value and its ratio text
   rows.forEach((row, i) => {
     const y = y0 + 40 + i * 26;
     const w = (row.mbps / max) * barMax;
@@ -199,7 +204,7 @@ export function renderBenchSvg(report) {
   parts.push(`<rect width="100%" height="100%" fill="#ffffff"/>`);
   const load = Array.isArray(m.loadavgAtStart) ? ` · load ${m.loadavgAtStart[0]}` : '';
   parts.push(
-    `<text x="${MARGIN.left}" y="24" class="muted">nbd-mirror bench ${esc(String(report.date ?? '').slice(0, 16).replace('T', ' '))} · ${esc(m.cpuModel ?? '?')} x${esc(m.cpuCount ?? '?')}${esc(load)} · node ${esc(m.node ?? '?')} · ${esc(m.fio ?? 'fio')} · ${esc(m.nbdkit ?? '')} · ${esc(m.qemuNbd?.split(' (')[0] ?? '')} · ${esc(report.backingDir ?? '?')} · ${report.pairing !== undefined ? `paired, median of ${esc(report.rounds ?? 1)}${(report.rounds ?? 1) > 1 ? ' (whisker: min-max)' : ''}` : `median of ${esc(report.rounds ?? 1)}`}</text>`,
+    `<text x="${MARGIN.left}" y="24" class="muted">nbd-mirror bench ${esc(String(report.date ?? '').slice(0, 16).replace('T', ' '))} · ${esc(m.cpuModel ?? '?')} x${esc(m.cpuCount ?? '?')}${esc(load)} · node ${esc(m.node ?? '?')} · ${esc(m.fio ?? 'fio')} · ${esc(m.nbdkit ?? '')} · ${esc(m.qemuNbd?.split(' (')[0] ?? '')} · ${esc(report.backingDir ?? '?')}${report.pairing !== undefined ? '' : ` · median of ${esc(report.rounds ?? 1)}`}</text>`,
   );
   PANELS.forEach((p, i) => parts.push(...panel(report, p, 30 + i * PANEL_HEIGHT)));
   parts.push(...resyncPanel(report, 30 + PANELS.length * PANEL_HEIGHT));

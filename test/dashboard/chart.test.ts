@@ -118,7 +118,7 @@ describe('bench chart', () => {
     expect((base - whiskers[0]![1]!) / one).toBeCloseTo(0.7, 2);
     expect(svg).toContain('class="target"');
     expect(svg).toContain('target 0.8x (issue 4)');
-    expect(svg).toContain('paired, median of 3 (whisker: min-max)');
+    expect(svg).toContain('median of 3 paired rounds, whisker min-max');
     expect(svg).toContain('vs nbdkit file, paired');
     expect(svg).toContain('200 MB/s (0.55x nbdcopy, paired; rounds 0.45-0.60x)');
     expect(svg).not.toMatch(/NaN|undefined/);
