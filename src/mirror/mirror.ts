@@ -15,6 +15,7 @@
 import { strict as assert } from 'node:assert';
 import {
   ExportError,
+  SETTLED_OK,
   type Export,
   type ExportCapabilities,
   type Extent,
@@ -41,7 +42,8 @@ import { WriteOrder } from './write-order.js';
 
 export type { MirrorOptions } from './options.js';
 
-const RESOLVED: Promise<void> = Promise.resolve();
+/** Completed before returning (export.ts: the server answers without a promise reaction). */
+const RESOLVED: Promise<void> = SETTLED_OK;
 
 /** Build and activate a mirror: resumes the log, picks the source leg, starts resync. */
 export async function createMirror(opts: MirrorOptions): Promise<MirrorExport> {

@@ -17,6 +17,13 @@ export class ExportError extends Error {
   }
 }
 
+/**
+ * A write (or zero, trim, flush) may return this very promise when the request completed before the call
+ * returned (page-cached file legs): the server then answers at once, with no promise reaction per request.
+ * Any other promise is awaited as usual.
+ */
+export const SETTLED_OK: Promise<void> = Promise.resolve();
+
 export interface ExportCapabilities {
   readonly sizeBytes: number;
   readonly readOnly: boolean;

@@ -3,11 +3,13 @@
 // The export here looks at `data` only when it completes, long after the server read more requests, so a
 // read buffer reused too early shows up as wrong bytes on disk. Two shapes: bursts (many payloads per
 // read buffer) and one request per read with more requests held than SCRATCH_HELD_MAX buffers (the rest
-// are copied out), each write with its own pattern, read back after.
+// are copied out), each write with its own pattern, read back after. And writes the export completes
+// before write() returns (it returns SETTLED_OK: answered at once, the read buffer reusable at once) mixed
+// with late ones.
 import { afterEach, describe, expect, it } from 'vitest';
 import * as C from '../../src/nbd/codec/constants.js';
 import { SCRATCH_HELD_MAX } from '../../src/nbd/server/direct-read.js';
-import type { WriteFlags } from '../../src/nbd/export.js';
+import { SETTLED_OK, type WriteFlags } from '../../src/nbd/export.js';
 import { RawClient } from '../tls/raw-client.js';
 import { successCookies, W } from '../unit/nbd/wire.js';
 import { type Harness, pattern, startHarness } from './harness.js';
@@ -68,6 +70,34 @@ describe('write payloads viewing the read buffer', () => {
     await until(() => replies().length >= writes * C.SIMPLE_REPLY_BYTES);
     expect(new Set(successCookies(replies())).size).toBe(writes);
     await expectPatterns(h, writes, 1000);
+    c.raw.destroy();
+  });
+
+  it('writes done before write() returned (SETTLED_OK) between late ones: each answered once, every write lands', async () => {
+    h = await startHarness({ disk: { sizeBytes: 4 * 1024 * 1024 } });
+    const disk = h.exports.get('disk')!;
+    const write = disk.write.bind(disk);
+    let now = 0;
+    disk.write = (data: Buffer, off: number, flags: WriteFlags): Promise<void> => {
+      if ((off / BLOCK) % 3 === 2) return new Promise<void>((r) => setTimeout(r, 20)).then(() => write(data, off, flags));
+      now++;
+      void write(Buffer.from(data), off, flags); // copied now: the server may reuse `data` once we return
+      return SETTLED_OK;
+    };
+    const { c, replies } = await connectDisk(h);
+    const writes = 150;
+    for (let burst = 0; burst < 5; burst++) {
+      const parts: Buffer[] = [];
+      for (let i = burst * 30; i < (burst + 1) * 30; i++) parts.push(W.request(0, C.NBD_CMD_WRITE, BigInt(i + 1), i * BLOCK, BLOCK), pattern(BLOCK, 7000 + i));
+      c.raw.write(Buffer.concat(parts));
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    await until(() => replies().length >= writes * C.SIMPLE_REPLY_BYTES);
+    await new Promise((r) => setTimeout(r, 30));
+    expect(replies().length).toBe(writes * C.SIMPLE_REPLY_BYTES);
+    expect(new Set(successCookies(replies())).size).toBe(writes);
+    expect(now).toBe(100);
+    await expectPatterns(h, writes, 7000);
     c.raw.destroy();
   });
 

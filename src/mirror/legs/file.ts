@@ -57,7 +57,7 @@ import { constants as fsConstants, fdatasyncSync, promises as fsp, read as fsRea
 import { performance } from 'node:perf_hooks';
 import { basename } from 'node:path';
 import type { FileHandle } from 'node:fs/promises';
-import { ExportError } from '../../nbd/export.js';
+import { ExportError, SETTLED_OK } from '../../nbd/export.js';
 import type { Leg, LegWriteFlags } from './leg.js';
 import { LegOpenError, toExportError } from './errors.js';
 import { copyRange, copyRangeAvailable } from './copy-range.js';
@@ -66,7 +66,8 @@ import { fastIo, systemError } from '../../nbd/server/fast-io.js';
 /** Largest single zero-fill write; the shared zero buffer has this size (allocated once, lazily). */
 export const ZERO_CHUNK_BYTES = 1024 * 1024;
 
-const RESOLVED: Promise<void> = Promise.resolve();
+/** Completed before returning (export.ts: LinearExport passes it on, the server answers at once). */
+const RESOLVED: Promise<void> = SETTLED_OK;
 const RESOLVED_FALSE: Promise<boolean> = Promise.resolve(false);
 
 function settled(err: Error | null): Promise<void> {

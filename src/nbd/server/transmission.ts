@@ -41,7 +41,7 @@ import {
   type WireExtent,
 } from '../codec/reply.js';
 import { decodeRequestHeader, newRequestHeader, type RequestHeader } from '../codec/request.js';
-import { type Export, ExportError, type Extent } from '../export.js';
+import { type Export, ExportError, type Extent, SETTLED_OK } from '../export.js';
 import { BufferPool } from './buffer-pool.js';
 import { fastIo } from './fast-io.js';
 import { DIRECT_READ_BYTES_MIN, type DirectReadTarget, type Scratch, type ScratchLender } from './direct-read.js';
@@ -315,6 +315,10 @@ export class Transmission implements DirectReadTarget {
       }
     }
     this.processing = false;
+    // Replies of requests completed while parsing (SETTLED_OK) leave together, as queued() would send them;
+    // their completions skipped maybeResume (we were parsing), so a pause for reply bytes is re-judged here.
+    if (this.outBytes > 0 && !this.flushQueued) this.queued();
+    if (this.paused) this.maybeResume();
   }
 
   private overBudget(): boolean {
@@ -564,6 +568,13 @@ export class Transmission implements DirectReadTarget {
     const cookieLo = h.cookieLo;
     this.inFlightRequests++;
     const p = this.exp.write(data, h.offsetBytes, { fua: (h.flags & C.NBD_CMD_FLAG_FUA) !== 0 });
+    if (p === SETTLED_OK) {
+      // Written before write() returned: answer now (no then(), closures or reaction job per request).
+      if (held !== null) this.lender!.release(held);
+      else if (pooled && (this.pool.pooled(data.length) || this.smallPool.pooled(data.length))) this.releasePayload(data);
+      this.completeOk(cookieHi, cookieLo, data.length);
+      return;
+    }
     if (held === null && (!pooled || !(this.pool.pooled(data.length) || this.smallPool.pooled(data.length)))) {
       this.settle(p, cookieHi, cookieLo, data.length);
       return;
@@ -678,7 +689,9 @@ export class Transmission implements DirectReadTarget {
   }
 
   private queued(): void {
-    if (this.inFlightRequests === 0 || this.outBytes >= OUT_FLUSH_BYTES) this.flushOut();
+    if (this.outBytes >= OUT_FLUSH_BYTES) this.flushOut();
+    else if (this.processing) return; // process() sends them when the chunk is parsed: one write for all
+    else if (this.inFlightRequests === 0) this.flushOut();
     else if (!this.flushQueued) {
       this.flushQueued = true;
       process.nextTick(this.flushQueuedBound);

@@ -8,7 +8,7 @@ import { describe, expect, it } from 'vitest';
 import { createMirror } from '../../../src/mirror/mirror.js';
 import { CoreLog } from '../../../src/mirror/log/core.js';
 import { LegFilter, type LegOp } from '../../../src/mirror/legs/filter.js';
-import { ExportError } from '../../../src/nbd/export.js';
+import { ExportError, SETTLED_OK } from '../../../src/nbd/export.js';
 import { MemLeg } from '../../sim/mem-leg.js';
 
 const REGION = 64 * 1024;
@@ -49,10 +49,13 @@ describe('mirror writes settled on the submitting stack', () => {
   it('succeed with the data on every leg; a multi-region write mixing synchronous and later pieces settles once all are done', async () => {
     const { m, legs } = await mirror();
     await m.write(Buffer.alloc(4096, 1), 0, { fua: false }); // first: the region's mark waits for the log flush
-    await expect(m.write(Buffer.alloc(4096, 2), 4096, { fua: false })).resolves.toBeUndefined(); // dirty region: on the stack
+    const now = m.write(Buffer.alloc(4096, 2), 4096, { fua: false }); // dirty region: on the stack
+    expect(now).toBe(SETTLED_OK); // the server answers it without a promise reaction
+    await expect(now).resolves.toBeUndefined();
     const data = Buffer.alloc(REGION + 8192, 3);
     legs[1]!.async = true;
     const p = m.write(data, REGION - 4096, { fua: false });
+    expect(p).not.toBe(SETTLED_OK);
     legs[1]!.async = false;
     await p;
     for (const l of legs) {
