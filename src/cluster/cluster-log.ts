@@ -81,6 +81,7 @@ import type { Bitmap } from '../mirror/log/bitmap.js';
 import { lostSourceRefusal } from '../mirror/log/disk.js';
 import { ClusterDiskArea } from './cluster-disk-area.js';
 import { compareMembers, memberKey, ReplicatedLogState, type DepartedNode, type LegSeed, type RecordedLegState } from './cluster-log-state.js';
+import { describeWaits, type PendingFlush, type PendingWaits } from './cluster-log-waits.js';
 import { DepartureTracker, type DepartureLimits, type DepartureResynced } from './departures.js';
 import {
   ChangeReason,
@@ -202,6 +203,7 @@ interface FlushWaiter {
   coveredBy: string | null;
   /** Needs an acknowledgement from every other member of the view (LEG_FAILED), not a majority. */
   ackAll: boolean;
+  sentAtMs: number;
 }
 
 type Buffered = { kind: 'conf'; c: ConfigChange; index: number } | { kind: 'msg'; from: Member; m: ClusterLogMessage };
@@ -241,7 +243,7 @@ export class ClusterLog implements DirtyLog {
   private checkpointId = 0;
   private readonly flushWaiters = new Map<number, FlushWaiter>();
   /** Own LEGS announcements (by seq) not yet delivered back. */
-  private readonly legsWaiters = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
+  private readonly legsWaiters = new Map<number, { resolve: () => void; reject: (e: Error) => void; devices: string[]; sentAtMs: number }>();
   /** Nodes that left with NODEDOWN and are still in the last quorum view (split side not known yet). */
   private readonly suspectNodes = new Set<number>();
   private quorumNodeIds: ReadonlySet<number> | null = null;
@@ -371,6 +373,42 @@ export class ClusterLog implements DirtyLog {
   /** Departed nodes whose regions are not all recovered yet: node id -> regions still out of sync. */
   departuresPending(): Map<number, number[]> {
     return this.departures.pending();
+  }
+
+  /** What this member waits for from the group (own messages not back or not acknowledged, leg sets, quorum). */
+  pendingWaits(): PendingWaits {
+    const s = this.state;
+    const viewNodes = this.lastView.filter((m) => !this.isMe(m));
+    const flushes: PendingFlush[] = [...this.flushWaiters].map(([seq, w]) => {
+      const acked = new Set(w.acks);
+      return {
+        kind: w.ackAll ? 'LEG_FAILED' : 'FLUSH',
+        seq,
+        sentAtMs: w.sentAtMs,
+        delivered: w.delivered,
+        acks: viewNodes.filter((m) => acked.has(memberKey(m))).length,
+        acksNeeded: w.ackAll ? viewNodes.length : Math.floor(this.lastView.length / 2),
+        notAckedBy: viewNodes.filter((m) => !acked.has(memberKey(m))).map((m) => m.nodeId),
+        durableWriteBy: w.needsDisk && !w.durable ? (s?.server()?.nodeId ?? null) : null,
+      };
+    });
+    const legSets =
+      s && !s.legsAgreed()
+        ? s.members.filter((m) => s.initialized.has(memberKey(m))).map((m) => ({ nodeId: m.nodeId, devices: s.legsByMember.get(memberKey(m)) ?? null }))
+        : null;
+    return {
+      group: this.group,
+      state: s ? null : { joined: this.joinSeen },
+      legs: [...this.legsWaiters].map(([seq, l]) => ({ seq, devices: l.devices, sentAtMs: l.sentAtMs })),
+      flushes,
+      legSets,
+      suspectNodes: [...this.suspectNodes],
+      quorate: this.opts.isQuorate ? this.opts.isQuorate() : null,
+    };
+  }
+  /** pendingWaits as sentences (see cluster-log-waits.ts); empty when waiting for nothing. */
+  waitingFor(): string[] {
+    return describeWaits(this.pendingWaits(), Date.now());
   }
 
   /** True once this member holds the replicated state. */
@@ -532,13 +570,17 @@ export class ClusterLog implements DirtyLog {
   private announceLegs(): Promise<void> {
     if (!this.activation || !this.state || this.failure || this.closed) return Promise.resolve();
     const seq = ++this.seq;
+    const devices = [...this.activation.legDevices];
     const back = new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
+        const waits = this.waitingFor().join('; ');
         this.legsWaiters.delete(seq);
-        reject(new ExportError('EIO', `cluster log ${this.opts.uuid}: leg announcement not delivered in ${this.limits.resumeTimeoutMs} ms`));
+        reject(new ExportError('EIO', `cluster log ${this.opts.uuid}: leg announcement (LEGS seq ${seq}) not delivered in ${this.limits.resumeTimeoutMs} ms; waiting for: ${waits}`));
       }, this.limits.resumeTimeoutMs);
       timer.unref?.();
       this.legsWaiters.set(seq, {
+        devices: [...devices],
+        sentAtMs: Date.now(),
         resolve: () => {
           clearTimeout(timer);
           resolve();
@@ -549,7 +591,7 @@ export class ClusterLog implements DirtyLog {
         },
       });
     });
-    this.sendWithSeq({ type: Req.LEGS, seq, devices: [...this.activation.legDevices] }).catch((e: unknown) => {
+    this.sendWithSeq({ type: Req.LEGS, seq, devices }).catch((e: unknown) => {
       this.legsWaiters.get(seq)?.reject(e instanceof Error ? e : new Error(String(e)));
       this.legsWaiters.delete(seq);
     });
@@ -561,7 +603,7 @@ export class ClusterLog implements DirtyLog {
     return new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.initWaiters = this.initWaiters.filter((w) => w !== waiter);
-        reject(new ExportError('EIO', `cluster log ${this.opts.uuid}: no state after ${this.limits.resumeTimeoutMs} ms`));
+        reject(new ExportError('EIO', `cluster log ${this.opts.uuid}: no state after ${this.limits.resumeTimeoutMs} ms (${this.waitingFor().join('; ')})`));
       }, this.limits.resumeTimeoutMs);
       timer.unref?.();
       const waiter = {
@@ -682,7 +724,7 @@ export class ClusterLog implements DirtyLog {
 
   private deliveredPromise(seq: number, needsDisk: boolean, ackAll = false): Promise<void> {
     return new Promise<void>((resolve, reject) =>
-      this.flushWaiters.set(seq, { resolve, reject, delivered: false, acks: new Set(), needsDisk, durable: false, coveredBy: null, ackAll }),
+      this.flushWaiters.set(seq, { resolve, reject, delivered: false, acks: new Set(), needsDisk, durable: false, coveredBy: null, ackAll, sentAtMs: Date.now() }),
     );
   }
 

@@ -1,8 +1,9 @@
 // repair-relay.ts — cluster-wide repair between the control plane and the cluster logs of this process.
 //
 // Owns: the registry of live ClusterLogs by log uuid (the newest opened through clusterLogOpener; dropped
-// on close), sending a REPAIR on a log's group (requestClusterRepair), and fanning REPAIRs from other
-// nodes out to subscribers (the control plane's repair policy applies them to the volume with that uuid).
+// on close), sending a REPAIR on a log's group (requestClusterRepair), fanning REPAIRs from other nodes
+// out to subscribers (the control plane's repair policy applies them to the volume with that uuid), and
+// telling a stalled repair what the log waits for (clusterLogWaits).
 import type { ClusterLog } from './cluster-log.js';
 import type { Unsubscribe } from './transport.js';
 
@@ -57,4 +58,12 @@ export function isClusterLogServer(uuid: string): boolean | undefined {
 export function onClusterRepair(fn: (r: ClusterRepairRequest) => void): Unsubscribe {
   listeners.add(fn);
   return () => listeners.delete(fn);
+}
+
+/**
+ * What this process's cluster log `uuid` waits for from its group (ClusterLog.waitingFor), undefined
+ * when it has none; a stalled repair reports it.
+ */
+export function clusterLogWaits(uuid: string): string[] | undefined {
+  return live.get(uuid)?.waitingFor();
 }

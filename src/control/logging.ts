@@ -52,6 +52,7 @@ const EVENT_LEVELS: Record<string, Level> = {
   'close-error': 'warn',
   'verify-mismatch': 'warn',
   'repair-skipped': 'warn',
+  'repair-waiting': 'warn',
   'resync-progress': 'debug',
   'verify-progress': 'debug',
   membership: 'info',

@@ -14,12 +14,12 @@
 //   The cluster log resyncs an added leg once, cluster-wide, after every node runs on it. Policy
 //   `allocate` on a cluster table is decided by the log server's node: the others wait for its REPAIR
 //   (CLUSTER_ALLOCATE_DEFER_MS, then act themselves), so no two nodes pick different spares.
-import { isClusterLogServer, onClusterRepair, requestClusterRepair, type ClusterRepairRequest } from '../cluster/repair-relay.js';
+import { clusterLogWaits, isClusterLogServer, onClusterRepair, requestClusterRepair, type ClusterRepairRequest } from '../cluster/repair-relay.js';
 import type { LegSpec, MirrorTableSpec, TableSpec } from '../mirror/table.js';
 import { formatTable } from '../mirror/table.js';
 import { sectors } from '../units.js';
 import { ControlError } from './control-error.js';
-import { REPAIR_HEALTH, type LegState } from './engine.js';
+import { engineOf, REPAIR_HEALTH, type LegState } from './engine.js';
 import { errorText, type Volume, type VolumeEvent, type Volumes } from './volumes.js';
 
 export type RepairPolicyName = 'none' | 'remove' | 'allocate';
@@ -31,6 +31,8 @@ export const REPAIR_ATTEMPTS_MAX = 3;
 export const REPAIR_BATCH_DELAY_MS = 50;
 /** Policy allocate, cluster table, not the log server: wait this long for the server's REPAIR first. */
 export const CLUSTER_ALLOCATE_DEFER_MS = 10_000;
+/** A repair still running after this long reports what it waits for (event repair-waiting), and again each period. */
+export const REPAIR_WAIT_REPORT_MS = 10_000;
 
 export interface RepairPlan {
   readonly spec: TableSpec;
@@ -127,6 +129,8 @@ export async function repairVolume(
     readonly trigger: string;
     readonly failed?: ReadonlySet<string>;
     readonly force?: boolean;
+    /** Period of the repair-waiting reports (default REPAIR_WAIT_REPORT_MS). */
+    readonly waitReportMs?: number;
   },
 ): Promise<RepairResult> {
   for (const s of opts.spares) {
@@ -140,8 +144,18 @@ export async function repairVolume(
     return { repaired: false, reason };
   }
   v.record('repair-start', { trigger: opts.trigger, policy, removed: plan.removed, added: plan.added, table: plan.line }, false);
+  let step = 'cluster REPAIR';
+  const stopReports = reportWhileWaiting(v, opts.trigger, () => step, opts.waitReportMs ?? REPAIR_WAIT_REPORT_MS);
+  try {
+    return await applyPlan(v, plan, opts.trigger, (s) => (step = s));
+  } finally {
+    stopReports();
+  }
+}
+
+async function applyPlan(v: Volume, plan: RepairPlan, trigger: string, stepping: (step: string) => void): Promise<RepairResult> {
   const live = v.liveSpec;
-  if (!opts.trigger.startsWith(CLUSTER_TRIGGER) && live.kind === 'mirror' && live.log.clustered && live.log.uuid) {
+  if (!trigger.startsWith(CLUSTER_TRIGGER) && live.kind === 'mirror' && live.log.clustered && live.log.uuid) {
     // Before suspending: a reload to linear closes the cluster log.
     try {
       if (await requestClusterRepair(live.log.uuid, plan.removed, plan.added)) {
@@ -151,17 +165,43 @@ export async function repairVolume(
       v.record('repair-cluster-failed', { uuid: live.log.uuid, message: errorText(e) }, false);
     }
   }
+  stepping('suspend');
   await v.suspend({ noflush: true });
   try {
+    stepping('reload');
     await v.reload(plan.line);
   } catch (e) {
-    v.record('repair-failed', { trigger: opts.trigger, step: 'reload', message: errorText(e) }, false);
+    v.record('repair-failed', { trigger, step: 'reload', message: errorText(e) }, false);
     await v.resume().catch(() => undefined);
     throw e;
   }
+  stepping('resume');
   const r = await v.resume();
-  v.record('repair-done', { trigger: opts.trigger, table: plan.line, removed: plan.removed, added: plan.added, heldWritesReissued: r.heldWritesReissued }, false);
+  v.record('repair-done', { trigger, table: plan.line, removed: plan.removed, added: plan.added, heldWritesReissued: r.heldWritesReissued }, false);
   return { repaired: true, table: plan.line, removed: plan.removed, added: plan.added, heldWritesReissued: r.heldWritesReissued };
+}
+
+/**
+ * Every periodMs while the repair runs: event repair-waiting (logged as a warning) with the
+ * step, the volume's requests (in flight, held, parked for the cluster) and what its cluster log waits
+ * for (which message, which nodes). Returns the stop function.
+ */
+function reportWhileWaiting(v: Volume, trigger: string, step: () => string, periodMs: number): () => void {
+  const t0 = Date.now();
+  const timer = setInterval(() => {
+    const info = v.info();
+    const parked = engineOf(v.liveExport).clusterParkedWriteCount();
+    const spec = v.liveSpec;
+    const cluster = spec.kind === 'mirror' && spec.log.uuid ? (clusterLogWaits(spec.log.uuid) ?? []) : [];
+    const waitingMs = Date.now() - t0;
+    const message =
+      `${step()} still running after ${waitingMs} ms: ${info.inFlightRequests} requests in flight (${info.heldWrites} held, ` +
+      `${parked} parked for the cluster), ${info.queuedRequests} queued` +
+      (cluster.length > 0 ? `; the cluster log waits for: ${cluster.join('; ')}` : '');
+    v.record('repair-waiting', { trigger, step: step(), waitingMs, inFlightRequests: info.inFlightRequests, heldWrites: info.heldWrites, clusterParkedWrites: parked, cluster, message }, false);
+  }, periodMs);
+  timer.unref();
+  return () => clearInterval(timer);
 }
 
 /** Trigger prefix of repairs applied because another node asked (never re-sent to the cluster). */

@@ -403,7 +403,9 @@ export class Volume extends EventEmitter {
           if (!opts.noflush) await this.proxy.suspend('all');
         })(),
         this.limits.suspendTimeoutMs,
-        () => `suspend: ${this.proxy.inFlightCount} requests still in flight after ${this.limits.suspendTimeoutMs} ms`,
+        () =>
+          `suspend: ${this.proxy.inFlightCount} requests still in flight after ${this.limits.suspendTimeoutMs} ms ` +
+          `(${engine.heldWriteCount()} held, ${engine.clusterParkedWriteCount()} parked for the cluster)`,
       );
     } catch (e) {
       // Give up: reopen the gate so clients are not stuck behind a suspend nobody completes.

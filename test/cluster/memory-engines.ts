@@ -1,9 +1,12 @@
 // memory-engines.ts — test-side helpers for real mirror engines (openTable) over shared memory legs,
 // coordinated by ClusterLogs on the in-memory bus: one node's view of a shared leg (optionally a path that
-// fails on demand), one node's engine and its cluster log, and polling until a condition holds.
+// fails on demand), one node's engine and its cluster log, one node's control-plane Volume over them, and
+// polling until a condition holds.
 import { clusterLogOpener } from '../../src/cluster/log-opener.js';
 import type { ClusterLog } from '../../src/cluster/cluster-log.js';
 import type { MemoryBus } from '../../src/cluster/memory-bus.js';
+import { tableBackend } from '../../src/control/table-backend.js';
+import { Volume, type TableBackend, type VolumeLimits } from '../../src/control/volumes.js';
 import { ExportError } from '../../src/nbd/export.js';
 import type { Leg } from '../../src/mirror/legs/leg.js';
 import type { MemoryLeg } from '../../src/mirror/legs/memory.js';
@@ -44,6 +47,27 @@ export async function memoryNode(
     openLog: async (s, ctx) => (log = await opener(s, ctx)),
   })) as MirrorExport;
   return { exp, log: log as ClusterLog };
+}
+
+/**
+ * Node `nodeId`'s control-plane Volume ('volume') on `table`: every device is a shared memory leg, the log a
+ * ClusterLog on the bus (log() returns the one live now).
+ */
+export async function memoryVolume(
+  bus: MemoryBus,
+  nodeId: number,
+  table: string,
+  legs: ReadonlyMap<string, MemoryLeg>,
+  limits: Partial<VolumeLimits> = {},
+): Promise<{ v: Volume; log: () => ClusterLog }> {
+  let log: ClusterLog | undefined;
+  const opener = clusterLogOpener({ transport: () => bus.connect(nodeId) });
+  const backend: TableBackend = {
+    ...tableBackend({ openTable: { openLog: async (s, ctx) => (log = (await opener(s, ctx)) as ClusterLog) } }),
+    openDevice: async (device) => sharedLeg(legs.get(device)!),
+  };
+  const v = await Volume.create('volume', table, backend, limits);
+  return { v, log: () => log! };
 }
 
 /** Polls cond every 2 ms; throws after ms. */

@@ -8,14 +8,11 @@
 // failed, and the cluster's writes stayed parked (cluster-allocate.test.ts's flake). A noflush suspend now
 // keeps such a write as it keeps held writes: the repair finishes and the write completes on the new legs.
 import { describe, expect, it } from 'vitest';
-import type { ClusterLog } from '../../src/cluster/cluster-log.js';
-import { clusterLogOpener } from '../../src/cluster/log-opener.js';
 import { MemoryBus } from '../../src/cluster/memory-bus.js';
 import { CLUSTER_TRIGGER, repairVolume } from '../../src/control/repair.js';
-import { tableBackend } from '../../src/control/table-backend.js';
-import { Volume, type TableBackend } from '../../src/control/volumes.js';
+import type { Volume } from '../../src/control/volumes.js';
 import { MemoryLeg } from '../../src/mirror/legs/memory.js';
-import { sharedLeg, until } from './memory-engines.js';
+import { memoryVolume, until } from './memory-engines.js';
 
 const SIZE_BYTES = 4 * 1024 * 1024;
 const REGION_SECTORS = 256;
@@ -28,25 +25,13 @@ function pattern(seed: number, bytes: number): Buffer {
   return b;
 }
 
-/** Node `nodeId`'s volume on `table`: devices are the shared memory legs, the log is a ClusterLog on the bus. */
-async function memoryVolume(bus: MemoryBus, nodeId: number, table: string, legs: Map<string, MemoryLeg>): Promise<{ v: Volume; log: () => ClusterLog }> {
-  let log: ClusterLog | undefined;
-  const opener = clusterLogOpener({ transport: () => bus.connect(nodeId) });
-  const backend: TableBackend = {
-    ...tableBackend({ openTable: { openLog: async (s, ctx) => (log = (await opener(s, ctx)) as ClusterLog) } }),
-    openDevice: async (device) => sharedLeg(legs.get(device)!),
-  };
-  const v = await Volume.create('volume', table, backend, { suspendTimeoutMs: SUSPEND_TIMEOUT_MS });
-  return { v, log: () => log! };
-}
-
 describe('cluster repair while a write waits for the leg sets to agree', () => {
   it("a node's noflush suspend keeps the parked write: the repair finishes, the write completes on the new legs", async () => {
     const bus = new MemoryBus();
     const legs = new Map(['a', 'b', 's'].map((d) => [d, new MemoryLeg({ device: d, sizeBytes: SIZE_BYTES })]));
     const table = `0 ${SIZE_BYTES / 512} mirror userspace 4 LVM-parked clustered-core ${REGION_SECTORS} nosync 2 a 0 b 0`;
-    const n1 = await memoryVolume(bus, 1, table, legs);
-    const n2 = await memoryVolume(bus, 2, table, legs);
+    const n1 = await memoryVolume(bus, 1, table, legs, { suspendTimeoutMs: SUSPEND_TIMEOUT_MS });
+    const n2 = await memoryVolume(bus, 2, table, legs, { suspendTimeoutMs: SUSPEND_TIMEOUT_MS });
     await n2.v.proxy.write(pattern(1, 8192), 0, { fua: false });
     // The repair as a REPAIR from another node applies it (trigger `cluster ...`: not sent again).
     const repair = (v: Volume) => repairVolume(v, { spares: ['s'], policy: 'allocate', trigger: `${CLUSTER_TRIGGER} node 3`, failed: new Set(['b']) });
