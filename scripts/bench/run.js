@@ -532,11 +532,14 @@ async function main() {
     // (benchGroupRound), so a burst of load elsewhere on the machine hits the servers compared on a job alike.
     const groups = groupsToRun();
     const measured = {}; // group key -> job -> server -> [result per round]
+    const roundSec = {}; // group key -> [seconds per round]
     ctx.idleCpu = {};
     for (let round = 0; round < repeat && groups.length > 0; round++) {
       for (const group of groups) {
         console.log(`  round ${round + 1}/${repeat}, ${group.key} group`);
+        const startedMs = Date.now();
         await benchGroupRound(group, round, ctx, (measured[group.key] ??= {}));
+        (roundSec[group.key] ??= []).push(round2((Date.now() - startedMs) / 1000));
       }
     }
     const results = {};
@@ -551,7 +554,7 @@ async function main() {
         inGroups.map((g) => g.key),
       );
     }
-    const paired = Object.fromEntries(groups.map((g) => [g.key, pairedGroup(g, measured[g.key])]));
+    const paired = Object.fromEntries(groups.map((g) => [g.key, { ...pairedGroup(g, measured[g.key]), secondsPerRound: roundSec[g.key] }]));
     // Only mirrors wrote the legs: they should still be identical (qemu-quorum's reads are slower where they differ).
     const legsIdenticalAfterFio = groups.some((g) => g.key === 'mirror') ? await timeCommand('cmp', [ctx.files.a, ctx.files.b]).then(() => true, () => false) : null;
     if (legsIdenticalAfterFio === false) console.warn('  warning: legs A and B differ after the fio rounds');
