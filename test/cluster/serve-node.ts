@@ -4,8 +4,10 @@
 // the read-back check, and the exact-resync check after a node died (expectDepartureResynced); the common
 // set-up of a serve test file (serveTestUnavailable, ServeCluster: corosync up, data dir, leg files, an
 // optional nbdkit error leg, the nodes, and their teardown).
+// NBDM_SERVE_LOG_DIR=DIR keeps every serve's log (debug level) in DIR/<namespace prefix>-n<node>.log, for
+// chasing a failure that only happens under load.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { expect } from 'vitest';
@@ -63,7 +65,8 @@ export class Node {
     const t0 = now();
     const pidFile = path.join(this.dir, `n${this.n}.pid`);
     const table = this.table;
-    const args = ['serve', '--listen', `unix:${this.sock}`, '--pid-file', pidFile, '--control', this.ctl, '--dashboard', String(this.dashboardPort), '--table', table, '--name', 'volume', '--quiet', ...this.extraArgs];
+    const logDir = process.env.NBDM_SERVE_LOG_DIR;
+    const args = ['serve', '--listen', `unix:${this.sock}`, '--pid-file', pidFile, '--control', this.ctl, '--dashboard', String(this.dashboardPort), '--table', table, '--name', 'volume', '--quiet', ...(logDir ? ['--log-level', 'debug'] : []), ...this.extraArgs];
     this.output = '';
     this.exited = false;
     const child = spawn('ip', ['netns', 'exec', `${this.h.prefix}-n${this.n}`, process.execPath, CLI_PATH, ...args], {
@@ -71,7 +74,12 @@ export class Node {
       env: { ...process.env, NBD_MIRROR_CPG_ADDON: ADDON },
     });
     this.child = child;
-    const collect = (b: Buffer) => (this.output = (this.output + b.toString()).slice(-16384));
+    if (logDir) mkdirSync(logDir, { recursive: true });
+    const logFile = logDir ? path.join(logDir, `${this.h.prefix}-n${this.n}.log`) : undefined;
+    const collect = (b: Buffer) => {
+      this.output = (this.output + b.toString()).slice(-16384);
+      if (logFile) appendFileSync(logFile, b);
+    };
     child.stdout!.on('data', collect);
     child.stderr!.on('data', collect);
     child.on('exit', () => (this.exited = true));
