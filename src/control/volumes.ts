@@ -414,7 +414,7 @@ export class Volume extends EventEmitter {
       this.proxy.resume();
       throw e instanceof ControlError ? e : new ControlError('EIO', `suspend failed: ${errorText(e)}`);
     }
-    this.record('suspend', { noflush: opts.noflush, heldWrites: engine.heldWriteCount() }, false);
+    this.record('suspend', { noflush: opts.noflush, heldWrites: engine.heldWriteCount(), clusterParkedWrites: engine.clusterParkedWriteCount() }, false);
   }
 
   private async resumeNow(): Promise<ResumeResult> {

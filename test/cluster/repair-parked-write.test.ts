@@ -10,7 +10,7 @@
 import { describe, expect, it } from 'vitest';
 import { MemoryBus } from '../../src/cluster/memory-bus.js';
 import { CLUSTER_TRIGGER, repairVolume } from '../../src/control/repair.js';
-import type { Volume } from '../../src/control/volumes.js';
+import type { Volume, VolumeEvent } from '../../src/control/volumes.js';
 import { MemoryLeg } from '../../src/mirror/legs/memory.js';
 import { memoryVolume, until } from './memory-engines.js';
 
@@ -45,11 +45,14 @@ describe('cluster repair while a write waits for the leg sets to agree', () => {
     expect(settled, 'the write waits while the leg sets differ').toBe(false);
     expect(n2.v.proxy.inFlightCount).toBe(1);
 
+    const suspends: Record<string, unknown>[] = [];
+    n2.v.on('event', (e: VolumeEvent) => e.kind === 'suspend' && suspends.push(e.data));
     const t0 = Date.now();
     const r = await repair(n2.v);
     const repairMs = Date.now() - t0;
     expect(r).toMatchObject({ repaired: true, removed: ['b'], added: ['s'] });
     expect(repairMs, 'the repair did not wait for the suspend to give up').toBeLessThan(SUSPEND_TIMEOUT_MS / 2);
+    expect(suspends).toEqual([{ noflush: true, heldWrites: 0, clusterParkedWrites: 1 }]);
     await write;
     expect(n2.log().replicated!.legsAgreed()).toBe(true);
     const got = Buffer.alloc(8192);
