@@ -379,19 +379,16 @@ export class ClusterLog implements DirtyLog {
   pendingWaits(): PendingWaits {
     const s = this.state;
     const viewNodes = this.lastView.filter((m) => !this.isMe(m));
-    const flushes: PendingFlush[] = [...this.flushWaiters].map(([seq, w]) => {
-      const acked = new Set(w.acks);
-      return {
-        kind: w.ackAll ? 'LEG_FAILED' : 'FLUSH',
-        seq,
-        sentAtMs: w.sentAtMs,
-        delivered: w.delivered,
-        acks: viewNodes.filter((m) => acked.has(memberKey(m))).length,
-        acksNeeded: w.ackAll ? viewNodes.length : Math.floor(this.lastView.length / 2),
-        notAckedBy: viewNodes.filter((m) => !acked.has(memberKey(m))).map((m) => m.nodeId),
-        durableWriteBy: w.needsDisk && !w.durable ? (s?.server()?.nodeId ?? null) : null,
-      };
-    });
+    const flushes: PendingFlush[] = [...this.flushWaiters].map(([seq, w]) => ({
+      kind: w.ackAll ? 'LEG_FAILED' : 'FLUSH',
+      seq,
+      sentAtMs: w.sentAtMs,
+      delivered: w.delivered,
+      acks: viewNodes.filter((m) => w.acks.has(memberKey(m))).length,
+      acksNeeded: w.ackAll ? viewNodes.length : Math.floor(this.lastView.length / 2),
+      notAckedBy: viewNodes.filter((m) => !w.acks.has(memberKey(m))).map((m) => m.nodeId),
+      durableWriteBy: w.needsDisk && !w.durable ? (s?.server()?.nodeId ?? null) : null,
+    }));
     const legSets =
       s && !s.legsAgreed()
         ? s.members.filter((m) => s.initialized.has(memberKey(m))).map((m) => ({ nodeId: m.nodeId, devices: s.legsByMember.get(memberKey(m)) ?? null }))
@@ -579,7 +576,7 @@ export class ClusterLog implements DirtyLog {
       }, this.limits.resumeTimeoutMs);
       timer.unref?.();
       this.legsWaiters.set(seq, {
-        devices: [...devices],
+        devices,
         sentAtMs: Date.now(),
         resolve: () => {
           clearTimeout(timer);
