@@ -10,7 +10,7 @@
 // predicate (noflush). Every queued request gets an answer: forwarded on resume, ESHUTDOWN on close,
 // ENOMEM at once when the queue bound is spent.
 import assert from 'node:assert/strict';
-import { ExportError } from '../nbd/export.js';
+import { ExportError, SETTLED_OK } from '../nbd/export.js';
 import type { Export, ExportCapabilities, Extent, WriteFlags, ZeroFlags } from '../nbd/export.js';
 
 export interface VolumeExportLimits {
@@ -139,6 +139,10 @@ export class VolumeExport implements Export {
     } catch (err) {
       this.settled();
       return Promise.reject(err);
+    }
+    if (p === SETTLED_OK) {
+      this.settled(); // done before returning: passed on, so the server answers at once (export.ts)
+      return p;
     }
     return p.then(this.settledOk, this.settledFailed);
   }
