@@ -8,7 +8,9 @@
 // buffer, held until the export settled: direct-read.ts hold/release; a copy past SCRATCH_HELD_MAX
 // held buffers, or when it spans chunks). A read reply is one buffer (header +
 // data) the export fills through a subarray. Replies completing together (in one tick) leave in one
-// write; a lone reply (nothing else in flight: QD1) leaves at once. On a plain socket whose stream
+// write; a lone reply (nothing else in flight: QD1) leaves at once. A WRITE the export completed before
+// write() returned (it returns SETTLED_OK: page-cached legs) is answered on the spot, with no promise
+// reaction; the replies of a chunk's requests answered so leave in one write once the chunk is parsed. On a plain socket whose stream
 // holds nothing of ours, that write is a write(2)/writev(2) straight on its fd (no WriteWrap, no
 // stream bookkeeping, no callback tick); what the kernel does not take, and everything under TLS,
 // goes through the stream, and later replies gather behind that write until it is done. Nothing
