@@ -33,6 +33,11 @@ export const REPAIR_BATCH_DELAY_MS = 50;
 export const CLUSTER_ALLOCATE_DEFER_MS = 10_000;
 /** A repair still running after this long reports what it waits for (event repair-waiting), and again each period. */
 export const REPAIR_WAIT_REPORT_MS = 10_000;
+/**
+ * Another node's REPAIR that failed here is tried again after this long (REPAIR_ATTEMPTS_MAX attempts in
+ * all): until this node runs on the same legs as the others, writes wait on every node.
+ */
+export const CLUSTER_REPAIR_RETRY_MS = 2_000;
 
 export interface RepairPlan {
   readonly spec: TableSpec;
@@ -215,10 +220,13 @@ export class RepairPolicy {
   private readonly failedSeen = new Map<string, Set<string>>();
   private readonly onEvent: (ev: VolumeEvent) => void;
 
+  private stopped = false;
+
   constructor(
     private readonly volumes: Volumes,
     readonly policy: RepairPolicyName,
     spares: readonly string[],
+    private readonly clusterRetryMs = CLUSTER_REPAIR_RETRY_MS,
   ) {
     this.spares = [...spares];
     this.onEvent = (ev) => this.consider(ev);
@@ -241,16 +249,35 @@ export class RepairPolicy {
     }
     this.clusterRepairPending.add(v.name); // a deferring policy pass stops waiting (it runs before this one)
     const p = prev
-      .then(() => repairVolume(v, { spares: [...r.added], policy: r.added.length > 0 ? 'allocate' : 'remove', trigger, failed: new Set(r.removed) }))
-      .then(
-        () => undefined,
-        (e: unknown) => void v.record('repair-failed', { trigger, message: errorText(e) }, false),
-      )
+      .then(() => this.applyWithRetries(v, r, trigger))
       .finally(() => {
         this.clusterRepairPending.delete(v.name);
         if (this.running.get(v.name) === p) this.running.delete(v.name);
       });
     this.running.set(v.name, p);
+  }
+
+  /**
+   * Another node's REPAIR on `v`, tried again after a failure (a refused reload, a timed-out suspend or
+   * resume): the nodes run on different legs until this one reloads, and every node's writes wait meanwhile.
+   * A repeat finds the legs already gone once one attempt got through (planRepair: nothing to do).
+   */
+  private async applyWithRetries(v: Volume, r: ClusterRepairRequest, trigger: string): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await repairVolume(v, { spares: [...r.added], policy: r.added.length > 0 ? 'allocate' : 'remove', trigger, failed: new Set(r.removed) });
+        return;
+      } catch (e) {
+        const last = attempt >= REPAIR_ATTEMPTS_MAX || this.stopped || v.isClosed;
+        const message = last
+          ? `${errorText(e)}; gave up after ${attempt} attempt(s): this node keeps its legs, and writes wait on every node ` +
+            `until it runs on the same legs as the others (suspend, reload and resume it by hand)`
+          : errorText(e);
+        v.record('repair-failed', { trigger, attempt, ...(last ? {} : { retryInMs: this.clusterRetryMs }), message }, false);
+        if (last) return;
+        await new Promise((resolve) => setTimeout(resolve, this.clusterRetryMs));
+      }
+    }
   }
 
   /** Volumes with a cluster REPAIR queued (from another node). */
@@ -262,6 +289,7 @@ export class RepairPolicy {
   }
 
   stop(): void {
+    this.stopped = true;
     this.volumes.off('event', this.onEvent);
     this.unsubCluster();
   }

@@ -158,6 +158,10 @@ export class Volume extends EventEmitter {
   private eventCounter = 0;
   private readonly ops = new OpQueue();
   private closed = false;
+  /** close() was called (it may still be draining). */
+  get isClosed(): boolean {
+    return this.closed;
+  }
   /** Set by Volumes.setOpenCounter: connections using this volume. */
   openCountFn: (() => number) | undefined;
 

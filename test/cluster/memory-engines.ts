@@ -64,7 +64,11 @@ export async function memoryVolume(
   const opener = clusterLogOpener({ transport: () => bus.connect(nodeId) });
   const backend: TableBackend = {
     ...tableBackend({ openTable: { openLog: async (s, ctx) => (log = (await opener(s, ctx)) as ClusterLog) } }),
-    openDevice: async (device) => sharedLeg(legs.get(device)!),
+    openDevice: async (device) => {
+      const leg = legs.get(device);
+      if (leg === undefined) throw new Error(`${device}: no such device on node ${nodeId}`);
+      return sharedLeg(leg);
+    },
   };
   const v = await Volume.create('volume', table, backend, limits);
   return { v, log: () => log! };
