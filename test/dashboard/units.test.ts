@@ -6,7 +6,7 @@ import { encodeRegionMap, REGION_CODES } from '../../src/control/dashboard/regio
 import type { DirtyLog } from '../../src/mirror/log/dirty-log.js';
 import { eventLevel, eventLogFields } from '../../src/control/logging.js';
 import { bucketQuantileMs, IoCounters, LATENCY_BUCKETS_SEC, MeteredExport } from '../../src/control/metrics.js';
-import { ExportError, type Export } from '../../src/nbd/export.js';
+import { ExportError, SETTLED_OK, type Export } from '../../src/nbd/export.js';
 import type { VolumeEvent } from '../../src/control/volumes.js';
 import type { RegionStateName } from '../../src/mirror/regions.js';
 
@@ -80,6 +80,25 @@ describe('metrics counters', () => {
     expect(c.requests[6]).toBe(1); // block_status
     const total = c.bucketTotals(['read', 'write']).reduce((a, b) => a + b, 0);
     expect(total).toBe(3);
+  });
+
+  it('MeteredExport passes a write done before returning (SETTLED_OK) on as is, counted, its synchronous time included', async () => {
+    const SYNC_MS = 3;
+    const inner = {
+      write: () => {
+        const until = performance.now() + SYNC_MS; // a write done on the caller's stack (page-cached legs)
+        while (performance.now() < until);
+        return SETTLED_OK;
+      },
+    } as unknown as Export;
+    const c = new IoCounters();
+    const m = new MeteredExport(inner, c);
+    const p = m.write(Buffer.alloc(4096), 0, { fua: false });
+    expect(p, 'the server can still answer it at once').toBe(SETTLED_OK);
+    expect(c.requests[1], 'counted before any promise reaction').toBe(1);
+    expect(c.bytes[1]).toBe(4096);
+    expect(c.latencySumMs[1]).toBeGreaterThanOrEqual(SYNC_MS);
+    await p;
   });
 });
 
