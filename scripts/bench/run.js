@@ -146,6 +146,9 @@ function timeCommand(command, args) {
   });
 }
 
+/** Taken as the run starts: machine() runs when the report is written, at the end. */
+const LOADAVG_AT_START = loadavg().map((x) => Number(x.toFixed(2)));
+
 function machine() {
   const cpu = cpus();
   return {
@@ -154,7 +157,7 @@ function machine() {
     cpuCount: cpu.length,
     memGiB: Math.round(totalmem() / 2 ** 30),
     kernel: release(),
-    loadavgAtStart: loadavg().map((x) => Number(x.toFixed(2))),
+    loadavgAtStart: LOADAVG_AT_START,
     node: process.version,
     fio: execFileSync('fio', ['--version']).toString().trim(),
     nbdkit: execFileSync('nbdkit', ['--version']).toString().trim(),
