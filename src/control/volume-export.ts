@@ -128,6 +128,10 @@ export class VolumeExport implements Export {
       this.settled();
       return Promise.reject(err);
     }
+    if (p === SETTLED_OK) {
+      this.settled(); // done before returning: passed on, so the server answers at once (export.ts)
+      return p;
+    }
     return p.then(this.settledOk, this.settledFailed);
   }
   write(data: Buffer, offsetBytes: number, flags: WriteFlags): Promise<void> {

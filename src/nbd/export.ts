@@ -18,7 +18,7 @@ export class ExportError extends Error {
 }
 
 /**
- * A write (or zero, trim, flush) may return this very promise when the request completed before the call
+ * A read or write (or zero, trim, flush) may return this very promise when the request completed before the call
  * returned (page-cached file legs): the server then answers at once, with no promise reaction per request.
  * Any other promise is awaited as usual.
  */

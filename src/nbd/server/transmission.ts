@@ -515,7 +515,15 @@ export class Transmission implements DirectReadTarget {
         const prefix = structured ? OFFSET_DATA_PREFIX_BYTES : C.SIMPLE_REPLY_BYTES;
         const pooled = this.pool.pooled(prefix + len);
         const reply = pooled ? this.pool.take(prefix + len) : Buffer.allocUnsafe(prefix + len);
-        this.exp.read(reply.subarray(prefix), off).then(
+        const p = this.exp.read(reply.subarray(prefix), off);
+        if (p === SETTLED_OK) {
+          // Read before read() returned (page-cached leg): answer now, as a WRITE (no then() or closures).
+          if (structured) encodeOffsetDataPrefix(reply, 0, C.NBD_REPLY_FLAG_DONE, cookieHi, cookieLo, off, len);
+          else encodeSimpleReply(reply, 0, 0, cookieHi, cookieLo);
+          this.complete(reply, len, pooled);
+          return;
+        }
+        p.then(
           () => {
             if (structured) encodeOffsetDataPrefix(reply, 0, C.NBD_REPLY_FLAG_DONE, cookieHi, cookieLo, off, len);
             else encodeSimpleReply(reply, 0, 0, cookieHi, cookieLo);
