@@ -54,31 +54,25 @@ static napi_value result(napi_env env, ssize_t n) {
   return out;
 }
 
-static napi_value do_write(napi_env env, napi_callback_info info) {
+/** One read or write system call on the decoded arguments (retried on EINTR only). */
+static napi_value do_io(napi_env env, napi_callback_info info, int writing) {
   int32_t fd;
   size_t length;
   int64_t position;
-  uint8_t *p = args_of(env, info, "write(fd, buf, offset, length, position): bad arguments", &fd, &length, &position);
+  const char *what = writing ? "write(fd, buf, offset, length, position): bad arguments" : "read(fd, buf, offset, length, position): bad arguments";
+  uint8_t *p = args_of(env, info, what, &fd, &length, &position);
   if (p == NULL) return NULL;
   ssize_t n;
   do {
-    n = position >= 0 ? pwrite(fd, p, length, (off_t)position) : write(fd, p, length);
+    if (writing) n = position >= 0 ? pwrite(fd, p, length, (off_t)position) : write(fd, p, length);
+    else n = position >= 0 ? pread(fd, p, length, (off_t)position) : read(fd, p, length);
   } while (n < 0 && errno == EINTR);
   return result(env, n);
 }
 
-static napi_value do_read(napi_env env, napi_callback_info info) {
-  int32_t fd;
-  size_t length;
-  int64_t position;
-  uint8_t *p = args_of(env, info, "read(fd, buf, offset, length, position): bad arguments", &fd, &length, &position);
-  if (p == NULL) return NULL;
-  ssize_t n;
-  do {
-    n = position >= 0 ? pread(fd, p, length, (off_t)position) : read(fd, p, length);
-  } while (n < 0 && errno == EINTR);
-  return result(env, n);
-}
+static napi_value do_write(napi_env env, napi_callback_info info) { return do_io(env, info, 1); }
+
+static napi_value do_read(napi_env env, napi_callback_info info) { return do_io(env, info, 0); }
 
 static napi_value init(napi_env env, napi_value exports) {
   napi_value fn;
