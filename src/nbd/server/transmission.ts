@@ -8,10 +8,10 @@
 // buffer, held until the export settled: direct-read.ts hold/release; a copy past SCRATCH_HELD_MAX
 // held buffers, or when it spans chunks). A read reply is one buffer (header +
 // data) the export fills through a subarray. Replies completing together (in one tick) leave in one
-// write; a lone reply (nothing else in flight: QD1) leaves at once. A WRITE the export completed before
-// write() returned (it returns SETTLED_OK: page-cached legs) is answered on the spot, with no promise
-// reaction; the replies of a chunk's requests answered so leave in one write once the chunk is parsed. On a plain socket whose stream
-// holds nothing of ours, that write is a write(2)/writev(2) straight on its fd (no WriteWrap, no
+// write; a lone reply (nothing else in flight: QD1) leaves at once. A READ or WRITE the export completed
+// before returning (it returns SETTLED_OK: page-cached legs) is answered on the spot, with no promise
+// reaction; the replies of a chunk's requests answered so leave in one write once the chunk is parsed.
+// On a plain socket whose stream holds nothing of ours, that write is a write(2)/writev(2) straight on its fd (no WriteWrap, no
 // stream bookkeeping, no callback tick); what the kernel does not take, and everything under TLS,
 // goes through the stream, and later replies gather behind that write until it is done. Nothing
 // logs on the data path.
@@ -518,17 +518,11 @@ export class Transmission implements DirectReadTarget {
         const p = this.exp.read(reply.subarray(prefix), off);
         if (p === SETTLED_OK) {
           // Read before read() returned (page-cached leg): answer now, as a WRITE (no then() or closures).
-          if (structured) encodeOffsetDataPrefix(reply, 0, C.NBD_REPLY_FLAG_DONE, cookieHi, cookieLo, off, len);
-          else encodeSimpleReply(reply, 0, 0, cookieHi, cookieLo);
-          this.complete(reply, len, pooled);
+          this.completeRead(reply, structured, cookieHi, cookieLo, off, len, pooled);
           return;
         }
         p.then(
-          () => {
-            if (structured) encodeOffsetDataPrefix(reply, 0, C.NBD_REPLY_FLAG_DONE, cookieHi, cookieLo, off, len);
-            else encodeSimpleReply(reply, 0, 0, cookieHi, cookieLo);
-            this.complete(reply, len, pooled);
-          },
+          () => this.completeRead(reply, structured, cookieHi, cookieLo, off, len, pooled),
           (err: unknown) => {
             if (pooled) this.pool.release(reply);
             this.failed(cookieHi, cookieLo, true, err, len);
@@ -577,15 +571,16 @@ export class Transmission implements DirectReadTarget {
     const cookieHi = h.cookieHi;
     const cookieLo = h.cookieLo;
     this.inFlightRequests++;
+    // The payload goes back once the write settled: a held scratch, or a buffer from one of our pools.
+    const givesBack = held !== null || (pooled && (this.pool.pooled(data.length) || this.smallPool.pooled(data.length)));
     const p = this.exp.write(data, h.offsetBytes, { fua: (h.flags & C.NBD_CMD_FLAG_FUA) !== 0 });
     if (p === SETTLED_OK) {
       // Written before write() returned: answer now (no then(), closures or reaction job per request).
-      if (held !== null) this.lender!.release(held);
-      else if (pooled && (this.pool.pooled(data.length) || this.smallPool.pooled(data.length))) this.releasePayload(data);
+      if (givesBack) this.releaseWritePayload(data, held);
       this.completeOk(cookieHi, cookieLo, data.length);
       return;
     }
-    if (held === null && (!pooled || !(this.pool.pooled(data.length) || this.smallPool.pooled(data.length)))) {
+    if (!givesBack) {
       this.settle(p, cookieHi, cookieLo, data.length);
       return;
     }
@@ -599,6 +594,13 @@ export class Transmission implements DirectReadTarget {
         this.failed(cookieHi, cookieLo, false, err, data.length);
       },
     );
+  }
+
+  /** A READ's reply once its data is in: the header in front of the data, then complete(). */
+  private completeRead(reply: Buffer, structured: boolean, cookieHi: number, cookieLo: number, off: number, len: number, pooled: boolean): void {
+    if (structured) encodeOffsetDataPrefix(reply, 0, C.NBD_REPLY_FLAG_DONE, cookieHi, cookieLo, off, len);
+    else encodeSimpleReply(reply, 0, 0, cookieHi, cookieLo);
+    this.complete(reply, len, pooled);
   }
 
   /** A settled WRITE's payload: its held scratch goes back to the lender, else its buffer to its pool. */
