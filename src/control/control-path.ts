@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { UsageError } from './usage-error.js';
 
-/** Shortest bearer token the control API over TCP accepts. */
+/** Shortest bearer token the control API over TCP accepts (shorter ones are refused: guessable). */
 export const CONTROL_TOKEN_CHARS_MIN = 16;
 
 /** Where the server puts its socket when --control is not given: one directory, one socket per pid. */

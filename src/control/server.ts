@@ -40,7 +40,6 @@ export const CONTROL_BODY_BYTES_MAX = 64 * 1024;
 export const EVENT_BUFFERED_BYTES_MAX = 1024 * 1024;
 /** Event stream subscribers at once. */
 export const EVENT_SUBSCRIBERS_MAX = 64;
-/** Tokens shorter than this are refused: guessable. */
 
 export interface ControlServerOptions {
   readonly volumes: Volumes;
