@@ -23,6 +23,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { privateBuildCopy } from './build.js';
 import { JOBS, median, pairedRatio } from './fio.js';
+import { processCpuSec } from './proc-cpu.js';
 import { runOrder, startServer } from './servers.js';
 import { makePki } from './tls-pki.js';
 
@@ -52,14 +53,6 @@ const REPEAT = Number(flags.repeat);
 const SIZE_BYTES = Number(flags['size-mib']) * 1024 * 1024;
 const TLS = flags.tls;
 if (!['off', 'x509'].includes(TLS)) throw new Error('--tls off|x509');
-const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim());
-
-function cpuSec(pid) {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(f[11]) + Number(f[12])) / CLK_TCK; // utime, stime (fields 14, 15)
-}
-
 function serverDef(name, ctx) {
   const socket = join(ctx.dir, `${name}.sock`);
   const pidFile = join(ctx.dir, `${name}.pid`);
@@ -123,9 +116,9 @@ async function main() {
         try {
           const uri = `${TLS === 'off' ? 'nbd+unix' : 'nbds+unix'}:///?socket=${def.socket}`;
           for (const job of jobs) {
-            const c0 = cpuSec(srv.pid);
+            const c0 = processCpuSec(srv.pid);
             const r = await fioJob(ctx, uri, job);
-            const c1 = cpuSec(srv.pid);
+            const c1 = processCpuSec(srv.pid);
             r.cpuUsPerOp = ((c1 - c0) * 1e6) / r.ops;
             r.cpuLoad = (c1 - c0) / RUNTIME_SEC;
             ((res[name] ??= {})[job] ??= []).push(r);

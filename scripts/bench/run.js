@@ -15,7 +15,6 @@
 // Backing files live in --dir (default /dev/shm, tmpfs), so the figures measure the servers, not a disk.
 import { execFileSync, spawn } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { copyFile, mkdir, mkdtemp, open, rm, writeFile } from 'node:fs/promises';
 import { cpus, hostname, loadavg, release, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -25,6 +24,7 @@ import { figureOf, JOBS, median, pairedRatio, runFio } from './fio.js';
 import { privateBuildCopy } from './build.js';
 import { writeBenchChart } from './chart.js';
 import { mirrorTable, runOrder, SERVERS, setCli, startServer } from './servers.js';
+import { otherCpuMeter } from './proc-cpu.js';
 import { makePki } from './tls-pki.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -75,7 +75,6 @@ const RESYNC_TIMEOUT_MS = 120_000;
 /** --quiet-below: the longest wait for a quiet machine before a fio run, and the window it is judged over. */
 const QUIET_WAIT_MAX_MS = 15_000;
 const QUIET_WINDOW_MS = 500;
-const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim());
 
 const { values: flags } = parseArgs({
   options: {
@@ -165,39 +164,11 @@ function machine() {
   };
 }
 
-/** The machine's CPU time so far, in seconds: busy (user, nice, system, irq, softirq; all CPUs) and steal. */
-function machineCpuSec() {
-  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
-  return { busy: (f[0] + f[1] + f[2] + f[5] + f[6]) / CLK_TCK, steal: (f[7] ?? 0) / CLK_TCK };
-}
-
-/** This process's CPU time plus that of its exited children (fio, once waited for), in seconds. */
-function selfAndChildrenCpuSec() {
-  const stat = readFileSync('/proc/self/stat', 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) / CLK_TCK; // utime, stime, cutime, cstime
-}
-
-function cpuSec(pid) {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(f[11]) + Number(f[12])) / CLK_TCK; // utime, stime of every thread
-  } catch {
-    return NaN;
-  }
-}
-
 /** CPUs used by other processes (not this bench, its exited children or `running` servers) over `ms`. */
 async function otherCpusOver(running, ms) {
-  const servers0 = running.map((r) => cpuSec(r.server.pid));
-  const machine0 = machineCpuSec();
-  const ours0 = selfAndChildrenCpuSec();
-  const t0 = process.hrtime.bigint();
+  const stop = otherCpuMeter(running.map((r) => r.server.pid));
   await new Promise((r) => setTimeout(r, ms));
-  const wallSec = Number(process.hrtime.bigint() - t0) / 1e9;
-  const serversCpu = running.reduce((sum, r, i) => sum + cpuSec(r.server.pid) - servers0[i], 0);
-  return Math.max(0, machineCpuSec().busy - machine0.busy - (selfAndChildrenCpuSec() - ours0) - serversCpu) / wallSec;
+  return stop().otherCpus;
 }
 
 /** --quiet-below: waits until the rest of the machine is quiet (or QUIET_WAIT_MAX_MS passed). Same for every server. */
@@ -235,18 +206,12 @@ async function benchGroupRound(group, round, ctx, out) {
         const uri = `${def.tls ? 'nbds+unix' : 'nbd+unix'}:///?socket=${def.socket}`;
         const env = def.tls ? { ...process.env, HOME: ctx.pki.home } : undefined;
         const quiet = await waitQuiet(running);
-        const serversBefore = running.map((r) => cpuSec(r.server.pid));
-        const machineBefore = machineCpuSec();
-        const oursBefore = selfAndChildrenCpuSec();
-        const startedNs = process.hrtime.bigint();
-        const result = (await runFio({ workDir: ctx.dir, label: name, uri, sizeBytes: ctx.sizeBytes, runtimeSec, jobs: [job], env }))[job];
-        const wallSec = Number(process.hrtime.bigint() - startedNs) / 1e9;
-        const machineAfter = machineCpuSec();
-        const serversCpu = running.map((r, i) => cpuSec(r.server.pid) - serversBefore[i]);
-        // What the rest of the machine used meanwhile (other users' processes, not this bench, fio or the
+        // What the rest of the machine uses meanwhile (other users' processes, not this bench, fio or the
         // servers), in CPUs on average: a noisy run shows here, and the servers compared on a job share it.
-        const othersCpu = machineAfter.busy - machineBefore.busy - (selfAndChildrenCpuSec() - oursBefore) - serversCpu.reduce((a, b) => a + b, 0);
-        const machine = { otherCpus: Math.max(0, othersCpu) / wallSec, stealCpus: (machineAfter.steal - machineBefore.steal) / wallSec };
+        const stop = otherCpuMeter(running.map((r) => r.server.pid));
+        const result = (await runFio({ workDir: ctx.dir, label: name, uri, sizeBytes: ctx.sizeBytes, runtimeSec, jobs: [job], env }))[job];
+        const { pidsCpu: serversCpu, otherCpus, stealCpus } = stop();
+        const machine = { otherCpus, stealCpus };
         others.forEach((r) => {
           const ms = serversCpu[running.indexOf(r)] * 1000;
           if (ms > (ctx.idleCpu.maxMs ?? -1)) ctx.idleCpu = { maxMs: ms, server: r.name, whileRunning: name, job };
