@@ -3,6 +3,7 @@
 #   native/peercred  SO_PEERCRED peer uid for --allow EXPORT=uid:N (needs only Node's headers)
 #   native/copy-range copy_file_range(2) for resync between file legs (src/mirror/legs/copy-range.ts; Node's headers only)
 #   native/fast-io   read/write system calls without fs's wrapper, for the I/O hot path (src/nbd/server/fast-io.ts; Node's headers only)
+#   native/splice    splice(2) leg file -> pipe -> socket for large READ replies (src/nbd/server/splice.ts; Node's headers only)
 #   native           the corosync CPG + quorum addon (nbdm_cpg.node) for clustered logs (src/cluster/cpg.ts)
 # An addon whose build prerequisites are missing is skipped with one note (exit 0): single-node volumes need
 # neither. Set NBDM_NATIVE_REQUIRED=1 to make a missing prerequisite an error instead (CI).
@@ -37,3 +38,4 @@ else
 fi
 "$gyp" "${common[@]}" --directory="$here/native/copy-range"
 "$gyp" "${common[@]}" --directory="$here/native/fast-io"
+"$gyp" "${common[@]}" --directory="$here/native/splice"

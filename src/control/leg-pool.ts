@@ -61,6 +61,7 @@ class SharedLeg implements Leg {
   private released = false;
   readonly readNow?: Leg['readNow'];
   readonly writeNow?: Leg['writeNow'];
+  readonly spliceNow?: Leg['spliceNow'];
   constructor(
     private readonly inner: Leg,
     private readonly releaseFn: () => Promise<void>,
@@ -68,6 +69,7 @@ class SharedLeg implements Leg {
     // Present only when the inner leg has them (the mirror tests for their presence).
     if (inner.readNow !== undefined) this.readNow = inner.readNow.bind(inner);
     if (inner.writeNow !== undefined) this.writeNow = inner.writeNow.bind(inner);
+    if (inner.spliceNow !== undefined) this.spliceNow = inner.spliceNow.bind(inner);
   }
   copyRangeTo(target: Leg, offsetBytes: number, lengthBytes: number): Promise<boolean> {
     if (this.inner.copyRangeTo === undefined) return Promise.resolve(false);

@@ -13,7 +13,7 @@
 //
 // Assumes: single-threaded (no atomics needed); counters are doubles (exact up to 2^53).
 import type promClient from 'prom-client';
-import { SETTLED_OK, type Export, type ExportCapabilities, type Extent, type WriteFlags, type ZeroFlags } from '../nbd/export.js';
+import { SETTLED_OK, type Export, type ExportCapabilities, type Extent, type SplicePipe, type WriteFlags, type ZeroFlags } from '../nbd/export.js';
 import { MirrorExport } from '../mirror/mirror.js';
 import type { Volumes } from './volumes.js';
 import { clusterViewOf } from './dashboard/cluster-view.js';
@@ -91,6 +91,15 @@ export class MeteredExport implements Export {
   read(target: Buffer, offsetBytes: number): Promise<void> {
     const start = performance.now();
     return this.track(CMD.read, target.length, start, this.inner.read(target, offsetBytes));
+  }
+  /** A spliced READ is counted and timed here (its fill is the export's whole part); a declined one by read(). */
+  spliceRead(pipe: SplicePipe, offsetBytes: number, lengthBytes: number): boolean {
+    const inner = this.inner;
+    if (inner.spliceRead === undefined) return false;
+    const start = performance.now();
+    if (!inner.spliceRead(pipe, offsetBytes, lengthBytes)) return false;
+    this.counters.record(CMD.read, lengthBytes, start, false);
+    return true;
   }
   write(data: Buffer, offsetBytes: number, flags: WriteFlags): Promise<void> {
     const start = performance.now();

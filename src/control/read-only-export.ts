@@ -1,7 +1,7 @@
 // --read-only: wraps an Export so it advertises read-only and refuses every change with EPERM. The
 // server already refuses writes to a read-only export at the edge; the rejections here are the inner
 // assertion that nothing slipped through. Reads, block status, cache and close pass straight through.
-import { ExportError, type Export, type ExportCapabilities, type Extent } from '../nbd/export.js';
+import { ExportError, type Export, type ExportCapabilities, type Extent, type SplicePipe } from '../nbd/export.js';
 
 export class ReadOnlyExport implements Export {
   private readonly caps: ExportCapabilities;
@@ -16,6 +16,10 @@ export class ReadOnlyExport implements Export {
   }
   read(target: Buffer, offsetBytes: number): Promise<void> {
     return this.inner.read(target, offsetBytes);
+  }
+  spliceRead(pipe: SplicePipe, offsetBytes: number, lengthBytes: number): boolean {
+    const inner = this.inner;
+    return inner.spliceRead !== undefined && inner.spliceRead(pipe, offsetBytes, lengthBytes);
   }
   async write(): Promise<void> {
     throw new ExportError('EPERM', 'export is read-only');

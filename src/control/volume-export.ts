@@ -11,7 +11,7 @@
 // ENOMEM at once when the queue bound is spent.
 import assert from 'node:assert/strict';
 import { ExportError, SETTLED_OK } from '../nbd/export.js';
-import type { Export, ExportCapabilities, Extent, WriteFlags, ZeroFlags } from '../nbd/export.js';
+import type { Export, ExportCapabilities, Extent, SplicePipe, WriteFlags, ZeroFlags } from '../nbd/export.js';
 
 export interface VolumeExportLimits {
   /** Requests that may wait while the volume is suspended; one more is refused with ENOMEM. */
@@ -133,6 +133,12 @@ export class VolumeExport implements Export {
       return p;
     }
     return p.then(this.settledOk, this.settledFailed);
+  }
+  /** Export.spliceRead of the current target while the gate is open (it is done before returning: never in flight). */
+  spliceRead(pipe: SplicePipe, offsetBytes: number, lengthBytes: number): boolean {
+    if (this.suspended || this.closed) return false;
+    const t = this.target;
+    return t.spliceRead !== undefined && t.spliceRead(pipe, offsetBytes, lengthBytes);
   }
   write(data: Buffer, offsetBytes: number, flags: WriteFlags): Promise<void> {
     if (this.suspended || this.closed) return this.forward(data.length, (e) => e.write(data, offsetBytes, flags));

@@ -4,7 +4,7 @@
 // operation (a Leg has FUA only on write).
 
 import { strict as assert } from 'node:assert';
-import { ExportError, type Export, type ExportCapabilities, type Extent, type WriteFlags, type ZeroFlags } from '../nbd/export.js';
+import { ExportError, type Export, type ExportCapabilities, type Extent, type SplicePipe, type WriteFlags, type ZeroFlags } from '../nbd/export.js';
 import type { Leg } from './legs/leg.js';
 
 export const LINEAR_BLOCK_SIZE_MIN = 1;
@@ -62,6 +62,13 @@ export class LinearExport implements Export {
     if (this.closed) return closedRejection();
     this.check(offsetBytes, target.length);
     return this.leg.read(target, offsetBytes);
+  }
+
+  /** Export.spliceRead: the leg fills the pipe if it can; else (or closed) declined. */
+  spliceRead(pipe: SplicePipe, offsetBytes: number, lengthBytes: number): boolean {
+    if (this.closed) return false;
+    const leg = this.leg;
+    return leg.spliceNow !== undefined && leg.spliceNow(pipe, offsetBytes, lengthBytes);
   }
 
   write(data: Buffer, offsetBytes: number, flags: WriteFlags): Promise<void> {

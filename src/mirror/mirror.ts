@@ -19,6 +19,7 @@ import {
   type Export,
   type ExportCapabilities,
   type Extent,
+  type SplicePipe,
   type WriteFlags,
   type ZeroFlags,
 } from '../nbd/export.js';
@@ -295,6 +296,19 @@ export class MirrorExport implements Export {
     const bad = this.rangeError(offsetBytes, target.length);
     if (bad) return Promise.reject(bad);
     return this.readFrom(target, offsetBytes, 0);
+  }
+
+  /**
+   * Export.spliceRead: the leg read() would pick now (in sync: balanced over healthy legs; else the default
+   * leg) fills the pipe. Declines whenever read() would wait or fail (suspended, closed, no usable leg) or the
+   * leg cannot splice; a failed fill fails no leg (read() then reads and judges).
+   */
+  spliceRead(pipe: SplicePipe, offsetBytes: number, lengthBytes: number): boolean {
+    if (this.suspended || this.closed || this.rangeError(offsetBytes, lengthBytes)) return false;
+    const leg = this.rangeInSync(offsetBytes, lengthBytes) ? this.pickReadLeg() : this.defaultLeg;
+    if (leg < 0 || this.health.isFailed(leg)) return false;
+    const l = this.legs[leg]!;
+    return l.spliceNow !== undefined && l.spliceNow(pipe, offsetBytes, lengthBytes);
   }
 
   /** All regions of the range in sync (and not being recovered): any healthy leg may serve it. */

@@ -24,6 +24,14 @@ export class ExportError extends Error {
  */
 export const SETTLED_OK: Promise<void> = Promise.resolve();
 
+/** An empty pipe the server owns, which an export may fill with a READ's bytes (Export.spliceRead). */
+export interface SplicePipe {
+  /** Its write end. */
+  readonly writeFd: number;
+  /** Bytes it holds when filled with whole pages (one page per slot: an unaligned range needs a page more). */
+  readonly capacityBytes: number;
+}
+
 export interface ExportCapabilities {
   readonly sizeBytes: number;
   readonly readOnly: boolean;
@@ -67,6 +75,14 @@ export interface Export {
   capabilities(): ExportCapabilities;
   /** Fill `target` completely with the bytes at offsetBytes. */
   read(target: Buffer, offsetBytes: number): Promise<void>;
+  /**
+   * Optional, for large READs: put the bytes read() would read into `pipe` with splice(2), now, on the caller's
+   * stack, from the leg read() would pick (same checks; an export that would wait, or whose leg cannot splice,
+   * declines). true: the pipe holds exactly those `lengthBytes` bytes. false: declined or failed, the pipe
+   * may hold part of them (the server discards it) and the server calls read(), which judges any error (a
+   * failed splice fails no leg). Never throws.
+   */
+  spliceRead?(pipe: SplicePipe, offsetBytes: number, lengthBytes: number): boolean;
   write(data: Buffer, offsetBytes: number, flags: WriteFlags): Promise<void>;
   flush(): Promise<void>;
   trim(offsetBytes: number, lengthBytes: number, flags: WriteFlags): Promise<void>;

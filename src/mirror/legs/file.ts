@@ -57,11 +57,12 @@ import { constants as fsConstants, fdatasyncSync, promises as fsp, read as fsRea
 import { performance } from 'node:perf_hooks';
 import { basename } from 'node:path';
 import type { FileHandle } from 'node:fs/promises';
-import { ExportError, SETTLED_OK } from '../../nbd/export.js';
+import { ExportError, SETTLED_OK, type SplicePipe } from '../../nbd/export.js';
 import type { Leg, LegWriteFlags } from './leg.js';
 import { LegOpenError, toExportError } from './errors.js';
 import { copyRange, copyRangeAvailable } from './copy-range.js';
 import { fastIo, systemError } from '../../nbd/server/fast-io.js';
+import { spliceIo } from '../../nbd/server/splice.js';
 
 /** Largest single zero-fill write; the shared zero buffer has this size (allocated once, lazily). */
 export const ZERO_CHUNK_BYTES = 1024 * 1024;
@@ -100,6 +101,8 @@ export const SYNC_IO_WINDOW_CALLS = 64;
 export const SYNC_IO_STALL_US = 50_000;
 /** How long a leg stays on the thread pool after a backoff before trying synchronous calls again. */
 export const SYNC_IO_BACKOFF_MS = 1000;
+/** Bytes per pipe slot when splicing page-cache pages (x86-64 pages; a larger page only makes a fill come up short). */
+const SPLICE_PAGE_BYTES = 4096;
 /** statfs f_type of memory file systems, where fdatasync has no device to wait for: tmpfs, ramfs. */
 const MEMORY_FS_TYPES = new Set([0x01021994, 0x858458f6]);
 /** First flush backoff after a slow synchronous flush; doubles while flushes stay slow, up to the max. */
@@ -372,6 +375,20 @@ export class FileLeg implements Leg {
   writeNow(data: Buffer, offsetBytes: number): Error | null | undefined {
     if (this.closed || this.fhSync === null || !this.useSync(data.length) || !this.rangeOk(offsetBytes, data.length)) return undefined;
     return this.writeSyncNow(data, offsetBytes);
+  }
+
+  /**
+   * Leg.spliceNow: on a memory file system only, where the fill takes page references at once (elsewhere it
+   * could wait for the device with the event loop blocked). Short (end of a shrunk file) or failed: false,
+   * and read() reads the range (zero-filling past the end, reporting errors).
+   */
+  spliceNow(pipe: SplicePipe, offsetBytes: number, lengthBytes: number): boolean {
+    const io = spliceIo();
+    if (io === null || !this.memoryBacked || !SYNC_IO_ENABLED || this.closed || !this.rangeOk(offsetBytes, lengthBytes)) return false;
+    const position = this.offsetBytes + offsetBytes;
+    // One page per pipe slot: an unaligned range spans a page more than its length.
+    if ((position % SPLICE_PAGE_BYTES) + lengthBytes > pipe.capacityBytes) return false;
+    return io.fill(this.fh.fd, position, pipe.writeFd, lengthBytes) === lengthBytes;
   }
 
   /** The range check without asserting (the *Now paths leave a bad range to read()/write() to report). */

@@ -3,6 +3,8 @@
 // Legs report failures by rejecting with ExportError (errno name); the mirror decides what a failure
 // means (fail the leg, hold the write, retry a read elsewhere). Legs never retry on their own.
 
+import type { SplicePipe } from '../../nbd/export.js';
+
 export interface LegWriteFlags {
   readonly fua: boolean;
 }
@@ -34,4 +36,10 @@ export interface Leg {
   readNow?(target: Buffer, offsetBytes: number): Error | null | undefined;
   writeNow?(data: Buffer, offsetBytes: number): Error | null | undefined;
   copyRangeTo?(target: Leg, offsetBytes: number, lengthBytes: number): Promise<boolean>;
+  /**
+   * Optional (FileLeg on a memory file system): splice the range into `pipe` (empty) now, on the caller's
+   * stack (Export.spliceRead). true: the pipe holds exactly lengthBytes bytes; false: declined or failed
+   * (the caller discards the pipe and reads through read(), which reports any error). Never throws.
+   */
+  spliceNow?(pipe: SplicePipe, offsetBytes: number, lengthBytes: number): boolean;
 }

@@ -46,6 +46,8 @@ import { decodeRequestHeader, newRequestHeader, type RequestHeader } from '../co
 import { type Export, ExportError, type Extent, SETTLED_OK } from '../export.js';
 import { BufferPool } from './buffer-pool.js';
 import { fastIo } from './fast-io.js';
+import { spliceIo, type SpliceIo } from './splice.js';
+import { type Pipe, SplicePipes } from './splice-pipes.js';
 import { DIRECT_READ_BYTES_MIN, type DirectReadTarget, type Scratch, type ScratchLender } from './direct-read.js';
 import type { Negotiated } from './handshake.js';
 import type { ServerLimits } from './limits.js';
@@ -73,6 +75,35 @@ export interface TransmissionStats {
   readonly paused: boolean;
   /** WRITE payload bytes read straight into their buffer (direct-read.ts), no copy. */
   readonly directReadBytes: number;
+  /** READ replies whose data went leg -> pipe -> socket (splice.ts), and their payload bytes. */
+  readonly splicedReplies: number;
+  readonly splicedBytes: number;
+}
+
+/**
+ * READs of at least this many bytes are spliced (splice.ts) when the export can. Below it the copy costs less
+ * than the pipe's system calls (a 64 KiB read is one synchronous pread and one direct write).
+ */
+export const SPLICE_READ_BYTES_MIN = 128 * 1024;
+/**
+ * When the socket is full in the middle of a spliced reply, this much of the rest is copied out of the pipe and
+ * written through the stream: libuv waits for the socket to drain, writes it, and its callback splices on.
+ */
+const SPLICE_WAIT_PIECE_BYTES = 16 * 1024;
+const EAGAIN = -11;
+
+/** A spliced READ reply waiting for its turn: the replies queued before it, its header, then `left` bytes in `pipe`. */
+interface SplicedReply {
+  before: Buffer[];
+  beforeBytes: number;
+  beforePooled: Buffer[];
+  readonly header: Buffer;
+  headerSent: number;
+  readonly pipe: Pipe;
+  /** Payload bytes still in the pipe. */
+  left: number;
+  /** Header and payload bytes (counted in spliceQBytes until sent). */
+  readonly bytes: number;
 }
 
 /** Write payload sizes kept for reuse by the small pool (the large one starts at 128 KiB), and its bound. */
@@ -143,6 +174,15 @@ export class Transmission implements DirectReadTarget {
   /** Plain socket: its handle and fd, for writing replies straight to the kernel (writeDirect); else -1. */
   private directHandle: unknown = null;
   private directFd = -1;
+  /** Splicing READ replies (plain socket, addon built, export can): the addon and this connection's pipes. */
+  private splice: SpliceIo | null = null;
+  private pipes: SplicePipes | null = null;
+  /** Spliced replies in order; the head is being sent once the replies before it are. Later replies wait. */
+  private spliceQ: SplicedReply[] = [];
+  /** Bytes of spliceQ (headers, pipe contents and the replies queued before each): counted as unsent output. */
+  private spliceQBytes = 0;
+  private splicedReplies = 0;
+  private splicedBytes = 0;
   private readonly pool = new BufferPool();
   /** Small WRITE payloads copied out of a lent chunk (4 KiB at QD32: a malloc + free per request otherwise). */
   private readonly smallPool = new BufferPool(SMALL_POOLED_BYTES_MIN, SMALL_POOLED_BYTES_MAX, SMALL_HELD_BYTES_MAX);
@@ -184,6 +224,11 @@ export class Transmission implements DirectReadTarget {
     if (h !== undefined && h !== null && typeof h.fd === 'number' && h.fd >= 0) {
       this.directHandle = h;
       this.directFd = h.fd;
+      const io = spliceIo();
+      if (io !== null && this.exp.spliceRead !== undefined) {
+        this.splice = io;
+        this.pipes = new SplicePipes(io);
+      }
     }
   }
 
@@ -191,9 +236,11 @@ export class Transmission implements DirectReadTarget {
     return {
       inFlightRequests: this.inFlightRequests,
       inFlightBytes: this.inFlightBytes,
-      writeBufferedBytes: this.socket.writableLength + this.outBytes,
+      writeBufferedBytes: this.socket.writableLength + this.outBytes + this.spliceQBytes,
       paused: this.paused,
       directReadBytes: this.directReadBytes,
+      splicedReplies: this.splicedReplies,
+      splicedBytes: this.splicedBytes,
     };
   }
 
@@ -220,6 +267,13 @@ export class Transmission implements DirectReadTarget {
     this.outBytes = 0;
     this.outPooled = [];
     this.outRunStart = this.outRunEnd = 0;
+    const pipes = this.pipes;
+    if (pipes !== null) {
+      for (const r of this.spliceQ) pipes.close(r.pipe);
+      this.spliceQ = [];
+      this.spliceQBytes = 0;
+      pipes.closeIdle();
+    }
     this.stop();
   }
 
@@ -327,7 +381,7 @@ export class Transmission implements DirectReadTarget {
     return (
       this.inFlightRequests >= this.limits.inFlightRequestsMax ||
       this.inFlightBytes >= this.limits.inFlightBytesMax ||
-      this.socket.writableLength + this.outBytes >= this.limits.writeBufferedBytesMax
+      this.socket.writableLength + this.outBytes + this.spliceQBytes >= this.limits.writeBufferedBytesMax
     );
   }
 
@@ -512,6 +566,7 @@ export class Transmission implements DirectReadTarget {
       case C.NBD_CMD_READ: {
         this.inFlightBytes += len;
         const structured = this.nego.structuredReplies;
+        if (len >= SPLICE_READ_BYTES_MIN && this.pipes !== null && this.spliceRead(cookieHi, cookieLo, off, len, structured)) return;
         const prefix = structured ? OFFSET_DATA_PREFIX_BYTES : C.SIMPLE_REPLY_BYTES;
         const pooled = this.pool.pooled(prefix + len);
         const reply = pooled ? this.pool.take(prefix + len) : Buffer.allocUnsafe(prefix + len);
@@ -601,6 +656,29 @@ export class Transmission implements DirectReadTarget {
     if (structured) encodeOffsetDataPrefix(reply, 0, C.NBD_REPLY_FLAG_DONE, cookieHi, cookieLo, off, len);
     else encodeSimpleReply(reply, 0, 0, cookieHi, cookieLo);
     this.complete(reply, len, pooled);
+  }
+
+  /**
+   * A READ answered from a pipe: the export fills it now (Export.spliceRead) and the reply is queued; false
+   * when there is no pipe or the export declined (the READ is then read into a buffer as usual).
+   */
+  private spliceRead(cookieHi: number, cookieLo: number, off: number, len: number, structured: boolean): boolean {
+    const pipes = this.pipes!;
+    const pipe = pipes.take(len);
+    if (pipe === null) return false;
+    if (!this.exp.spliceRead!(pipe, off, len)) {
+      pipes.recycle(pipe);
+      return false;
+    }
+    const header = Buffer.allocUnsafe(structured ? OFFSET_DATA_PREFIX_BYTES : C.SIMPLE_REPLY_BYTES);
+    if (structured) encodeOffsetDataPrefix(header, 0, C.NBD_REPLY_FLAG_DONE, cookieHi, cookieLo, off, len);
+    else encodeSimpleReply(header, 0, 0, cookieHi, cookieLo);
+    this.inFlightRequests--;
+    this.inFlightBytes -= len;
+    this.queueSpliced(header, pipe, len);
+    if (this.paused) this.maybeResume();
+    else if (this.state === STATE_CLOSING) this.checkFinished();
+    return true;
   }
 
   /** A settled WRITE's payload: its held scratch goes back to the lender, else its buffer to its pool. */
@@ -718,20 +796,26 @@ export class Transmission implements DirectReadTarget {
    */
   private flushOut(force = false): void {
     if (this.outBytes === 0 || this.closed) return;
+    if (this.spliceQ.length > 0) return; // they follow the spliced replies (pump sends them)
     if (this.streamWriting && this.outBytes < OUT_FLUSH_BYTES && !force) return;
     this.sealRun();
     const out = this.out;
     const total = this.outBytes;
     const usedOutBuf = this.outRunEnd > 0; // views of outBuf are among `out`
-    let written = 0;
-    if (this.directFd >= 0 && !this.streamWriting && total <= DIRECT_WRITE_BYTES_MAX) written = this.writeDirect(out, total);
     const pooled = this.outPooled;
     this.out = [];
     this.outBytes = 0;
     if (pooled.length > 0) this.outPooled = [];
+    this.sendList(out, total, pooled, usedOutBuf);
+    this.outRunStart = this.outRunEnd = 0; // the kernel or the stream has its bytes: reuse outBuf from the start
+  }
+
+  /** Send `out` (total bytes): straight to the fd if it may, the rest through the stream (see flushOut). */
+  private sendList(out: Buffer[], total: number, pooled: Buffer[], usedOutBuf: boolean): void {
+    let written = 0;
+    if (this.directFd >= 0 && !this.streamWriting && total <= DIRECT_WRITE_BYTES_MAX) written = this.writeDirect(out, total);
     if (written === total) {
       for (const b of pooled) this.pool.release(b);
-      this.outRunStart = this.outRunEnd = 0; // the kernel has its bytes: reuse outBuf from the start
       return;
     }
     // The rest goes through the stream (in order behind anything it holds); pooled buffers return once it is done.
@@ -751,7 +835,133 @@ export class Transmission implements DirectReadTarget {
       this.socket.uncork();
       if (usedOutBuf) this.outBuf = Buffer.allocUnsafeSlow(OUT_BUF_BYTES); // the stream holds views of the old one
     }
-    this.outRunStart = this.outRunEnd = 0;
+  }
+
+  // ---- spliced READ replies (splice.ts) ----------------------------------------------------------
+
+  /** Queue a spliced reply behind every reply queued so far (those move into it: they go first). */
+  private queueSpliced(header: Buffer, pipe: Pipe, len: number): void {
+    if (this.closed) {
+      this.pipes!.close(pipe);
+      return;
+    }
+    this.sealRun();
+    const r: SplicedReply = { before: NO_BUFFERS, beforeBytes: 0, beforePooled: NO_BUFFERS, header, headerSent: 0, pipe, left: len, bytes: header.length + len };
+    if (this.outBytes > 0) {
+      r.before = this.out;
+      r.beforeBytes = this.outBytes;
+      r.beforePooled = this.outPooled;
+      this.out = [];
+      this.outBytes = 0;
+      if (r.beforePooled.length > 0) this.outPooled = [];
+      if (this.outRunEnd > 0) this.outBuf = Buffer.allocUnsafeSlow(OUT_BUF_BYTES); // r.before holds views of the old one
+      this.outRunStart = this.outRunEnd = 0;
+    }
+    this.spliceQ.push(r);
+    this.spliceQBytes += r.beforeBytes + r.bytes;
+    this.splicedReplies++;
+    this.splicedBytes += len;
+    if (!this.streamWriting) this.pump();
+  }
+
+  /**
+   * Send the spliced replies in order, each after the replies queued before it, until one waits for the
+   * socket (a stream write of ours is in progress: streamWritten calls us again). Then the replies queued
+   * after the last one.
+   */
+  private pump(): void {
+    const q = this.spliceQ;
+    while (q.length > 0 && !this.streamWriting && !this.closed) {
+      const r = q[0]!;
+      if (r.beforeBytes > 0) {
+        this.spliceQBytes -= r.beforeBytes;
+        const before = r.before;
+        const bytes = r.beforeBytes;
+        const pooled = r.beforePooled;
+        r.before = r.beforePooled = NO_BUFFERS;
+        r.beforeBytes = 0;
+        this.sendList(before, bytes, pooled, false);
+        continue;
+      }
+      if (!this.sendSpliced(r)) return;
+      q.shift();
+      this.spliceQBytes -= r.bytes;
+      this.pipes!.give(r.pipe);
+    }
+    if (q.length === 0 && !this.closed) {
+      if (this.outBytes > 0) this.flushOut();
+      if (this.paused) this.maybeResume();
+      else if (this.state === STATE_CLOSING) this.checkFinished();
+    }
+  }
+
+  /**
+   * One step of sending a spliced reply: true once it is all in the socket; false while a piece of it waits in
+   * the stream for the socket to drain (streamWriting), or when the connection died. Written straight to the fd:
+   * the header, then the pipe spliced to the socket until it would block; then a piece copied out of the pipe
+   * goes through the stream, whose callback brings us back. Anything of ours in the stream: the rest is copied.
+   */
+  private sendSpliced(r: SplicedReply): boolean {
+    const h = r.header;
+    if (r.headerSent === h.length && r.left === 0) return true;
+    const s = this.socket as Duplex & { _handle?: unknown };
+    if (s._handle !== this.directHandle || s.writableLength !== 0 || s.writableEnded) return this.spliceByCopy(r);
+    const fd = this.directFd;
+    if (r.headerSent < h.length) {
+      const n = writeSome(fd, h, r.headerSent, h.length - r.headerSent);
+      if (n < 0 && n !== EAGAIN) return this.spliceFailed(n);
+      if (n > 0) r.headerSent += n;
+      if (r.headerSent < h.length) {
+        const rest = h.subarray(r.headerSent);
+        r.headerSent = h.length;
+        this.streamWriting = true;
+        this.socket.write(rest, this.streamWrittenBound);
+        return false;
+      }
+    }
+    const n = this.splice!.send(r.pipe.readFd, fd, r.left);
+    if (n < 0) return this.spliceFailed(n);
+    r.left -= n;
+    if (r.left === 0) return true;
+    // The socket is full (send() stops only there or at an error, which the stream write then reports).
+    const piece = Buffer.allocUnsafe(Math.min(r.left, SPLICE_WAIT_PIECE_BYTES));
+    if (!this.readPipe(r, piece)) return this.spliceFailed(-5);
+    this.streamWriting = true;
+    this.socket.write(piece, this.streamWrittenBound);
+    return false;
+  }
+
+  /** The rest of a spliced reply through the stream, copied (the stream holds bytes of ours: order). */
+  private spliceByCopy(r: SplicedReply): boolean {
+    const h = r.header;
+    const rest = Buffer.allocUnsafe(h.length - r.headerSent + r.left);
+    h.copy(rest, 0, r.headerSent);
+    const at = h.length - r.headerSent;
+    r.headerSent = h.length;
+    if (!this.readPipe(r, rest.subarray(at))) return this.spliceFailed(-5);
+    this.streamWriting = true;
+    this.socket.write(rest, this.streamWrittenBound);
+    return false;
+  }
+
+  /** Fill `into` from the head of r's pipe (it holds r.left >= into.length bytes). */
+  private readPipe(r: SplicedReply, into: Buffer): boolean {
+    let got = 0;
+    while (got < into.length) {
+      const n = this.splice!.read(r.pipe.readFd, into, got, into.length - got);
+      if (n <= 0) return false;
+      got += n;
+    }
+    r.left -= got;
+    return true;
+  }
+
+  /** The socket failed under a spliced reply (or its pipe did): the connection is dead. */
+  private spliceFailed(negErrno: number): false {
+    this.log.debug({ errno: negErrno }, 'spliced reply failed: closing the connection');
+    this.closedBySocket();
+    this.socket.destroy();
+    return false;
   }
 
   /** Bytes of `out` the kernel took in one write(2)/writev(2) on the socket's fd (0 if it must not be tried). */
@@ -775,7 +985,8 @@ export class Transmission implements DirectReadTarget {
     this.streamWriting = false;
     if (pooled !== undefined && !err) for (const b of pooled) this.pool.release(b);
     if (this.closed) return;
-    if (this.outBytes > 0) this.flushOut(); // (replies may sit in outBuf only: not yet in `out`)
+    if (this.spliceQ.length > 0) this.pump();
+    else if (this.outBytes > 0) this.flushOut(); // (replies may sit in outBuf only: not yet in `out`)
     if (this.paused) this.maybeResume();
   }
 
@@ -785,7 +996,7 @@ export class Transmission implements DirectReadTarget {
   }
 
   private checkFinished(): void {
-    if (this.state === STATE_CLOSING && this.inFlightRequests === 0) {
+    if (this.state === STATE_CLOSING && this.inFlightRequests === 0 && this.spliceQ.length === 0) {
       this.flushOut(true); // every reply is in the socket before the connection ends it
       this.finishedResolve();
     }
@@ -805,6 +1016,20 @@ export class Transmission implements DirectReadTarget {
   static tune(socket: Duplex): void {
     const s = socket as Partial<Socket>;
     if (typeof s.setNoDelay === 'function') s.setNoDelay(true);
+  }
+}
+
+const NO_BUFFERS: Buffer[] = [];
+
+/** write(2) of buf[off, off + len) on a non-blocking fd: bytes written, or -errno (EAGAIN: the socket is full). */
+function writeSome(fd: number, buf: Buffer, off: number, len: number): number {
+  const io = fastIo();
+  if (io !== null) return io.write(fd, buf, off, len, -1);
+  try {
+    return writeSync(fd, buf, off, len);
+  } catch (err) {
+    const errno = (err as NodeJS.ErrnoException).errno;
+    return typeof errno === 'number' ? errno : -5;
   }
 }
 
