@@ -10,6 +10,8 @@
 //   --allow EXPORT=psk:ID|dn:SUBJECT|uid:N|addr:CIDR   (repeatable; see src/nbd/server/authz.ts)
 //   --connections-max N, --connections-per-peer-max N, --handshake-timeout-ms N, --option-bytes-max N,
 //   --in-flight-requests-max N, --in-flight-bytes-max N   (src/nbd/server/limits.ts)
+//   --poll-max-us N             spin up to N us for an idle connection's next request (0: off; default: env
+//                               NBD_MIRROR_POLL_MAX_US, else 32; src/nbd/server/idle-poll.ts)
 // Also the connect hints `serve` prints under --tls on|require (serveConnectHints): nbds:// URIs with the
 // tls-psk-file= / tls-certificates= parameters and the PSK identity a client needs.
 import { basename, dirname, join } from 'node:path';
@@ -39,7 +41,10 @@ export interface ServeTlsFlags {
   optionBytesMax?: string;
   inFlightRequestsMax?: string;
   inFlightBytesMax?: string;
+  pollMaxUs?: string;
 }
+
+export const POLL_MAX_US_ENV = 'NBD_MIRROR_POLL_MAX_US';
 
 const collect = (value: string, previous: string[]): string[] => [...previous, value];
 
@@ -51,7 +56,10 @@ const LIMIT_FLAGS: readonly [keyof ServeTlsFlags & string, string, keyof ServerL
   ['optionBytesMax', '--option-bytes-max', 'optionBytesMax'],
   ['inFlightRequestsMax', '--in-flight-requests-max', 'inFlightRequestsMax'],
   ['inFlightBytesMax', '--in-flight-bytes-max', 'inFlightBytesMax'],
+  ['pollMaxUs', '--poll-max-us', 'pollMaxUs'],
 ];
+/** These may be 0 (off). */
+const ZERO_ALLOWED_FLAGS: ReadonlySet<string> = new Set(['pollMaxUs']);
 
 export function addServeTlsOptions(cmd: Command): Command {
   cmd
@@ -67,7 +75,8 @@ export function addServeTlsOptions(cmd: Command): Command {
     .option('--handshake-timeout-ms <ms>', `time from accept to the end of the handshake, TLS included (default ${d.handshakeTimeoutMs})`)
     .option('--option-bytes-max <n>', `largest handshake option accepted (default ${d.optionBytesMax})`)
     .option('--in-flight-requests-max <n>', `requests served at once per connection (default ${d.inFlightRequestsMax})`)
-    .option('--in-flight-bytes-max <n>', `payload bytes held per connection (default ${d.inFlightBytesMax})`);
+    .option('--in-flight-bytes-max <n>', `payload bytes held per connection (default ${d.inFlightBytesMax})`)
+    .option('--poll-max-us <us>', `spin up to this long for an idle connection's next request, qemu-style adaptive polling; 0: off (default env ${POLL_MAX_US_ENV}, else ${d.pollMaxUs})`);
   return cmd;
 }
 
@@ -81,10 +90,16 @@ export interface ServeServerOptions {
 export function serveServerOptions(flags: ServeTlsFlags, exportNames: readonly string[], log: Logger): ServeServerOptions {
   const partial: Partial<Record<keyof ServerLimits, number>> = {};
   for (const [key, flag, limit] of LIMIT_FLAGS) {
-    const v = flags[key];
+    let v = flags[key];
+    let from = flag;
+    if (v === undefined && key === 'pollMaxUs' && process.env[POLL_MAX_US_ENV]) {
+      v = process.env[POLL_MAX_US_ENV];
+      from = `${POLL_MAX_US_ENV}=`;
+    }
     if (v === undefined) continue;
-    if (typeof v !== 'string' || !/^[0-9]+$/.test(v) || !Number.isSafeInteger(Number(v)) || Number(v) <= 0) {
-      throw new UsageError(`${flag} ${String(v)}: expected a positive integer`);
+    const zeroOk = ZERO_ALLOWED_FLAGS.has(key);
+    if (typeof v !== 'string' || !/^[0-9]+$/.test(v) || !Number.isSafeInteger(Number(v)) || (!zeroOk && Number(v) <= 0)) {
+      throw new UsageError(`${from}${from.endsWith('=') ? '' : ' '}${String(v)}: expected a ${zeroOk ? 'non-negative' : 'positive'} integer`);
     }
     partial[limit] = Number(v);
   }

@@ -4,10 +4,12 @@
 // the handshake continues over it; the timeout covers the TLS handshake too. Bytes the client sent
 // after STARTTLS before our reply (pipelined plaintext) end the connection.
 
+import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { ByteReader, StreamClosedError } from './byte-reader.js';
 import { lendTlsReads, ReadController, TLS_DIRECT_READ_BYTES_MIN } from './direct-read.js';
 import { type HandshakeContext, type HandshakeResult, serverHandshake } from './handshake.js';
+import { IdlePoll } from './idle-poll.js';
 import type { ServerLimits } from './limits.js';
 import type { Logger } from './log.js';
 import { Transmission, type TransmissionStats } from './transmission.js';
@@ -125,6 +127,8 @@ export class Connection {
     if (!upgraded) {
       this.readController?.lendTo(t);
       t.useDirectWrites();
+      const poll = this.readController === null ? null : IdlePoll.attach(this.readController, this.socket as Socket, t, this.limits.pollMaxUs);
+      if (poll !== null) t.usePolling(poll);
     } else if (this.tlsDirectReads) {
       // Over TLS the raw socket feeds the TLS layer; the cleartext goes to our buffers (direct-read.ts).
       const ctl = new ReadController(TLS_DIRECT_READ_BYTES_MIN);

@@ -24,6 +24,11 @@
 // SCRATCH_HELD_MAX scratches are held per connection; past that the Transmission copies the payload out
 // instead. A scratch the Transmission keeps a view of otherwise (a stash while paused, takeRetained) is
 // never reused.
+//
+// The idle poll (idle-poll.ts) reads on the same fd between Node's reads. It never reads into the buffer
+// Node has installed for its next read (what buffer() last returned: Node takes it after each callback and
+// may read into it any time later), but into a scratch of its own (pollBuffer), processed by polled()
+// exactly as a read of Node's would be; so Node's installed buffer is never held or abandoned under it.
 
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -84,7 +89,11 @@ export class ReadController implements ScratchLender {
   private heldScratches = 0;
   private lastWasDirect = false;
   private target: DirectReadTarget | null = null;
+  /** The idle poll's read buffer (see the header); replaced when a payload view holds it, as `scratch` is. */
+  private pollScratch: Scratch | null = null;
   socket: Socket | null = null;
+  /** Called when Node's read brings input (the idle poll measures the gap since the last reply). */
+  onNodeRead: (() => void) | null = null;
 
   constructor(private readonly directReadBytesMin = DIRECT_READ_BYTES_MIN) {}
 
@@ -107,7 +116,7 @@ export class ReadController implements ScratchLender {
   release(s: Scratch): void {
     if (--s.holds !== 0) return;
     this.heldScratches--;
-    if (s !== this.scratch && !s.abandoned && this.free.length < SCRATCH_FREE_MAX) this.free.push(s);
+    if (s !== this.scratch && s !== this.pollScratch && !s.abandoned && this.free.length < SCRATCH_FREE_MAX) this.free.push(s);
   }
 
   readonly buffer = (): Buffer => {
@@ -124,6 +133,33 @@ export class ReadController implements ScratchLender {
   };
 
   readonly callback = (n: number, buf: Uint8Array): boolean => {
+    if (this.onNodeRead !== null) this.onNodeRead();
+    return this.consume(n, buf);
+  };
+
+  /** Node's next read goes straight into a WRITE payload (then the idle poll must not read: it would land first). */
+  get nodeReadsDirect(): boolean {
+    return this.lastWasDirect;
+  }
+
+  /** The buffer the idle poll reads into: never the one Node's next read goes to (see the header). */
+  pollBuffer(): Buffer {
+    return (this.pollScratch ??= this.free.pop() ?? new Scratch(Buffer.allocUnsafeSlow(SCRATCH_BYTES))).buf;
+  }
+
+  /** The idle poll read n bytes into pollBuffer(): processed as Node's read into a scratch would be. */
+  polled(n: number): void {
+    const nodeScratch = this.scratch;
+    const nodeDirect = this.lastWasDirect;
+    this.scratch = this.pollScratch!;
+    this.lastWasDirect = false;
+    this.consume(n, this.scratch.buf);
+    this.pollScratch = this.scratch; // another one if a payload view holds it now, or a stash
+    this.scratch = nodeScratch;
+    this.lastWasDirect = nodeDirect;
+  }
+
+  private consume(n: number, buf: Uint8Array): boolean {
     const socket = this.socket!;
     if (this.lastWasDirect) {
       this.target!.directRead(n);
@@ -145,7 +181,7 @@ export class ReadController implements ScratchLender {
       this.scratch = this.free.pop() ?? new Scratch(Buffer.allocUnsafeSlow(SCRATCH_BYTES));
     }
     return true;
-  };
+  }
 }
 
 interface SocketInternals {

@@ -6,8 +6,9 @@
 // Why: per 4 KiB write fs.writeSync spends ~0.8 us in JS and C++ around the pwrite(2) (validation, a
 // context object, trace-event checks, libuv's request set-up); the addon's call costs ~0.1 us. The file
 // legs' synchronous reads and writes (src/mirror/legs/file.ts) and the server's direct reply writes
-// (transmission.ts) use it. Without the addon (not built, another OS) fastIo() is null and callers use
-// fs as before. NBD_MIRROR_FAST_IO=0 disables it; NBDM_FAST_IO_ADDON=PATH says where it is.
+// (transmission.ts) use it; the idle poll (idle-poll.ts) spins on a socket with it. Without the addon
+// (not built, another OS) fastIo() is null and callers use fs as before (and there is no idle poll).
+// NBD_MIRROR_FAST_IO=0 disables it; NBDM_FAST_IO_ADDON=PATH says where it is.
 // Where the addon is looked for: src/native-addon.ts.
 
 import { getSystemErrorMap } from 'node:util';
@@ -18,6 +19,12 @@ export interface FastIo {
   write(fd: number, buf: Uint8Array, offset: number, length: number, position: number): number;
   /** pread(2) (position >= 0) or read(2) (position -1) into buf[offset, offset + length): bytes read, or -errno. */
   read(fd: number, buf: Uint8Array, offset: number, length: number, position: number): number;
+  /**
+   * read(2) into buf[offset, offset + length) of a non-blocking socket, read again while it is empty, for up
+   * to spinNs: bytes read, 0 at end of stream, or -errno (-EAGAIN: nothing came). Absent from addons built
+   * before it (the idle poll is then off).
+   */
+  spinRead?(fd: number, buf: Uint8Array, offset: number, length: number, spinNs: number): number;
 }
 
 let addon: FastIo | null | undefined;

@@ -24,7 +24,17 @@ export interface ServerLimits {
   readonly connectionsMax: number;
   /** Open connections per peer (TCP: remote address; unix: uid when known); more are closed at once. */
   readonly connectionsPerPeerMax: number;
+  /**
+   * Longest spin for a connection's next request after it answered everything at once (idle-poll.ts;
+   * qemu's poll-max-ns). 0: never spin.
+   */
+  readonly pollMaxUs: number;
 }
+
+/** Limits that may be 0 (off). */
+const ZERO_ALLOWED: ReadonlySet<keyof ServerLimits> = new Set(['pollMaxUs']);
+/** Above this a spin is no longer "a short while" (and a typo could burn a core per client). */
+export const POLL_MAX_US_LIMIT = 1000;
 
 export const DEFAULT_SERVER_LIMITS: ServerLimits = Object.freeze({
   requestBytesMax: DEFAULT_PAYLOAD_BYTES_MAX, // 32 MiB, what the spec says servers SHOULD accept
@@ -37,13 +47,18 @@ export const DEFAULT_SERVER_LIMITS: ServerLimits = Object.freeze({
   handshakeTimeoutMs: 30_000,
   connectionsMax: 1024,
   connectionsPerPeerMax: 256,
+  pollMaxUs: 32, // qemu's default
 });
 
 export function resolveLimits(partial: Partial<ServerLimits> | undefined): ServerLimits {
   const l: ServerLimits = { ...DEFAULT_SERVER_LIMITS, ...(partial ?? {}) };
   for (const [k, v] of Object.entries(l)) {
-    if (!Number.isSafeInteger(v) || v <= 0) throw new RangeError(`server limit ${k} must be a positive integer, got ${v}`);
+    const zeroOk = ZERO_ALLOWED.has(k as keyof ServerLimits);
+    if (!Number.isSafeInteger(v) || v < 0 || (v === 0 && !zeroOk)) {
+      throw new RangeError(`server limit ${k} must be a ${zeroOk ? 'non-negative' : 'positive'} integer, got ${v}`);
+    }
   }
+  if (l.pollMaxUs > POLL_MAX_US_LIMIT) throw new RangeError(`pollMaxUs must be at most ${POLL_MAX_US_LIMIT}, got ${l.pollMaxUs}`);
   if (l.requestBytesMax > 0xffffffff) throw new RangeError('requestBytesMax must fit in 32 bits');
   // Below the socket's own high-water mark a full buffer might never emit 'drain' to resume us.
   if (l.writeBufferedBytesMax < 64 * 1024) throw new RangeError('writeBufferedBytesMax must be at least 64 KiB');

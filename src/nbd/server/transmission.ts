@@ -13,8 +13,10 @@
 // reaction; the replies of a chunk's requests answered so leave in one write once the chunk is parsed.
 // On a plain socket whose stream holds nothing of ours, that write is a write(2)/writev(2) straight on its fd (no WriteWrap, no
 // stream bookkeeping, no callback tick); what the kernel does not take, and everything under TLS,
-// goes through the stream, and later replies gather behind that write until it is done. Nothing
-// logs on the data path.
+// goes through the stream, and later replies gather behind that write until it is done. When a chunk's
+// requests were all answered and sent so (pollReady), the idle poll (idle-poll.ts) may spin on the socket
+// for the next request; what it reads comes back through input() as any read does. Nothing logs on the
+// data path.
 //
 // Assumes exports are done with a write's `data` once its promise settles (the buffer is reused).
 //
@@ -78,6 +80,16 @@ export interface TransmissionStats {
   /** READ replies whose data went leg -> pipe -> socket (splice.ts), and their payload bytes. */
   readonly splicedReplies: number;
   readonly splicedBytes: number;
+  /** Reads the idle poll caught (idle-poll.ts), and its current window (0: not spinning). */
+  readonly polledReads: number;
+  readonly pollWindowNs: number;
+}
+
+/** What the Transmission tells and asks the idle poll (idle-poll.ts). */
+export interface IdlePollHook {
+  idle(): void;
+  readonly polledReads: number;
+  readonly windowNs: number;
 }
 
 /**
@@ -183,6 +195,8 @@ export class Transmission implements DirectReadTarget {
   private spliceQBytes = 0;
   private splicedReplies = 0;
   private splicedBytes = 0;
+  /** Told when everything is answered at once after a chunk (idle-poll.ts: spin for the next request). */
+  private idlePoll: IdlePollHook | null = null;
   private readonly pool = new BufferPool();
   /** Small WRITE payloads copied out of a lent chunk (4 KiB at QD32: a malloc + free per request otherwise). */
   private readonly smallPool = new BufferPool(SMALL_POOLED_BYTES_MIN, SMALL_POOLED_BYTES_MAX, SMALL_HELD_BYTES_MAX);
@@ -232,6 +246,29 @@ export class Transmission implements DirectReadTarget {
     }
   }
 
+  /** Spin for the next request after answering everything a chunk held at once (idle-poll.ts). */
+  usePolling(p: IdlePollHook): void {
+    this.idlePoll = p;
+  }
+
+  /**
+   * Everything received is answered and sent (no request in flight, no reply queued, reading), and the next
+   * bytes go to a scratch buffer (a header, or the rest of a small WRITE payload: libnbd sends a 4 KiB
+   * write's header and payload in two sends): the idle poll may read the socket for them.
+   */
+  pollReady(): boolean {
+    return (
+      this.inFlightRequests === 0 &&
+      this.outBytes === 0 &&
+      this.spliceQ.length === 0 &&
+      !this.streamWriting &&
+      this.stash === null &&
+      !this.paused &&
+      !this.closed &&
+      (this.state === STATE_HEADER || (this.state === STATE_PAYLOAD && this.hdr.lengthBytes - this.payloadHave < this.directReadBytesMin))
+    );
+  }
+
   stats(): TransmissionStats {
     return {
       inFlightRequests: this.inFlightRequests,
@@ -241,6 +278,8 @@ export class Transmission implements DirectReadTarget {
       directReadBytes: this.directReadBytes,
       splicedReplies: this.splicedReplies,
       splicedBytes: this.splicedBytes,
+      polledReads: this.idlePoll?.polledReads ?? 0,
+      pollWindowNs: this.idlePoll?.windowNs ?? 0,
     };
   }
 
@@ -375,6 +414,8 @@ export class Transmission implements DirectReadTarget {
     // their completions skipped maybeResume (we were parsing), so a pause for reply bytes is re-judged here.
     if (this.outBytes > 0 && !this.flushQueued) this.queued();
     if (this.paused) this.maybeResume();
+    // Answered at once (no pool I/O in flight) and sent: the next request of a QD1 client is due soon.
+    else if (this.idlePoll !== null && this.pollReady()) this.idlePoll.idle();
   }
 
   private overBudget(): boolean {
