@@ -19,9 +19,12 @@
 //       socket is empty (EAGAIN) it is read again, for up to spinNs nanoseconds; then -EAGAIN. For the server's
 //       idle poll (src/nbd/server/idle-poll.ts): waking a halted vCPU costs ~8 us on a VM, so for a short while
 //       after a reply spinning beats sleeping in epoll. Spinning here, not in JS: no N-API call per attempt.
+//       Each empty read is followed by sched_yield(), so a runnable task on this CPU (on a busy machine often
+//       the very client we wait for) goes first; with none, it returns at once.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdint.h>
+#include <sched.h>
 #include <time.h>
 #include <unistd.h>
 #include <node_api.h>
@@ -97,6 +100,7 @@ static napi_value do_spin_read(napi_env env, napi_callback_info info) {
   for (;;) {
     n = read(fd, p, length);
     if (n >= 0 || (errno != EAGAIN && errno != EINTR)) break;
+    sched_yield();
     int64_t now = now_ns();
     if (deadline == 0) deadline = now + spin_ns;
     else if (now >= deadline) break;
