@@ -6,12 +6,15 @@
 // Why: a 1 MiB read reply costs a pread into a buffer (one copy) and a write of it to the socket (a second
 // copy). splice(leg file -> pipe) takes page references and splice(pipe -> socket) hands them to the
 // socket (MSG_SPLICE_PAGES): the server copies nothing, the client's recv is the only copy.
-// Why off by default (measured 2026-11-26, kernel 6.18, unix socket, 2 vCPUs): the client's recv of the
-// spliced page-cache pages costs it 3.5x the CPU of a recv of bytes written by write(2): 730 vs 200 us per
-// MiB in C (even for a 2 MiB working set, so not cold data). cpu.js read-1m-qd8, 4 paired rounds: server
-// CPU per request 431 vs 635 us, but fio's 772 vs 363 us, and 960 vs 1222 MB/s. With the client on the same
-// machine (the benchmarks) that is a loss; it may pay where the client is elsewhere and the server's CPU is
-// what runs out.
+// Why off by default (measured 2026-11-26, kernel 6.18, AMD EPYC VM, unix socket): the client's recv copies
+// straight from the page-cache pages, page by page, and the CPU's rep movsb is ~3.5x slower when the
+// destination's offset in its page is 1-31 bytes past the source's (C: receiver 470-530 us/MiB at page
+// offsets 8-24, 130-170 us at 0, 32, 48, 64, 512). fio's nbd engine reads into malloc'd buffers (page offset
+// 16) unless mem_align is set: cpu.js read-1m-qd8, 4 paired rounds, splice vs main: 960 vs 1222 MB/s, fio
+// CPU/op 772 vs 363 us, server 431 vs 635 us. With page-aligned client buffers (fio mem_align=4096; the
+// kernel's nbd client reads into whole pages; qemu and nbdcopy not checked): 1938 vs 1318 MB/s (1.89x [1.83-2.43] vs 1.39x
+// [1.19-1.53] nbdkit), server CPU/op 264 vs 490 us, fio 315 vs 375 us; 128 KiB reads 1.69x, 256 KiB 1.34x.
+// The server cannot see the client's alignment, so this is the operator's choice.
 
 import { loadOptionalAddon } from '../../native-addon.js';
 
