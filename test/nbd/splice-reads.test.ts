@@ -310,4 +310,18 @@ describe.skipIf(io === null || !existsSync(SHM) || !tools)('spliced READ replies
     expect(splicePipesOpen()).toBe(0);
     expect(openFds()).toBe(fds);
   });
+
+  it('server shutdown with spliced replies queued: they are all sent first (last test: closes the server)', async () => {
+    const c = await NbdClient.connect(uri('mirror'));
+    const want = readFileSync(a);
+    const bufs = [0, 1, 2, 3, 4, 5, 6, 7].map(() => Buffer.alloc(MiB));
+    const reads = bufs.map((x, k) => c.read(x, k * MiB));
+    await new Promise((r) => setTimeout(r, 5)); // the requests are in
+    const closed = server.close();
+    await Promise.all(reads);
+    for (const [k, x] of bufs.entries()) expect(x.equals(want.subarray(k * MiB, (k + 1) * MiB))).toBe(true);
+    await c.close().catch(() => {});
+    await closed;
+    expect(splicePipesOpen()).toBe(0);
+  });
 });

@@ -932,7 +932,7 @@ export class Transmission implements DirectReadTarget {
     if (q.length === 0 && !this.closed) {
       if (this.outBytes > 0) this.flushOut();
       if (this.paused) this.maybeResume();
-      else if (this.state === STATE_CLOSING) this.checkFinished();
+      if (this.state === STATE_CLOSING) this.checkFinished(); // (stopping while paused: maybeResume does nothing)
     }
   }
 
