@@ -142,7 +142,7 @@ describe.skipIf(!ok || !canSpin)('idle poll', () => {
     const out = await python(
       h.socketPath,
       `
-for i in range(20):
+for i in range(40):
     s = connect()
     for k in range(20):  # short gaps: the window grows (it starts at 0 on each connection)
         req(s, 0, 100 + k, 0, 4096)
@@ -236,8 +236,6 @@ sys.stdin.readline()
       };
       await waitFor('idle');
       expect(log.caught).toBeGreaterThan(0);
-      const windowAfterBurst = harness.server.stats().transmissions[0]!.pollWindowNs;
-      expect(windowAfterBurst).toBeGreaterThan(0);
       await new Promise((r) => setTimeout(r, 20)); // the last reply's spin (at most 1 ms) is over
       const calls = log.calls;
       const cpu = process.cpuUsage();
