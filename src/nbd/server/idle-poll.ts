@@ -15,19 +15,24 @@
 // next read finds it and ends the stream as usual. Any other read error destroys the socket with the
 // error, as Node does on a failed read. Never a spin while a request is in flight (pool I/O): its reply
 // comes from a completion, not from a chunk's parse, and nothing calls idle(). Never while Node's next read
-// goes straight into a WRITE payload (the spin's bytes would land before it).
+// goes straight into a WRITE payload (the spin's bytes would land before it). Never while another polling
+// connection is busy too (SharedInput in poll-window.ts): qemu polls all its handlers at once, we spin on one
+// socket, so the other client's requests would wait behind the spin (both then sleep in epoll, as before).
 
 import type { Socket } from 'node:net';
 import { constants } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import type { ReadController } from './direct-read.js';
 import { fastIo, systemError } from './fast-io.js';
-import { PollWindow } from './poll-window.js';
+import { PollWindow, SharedInput } from './poll-window.js';
 
 const EAGAIN = constants.errno.EAGAIN;
 const NS_PER_MS = 1e6;
 /** Requests one spin() may catch before it lets the event loop turn (other connections wait meanwhile). */
 const POLL_TURN_READS_MAX = 16;
+
+/** Whether other connections of this process are busy too (then nobody spins). */
+const shared = new SharedInput();
 
 /** What the poll asks of the Transmission before spinning. */
 export interface PollSource {
@@ -82,16 +87,20 @@ export class IdlePoll {
 
   /** Everything received is answered and sent: spin for the next request soon. */
   idle(): void {
-    this.idleAtMs = performance.now();
-    if (this.spinning || this.scheduled || this.window.windowNs === 0) return; // (spin() goes on by itself)
+    const now = performance.now();
+    this.idleAtMs = now;
+    // (While spinning, spin() goes on by itself; another busy connection: no spin, see the header.)
+    if (this.spinning || this.scheduled || this.window.windowNs === 0 || !shared.alone(now)) return;
     this.scheduled = true;
     setImmediate(this.spinBound);
   }
 
   /** Node's read brought input: it came without the spin (too short a window, or none). */
   private arrived(): void {
+    const now = performance.now();
+    shared.note(this, now);
     if (this.idleAtMs < 0) return;
-    this.window.waited((performance.now() - this.idleAtMs) * NS_PER_MS);
+    this.window.waited((now - this.idleAtMs) * NS_PER_MS);
     this.idleAtMs = -1;
   }
 
@@ -99,9 +108,11 @@ export class IdlePoll {
     this.scheduled = false;
     const s = this.socket as Socket & { _handle?: unknown };
     for (let reads = 0; this.idleAtMs >= 0; ) {
-      const leftNs = Math.round(this.window.windowNs - (performance.now() - this.idleAtMs) * NS_PER_MS);
-      // Same handle as when attached (a destroyed socket's fd may be reused), and nothing to do but wait.
-      if (leftNs <= 0 || s._handle !== this.handle || s.destroyed || !this.source.pollReady() || this.ctl.nodeReadsDirect) return;
+      const now = performance.now();
+      const leftNs = Math.round(this.window.windowNs - (now - this.idleAtMs) * NS_PER_MS);
+      // Same handle as when attached (a destroyed socket's fd may be reused), and nothing to do but wait;
+      // and no other connection busy (its requests would wait behind the spin).
+      if (leftNs <= 0 || s._handle !== this.handle || s.destroyed || !this.source.pollReady() || this.ctl.nodeReadsDirect || !shared.alone(now)) return;
       if (reads === POLL_TURN_READS_MAX) {
         // Let the rest of the event loop run (other connections, timers); spin again after it.
         this.scheduled = true;
@@ -119,6 +130,7 @@ export class IdlePoll {
       }
       this.idleAtMs = -1; // caught: the window stays
       this.polledReads++;
+      shared.note(this, performance.now());
       reads++;
       this.spinning = true;
       try {

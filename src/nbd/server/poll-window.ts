@@ -24,3 +24,29 @@ export class PollWindow {
     else if (gapNs > this.windowNs) this.windowNs = this.windowNs === 0 ? Math.min(POLL_GROW_START_NS, this.maxNs) : Math.min(this.windowNs * POLL_GROW, this.maxNs);
   }
 }
+
+/** Two connections with input this close together are both busy. */
+export const SHARED_GAP_MS = 1;
+
+/**
+ * Input times of the process's polling connections: once two different ones had input within SHARED_GAP_MS of
+ * each other, none may spin until SHARED_GAP_MS after the latest such pair. (qemu polls every handler of its
+ * AioContext at once; we spin on one socket, and another busy client's requests would wait behind the spin.)
+ */
+export class SharedInput {
+  private lastAtMs = -Infinity;
+  private lastBy: unknown = null;
+  private sharedUntilMs = -Infinity;
+
+  /** Connection `by` had input at nowMs. */
+  note(by: unknown, nowMs: number): void {
+    if (this.lastBy !== by && nowMs - this.lastAtMs < SHARED_GAP_MS) this.sharedUntilMs = nowMs + SHARED_GAP_MS;
+    this.lastBy = by;
+    this.lastAtMs = nowMs;
+  }
+
+  /** No other connection is busy: a spin holds nobody up. */
+  alone(nowMs: number): boolean {
+    return nowMs >= this.sharedUntilMs;
+  }
+}

@@ -1,10 +1,11 @@
 // The idle poll's adaptive window (src/nbd/server/poll-window.ts): qemu's rule. Starts at 0; a wait within
 // the max and longer than the window grows it (4 us, then x2, capped at the max); a wait past the max drops it to 0; a wait the window
 // already covered leaves it; fast-check: the window is always 0 or in [start, max], and a late gap always
-// ends at 0.
+// ends at 0. SharedInput: one busy connection (or several far apart) may spin; two busy within 1 ms may not,
+// until 1 ms after the last such pair.
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { POLL_GROW_START_NS, PollWindow } from '../../../src/nbd/server/poll-window.js';
+import { POLL_GROW_START_NS, PollWindow, SHARED_GAP_MS, SharedInput } from '../../../src/nbd/server/poll-window.js';
 
 const US = 1000;
 
@@ -65,5 +66,37 @@ describe('PollWindow', () => {
         }
       }),
     );
+  });
+});
+
+describe('SharedInput', () => {
+  it('one connection alone may spin, however often it has input', () => {
+    const s = new SharedInput();
+    const a = {};
+    for (let t = 0; t < 10; t += 0.03) s.note(a, t);
+    expect(s.alone(10)).toBe(true);
+  });
+
+  it('two connections with input within 1 ms: nobody spins until 1 ms after the last such pair', () => {
+    const s = new SharedInput();
+    const a = {};
+    const b = {};
+    s.note(a, 100);
+    s.note(b, 100.2);
+    expect(s.alone(100.3)).toBe(false);
+    s.note(a, 100.25);
+    s.note(a, 100.5); // a alone since 100.25
+    expect(s.alone(100.25 + SHARED_GAP_MS - 0.01)).toBe(false);
+    expect(s.alone(100.25 + SHARED_GAP_MS)).toBe(true);
+  });
+
+  it('an idle connection that had input long ago does not hold a busy one back', () => {
+    const s = new SharedInput();
+    const idle = {};
+    const busy = {};
+    s.note(idle, 0);
+    s.note(busy, 5);
+    for (let t = 5; t < 8; t += 0.03) s.note(busy, t);
+    expect(s.alone(8)).toBe(true);
   });
 });
