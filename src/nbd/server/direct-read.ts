@@ -153,10 +153,13 @@ export class ReadController implements ScratchLender {
     const nodeDirect = this.lastWasDirect;
     this.scratch = this.pollScratch!;
     this.lastWasDirect = false;
-    this.consume(n, this.scratch.buf);
-    this.pollScratch = this.scratch; // another one if a payload view holds it now, or a stash
-    this.scratch = nodeScratch;
-    this.lastWasDirect = nodeDirect;
+    try {
+      this.consume(n, this.scratch.buf);
+    } finally {
+      this.pollScratch = this.scratch; // another one if a payload view holds it now, or a stash
+      this.scratch = nodeScratch; // what Node reads into next, whatever happened
+      this.lastWasDirect = nodeDirect;
+    }
   }
 
   private consume(n: number, buf: Uint8Array): boolean {
