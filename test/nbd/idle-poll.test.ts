@@ -1,18 +1,21 @@
 // The idle poll (src/nbd/server/idle-poll.ts) against real clients in other processes (a client in this
 // process could not send while the server spins): an in-process NbdServer whose export answers at once
 // (SETTLED_OK, as page-cached legs do), with a 1 ms window so the spin catches requests even on a loaded
-// machine. The addon's spinRead is wrapped (setFastIoForTests) to count what the spin saw.
+// machine (and the CPU contention check is forced off). The addon's spinRead is wrapped (setFastIoForTests)
+// to count what the spin saw.
 //  - fio QD1 write+verify and qemu-io pattern writes/reads: every byte right, and the spin caught requests;
 //  - a client that sends its next request and EOF right after a reply: the request is answered, the
 //    connection ends cleanly, the server serves the next client; the spin saw the EOF;
 //  - a read error met by the spin destroys that connection only;
 //  - an idle connection stops spinning: the server's process CPU stays low over a second of idle, and the
 //    next request (long after) sets the window to 0 and is not followed by a spin;
-//  - pollMaxUs 0: no spin at all, same bytes.
+//  - pollMaxUs 0: no spin at all, same bytes;
+//  - other tasks wanting every CPU (forced): no spin, same bytes.
 import { spawn } from 'node:child_process';
 import { constants } from 'node:os';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SETTLED_OK } from '../../src/nbd/export.js';
+import { setCpuContentionForTests } from '../../src/nbd/server/cpu-contention.js';
 import { type FastIo, fastIo, setFastIoForTests } from '../../src/nbd/server/fast-io.js';
 import type { ServerLimits } from '../../src/nbd/server/limits.js';
 import { runFioVerify } from '../helpers/fio.js';
@@ -41,6 +44,7 @@ interface SpinLog {
 let h: Harness | undefined;
 afterEach(async () => {
   setFastIoForTests(undefined);
+  setCpuContentionForTests(null);
   await h?.close();
   h = undefined;
 });
@@ -65,6 +69,7 @@ async function start(limits: Partial<ServerLimits>, log: SpinLog): Promise<Harne
     },
   };
   setFastIoForTests(wrapped);
+  setCpuContentionForTests(false); // spin even on a busy machine (CI): what is tested here is the spin
   const harness = await startHarness({ disk: { sizeBytes: 16 * MiB } }, { limits });
   // Answer at once, as the mirror does for page-cached legs (MemoryExport applies the call synchronously).
   const disk = harness.exports.get('disk')!;
@@ -253,6 +258,16 @@ sys.stdin.readline()
     } finally {
       child.kill();
     }
+  });
+
+  it('CPUs wanted by other tasks: no spin, same bytes', async () => {
+    const log = newLog();
+    h = await start({ pollMaxUs: 1000 }, log);
+    setCpuContentionForTests(true);
+    const fio = await runFioVerify({ uri: h.uri('disk'), dir: h.dir, numJobs: 1, sliceBytes: 1 * MiB, iodepth: 1, bs: '4k' });
+    expect(fio.errors).toBe(0);
+    expect(fio.readBytes).toBe(1 * MiB);
+    expect(log.calls).toBe(0);
   });
 
   it('pollMaxUs 0: no spin, same bytes', async () => {

@@ -18,10 +18,12 @@
 // goes straight into a WRITE payload (the spin's bytes would land before it). Never while another polling
 // connection is busy too (SharedInput in poll-window.ts): qemu polls all its handlers at once, we spin on one
 // socket, so the other client's requests would wait behind the spin (both then sleep in epoll, as before).
+// Never while other tasks want every CPU (cpu-contention.ts): the spin would take one from them.
 
 import type { Socket } from 'node:net';
 import { constants } from 'node:os';
 import { performance } from 'node:perf_hooks';
+import { cpusContended } from './cpu-contention.js';
 import type { ReadController } from './direct-read.js';
 import { fastIo, systemError } from './fast-io.js';
 import { PollWindow, SharedInput } from './poll-window.js';
@@ -90,7 +92,7 @@ export class IdlePoll {
     const now = performance.now();
     this.idleAtMs = now;
     // (While spinning, spin() goes on by itself; another busy connection: no spin, see the header.)
-    if (this.spinning || this.scheduled || this.window.windowNs === 0 || !shared.alone(now)) return;
+    if (this.spinning || this.scheduled || this.window.windowNs === 0 || !shared.alone(now) || cpusContended(now)) return;
     this.scheduled = true;
     setImmediate(this.spinBound);
   }
@@ -112,7 +114,7 @@ export class IdlePoll {
       const leftNs = Math.round(this.window.windowNs - (now - this.idleAtMs) * NS_PER_MS);
       // Same handle as when attached (a destroyed socket's fd may be reused), and nothing to do but wait;
       // and no other connection busy (its requests would wait behind the spin).
-      if (leftNs <= 0 || s._handle !== this.handle || s.destroyed || !this.source.pollReady() || this.ctl.nodeReadsDirect || !shared.alone(now)) return;
+      if (leftNs <= 0 || s._handle !== this.handle || s.destroyed || !this.source.pollReady() || this.ctl.nodeReadsDirect || !shared.alone(now) || cpusContended(now)) return;
       if (reads === POLL_TURN_READS_MAX) {
         // Let the rest of the event loop run (other connections, timers); spin again after it.
         this.scheduled = true;
