@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 packages=(
   nbdkit libnbd-bin qemu-utils fio fuse3 e2fsprogs util-linux file
-  gnutls-bin iproute2 procps
+  gnutls-bin iproute2 procps python3
   corosync libcpg-dev libcorosync-common-dev libqb-dev libquorum-dev
   qemu-system-x86 kmod cpio gfs2-utils
   chromium
