@@ -26,6 +26,7 @@ import { performance } from 'node:perf_hooks';
 import { cpusContended } from './cpu-contention.js';
 import type { ReadController } from './direct-read.js';
 import { fastIo, systemError } from './fast-io.js';
+import { handleIs, socketFd } from './socket-fd.js';
 import { PollWindow, SharedInput } from './poll-window.js';
 
 const EAGAIN = constants.errno.EAGAIN;
@@ -75,9 +76,9 @@ export class IdlePoll {
     const io = fastIo();
     const spinRead = io?.spinRead;
     if (io === null || spinRead === undefined) return null;
-    const h = (socket as Socket & { _handle?: { fd?: unknown } | null })._handle;
-    if (h === undefined || h === null || typeof h.fd !== 'number' || h.fd < 0) return null;
-    const p = new IdlePoll(ctl, socket, h, h.fd, spinRead.bind(io), source, pollMaxUs * 1000);
+    const sf = socketFd(socket);
+    if (sf === null) return null;
+    const p = new IdlePoll(ctl, socket, sf.handle, sf.fd, spinRead.bind(io), source, pollMaxUs * 1000);
     ctl.onNodeRead = (): void => p.arrived();
     return p;
   }
@@ -108,13 +109,13 @@ export class IdlePoll {
 
   private spin(): void {
     this.scheduled = false;
-    const s = this.socket as Socket & { _handle?: unknown };
+    const s = this.socket;
     for (let reads = 0; this.idleAtMs >= 0; ) {
       const now = performance.now();
       const leftNs = Math.round(this.window.windowNs - (now - this.idleAtMs) * NS_PER_MS);
       // Same handle as when attached (a destroyed socket's fd may be reused), and nothing to do but wait;
       // and no other connection busy (its requests would wait behind the spin).
-      if (leftNs <= 0 || s._handle !== this.handle || s.destroyed || !this.source.pollReady() || this.ctl.nodeReadsDirect || !shared.alone(now) || cpusContended(now)) return;
+      if (leftNs <= 0 || !handleIs(s, this.handle) || s.destroyed || !this.source.pollReady() || this.ctl.nodeReadsDirect || !shared.alone(now) || cpusContended(now)) return;
       if (reads === POLL_TURN_READS_MAX) {
         // Let the rest of the event loop run (other connections, timers); spin again after it.
         this.scheduled = true;

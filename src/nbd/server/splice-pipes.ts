@@ -36,7 +36,8 @@ export class SplicePipes {
   /** Pipe creation failed (EMFILE, over the user's pipe pages): no new pipe until one of ours is closed. */
   private refused = false;
 
-  constructor(private readonly io: SpliceIo) {}
+  /** The addon (the connection splices and reads its pipes through it). */
+  constructor(readonly io: SpliceIo) {}
 
   /** An empty pipe for `lengthBytes` (whole pages), or null: none to be had (the READ is copied instead). */
   take(lengthBytes: number): Pipe | null {

@@ -31,6 +31,7 @@
 // Framing violations (bad magic, a WRITE too large to even discard) end this connection only.
 
 import type { Socket } from 'node:net';
+import { constants as osConstants } from 'node:os';
 import { writeSync, writevSync } from 'node:fs';
 import type { Duplex } from 'node:stream';
 import * as C from '../codec/constants.js';
@@ -48,7 +49,8 @@ import { decodeRequestHeader, newRequestHeader, type RequestHeader } from '../co
 import { type Export, ExportError, type Extent, SETTLED_OK } from '../export.js';
 import { BufferPool } from './buffer-pool.js';
 import { fastIo } from './fast-io.js';
-import { spliceIo, type SpliceIo } from './splice.js';
+import { spliceIo } from './splice.js';
+import { handleIs, socketFd } from './socket-fd.js';
 import { type Pipe, SplicePipes } from './splice-pipes.js';
 import { DIRECT_READ_BYTES_MIN, type DirectReadTarget, type Scratch, type ScratchLender } from './direct-read.js';
 import type { Negotiated } from './handshake.js';
@@ -102,7 +104,8 @@ export const SPLICE_READ_BYTES_MIN = 128 * 1024;
  * written through the stream: libuv waits for the socket to drain, writes it, and its callback splices on.
  */
 const SPLICE_WAIT_PIECE_BYTES = 16 * 1024;
-const EAGAIN = -11;
+const EAGAIN = -osConstants.errno.EAGAIN;
+const EIO = -osConstants.errno.EIO;
 
 /** A spliced READ reply waiting for its turn: the replies queued before it, its header, then `left` bytes in `pipe`. */
 interface SplicedReply {
@@ -186,8 +189,7 @@ export class Transmission implements DirectReadTarget {
   /** Plain socket: its handle and fd, for writing replies straight to the kernel (writeDirect); else -1. */
   private directHandle: unknown = null;
   private directFd = -1;
-  /** Splicing READ replies (plain socket, addon built, export can): the addon and this connection's pipes. */
-  private splice: SpliceIo | null = null;
+  /** Splicing READ replies (plain socket, addon built, export can): this connection's pipes (and the addon). */
   private pipes: SplicePipes | null = null;
   /** Spliced replies in order; the head is being sent once the replies before it are. Later replies wait. */
   private spliceQ: SplicedReply[] = [];
@@ -234,15 +236,12 @@ export class Transmission implements DirectReadTarget {
    * stream holds nothing of ours (writeDirect). Without a handle with an fd, nothing changes.
    */
   useDirectWrites(): void {
-    const h = (this.socket as Duplex & { _handle?: { fd?: unknown } | null })._handle;
-    if (h !== undefined && h !== null && typeof h.fd === 'number' && h.fd >= 0) {
-      this.directHandle = h;
-      this.directFd = h.fd;
+    const sf = socketFd(this.socket);
+    if (sf !== null) {
+      this.directHandle = sf.handle;
+      this.directFd = sf.fd;
       const io = spliceIo();
-      if (io !== null && this.exp.spliceRead !== undefined) {
-        this.splice = io;
-        this.pipes = new SplicePipes(io);
-      }
+      if (io !== null && this.exp.spliceRead !== undefined) this.pipes = new SplicePipes(io);
     }
   }
 
@@ -694,8 +693,7 @@ export class Transmission implements DirectReadTarget {
 
   /** A READ's reply once its data is in: the header in front of the data, then complete(). */
   private completeRead(reply: Buffer, structured: boolean, cookieHi: number, cookieLo: number, off: number, len: number, pooled: boolean): void {
-    if (structured) encodeOffsetDataPrefix(reply, 0, C.NBD_REPLY_FLAG_DONE, cookieHi, cookieLo, off, len);
-    else encodeSimpleReply(reply, 0, 0, cookieHi, cookieLo);
+    encodeReadHeader(reply, structured, cookieHi, cookieLo, off, len);
     this.complete(reply, len, pooled);
   }
 
@@ -712,8 +710,7 @@ export class Transmission implements DirectReadTarget {
       return false;
     }
     const header = Buffer.allocUnsafe(structured ? OFFSET_DATA_PREFIX_BYTES : C.SIMPLE_REPLY_BYTES);
-    if (structured) encodeOffsetDataPrefix(header, 0, C.NBD_REPLY_FLAG_DONE, cookieHi, cookieLo, off, len);
-    else encodeSimpleReply(header, 0, 0, cookieHi, cookieLo);
+    encodeReadHeader(header, structured, cookieHi, cookieLo, off, len);
     this.inFlightRequests--;
     this.inFlightBytes -= len;
     this.queueSpliced(header, pipe, len);
@@ -945,8 +942,7 @@ export class Transmission implements DirectReadTarget {
   private sendSpliced(r: SplicedReply): boolean {
     const h = r.header;
     if (r.headerSent === h.length && r.left === 0) return true;
-    const s = this.socket as Duplex & { _handle?: unknown };
-    if (s._handle !== this.directHandle || s.writableLength !== 0 || s.writableEnded) return this.spliceByCopy(r);
+    if (!this.directWritable()) return this.spliceByCopy(r);
     const fd = this.directFd;
     if (r.headerSent < h.length) {
       const n = writeSome(fd, h, r.headerSent, h.length - r.headerSent);
@@ -960,13 +956,13 @@ export class Transmission implements DirectReadTarget {
         return false;
       }
     }
-    const n = this.splice!.send(r.pipe.readFd, fd, r.left);
+    const n = this.pipes!.io.send(r.pipe.readFd, fd, r.left);
     if (n < 0) return this.spliceFailed(n);
     r.left -= n;
     if (r.left === 0) return true;
     // The socket is full (send() stops only there or at an error, which the stream write then reports).
     const piece = Buffer.allocUnsafe(Math.min(r.left, SPLICE_WAIT_PIECE_BYTES));
-    if (!this.readPipe(r, piece)) return this.spliceFailed(-5);
+    if (!this.readPipe(r, piece)) return this.spliceFailed(EIO);
     this.streamWriting = true;
     this.socket.write(piece, this.streamWrittenBound);
     return false;
@@ -979,7 +975,7 @@ export class Transmission implements DirectReadTarget {
     h.copy(rest, 0, r.headerSent);
     const at = h.length - r.headerSent;
     r.headerSent = h.length;
-    if (!this.readPipe(r, rest.subarray(at))) return this.spliceFailed(-5);
+    if (!this.readPipe(r, rest.subarray(at))) return this.spliceFailed(EIO);
     this.streamWriting = true;
     this.socket.write(rest, this.streamWrittenBound);
     return false;
@@ -989,7 +985,7 @@ export class Transmission implements DirectReadTarget {
   private readPipe(r: SplicedReply, into: Buffer): boolean {
     let got = 0;
     while (got < into.length) {
-      const n = this.splice!.read(r.pipe.readFd, into, got, into.length - got);
+      const n = this.pipes!.io.read(r.pipe.readFd, into, got, into.length - got);
       if (n <= 0) return false;
       got += n;
     }
@@ -1006,11 +1002,17 @@ export class Transmission implements DirectReadTarget {
   }
 
   /** Bytes of `out` the kernel took in one write(2)/writev(2) on the socket's fd (0 if it must not be tried). */
+  /**
+   * Bytes may go straight to the fd: the handle we took it from is still the socket's (a destroyed socket's fd
+   * may be reused: never write to it then), and the stream holds nothing (order) and is not ended.
+   */
+  private directWritable(): boolean {
+    const s = this.socket;
+    return handleIs(s, this.directHandle) && s.writableLength === 0 && !s.writableEnded;
+  }
+
   private writeDirect(out: Buffer[], total: number): number {
-    const s = this.socket as Duplex & { _handle?: unknown };
-    // The handle we took the fd from is still the socket's (a destroyed socket's fd may be reused: never
-    // write to it then), the stream holds nothing (order) and is not ended.
-    if (s._handle !== this.directHandle || s.writableLength !== 0 || s.writableEnded) return 0;
+    if (!this.directWritable()) return 0;
     if (out.length === 1) {
       const io = fastIo(); // the addon: no exception for EAGAIN, ~0.7 us less wrapper than writeSync (fast-io.ts)
       if (io !== null) return Math.max(0, io.write(this.directFd, out[0]!, 0, total, -1));
@@ -1062,6 +1064,12 @@ export class Transmission implements DirectReadTarget {
 
 const NO_BUFFERS: Buffer[] = [];
 
+/** A successful READ reply's header at buf[0]: an offset-data chunk (structured replies) or a simple reply. */
+function encodeReadHeader(buf: Buffer, structured: boolean, cookieHi: number, cookieLo: number, off: number, len: number): void {
+  if (structured) encodeOffsetDataPrefix(buf, 0, C.NBD_REPLY_FLAG_DONE, cookieHi, cookieLo, off, len);
+  else encodeSimpleReply(buf, 0, 0, cookieHi, cookieLo);
+}
+
 /** write(2) of buf[off, off + len) on a non-blocking fd: bytes written, or -errno (EAGAIN: the socket is full). */
 function writeSome(fd: number, buf: Buffer, off: number, len: number): number {
   const io = fastIo();
@@ -1070,7 +1078,7 @@ function writeSome(fd: number, buf: Buffer, off: number, len: number): number {
     return writeSync(fd, buf, off, len);
   } catch (err) {
     const errno = (err as NodeJS.ErrnoException).errno;
-    return typeof errno === 'number' ? errno : -5;
+    return typeof errno === 'number' ? errno : EIO;
   }
 }
 
