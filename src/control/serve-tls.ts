@@ -49,17 +49,24 @@ export const POLL_MAX_US_ENV = 'NBD_MIRROR_POLL_MAX_US';
 const collect = (value: string, previous: string[]): string[] => [...previous, value];
 
 /** Flag name -> ServerLimits key. */
-const LIMIT_FLAGS: readonly [keyof ServeTlsFlags & string, string, keyof ServerLimits][] = [
-  ['connectionsMax', '--connections-max', 'connectionsMax'],
-  ['connectionsPerPeerMax', '--connections-per-peer-max', 'connectionsPerPeerMax'],
-  ['handshakeTimeoutMs', '--handshake-timeout-ms', 'handshakeTimeoutMs'],
-  ['optionBytesMax', '--option-bytes-max', 'optionBytesMax'],
-  ['inFlightRequestsMax', '--in-flight-requests-max', 'inFlightRequestsMax'],
-  ['inFlightBytesMax', '--in-flight-bytes-max', 'inFlightBytesMax'],
-  ['pollMaxUs', '--poll-max-us', 'pollMaxUs'],
+interface LimitFlag {
+  readonly key: keyof ServeTlsFlags & string;
+  readonly flag: string;
+  readonly limit: keyof ServerLimits;
+  /** 0 is allowed (it turns the feature off). */
+  readonly zeroOk?: boolean;
+  /** Environment variable read when the flag is not given. */
+  readonly env?: string;
+}
+const LIMIT_FLAGS: readonly LimitFlag[] = [
+  { key: 'connectionsMax', flag: '--connections-max', limit: 'connectionsMax' },
+  { key: 'connectionsPerPeerMax', flag: '--connections-per-peer-max', limit: 'connectionsPerPeerMax' },
+  { key: 'handshakeTimeoutMs', flag: '--handshake-timeout-ms', limit: 'handshakeTimeoutMs' },
+  { key: 'optionBytesMax', flag: '--option-bytes-max', limit: 'optionBytesMax' },
+  { key: 'inFlightRequestsMax', flag: '--in-flight-requests-max', limit: 'inFlightRequestsMax' },
+  { key: 'inFlightBytesMax', flag: '--in-flight-bytes-max', limit: 'inFlightBytesMax' },
+  { key: 'pollMaxUs', flag: '--poll-max-us', limit: 'pollMaxUs', zeroOk: true, env: POLL_MAX_US_ENV },
 ];
-/** These may be 0 (off). */
-const ZERO_ALLOWED_FLAGS: ReadonlySet<string> = new Set(['pollMaxUs']);
 
 export function addServeTlsOptions(cmd: Command): Command {
   cmd
@@ -89,15 +96,14 @@ export interface ServeServerOptions {
 /** Validate the flags and read the key material (UsageError naming the flag or file). */
 export function serveServerOptions(flags: ServeTlsFlags, exportNames: readonly string[], log: Logger): ServeServerOptions {
   const partial: Partial<Record<keyof ServerLimits, number>> = {};
-  for (const [key, flag, limit] of LIMIT_FLAGS) {
+  for (const { key, flag, limit, zeroOk = false, env } of LIMIT_FLAGS) {
     let v = flags[key];
     let from = flag;
-    if (v === undefined && key === 'pollMaxUs' && process.env[POLL_MAX_US_ENV]) {
-      v = process.env[POLL_MAX_US_ENV];
-      from = `${POLL_MAX_US_ENV}=`;
+    if (v === undefined && env !== undefined && process.env[env]) {
+      v = process.env[env];
+      from = `${env}=`;
     }
     if (v === undefined) continue;
-    const zeroOk = ZERO_ALLOWED_FLAGS.has(key);
     if (typeof v !== 'string' || !/^[0-9]+$/.test(v) || !Number.isSafeInteger(Number(v)) || (!zeroOk && Number(v) <= 0)) {
       throw new UsageError(`${from}${from.endsWith('=') ? '' : ' '}${String(v)}: expected a ${zeroOk ? 'non-negative' : 'positive'} integer`);
     }
