@@ -280,15 +280,33 @@ export class ReplicatedLogState {
     return true;
   }
 
-  /** GET_RESYNC_WORK from nodeId: hands out one region cluster-wide (priority first); null if busy/none. */
+  /** Some node other than nodeId holds a mark on the region. */
+  private markedByOther(region: number, nodeId: number): boolean {
+    for (const [n, set] of this.marksByNode) if (n !== nodeId && set.has(region)) return true;
+    return false;
+  }
+
+  /**
+   * GET_RESYNC_WORK from nodeId: hands out one region cluster-wide (priority first); null if busy/none.
+   * A region another node holds a mark on is not handed out: that node may not have seen the region go
+   * out of sync yet (a departure reaches members at different times) and write it to every leg during
+   * the copy. Its mark goes when its writes there are done (the mirror clears marks on regions out of
+   * sync too: clearsOutOfSync); the FLUSH carrying that clear announces work again.
+   */
   applyGetResyncWork(nodeId: number): number | null {
     if (this.recovering !== null) return null;
     if (!this.legsAgreed()) return null; // a node has not reloaded onto the same legs yet
     let region = -1;
-    while (this.priority.length > 0) {
-      const r = this.priority.shift()!;
-      this.prioritySet.delete(r);
-      if (!this.sync.get(r)) {
+    for (let i = 0; i < this.priority.length; ) {
+      const r = this.priority[i]!;
+      if (this.sync.get(r)) {
+        this.priority.splice(i, 1);
+        this.prioritySet.delete(r);
+      } else if (this.markedByOther(r, nodeId)) {
+        i++; // stays first in line for when the mark goes
+      } else {
+        this.priority.splice(i, 1);
+        this.prioritySet.delete(r);
         region = r;
         break;
       }
@@ -296,13 +314,26 @@ export class ReplicatedLogState {
     if (region < 0) {
       // Search forward from the cursor and wrap once, so a region whose recovery failed is retried
       // only after the others had their turn.
-      region = this.sync.findNext(false, this.searchFrom);
-      if (region < 0) region = this.sync.findNext(false, 0);
+      region = this.nextUnmarked(this.searchFrom, this.regionCount, nodeId);
+      if (region < 0) region = this.nextUnmarked(0, this.searchFrom, nodeId);
     }
     if (region < 0) return null;
     this.searchFrom = region + 1 >= this.regionCount ? 0 : region + 1;
     this.recovering = { region, nodeId };
     return region;
+  }
+
+  /** The first region in [from, to) out of sync and marked by no node but nodeId, or -1. */
+  private nextUnmarked(from: number, to: number, nodeId: number): number {
+    for (let r = this.sync.findNext(false, from); r >= 0 && r < to; r = this.sync.findNext(false, r + 1)) {
+      if (!this.markedByOther(r, nodeId)) return r;
+    }
+    return -1;
+  }
+
+  /** The region is out of sync and no node holds a mark on it: any node may be handed it. */
+  recoverable(region: number): boolean {
+    return !this.sync.get(region) && !this.isMarked(region);
   }
 
   /** SET_REGION_SYNC from nodeId. Returns the recovery claim it ended, if any. */

@@ -625,6 +625,9 @@ export class ClusterLog implements DirtyLog {
     await this.flush();
   }
 
+  /** DirtyLog: marks on regions out of sync are cleared too (the clean bit on disk stays 0 for them). */
+  readonly clearsOutOfSync = true;
+
   isClean(region: number): boolean {
     return !this.localMarks.has(region);
   }
@@ -1179,6 +1182,8 @@ export class ClusterLog implements DirtyLog {
     switch (m.type) {
       case Req.FLUSH: {
         s.applyFlush(from.nodeId, m.marks, m.clears);
+        // A clear that freed a region out of sync: recovery may take it now (GET_RESYNC_WORK skipped it).
+        if (live && m.clears.some((r) => s.recoverable(r))) this.workL.emit();
         if (live && this.disk && this.isServer(s)) {
           if (m.marks.length > 0) this.diskRequestWrite();
           else this.diskLazyWrite();

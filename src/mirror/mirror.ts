@@ -775,6 +775,7 @@ export class MirrorExport implements Export {
     }
     const batch = this.waitCurrent;
     const n = batch.length;
+    const remote = this.log.isRemoteRecovering;
     for (let i = 0; i < n; i++) {
       const p = batch[i]!;
       if (err !== null && this.handleErrors) {
@@ -785,6 +786,12 @@ export class MirrorExport implements Export {
         this.regions.dec(p.region, this.flushSeqDone);
         this.pieceCountedOut();
         if (--p.req.piecesLeft === 0) this.requestDone(p.req);
+      } else if (remote !== undefined && remote.call(this.log, p.region)) {
+        // Cluster: the region was handed to another node for recovery before this mark reached the group
+        // (the flush delivered everything ordered before it). Writing now could land inside its copy.
+        this.regions.dec(p.region, this.flushSeqDone);
+        this.pieceCountedOut();
+        this.parkRemote(p);
       } else {
         this.dispatch(p);
       }

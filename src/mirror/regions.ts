@@ -8,6 +8,8 @@
 // The mirror passes in what to do with parked writes (release callback): the hash never issues I/O.
 //
 // State of a region without an entry: CLEAN if the log says in sync, NOSYNC otherwise.
+// A region out of sync keeps its mark (dm: its clean bit would claim it in sync), except under a cluster log
+// (log.clearsOutOfSync), where a mark left behind would keep every node from recovering the region.
 
 import { strict as assert } from 'node:assert';
 import type { DirtyLog } from './log/dirty-log.js';
@@ -192,8 +194,13 @@ export class RegionHash<P> {
       e.drained = null;
       d();
     }
-    if (e.held === null && this.log.inSync(region) && !this.log.isClean(region)) this.goIdle(e);
+    if (e.held === null && this.clearable(region) && !this.log.isClean(region)) this.goIdle(e);
     this.maybeForget(e);
+  }
+
+  /** An idle mark on the region may be cleared: in sync, or a cluster log (log.clearsOutOfSync). */
+  private clearable(region: number): boolean {
+    return this.log.inSync(region) || this.log.clearsOutOfSync === true;
   }
 
   /** Regions idle at least minIdleMs: clear them in the log (memory). Returns how many were cleared. */
@@ -214,7 +221,7 @@ export class RegionHash<P> {
       e.listed = false;
       this.leaveIdle(e);
       e.markSeq = 0;
-      if (e.pending === 0 && e.held === null && this.log.inSync(region)) {
+      if (e.pending === 0 && e.held === null && this.clearable(region)) {
         this.log.clearRegion(region);
         n++;
       }
@@ -265,7 +272,7 @@ export class RegionHash<P> {
       e.markSeq = 0;
     }
     e.held = null;
-    if (e.pending === 0 && e.idleSinceMs < 0 && this.log.inSync(region) && !this.log.isClean(region)) {
+    if (e.pending === 0 && e.idleSinceMs < 0 && this.clearable(region) && !this.log.isClean(region)) {
       // Writes drained during the hold (dec() skips held regions): queue the lazy clear now.
       this.goIdle(e);
       this.idle();
@@ -280,7 +287,7 @@ export class RegionHash<P> {
   markNosync(region: number): void {
     this.log.setRegionSync(region, false);
     const e = this.entries.get(region);
-    if (e && e.idleSinceMs >= 0) {
+    if (e && e.idleSinceMs >= 0 && !this.clearable(region)) {
       this.leaveIdle(e);
       this.maybeForget(e);
     }

@@ -1,6 +1,6 @@
 // cluster-log.test.ts — the clustered log as a replicated state machine on the in-memory total-order bus,
 // checked with fast-check against a simple sequential model (marks per (region,node), sync bits, one
-// cluster-wide recovery, priority for waiting writes, purge + release on node death, checkpoints for
+// cluster-wide recovery never of a region another node marks, priority for waiting writes, purge + release on node death, checkpoints for
 // (re)joining nodes), plus a concurrent property: every live member ends with the identical state.
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
@@ -225,16 +225,27 @@ async function runScenario(ops: Op[], nodes: number, regions: number, sync: Sync
         await quiesce(bus);
         const got = x.log.getResyncWork();
         if (model.recovering === null) {
-          const unsynced = model.sync.map((v, i) => (v ? -1 : i)).filter((i) => i >= 0);
-          if (unsynced.length === 0) {
+          // A region another node holds a mark on is never handed out (that node may still write it).
+          const markedByOther = (r: number) => [...model.marks].some(([n, set]) => n !== op.node && set.has(r));
+          const candidates = model.sync.map((v, i) => (v || markedByOther(i) ? -1 : i)).filter((i) => i >= 0);
+          if (candidates.length === 0) {
             expect(got).toBeNull();
           } else {
-            // Priority regions (writes waiting) first, in request order.
-            while (model.priority.length && model.sync[model.priority[0]!]) model.priority.shift();
-            const want = model.priority.shift();
+            // Priority regions (writes waiting) first, in request order; marked ones keep their place.
+            let want: number | undefined;
+            for (let i = 0; i < model.priority.length; ) {
+              const r = model.priority[i]!;
+              if (model.sync[r]) model.priority.splice(i, 1);
+              else if (markedByOther(r)) i++;
+              else {
+                want = model.priority.splice(i, 1)[0];
+                break;
+              }
+            }
             expect(got).not.toBeNull();
             if (want !== undefined) expect(got).toBe(want);
             expect(model.sync[got!]).toBe(false);
+            expect(markedByOther(got!), `region ${got} handed to node ${op.node} while another node marks it`).toBe(false);
             model.recovering = { region: got!, nodeId: op.node };
             x.handed = got;
           }
@@ -439,6 +450,43 @@ describe('ClusterLog on the memory bus', () => {
     expect(work).toBeGreaterThan(0);
     expect(a.server?.nodeId).toBe(1);
     await a.close();
+  });
+
+  it('a region another node marks is not handed out for recovery; the FLUSH clearing that mark announces it', async () => {
+    const bus = new MemoryBus({ delivery: 'manual' });
+    const a = newLog(bus, 1, 8, 'nosync');
+    const b = newLog(bus, 2, 8, 'nosync');
+    await settle(bus, Promise.all([a.resume(activation), b.resume(activation)]));
+    a.markRegion(2);
+    a.markRegion(4);
+    await settle(bus, a.flush());
+    for (const r of [2, 4]) b.setRegionSync(r, false); // out of sync while a still holds its marks
+    await quiesce(bus);
+    a.isRemoteRecovering(4); // a write on a waits for region 4: first in line
+    await quiesce(bus);
+    expect(b.getResyncWork()).toBeNull();
+    await quiesce(bus);
+    expect(b.getResyncWork()).toBeNull(); // both marked by a: nothing to hand b
+    expect(b.replicated!.priority).toEqual([4]); // kept in line, not dropped
+    // a itself may recover a region only it marks (its own writes drain under its local hold).
+    let workOnA = 0;
+    let workOnB = 0;
+    a.onWorkAvailable(() => workOnA++);
+    b.onWorkAvailable(() => workOnB++);
+    a.clearRegion(4); // a's writes to 4 are done: the clear frees it
+    await settle(bus, a.flush());
+    expect(workOnA).toBeGreaterThan(0);
+    expect(workOnB).toBeGreaterThan(0);
+    expect(b.getResyncWork()).toBeNull();
+    await quiesce(bus);
+    expect(b.getResyncWork()).toBe(4);
+    b.setRegionSync(4, true);
+    await quiesce(bus);
+    expect(a.getResyncWork()).toBeNull();
+    await quiesce(bus);
+    expect(a.getResyncWork()).toBe(2); // marked by a only
+    await a.close();
+    await b.close();
   });
 
   it('flush fails with EIO once the transport is lost, and when not quorate', async () => {

@@ -5,6 +5,7 @@
 import { clusterLogOpener } from '../../src/cluster/log-opener.js';
 import type { ClusterLog } from '../../src/cluster/cluster-log.js';
 import type { MemoryBus } from '../../src/cluster/memory-bus.js';
+import type { Transport } from '../../src/cluster/transport.js';
 import { tableBackend } from '../../src/control/table-backend.js';
 import { Volume, type TableBackend, type VolumeLimits } from '../../src/control/volumes.js';
 import { ExportError } from '../../src/nbd/export.js';
@@ -39,9 +40,10 @@ export async function memoryNode(
   nodeId: number,
   table: string,
   openLeg: (device: string, log: () => DirtyLog | undefined) => Leg,
+  transport: () => Transport = () => bus.connect(nodeId),
 ): Promise<{ exp: MirrorExport; log: ClusterLog }> {
   let log: DirtyLog | undefined;
-  const opener = clusterLogOpener({ transport: () => bus.connect(nodeId) });
+  const opener = clusterLogOpener({ transport });
   const exp = (await openTable(parseTable(table), {
     openLeg: async (d) => openLeg(d, () => log),
     openLog: async (s, ctx) => (log = await opener(s, ctx)),

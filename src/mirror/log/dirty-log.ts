@@ -68,6 +68,12 @@ export interface DirtyLog {
   setRegionSync(region: number, inSync: boolean): void;
   /** Number of regions whose sync bit is set. */
   syncCount(): number;
+  /**
+   * Cluster logs: an idle region's mark is cleared even while the region is out of sync (a local log keeps
+   * it, as dm does: its clean bit would claim the region in sync). The group hands a region out for
+   * recovery only once no other node holds a mark on it.
+   */
+  readonly clearsOutOfSync?: boolean;
   /** Cluster logs: another node is recovering this region (writes to it must wait). */
   isRemoteRecovering?(region: number): boolean;
   /** Optional notifications (cluster logs). Each returns an unsubscribe function. */

@@ -115,4 +115,35 @@ describe('region hash', () => {
     expect(rh.idleDirtyCount()).toBe(0);
     expect(rh.state(3)).toBe('nosync');
   });
+
+  it('under a log that clears out of sync (cluster), an idle mark on a region out of sync is cleared; a local log keeps it', async () => {
+    for (const clearsOutOfSync of [false, true]) {
+      const log = new CoreLog({ regionSizeBytes: REGION, lengthBytes: 10 * REGION + 100, sync: 'nosync' });
+      await log.resume({ legDevices: ['/a', '/b'], flushDataLegs: async () => {} });
+      // The cluster log's flag on a core log: the region hash is blind to which log it is.
+      const view = Object.assign(Object.create(log) as CoreLog, { clearsOutOfSync });
+      const rh = new RegionHash<string>({ log: view, regionSizeBytes: REGION, lengthBytes: 10 * REGION + 100, release: () => {}, nowMs: () => 0 });
+      // A write in flight when the region goes out of sync (another node left, a write error elsewhere).
+      rh.inc(2, 1, 0);
+      expect(log.isClean(2)).toBe(false);
+      rh.markNosync(2);
+      rh.dec(2, 1);
+      expect(rh.idleDirtyCount()).toBe(clearsOutOfSync ? 1 : 0);
+      // Idle and marked when it goes out of sync.
+      rh.inc(5, 1, 0);
+      rh.dec(5, 1);
+      rh.markNosync(5);
+      expect(rh.idleDirtyCount()).toBe(clearsOutOfSync ? 2 : 0);
+      expect(rh.clearIdle(0, 0, 1)).toBe(clearsOutOfSync ? 2 : 0);
+      expect([log.isClean(2), log.isClean(5)]).toEqual([clearsOutOfSync, clearsOutOfSync]);
+      expect([log.inSync(2), log.inSync(5)]).toEqual([false, false]); // only the mark goes
+      // A failed recovery of a marked region: the mark goes too under a cluster log.
+      rh.inc(7, 1, 0);
+      rh.dec(7, 1);
+      await rh.acquire(7, 'recovery');
+      rh.releaseHold(7, false);
+      expect(rh.clearIdle(0, 0, 1)).toBe(clearsOutOfSync ? 1 : 0);
+      expect(log.isClean(7)).toBe(clearsOutOfSync);
+    }
+  });
 });
