@@ -674,7 +674,12 @@ export class MirrorExport implements Export {
       log.onWorkAvailable?.(() => {
         if (!this.suspended && !this.closed) this.resync.kick();
       }),
-      log.onRegionsChanged?.((regions) => this.recheckRemote(regions)),
+      log.onRegionsChanged?.((regions) => {
+        this.recheckRemote(regions);
+        // Idle marks on regions gone out of sync hold up their recovery on every node: clear them now
+        // rather than after the lazy-clear delay (no write reaches such a region before it is recovered).
+        if (log.clearsOutOfSync === true && this.regions.idleDirtyCount() > 0 && !this.closed) this.clearPass(this.limits.cleanDelayMs);
+      }),
       log.onLost?.((err) => {
         if (this.logFailed) return;
         this.logFailed = true;

@@ -214,7 +214,9 @@ export class RegionHash<P> {
         if (e !== undefined) e.listed = false;
         continue;
       }
-      if (nowMs - e.idleSinceMs < minIdleMs) continue;
+      // The delay saves a re-mark when the region is written again soon; one out of sync is written only
+      // after its recovery, which waits for this clear (cluster logs: clearsOutOfSync).
+      if (nowMs - e.idleSinceMs < minIdleMs && this.log.inSync(region)) continue;
       if (e.held !== null) continue; // verify holds it briefly; clear it on a later pass
       if (e.markSeq !== 0 && e.markSeq > doneFlushSeq) continue; // never clear ahead of the mark's flush
       this.idleDirty.delete(region);
