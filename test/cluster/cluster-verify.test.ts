@@ -6,11 +6,10 @@
 // the region are paused once (whichever node makes it), and node 2 writes the region during that pause.
 import { afterEach, describe, expect, it } from 'vitest';
 import { MemoryBus } from '../../src/cluster/memory-bus.js';
-import type { Leg } from '../../src/mirror/legs/leg.js';
 import { MemoryLeg } from '../../src/mirror/legs/memory.js';
 import type { MirrorExport } from '../../src/mirror/mirror.js';
 import { verifyMirror } from '../../src/mirror/verify.js';
-import { memoryNode, sharedLeg, until } from './memory-engines.js';
+import { LegWritePause, memoryNode, seededBytes, sharedLeg, until } from './memory-engines.js';
 
 const SIZE_BYTES = 4 * 1024 * 1024;
 const REGION_BYTES = 128 * 1024;
@@ -18,40 +17,10 @@ const R = 3;
 const R_OFF = R * REGION_BYTES;
 const TABLE = `0 ${SIZE_BYTES / 512} mirror userspace 4 LVM-verify clustered-core ${REGION_BYTES / 512} nosync 2 a 0 b 0`;
 
-/** The nodes' paths to leg b: the first write into region R (once armed) waits until let go. */
-class PauseOnce {
-  armed = false;
-  paused = false;
-  private go: (() => void) | null = null;
-  wrap(leg: Leg): Leg {
-    const write = leg.write.bind(leg);
-    leg.write = async (d, o, f) => {
-      if (this.armed && o < R_OFF + REGION_BYTES && o + d.length > R_OFF) {
-        this.armed = false;
-        this.paused = true;
-        await new Promise<void>((res) => (this.go = res));
-      }
-      return write(d, o, f);
-    };
-    return leg;
-  }
-  letGo(): void {
-    this.armed = false;
-    this.go?.();
-    this.go = null;
-  }
-}
-
-function pattern(seed: number, bytes: number): Buffer {
-  const b = Buffer.alloc(bytes);
-  for (let i = 0; i < bytes; i++) b[i] = (seed * 131 + i * 7 + (i >> 9)) & 0xff;
-  return b;
-}
-
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 let nodes: { exp: MirrorExport }[] = [];
-let pause: PauseOnce | undefined;
+let pause: LegWritePause | undefined;
 afterEach(async () => {
   pause?.letGo();
   for (const n of nodes) await n.exp.close().catch(() => undefined);
@@ -62,20 +31,20 @@ describe('verify --repair on a clustered mirror', () => {
   it('repairs a mismatch through the group: a write another node makes meanwhile is never overwritten', async () => {
     const bus = new MemoryBus();
     const legs = new Map(['a', 'b'].map((d) => [d, new MemoryLeg({ device: d, sizeBytes: SIZE_BYTES })]));
-    pause = new PauseOnce();
+    pause = new LegWritePause(R_OFF, R_OFF + REGION_BYTES);
     const p = pause;
     const n1 = await memoryNode(bus, 1, TABLE, (d) => (d === 'b' ? p.wrap(sharedLeg(legs.get(d)!)) : sharedLeg(legs.get(d)!)));
     const n2 = await memoryNode(bus, 2, TABLE, (d) => (d === 'b' ? p.wrap(sharedLeg(legs.get(d)!)) : sharedLeg(legs.get(d)!)));
     nodes = [n1, n2];
     await until(() => n1.log.members.length === 2 && n2.log.members.length === 2, 5000, 'two members');
-    await n2.exp.write(pattern(1, REGION_BYTES), R_OFF, { fua: false });
+    await n2.exp.write(seededBytes(1, REGION_BYTES), R_OFF, { fua: false });
     legs.get('b')!.bytes.fill(0xee, R_OFF + 4096, R_OFF + 8192); // leg b went bad under the mirror
     p.armed = true;
     const run = verifyMirror(n1.exp, { repair: true, firstRegion: R, regionCount: 1 });
     // The first write of leg b in R after the write above: node 1's repair, or the recovery copy of whichever
     // node the group handed R to.
     await until(() => p.paused, 5000, 'a write of leg b in R');
-    const last = pattern(2, REGION_BYTES);
+    const last = seededBytes(2, REGION_BYTES);
     const w = n2.exp.write(last, R_OFF, { fua: false });
     await sleep(100);
     p.letGo();

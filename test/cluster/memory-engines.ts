@@ -1,7 +1,7 @@
 // memory-engines.ts — test-side helpers for real mirror engines (openTable) over shared memory legs,
 // coordinated by ClusterLogs on the in-memory bus: one node's view of a shared leg (optionally a path that
-// fails on demand), one node's engine and its cluster log, one node's control-plane Volume over them, and
-// polling until a condition holds.
+// fails on demand), one node's engine and its cluster log, one node's control-plane Volume over them,
+// polling until a condition holds, pausing one write, and seeded test bytes.
 import { clusterLogOpener } from '../../src/cluster/log-opener.js';
 import type { ClusterLog } from '../../src/cluster/cluster-log.js';
 import type { MemoryBus } from '../../src/cluster/memory-bus.js';
@@ -83,4 +83,42 @@ export async function until(cond: () => boolean, ms: number, what: string): Prom
     if (Date.now() - t0 > ms) throw new Error(`${what}: not within ${ms} ms`);
     await new Promise((r) => setTimeout(r, 2));
   }
+}
+
+/**
+ * Pauses one write: once armed, the first write into [fromBytes, toBytes) on any leg it wrapped waits until
+ * letGo() (the pause disarms itself, so later writes pass).
+ */
+export class LegWritePause {
+  armed = false;
+  paused = false;
+  private go: (() => void) | null = null;
+  constructor(
+    private readonly fromBytes: number,
+    private readonly toBytes: number,
+  ) {}
+  wrap(leg: Leg): Leg {
+    const write = leg.write.bind(leg);
+    leg.write = async (d, o, f) => {
+      if (this.armed && o < this.toBytes && o + d.length > this.fromBytes) {
+        this.armed = false;
+        this.paused = true;
+        await new Promise<void>((res) => (this.go = res));
+      }
+      return write(d, o, f);
+    };
+    return leg;
+  }
+  letGo(): void {
+    this.armed = false;
+    this.go?.();
+    this.go = null;
+  }
+}
+
+/** Bytes that differ for every seed and along a region (so a misplaced or stale piece shows). */
+export function seededBytes(seed: number, bytes: number): Buffer {
+  const b = Buffer.alloc(bytes);
+  for (let i = 0; i < bytes; i++) b[i] = (seed * 131 + i * 7 + (i >> 9)) & 0xff;
+  return b;
 }

@@ -7,9 +7,8 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { MemoryBus } from '../../src/cluster/memory-bus.js';
 import type { ConfigChange, Delivery, Transport, Unsubscribe } from '../../src/cluster/transport.js';
-import type { Leg } from '../../src/mirror/legs/leg.js';
 import { MemoryLeg } from '../../src/mirror/legs/memory.js';
-import { memoryNode, sharedLeg, until } from './memory-engines.js';
+import { LegWritePause, memoryNode, seededBytes, sharedLeg, until } from './memory-engines.js';
 
 const SIZE_BYTES = 4 * 1024 * 1024;
 const REGION_BYTES = 128 * 1024;
@@ -63,35 +62,6 @@ class HoldableTransport implements Transport {
   }
 }
 
-/** Node 2's path to leg b: while armed, a write into region R waits until let go. */
-class PausedWrites {
-  armed = false;
-  paused = false;
-  private go: (() => void) | null = null;
-  wrap(leg: Leg): Leg {
-    const write = leg.write.bind(leg);
-    leg.write = async (d, o, f) => {
-      if (this.armed && o < R_OFF + REGION_BYTES && o + d.length > R_OFF) {
-        this.paused = true;
-        await new Promise<void>((res) => (this.go = res));
-      }
-      return write(d, o, f);
-    };
-    return leg;
-  }
-  letGo(): void {
-    this.armed = false;
-    this.go?.();
-    this.go = null;
-  }
-}
-
-function pattern(seed: number, bytes: number): Buffer {
-  const b = Buffer.alloc(bytes);
-  for (let i = 0; i < bytes; i++) b[i] = (seed * 131 + i * 7 + (i >> 9)) & 0xff;
-  return b;
-}
-
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function settles(p: Promise<unknown>, ms: number): Promise<boolean> {
@@ -108,7 +78,7 @@ async function settles(p: Promise<unknown>, ms: number): Promise<boolean> {
 async function cluster() {
   const bus = new MemoryBus();
   const legs = new Map(['a', 'b'].map((d) => [d, new MemoryLeg({ device: d, sizeBytes: SIZE_BYTES })]));
-  const pause = new PausedWrites();
+  const pause = new LegWritePause(R_OFF, R_OFF + REGION_BYTES);
   let t1: HoldableTransport | undefined;
   const n1 = await memoryNode(bus, 1, TABLE, (d) => sharedLeg(legs.get(d)!), () => (t1 = new HoldableTransport(bus.connect(1))));
   const n2 = await memoryNode(bus, 2, TABLE, (d) => (d === 'b' ? pause.wrap(sharedLeg(legs.get(d)!)) : sharedLeg(legs.get(d)!)));
@@ -148,8 +118,8 @@ describe('recovery of a departed node\'s region while another survivor has not s
   it('a survivor\'s durable mark keeps the region from being handed out: its write never lands inside the copy', async () => {
     const c = (open = await cluster());
     // Node 3 dirties R (its mark goes out of sync with it); node 1 writes R too and keeps its mark (lazy clear).
-    await c.n3.exp.write(pattern(3, REGION_BYTES), R_OFF, { fua: false });
-    await c.n1.exp.write(pattern(1, REGION_BYTES), R_OFF, { fua: false });
+    await c.n3.exp.write(seededBytes(3, REGION_BYTES), R_OFF, { fua: false });
+    await c.n1.exp.write(seededBytes(1, REGION_BYTES), R_OFF, { fua: false });
     await until(() => c.n2.log.replicated!.marksByNode.get(1)?.has(R) === true, 2000, 'node 1 mark on R');
     c.pause.armed = true;
     c.t1.hold(); // node 1 will see node 3 leave only later
@@ -160,7 +130,7 @@ describe('recovery of a departed node\'s region while another survivor has not s
     while (!c.pause.paused && Date.now() - t0 < 300) await sleep(2);
     const started = c.pause.paused;
     // Node 1 still sees R in sync with its mark durable: this write goes to both legs at once.
-    const last = pattern(11, REGION_BYTES);
+    const last = seededBytes(11, REGION_BYTES);
     const w = c.n1.exp.write(last, R_OFF, { fua: false });
     expect(await settles(w, 2000)).toBe(true);
     await w;
@@ -172,7 +142,7 @@ describe('recovery of a departed node\'s region while another survivor has not s
 
   it('a write whose mark is delivered after the region was handed out waits for that recovery', async () => {
     const c = (open = await cluster());
-    await c.n3.exp.write(pattern(3, REGION_BYTES), R_OFF, { fua: false });
+    await c.n3.exp.write(seededBytes(3, REGION_BYTES), R_OFF, { fua: false });
     await until(() => c.n2.log.replicated!.marksByNode.get(3)?.has(R) === true, 2000, 'node 3 mark on R');
     c.pause.armed = true;
     c.t1.hold();
@@ -180,7 +150,7 @@ describe('recovery of a departed node\'s region while another survivor has not s
     await until(() => c.pause.paused, 3000, 'node 2 copying R (read leg a, write leg b paused)');
     // Node 1 has not seen the departure: R is in sync for it, so it marks R and waits for that FLUSH,
     // which is ordered after node 2's GET_RESYNC_WORK.
-    const last = pattern(21, REGION_BYTES);
+    const last = seededBytes(21, REGION_BYTES);
     const w = c.n1.exp.write(last, R_OFF, { fua: false });
     c.t1.release();
     // The FLUSH came back: node 1 now knows node 2 recovers R, so the write must wait for it.
