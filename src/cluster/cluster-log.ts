@@ -1027,7 +1027,8 @@ export class ClusterLog implements DirtyLog {
     const changed = [...effect.purged];
     if (effect.released) changed.push(effect.released.region);
     if (changed.length) this.regionsL.emit(changed);
-    if (changed.length || effect.released) this.workL.emit();
+    // Also when a departed node's marks only freed regions already out of sync (GET_RESYNC_WORK skipped them).
+    if (changed.length || effect.released || effect.departed.some((d) => d.markedOutOfSync.length > 0)) this.workL.emit();
     this.membershipL.emit({ members: s.members, server: s.server() });
     const server = s.server();
     if (s.waiting.size > 0 && server && this.isMe(server)) this.sendCheckpoint(s);

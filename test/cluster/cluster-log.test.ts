@@ -489,6 +489,31 @@ describe('ClusterLog on the memory bus', () => {
     await b.close();
   });
 
+  it('a node that leaves while marking a region already out of sync frees it: the others are told work is there', async () => {
+    const bus = new MemoryBus({ delivery: 'manual' });
+    const a = newLog(bus, 1, 8, 'nosync');
+    const b = newLog(bus, 2, 8, 'nosync');
+    const c = newLog(bus, 3, 8, 'nosync');
+    await settle(bus, Promise.all([a, b, c].map((l) => l.resume(activation))));
+    c.markRegion(6);
+    await settle(bus, c.flush());
+    a.setRegionSync(6, false);
+    await quiesce(bus);
+    expect(a.getResyncWork()).toBeNull();
+    await quiesce(bus);
+    expect(a.getResyncWork()).toBeNull(); // c marks it
+    let work = 0;
+    a.onWorkAvailable(() => work++);
+    bus.killNode(3);
+    await quiesce(bus);
+    expect(work).toBeGreaterThan(0);
+    expect(a.getResyncWork()).toBeNull();
+    await quiesce(bus);
+    expect(a.getResyncWork()).toBe(6);
+    await a.close();
+    await b.close();
+  });
+
   it('flush fails with EIO once the transport is lost, and when not quorate', async () => {
     const bus = new MemoryBus({ delivery: 'manual' });
     let quorate = true;
