@@ -1,11 +1,12 @@
 // memory-engines.ts — test-side helpers for real mirror engines (openTable) over shared memory legs,
 // coordinated by ClusterLogs on the in-memory bus: one node's view of a shared leg (optionally a path that
 // fails on demand), one node's engine and its cluster log, one node's control-plane Volume over them,
-// polling until a condition holds, pausing one write, and seeded test bytes.
+// polling until a condition holds, pausing one write, holding back a member's deliveries, and seeded test
+// bytes.
 import { clusterLogOpener } from '../../src/cluster/log-opener.js';
 import type { ClusterLog } from '../../src/cluster/cluster-log.js';
 import type { MemoryBus } from '../../src/cluster/memory-bus.js';
-import type { Transport } from '../../src/cluster/transport.js';
+import type { ConfigChange, Delivery, Transport, Unsubscribe } from '../../src/cluster/transport.js';
 import { tableBackend } from '../../src/control/table-backend.js';
 import { Volume, type TableBackend, type VolumeLimits } from '../../src/control/volumes.js';
 import { ExportError } from '../../src/nbd/export.js';
@@ -121,4 +122,50 @@ export function seededBytes(seed: number, bytes: number): Buffer {
   const b = Buffer.alloc(bytes);
   for (let i = 0; i < bytes; i++) b[i] = (seed * 131 + i * 7 + (i >> 9)) & 0xff;
   return b;
+}
+
+/** A member whose deliveries and configuration changes can be held back (kept in order) and let go later. */
+export class HoldableTransport implements Transport {
+  private held = false;
+  private readonly queue: Array<() => void> = [];
+  constructor(private readonly inner: Transport) {}
+  get localNodeId(): number {
+    return this.inner.localNodeId;
+  }
+  get localPid(): number {
+    return this.inner.localPid;
+  }
+  get messageBytesMax(): number {
+    return this.inner.messageBytesMax;
+  }
+  join(group: string): Promise<void> {
+    return this.inner.join(group);
+  }
+  mcast(payload: Uint8Array): Promise<void> {
+    return this.inner.mcast(payload);
+  }
+  onDeliver(fn: (d: Delivery) => void): Unsubscribe {
+    return this.inner.onDeliver((d) => this.pass(() => fn(d)));
+  }
+  onConfigChange(fn: (c: ConfigChange) => void): Unsubscribe {
+    return this.inner.onConfigChange((c) => this.pass(() => fn(c)));
+  }
+  onLost(fn: (err: Error) => void): Unsubscribe {
+    return this.inner.onLost(fn);
+  }
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+  hold(): void {
+    this.held = true;
+  }
+  release(): void {
+    // Events arriving while the queue is replayed join its end (held stays true until it is empty).
+    while (this.queue.length > 0) this.queue.shift()!();
+    this.held = false;
+  }
+  private pass(f: () => void): void {
+    if (this.held) this.queue.push(f);
+    else f();
+  }
 }

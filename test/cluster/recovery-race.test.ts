@@ -6,9 +6,8 @@
 // back to order the events, node 2's recovery copy is paused at its write of leg b.
 import { afterEach, describe, expect, it } from 'vitest';
 import { MemoryBus } from '../../src/cluster/memory-bus.js';
-import type { ConfigChange, Delivery, Transport, Unsubscribe } from '../../src/cluster/transport.js';
 import { MemoryLeg } from '../../src/mirror/legs/memory.js';
-import { LegWritePause, memoryNode, seededBytes, sharedLeg, until } from './memory-engines.js';
+import { HoldableTransport, LegWritePause, memoryNode, seededBytes, sharedLeg, until } from './memory-engines.js';
 
 const SIZE_BYTES = 4 * 1024 * 1024;
 const REGION_BYTES = 128 * 1024;
@@ -16,51 +15,6 @@ const R = 4; // the departed node's region
 const R_OFF = R * REGION_BYTES;
 const TABLE = `0 ${SIZE_BYTES / 512} mirror userspace 4 LVM-race clustered-core ${REGION_BYTES / 512} nosync 2 a 0 b 0`;
 
-/** A member whose deliveries and configuration changes can be held back (kept in order) and let go later. */
-class HoldableTransport implements Transport {
-  private held = false;
-  private readonly queue: Array<() => void> = [];
-  constructor(private readonly inner: Transport) {}
-  get localNodeId(): number {
-    return this.inner.localNodeId;
-  }
-  get localPid(): number {
-    return this.inner.localPid;
-  }
-  get messageBytesMax(): number {
-    return this.inner.messageBytesMax;
-  }
-  join(group: string): Promise<void> {
-    return this.inner.join(group);
-  }
-  mcast(payload: Uint8Array): Promise<void> {
-    return this.inner.mcast(payload);
-  }
-  onDeliver(fn: (d: Delivery) => void): Unsubscribe {
-    return this.inner.onDeliver((d) => this.pass(() => fn(d)));
-  }
-  onConfigChange(fn: (c: ConfigChange) => void): Unsubscribe {
-    return this.inner.onConfigChange((c) => this.pass(() => fn(c)));
-  }
-  onLost(fn: (err: Error) => void): Unsubscribe {
-    return this.inner.onLost(fn);
-  }
-  close(): Promise<void> {
-    return this.inner.close();
-  }
-  hold(): void {
-    this.held = true;
-  }
-  release(): void {
-    // Events arriving while the queue is replayed join its end (held stays true until it is empty).
-    while (this.queue.length > 0) this.queue.shift()!();
-    this.held = false;
-  }
-  private pass(f: () => void): void {
-    if (this.held) this.queue.push(f);
-    else f();
-  }
-}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
