@@ -6,12 +6,13 @@
 // World: every node's path to a leg delays each operation by a random number of event-loop turns, so leg
 // I/O of different nodes and recovery copies interleave. A node's deliveries can be held back for a while
 // (a member that processes the group's events late: the cluster log must not rely on members seeing a
-// change at the same moment). One node may die (power lost: its leg operations not yet landed never land,
-// the group purges its marks and the survivors recover its regions).
+// change at the same moment). A node may die (power lost: its leg operations not yet landed never land,
+// the group purges its marks and the survivors recover its regions) and come back (joins, gets the state
+// from a checkpoint); never fewer than two nodes live.
 // Two starts: legs identical (nosync), or leg b different and the whole volume resynced meanwhile (sync).
 // Operations: writes of random 4 KiB-aligned pieces of a region (at most one write in flight per region,
 // so the expected bytes are known), reads through any live node (checked against the expected bytes when
-// no write to that region is in flight), holds and releases, a death, pauses.
+// no write to that region is in flight), holds and releases, deaths and restarts, pauses.
 // Checked: every read; at the end (everything released) every write of a live node completes, every region
 // comes back in sync on every live node, the legs are byte-identical, and every region holds the expected
 // bytes (except pieces a dead node was writing when it died: those may or may not have landed).
@@ -39,6 +40,7 @@ type Op =
   | { kind: 'read'; node: number; region: number }
   | { kind: 'hold' | 'release'; node: number }
   | { kind: 'kill'; node: number }
+  | { kind: 'restart' }
   | { kind: 'pause'; turns: number };
 
 const opArb: fc.Arbitrary<Op> = (() => {
@@ -50,6 +52,7 @@ const opArb: fc.Arbitrary<Op> = (() => {
     { weight: 3, arbitrary: fc.record({ kind: fc.constant('read' as const), node, region }) },
     { weight: 2, arbitrary: fc.record({ kind: fc.constantFrom('hold' as const, 'release' as const), node }) },
     { weight: 1, arbitrary: fc.record({ kind: fc.constant('kill' as const), node }) },
+    { weight: 1, arbitrary: fc.constant({ kind: 'restart' as const }) },
     { weight: 3, arbitrary: fc.record({ kind: fc.constant('pause' as const), turns: fc.integer({ min: 1, max: 12 }) }) },
   );
 })();
@@ -87,13 +90,15 @@ interface SimNode {
  * nosync: the legs start identical. sync: leg b starts with other bytes and the whole volume is resynced
  * from leg a while the operations run.
  */
-async function runScenario(ops: readonly Op[], ioSeed: number, sync: 'sync' | 'nosync'): Promise<{ writes: number; reads: number; killed: boolean }> {
+async function runScenario(ops: readonly Op[], ioSeed: number, sync: 'sync' | 'nosync'): Promise<{ writes: number; reads: number; kills: number; restarts: number }> {
   const rand = xorshift32(ioSeed);
   const bus = new MemoryBus();
   const legs = new Map(['a', 'b'].map((d) => [d, new MemoryLeg({ device: d, sizeBytes: SIZE_BYTES })]));
   if (sync === 'sync') legs.get('b')!.bytes.fill(0xee);
   const nodes = new Map<number, SimNode>();
-  for (let id = 1; id <= NODES; id++) {
+  /** The members the bus has (a restarted node is a new member), closed at the end. */
+  const all: SimNode[] = [];
+  const start = async (id: number): Promise<void> => {
     const dead = { on: false };
     let transport: HoldableTransport | undefined;
     const { exp, log } = await memoryNode(
@@ -103,8 +108,11 @@ async function runScenario(ops: readonly Op[], ioSeed: number, sync: 'sync' | 'n
       (d) => jitterLeg(legs.get(d)!, rand, dead),
       () => (transport = new HoldableTransport(bus.connect(id))),
     );
-    nodes.set(id, { id, exp, log, transport: transport!, dead });
-  }
+    const n = { id, exp, log, transport: transport!, dead };
+    nodes.set(id, n);
+    all.push(n);
+  };
+  for (let id = 1; id <= NODES; id++) await start(id);
   for (let i = 0; i < 1000 && [...nodes.values()].some((n) => n.log.members.length < NODES); i++) await turn();
 
   const expected = Buffer.alloc(SIZE_BYTES);
@@ -113,7 +121,8 @@ async function runScenario(ops: readonly Op[], ioSeed: number, sync: 'sync' | 'n
   /** region -> the write or read in flight on it (one at a time, so the expected bytes stay known). */
   const busy = new Map<number, { node: number; p: Promise<void> }>();
   const failures: string[] = [];
-  let killed = false;
+  let kills = 0;
+  let restarts = 0;
   let writes = 0;
   let reads = 0;
   let seq = 0;
@@ -176,8 +185,8 @@ async function runScenario(ops: readonly Op[], ioSeed: number, sync: 'sync' | 'n
         if (n && !n.dead.on) n.transport.release();
         break;
       case 'kill': {
-        if (!n || n.dead.on || killed) break;
-        killed = true;
+        if (!n || n.dead.on || live().length < NODES) break; // never fewer than two live nodes
+        kills++;
         n.dead.on = true;
         n.transport.release();
         // Its writes in flight may have landed on any subset of the legs, in part.
@@ -187,6 +196,15 @@ async function runScenario(ops: readonly Op[], ioSeed: number, sync: 'sync' | 'n
           busy.delete(region);
         }
         bus.killNode(n.id);
+        break;
+      }
+      case 'restart': {
+        const down = [...nodes.values()].find((x) => x.dead.on);
+        if (!down) break;
+        // Joining needs the log server's checkpoint: let every member go first.
+        for (const x of live()) x.transport.release();
+        restarts++;
+        await start(down.id);
         break;
       }
       case 'pause':
@@ -219,20 +237,20 @@ async function runScenario(ops: readonly Op[], ioSeed: number, sync: 'sync' | 'n
     checkRead('leg a at the end', a, 0);
     checkRead('leg b at the end', b, 0);
   }
-  for (const n of nodes.values()) {
+  for (const n of all) {
     n.transport.release();
     // A dead node's leg operations never land: its close would wait for them forever.
     if (n.dead.on) void n.exp.close().catch(() => undefined);
     else await n.exp.close().catch(() => undefined);
   }
   expect(failures, failures.join('; ')).toEqual([]);
-  return { writes, reads, killed };
+  return { writes, reads, kills, restarts };
 }
 
 const envSeed = process.env.SIM_SEED ? Number(process.env.SIM_SEED) : undefined;
 const seed = envSeed ?? 0x5eed0c15;
 
-describe('clustered mirror simulation: three engines, late deliveries, a death, jittered leg I/O', () => {
+describe('clustered mirror simulation: three engines, late deliveries, deaths and restarts, jittered leg I/O', () => {
   for (const sync of ['nosync', 'sync'] as const) {
     it(`${sync}: reads always return the last write; at the end every region is in sync and the legs are identical`, async () => {
       const s0 = seed + (sync === 'sync' ? 1 : 0);
@@ -240,19 +258,22 @@ describe('clustered mirror simulation: three engines, late deliveries, a death, 
       let writes = 0;
       let reads = 0;
       let kills = 0;
+      let restarts = 0;
       await fc.assert(
         fc.asyncProperty(fc.array(opArb, { minLength: 20, maxLength: 80 }), fc.integer({ min: 1, max: 0x7fffffff }), async (ops, ioSeed) => {
           const s = await runScenario(ops, ioSeed, sync);
           writes += s.writes;
           reads += s.reads;
-          if (s.killed) kills++;
+          kills += s.kills;
+          restarts += s.restarts;
         }),
         { seed: s0, numRuns: Number(process.env.SIM_RUNS ?? 150), endOnFailure: true },
       );
       // The runs exercised what they are for.
       expect(writes).toBeGreaterThan(100);
       expect(reads).toBeGreaterThan(20);
-      expect(kills).toBeGreaterThan(3);
+      expect(kills).toBeGreaterThan(10);
+      expect(restarts).toBeGreaterThan(5);
     }, 180_000);
   }
 });
