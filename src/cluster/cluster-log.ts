@@ -632,6 +632,10 @@ export class ClusterLog implements DirtyLog {
     return !this.localMarks.has(region);
   }
 
+  markDurable(region: number): boolean {
+    return this.state?.marksByNode.get(this.me.nodeId)?.has(region) ?? false;
+  }
+
   isCleanClusterWide(region: number): boolean {
     return this.state ? this.state.isCleanClusterWide(region) && !this.localMarks.has(region) : false;
   }

@@ -457,10 +457,11 @@ export class MirrorExport implements Export {
       return;
     }
     this.piecesInFlight++;
-    if (!this.log.inSync(r)) this.resync.prioritize(r);
-    if (waitSeq === 0) {
+    const log = this.log;
+    if (!log.inSync(r)) this.resync.prioritize(r);
+    if (waitSeq === 0 && (log.markDurable === undefined || log.markDurable(r))) {
       this.dispatch(p);
-    } else if (this.logFlushRunning && waitSeq === this.flushSeqStarted) {
+    } else if (waitSeq !== 0 && this.logFlushRunning && waitSeq === this.flushSeqStarted) {
       this.waitCurrent.push(p);
     } else {
       this.waitNext.push(p);

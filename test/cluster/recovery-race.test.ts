@@ -114,3 +114,54 @@ describe('recovery of a departed node\'s region while another survivor has not s
     await expectConverged(c, last);
   });
 });
+
+describe('a node that lost a partition merge', () => {
+  it('writes a region it had marked only once the group holds its mark again', async () => {
+    const bus = new MemoryBus();
+    const legs = new Map(['a', 'b'].map((d) => [d, new MemoryLeg({ device: d, sizeBytes: SIZE_BYTES })]));
+    // Node 3's data writes into R record whether the group's state (as node 1 holds it) has node 3's mark.
+    const seen: boolean[] = [];
+    let n1: Awaited<ReturnType<typeof memoryNode>> | undefined;
+    const watched = (leg: ReturnType<typeof sharedLeg>) => {
+      const write = leg.write.bind(leg);
+      leg.write = async (d, o, f) => {
+        if (o < R_OFF + REGION_BYTES && o + d.length > R_OFF) seen.push(n1!.log.replicated?.marksByNode.get(3)?.has(R) === true);
+        return write(d, o, f);
+      };
+      return leg;
+    };
+    n1 = await memoryNode(bus, 1, TABLE, (d) => sharedLeg(legs.get(d)!));
+    const n2 = await memoryNode(bus, 2, TABLE, (d) => sharedLeg(legs.get(d)!));
+    const n3 = await memoryNode(bus, 3, TABLE, (d) => watched(sharedLeg(legs.get(d)!)));
+    const all = [n1, n2, n3];
+    try {
+      await until(() => all.every((n) => n.log.members.length === 3), 5000, 'three members');
+      await n3.exp.write(seededBytes(1, REGION_BYTES), R_OFF, { fua: false });
+      expect(seen).toEqual([true, true]);
+      // Node 3 is cut off: the majority purges its mark (R out of sync, then recovered); node 3 keeps it.
+      bus.partition([[1, 2], [3]]);
+      await until(() => n1!.log.members.length === 2 && n3.log.members.length === 1, 5000, 'partitioned');
+      await until(() => n1!.log.syncCount() === n1!.log.regionCount, 5000, 'majority recovered R');
+      expect(n1.log.replicated!.marksByNode.get(3)).toBeUndefined();
+      expect(n3.log.isClean(R)).toBe(false);
+      // Heal: node 3's side is smaller, so it takes the majority's state, which lacks its mark on R. Node 3
+      // writes R the moment it has taken that state (its log tells its listeners every region changed).
+      seen.length = 0;
+      const last = seededBytes(2, REGION_BYTES);
+      let w: Promise<void> | undefined;
+      const unsubscribe = n3.log.onRegionsChanged((r) => {
+        if (r === 'all' && w === undefined && n3.log.initialized) w = n3.exp.write(last, R_OFF, { fua: false });
+      });
+      bus.heal();
+      await until(() => w !== undefined, 5000, 'node 3 took the merged state');
+      unsubscribe();
+      await w;
+      expect(seen.length).toBe(2);
+      expect(seen, 'node 3 wrote R while the group held no mark of it').toEqual([true, true]);
+      expect(legs.get('a')!.bytes.subarray(R_OFF, R_OFF + REGION_BYTES).equals(last)).toBe(true);
+      expect(legs.get('b')!.bytes.subarray(R_OFF, R_OFF + REGION_BYTES).equals(last)).toBe(true);
+    } finally {
+      for (const n of all) await n.exp.close().catch(() => undefined);
+    }
+  });
+});

@@ -74,6 +74,12 @@ export interface DirtyLog {
    * recovery only once no other node holds a mark on it.
    */
   readonly clearsOutOfSync?: boolean;
+  /**
+   * Cluster logs: this node's mark on the region is in the group's state. False after a lost partition
+   * merge until the marks are sent again: a write to a region already marked here then waits for the next
+   * flush rather than go out unmarked as far as the group knows.
+   */
+  markDurable?(region: number): boolean;
   /** Cluster logs: another node is recovering this region (writes to it must wait). */
   isRemoteRecovering?(region: number): boolean;
   /** Optional notifications (cluster logs). Each returns an unsubscribe function. */
