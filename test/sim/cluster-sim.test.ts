@@ -8,14 +8,16 @@
 // (a member that processes the group's events late: the cluster log must not rely on members seeing a
 // change at the same moment). A node may die (power lost: its leg operations not yet landed never land,
 // the group purges its marks and the survivors recover its regions) and come back (joins, gets the state
-// from a checkpoint); never fewer than two nodes live.
+// from a checkpoint); never fewer than two nodes live. One node's path to leg b may break (every operation on
+// it fails): the leg must fail on every node and no acknowledged write be lost.
 // Two starts: legs identical (nosync), or leg b different and the whole volume resynced meanwhile (sync).
 // Operations: writes of random 4 KiB-aligned pieces of a region (at most one write in flight per region,
 // so the expected bytes are known), reads through any live node (checked against the expected bytes when
-// no write to that region is in flight), holds and releases, deaths and restarts, pauses.
+// no write to that region is in flight), holds and releases, deaths and restarts, a broken path, pauses.
 // Checked: every read; at the end (everything released) every write of a live node completes, every region
 // comes back in sync on every live node, the legs are byte-identical, and every region holds the expected
-// bytes (except pieces a dead node was writing when it died: those may or may not have landed).
+// bytes (except pieces a dead node was writing when it died: those may or may not have landed); after a
+// leg failure, every live node has stopped using leg b and reads everything back from leg a.
 
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
@@ -23,6 +25,7 @@ import { MemoryBus } from '../../src/cluster/memory-bus.js';
 import type { ClusterLog } from '../../src/cluster/cluster-log.js';
 import type { Leg } from '../../src/mirror/legs/leg.js';
 import { MemoryLeg } from '../../src/mirror/legs/memory.js';
+import { ExportError } from '../../src/nbd/export.js';
 import type { MirrorExport } from '../../src/mirror/mirror.js';
 import { HoldableTransport, memoryNode, seededBytes } from '../cluster/memory-engines.js';
 import { xorshift32 } from '../helpers/xorshift.js';
@@ -41,6 +44,7 @@ type Op =
   | { kind: 'hold' | 'release'; node: number }
   | { kind: 'kill'; node: number }
   | { kind: 'restart' }
+  | { kind: 'break'; node: number }
   | { kind: 'pause'; turns: number };
 
 const opArb: fc.Arbitrary<Op> = (() => {
@@ -53,6 +57,7 @@ const opArb: fc.Arbitrary<Op> = (() => {
     { weight: 2, arbitrary: fc.record({ kind: fc.constantFrom('hold' as const, 'release' as const), node }) },
     { weight: 1, arbitrary: fc.record({ kind: fc.constant('kill' as const), node }) },
     { weight: 1, arbitrary: fc.constant({ kind: 'restart' as const }) },
+    { weight: 1, arbitrary: fc.record({ kind: fc.constant('break' as const), node }) },
     { weight: 3, arbitrary: fc.record({ kind: fc.constant('pause' as const), turns: fc.integer({ min: 1, max: 12 }) }) },
   );
 })();
@@ -60,11 +65,19 @@ const opArb: fc.Arbitrary<Op> = (() => {
 const turn = () => new Promise<void>((r) => setImmediate(r));
 const never = <T>() => new Promise<T>(() => undefined);
 
-/** One node's path to a shared leg: each operation lands after 0-3 turns; nothing lands once the node died. */
-function jitterLeg(leg: MemoryLeg, rand: () => number, dead: { on: boolean }): Leg {
+/**
+ * One node's path to a shared leg: each operation lands after 0-3 turns; nothing lands once the node died;
+ * every operation fails with EIO while the path is broken (the leg itself stays fine for other nodes).
+ */
+function jitterLeg(leg: MemoryLeg, rand: () => number, dead: { on: boolean }, broken: { on: boolean; hit?: boolean }): Leg {
   const later = async <T>(f: () => Promise<T>): Promise<T> => {
     for (let k = Math.floor(rand() * 4); k > 0; k--) await turn();
-    return dead.on ? never<T>() : f();
+    if (dead.on) return never<T>();
+    if (broken.on) {
+      broken.hit = true;
+      throw new ExportError('EIO', `${leg.device}: path failed`);
+    }
+    return f();
   };
   return {
     device: leg.device,
@@ -84,13 +97,15 @@ interface SimNode {
   log: ClusterLog;
   transport: HoldableTransport;
   dead: { on: boolean };
+  /** This node's path to leg b (hit: an operation failed on it). */
+  brokenB: { on: boolean; hit?: boolean };
 }
 
 /**
  * nosync: the legs start identical. sync: leg b starts with other bytes and the whole volume is resynced
  * from leg a while the operations run.
  */
-async function runScenario(ops: readonly Op[], ioSeed: number, sync: 'sync' | 'nosync'): Promise<{ writes: number; reads: number; kills: number; restarts: number }> {
+async function runScenario(ops: readonly Op[], ioSeed: number, sync: 'sync' | 'nosync'): Promise<{ writes: number; reads: number; kills: number; restarts: number; legHit: boolean }> {
   const rand = xorshift32(ioSeed);
   const bus = new MemoryBus();
   const legs = new Map(['a', 'b'].map((d) => [d, new MemoryLeg({ device: d, sizeBytes: SIZE_BYTES })]));
@@ -100,15 +115,16 @@ async function runScenario(ops: readonly Op[], ioSeed: number, sync: 'sync' | 'n
   const all: SimNode[] = [];
   const start = async (id: number): Promise<void> => {
     const dead = { on: false };
+    const brokenB: SimNode['brokenB'] = { on: false };
     let transport: HoldableTransport | undefined;
     const { exp, log } = await memoryNode(
       bus,
       id,
       table(sync),
-      (d) => jitterLeg(legs.get(d)!, rand, dead),
+      (d) => jitterLeg(legs.get(d)!, rand, dead, d === 'b' ? brokenB : { on: false }),
       () => (transport = new HoldableTransport(bus.connect(id))),
     );
-    const n = { id, exp, log, transport: transport!, dead };
+    const n = { id, exp, log, transport: transport!, dead, brokenB };
     nodes.set(id, n);
     all.push(n);
   };
@@ -123,6 +139,7 @@ async function runScenario(ops: readonly Op[], ioSeed: number, sync: 'sync' | 'n
   const failures: string[] = [];
   let kills = 0;
   let restarts = 0;
+  let legBroken = false;
   let writes = 0;
   let reads = 0;
   let seq = 0;
@@ -207,6 +224,12 @@ async function runScenario(ops: readonly Op[], ioSeed: number, sync: 'sync' | 'n
         await start(down.id);
         break;
       }
+      case 'break':
+        // One node loses its path to leg b: the leg fails on every node, no acknowledged write is lost.
+        if (!n || n.dead.on || legBroken) break;
+        legBroken = true;
+        n.brokenB.on = true;
+        break;
       case 'pause':
         for (let k = 0; k < op.turns; k++) await turn();
         break;
@@ -230,12 +253,27 @@ async function runScenario(ops: readonly Op[], ioSeed: number, sync: 'sync' | 'n
     await Promise.all(live().map((n) => n.exp.flush()));
     const a = legs.get('a')!.bytes;
     const b = legs.get('b')!.bytes;
-    for (let r = 0; r < REGIONS; r++) {
-      const s = r * REGION_BYTES;
-      if (!a.subarray(s, s + REGION_BYTES).equals(b.subarray(s, s + REGION_BYTES))) failures.push(`region ${r}: legs differ while in sync`);
-    }
     checkRead('leg a at the end', a, 0);
-    checkRead('leg b at the end', b, 0);
+    for (const n of live()) {
+      const got = Buffer.alloc(SIZE_BYTES);
+      await n.exp.read(got, 0).then(
+        () => checkRead(`read of everything via node ${n.id} at the end`, got, 0),
+        (e: unknown) => void failures.push(`read on node ${n.id} at the end failed: ${(e as Error).message}`),
+      );
+    }
+    if (legBroken) {
+      // Once the node with the broken path ran into it, every live node stops using leg b (not 'A').
+      const hit = live().some((n) => n.brokenB.hit === true);
+      const usingB = () => live().filter((n) => n.exp.status().legs[1]!.health === 'A');
+      while (hit && usingB().length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 2));
+      for (const n of hit ? usingB() : []) failures.push(`node ${n.id} still uses leg b after it failed on another node`);
+    } else {
+      for (let r = 0; r < REGIONS; r++) {
+        const s = r * REGION_BYTES;
+        if (!a.subarray(s, s + REGION_BYTES).equals(b.subarray(s, s + REGION_BYTES))) failures.push(`region ${r}: legs differ while in sync`);
+      }
+      checkRead('leg b at the end', b, 0);
+    }
   }
   for (const n of all) {
     n.transport.release();
@@ -244,7 +282,8 @@ async function runScenario(ops: readonly Op[], ioSeed: number, sync: 'sync' | 'n
     else await n.exp.close().catch(() => undefined);
   }
   expect(failures, failures.join('; ')).toEqual([]);
-  return { writes, reads, kills, restarts };
+  const legHit = all.some((n) => n.brokenB.hit === true);
+  return { writes, reads, kills, restarts, legHit };
 }
 
 const envSeed = process.env.SIM_SEED ? Number(process.env.SIM_SEED) : undefined;
@@ -259,6 +298,7 @@ describe('clustered mirror simulation: three engines, late deliveries, deaths an
       let reads = 0;
       let kills = 0;
       let restarts = 0;
+      let legFailures = 0;
       await fc.assert(
         fc.asyncProperty(fc.array(opArb, { minLength: 20, maxLength: 80 }), fc.integer({ min: 1, max: 0x7fffffff }), async (ops, ioSeed) => {
           const s = await runScenario(ops, ioSeed, sync);
@@ -266,6 +306,7 @@ describe('clustered mirror simulation: three engines, late deliveries, deaths an
           reads += s.reads;
           kills += s.kills;
           restarts += s.restarts;
+          if (s.legHit) legFailures++;
         }),
         { seed: s0, numRuns: Number(process.env.SIM_RUNS ?? 150), endOnFailure: true },
       );
@@ -274,6 +315,7 @@ describe('clustered mirror simulation: three engines, late deliveries, deaths an
       expect(reads).toBeGreaterThan(20);
       expect(kills).toBeGreaterThan(10);
       expect(restarts).toBeGreaterThan(5);
+      expect(legFailures, "runs where a node ran into its broken path").toBeGreaterThan(10);
     }, 180_000);
   }
 });
