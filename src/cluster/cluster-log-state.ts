@@ -245,8 +245,19 @@ export class ReplicatedLogState {
     for (const [d, st] of [...this.staleLegs]) if (st === 'catching' && inUse(d)) this.staleLegs.delete(d);
   }
 
-  /** The leg as the log device records it ('current' = up to date). Unknown devices are stale. */
-  recordedState(device: string): RecordedLegState {
+  /**
+   * The leg as the log device records it ('current' = up to date). Unknown devices are stale. Before the
+   * first LEGS of a state just started, what legSeed will make of the table's legs (tableLegs, in order):
+   * a power loss before that announcement must find the records the cluster started from, not every leg
+   * unknown (failed), which would refuse the next start.
+   */
+  recordedState(device: string, tableLegs: readonly string[]): RecordedLegState {
+    if (!this.legsSeeded) {
+      const seed = this.legSeed;
+      if (seed.mode === 'equal') return 'current';
+      if (seed.mode === 'first') return device === tableLegs[0] || this.sync.population() === this.regionCount ? 'current' : 'catching';
+      return seed.legs.find(([d]) => d === device)?.[1] ?? 'failed';
+    }
     return this.staleLegs.get(device) ?? (this.knownLegs.has(device) ? 'current' : 'failed');
   }
 

@@ -196,6 +196,11 @@ interface FlushWaiter {
   delivered: boolean;
   /** Members (memberKey) that acknowledged applying it. */
   acks: Set<string>;
+  /**
+   * Members (memberKey) that joined the group (JOIN, not a partition merge) after it came back: they took a
+   * state that already includes it, so they count as having acknowledged it.
+   */
+  joinedAfter: Set<string>;
   /** clustered-disk: carries marks, so it waits for the server's durable write. */
   needsDisk: boolean;
   durable: boolean;
@@ -278,6 +283,8 @@ export class ClusterLog implements DirtyLog {
   private diskLazyTimer: NodeJS.Timeout | null = null;
   private wasServer = false;
 
+  /** SET_REGION_SYNC messages, sent in call order (an in-sync result waits for a data flush first). */
+  private syncResults: Promise<void> = Promise.resolve();
   private readonly workL = new Listeners<void>();
   private readonly regionsL = new Listeners<readonly number[] | 'all'>();
   private readonly lostL = new Listeners<Error>();
@@ -384,9 +391,9 @@ export class ClusterLog implements DirtyLog {
       seq,
       sentAtMs: w.sentAtMs,
       delivered: w.delivered,
-      acks: viewNodes.filter((m) => w.acks.has(memberKey(m))).length,
+      acks: viewNodes.filter((m) => this.hasAcked(w, memberKey(m))).length,
       acksNeeded: w.ackAll ? viewNodes.length : Math.floor(this.lastView.length / 2),
-      notAckedBy: viewNodes.filter((m) => !w.acks.has(memberKey(m))).map((m) => m.nodeId),
+      notAckedBy: viewNodes.filter((m) => !this.hasAcked(w, memberKey(m))).map((m) => m.nodeId),
       durableWriteBy: w.needsDisk && !w.durable ? (s?.server()?.nodeId ?? null) : null,
     }));
     const legSets =
@@ -726,9 +733,29 @@ export class ClusterLog implements DirtyLog {
     }
   }
 
+  /** The member acknowledged the request, or joined after it came back (its state includes it). */
+  private hasAcked(w: FlushWaiter, key: string): boolean {
+    return w.acks.has(key) || w.joinedAfter.has(key);
+  }
+
+  private isMeKey(key: string): boolean {
+    return key === memberKey(this.me);
+  }
+
   private deliveredPromise(seq: number, needsDisk: boolean, ackAll = false): Promise<void> {
     return new Promise<void>((resolve, reject) =>
-      this.flushWaiters.set(seq, { resolve, reject, delivered: false, acks: new Set(), needsDisk, durable: false, coveredBy: null, ackAll, sentAtMs: Date.now() }),
+      this.flushWaiters.set(seq, {
+        resolve,
+        reject,
+        delivered: false,
+        acks: new Set(),
+        joinedAfter: new Set(),
+        needsDisk,
+        durable: false,
+        coveredBy: null,
+        ackAll,
+        sentAtMs: Date.now(),
+      }),
     );
   }
 
@@ -744,7 +771,7 @@ export class ClusterLog implements DirtyLog {
       if (!w.delivered) continue;
       if (w.needsDisk && !w.durable) continue;
       let acks = 0;
-      for (const k of w.acks) if (view.has(k)) acks++;
+      for (const k of view) if (!this.isMeKey(k) && this.hasAcked(w, k)) acks++;
       if (acks < (w.ackAll ? this.lastView.length - 1 : majority)) continue;
       this.flushWaiters.delete(seq);
       if (this.opts.isQuorate && !this.opts.isQuorate()) {
@@ -781,7 +808,17 @@ export class ClusterLog implements DirtyLog {
     if (this.handedOut === region) this.handedOut = null;
     const seq = ++this.seq;
     this.overlay.set(region, { inSync, seq });
-    this.sendWithSeq({ type: Req.SET_REGION_SYNC, seq, region, inSync }).catch(() => undefined);
+    if (!inSync || !this.disk || !this.activation) {
+      this.syncResults = this.syncResults.then(() => this.sendWithSeq({ type: Req.SET_REGION_SYNC, seq, region, inSync })).catch(() => undefined);
+      return;
+    }
+    // clustered-disk: the server records an in-sync region clean, so the copy must be on the legs' stable
+    // storage first (the recovery wrote it through this node's cache). Results go out in order.
+    const activation = this.activation;
+    this.syncResults = this.syncResults
+      .then(() => activation.flushDataLegs().then(() => true, () => false))
+      .then((flushed) => this.sendWithSeq({ type: Req.SET_REGION_SYNC, seq, region, inSync: flushed }))
+      .catch(() => undefined);
   }
 
   syncCount(): number {
@@ -915,6 +952,9 @@ export class ClusterLog implements DirtyLog {
       this.maybeLoseMerge(c);
     }
     this.lastView = [...c.members];
+    for (const w of this.flushWaiters.values()) {
+      if (w.delivered) for (const j of c.joined) if (j.reason === ChangeReason.join) w.joinedAfter.add(memberKey(j));
+    }
     this.settleFlushes();
     if (!this.state) {
       for (const l of c.left) for (const k of this.assembling.keys()) if (k.startsWith(`${memberKey(l)}:`)) this.assembling.delete(k);
@@ -1089,8 +1129,9 @@ export class ClusterLog implements DirtyLog {
     if (this.sideUnsafe()) return;
     this.diskWriting = true;
     this.diskAgain = false;
+    const legDevices = this.activation?.legDevices ?? [];
     disk
-      .writeState(s.sync, s.marksByNode.values(), (this.activation?.legDevices ?? []).map((device) => ({ device, state: s.recordedState(device) })))
+      .writeState(s.sync, s.marksByNode.values(), legDevices.map((device) => ({ device, state: s.recordedState(device, legDevices) })))
       .then(
         () => this.send({ type: Req.DISK_DONE, seq: 0, markSeq }),
         (err: Error) => this.fail(new ExportError('EIO', `cluster log ${this.opts.uuid}: ${err.message}`)),

@@ -7,6 +7,7 @@ import { ClusterLog } from '../../src/cluster/cluster-log.js';
 import { MemoryBus } from '../../src/cluster/memory-bus.js';
 import type { Leg, LegWriteFlags } from '../../src/mirror/legs/leg.js';
 import { MemoryLeg } from '../../src/mirror/legs/memory.js';
+import { ClusterDiskArea } from '../../src/cluster/cluster-disk-area.js';
 import { Bitmap } from '../../src/mirror/log/bitmap.js';
 import { DISK_LOG_BITMAP_OFFSET_BYTES, DISK_LOG_MAGIC, diskLogAreaBytes } from '../../src/mirror/log/disk.js';
 import type { LogActivation, SyncMode } from '../../src/mirror/log/dirty-log.js';
@@ -82,7 +83,7 @@ interface Cluster {
   handles: Map<number, Handle>;
 }
 
-async function start(dev: MemoryLeg, nodes: number[], sync: SyncMode): Promise<Cluster> {
+async function start(dev: MemoryLeg, nodes: number[], sync: SyncMode, act: LogActivation = activation): Promise<Cluster> {
   const bus = new MemoryBus({ delivery: 'manual' });
   const logs = new Map<number, ClusterLog>();
   const handles = new Map<number, Handle>();
@@ -102,7 +103,7 @@ async function start(dev: MemoryLeg, nodes: number[], sync: SyncMode): Promise<C
       }),
     );
   }
-  const all = tracked(Promise.all([...logs.values()].map((l) => l.resume(activation))));
+  const all = tracked(Promise.all([...logs.values()].map((l) => l.resume(act))));
   await until(bus, all.done, 'resume');
   expect(all.failed()).toBeUndefined();
   return { bus, logs, handles };
@@ -211,6 +212,125 @@ describe('clustered-disk log on the memory bus', () => {
     c.logs.get(3)!.markRegion(12);
     await flushOn(c, 3);
     expect(durableClean(dev).get(12)).toBe(false);
+    await stop(c);
+  });
+
+  it('a power loss right after a fresh start, before the legs were announced, finds leg records that let it start', async () => {
+    const dev = newDevice();
+    const bus = new MemoryBus({ delivery: 'manual' });
+    const log = new ClusterLog({
+      transport: bus.connect(1),
+      uuid: 'disk-uuid',
+      regionSizeBytes: REGION_BYTES,
+      lengthBytes: REGIONS * REGION_BYTES,
+      sync: 'default',
+      logDevice: new Handle(dev),
+      limits: { diskLazyWriteMs: 5 },
+    });
+    const resumed = tracked(log.resume(activation));
+    // Step until the first durable write of the state, while the first LEGS is not applied yet.
+    let written = false;
+    for (let i = 0; i < 2000 && !written && !resumed.done(); i++) {
+      bus.step();
+      await turn();
+      written = dev.durableBytes!.readUInt32LE(0) === DISK_LOG_MAGIC && log.replicated?.legsSeeded === false;
+    }
+    expect(written, 'no durable write before the legs were announced').toBe(true);
+    dev.crash(); // power lost now
+    await log.close();
+    const area = new ClusterDiskArea({ device: dev, regionSizeBytes: REGION_BYTES, lengthBytes: REGIONS * REGION_BYTES });
+    const found = await area.readState(['a', 'b']);
+    // A fresh log resyncs every region from the first leg: leg a up to date, leg b catching up.
+    expect(found?.legs).toEqual([
+      ['a', 'current'],
+      ['b', 'catching'],
+    ]);
+    const c = await start(dev, [1, 2], 'default');
+    expect(c.logs.get(1)!.syncCount()).toBe(0);
+    await stop(c);
+  });
+
+  it('a recovered region is announced in sync only after the data legs were flushed (its clean bit covers no cached copy)', async () => {
+    const dev = newDevice();
+    let gate: Promise<void> | null = null;
+    let fail = false;
+    let flushes = 0;
+    const act: LogActivation = {
+      legDevices: ['a', 'b'],
+      flushDataLegs: async () => {
+        flushes++;
+        if (gate) await gate;
+        if (fail) throw new Error('leg flush failed');
+      },
+    };
+    const c = await start(dev, [1, 2], 'default', act); // a fresh device: every region out of sync
+    const a = c.logs.get(1)!;
+    const b = c.logs.get(2)!;
+    const region = async (): Promise<number> => {
+      expect(a.getResyncWork()).toBeNull();
+      await until(c.bus, () => a.replicated!.recovering !== null, 'a recovery claim');
+      const r = a.getResyncWork();
+      expect(r).not.toBeNull();
+      return r!;
+    };
+    let open!: () => void;
+    gate = new Promise<void>((res) => (open = res));
+    const r1 = await region();
+    const before = flushes;
+    a.setRegionSync(r1, true);
+    expect(a.inSync(r1)).toBe(true); // this node's own view at once
+    for (let i = 0; i < 50; i++) {
+      c.bus.drain();
+      await turn();
+    }
+    expect(flushes).toBe(before + 1);
+    expect(b.inSync(r1), 'announced before the copy was flushed').toBe(false);
+    open();
+    gate = null;
+    await until(c.bus, () => b.inSync(r1), 'the result after the flush');
+    // A flush that fails: the region stays out of sync everywhere (recovered again later).
+    fail = true;
+    const r2 = await region();
+    a.setRegionSync(r2, true);
+    await until(c.bus, () => a.replicated!.recovering === null, 'the claim ends');
+    expect(b.inSync(r2)).toBe(false);
+    expect(a.inSync(r2)).toBe(false);
+    await stop(c);
+  });
+
+  it('a member that joins while a leg failure waits for its durable record does not hold it up (it takes a state that has it)', async () => {
+    const dev = newDevice();
+    const c = await start(dev, [1, 2], 'nosync');
+    // The server's log writes wait: node 2's LEG_FAILED comes back and node 1 acknowledges it, but it is not
+    // durable yet when node 3 joins.
+    let letGo!: () => void;
+    c.handles.get(1)!.hold = new Promise<void>((r) => (letGo = r));
+    c.logs.get(2)!.setLegUpToDate(1, false);
+    const f = tracked(c.logs.get(2)!.flush());
+    for (let i = 0; i < 50; i++) {
+      c.bus.drain();
+      await turn();
+    }
+    expect(f.done()).toBe(false);
+    const h3 = new Handle(dev);
+    const n3 = new ClusterLog({
+      transport: c.bus.connect(3),
+      uuid: 'disk-uuid',
+      regionSizeBytes: REGION_BYTES,
+      lengthBytes: REGIONS * REGION_BYTES,
+      sync: 'nosync',
+      logDevice: h3,
+      limits: { diskLazyWriteMs: 5 },
+    });
+    c.logs.set(3, n3);
+    const joined = tracked(n3.resume(activation));
+    await until(c.bus, joined.done, 'node 3 joins');
+    expect(joined.failed()).toBeUndefined();
+    expect(n3.replicated!.staleLegs.get('b')).toBe('failed'); // the state it took has the failure
+    letGo();
+    c.handles.get(1)!.hold = null;
+    await until(c.bus, f.done, 'the leg failure settles');
+    expect(f.failed()).toBeUndefined();
     await stop(c);
   });
 });

@@ -35,7 +35,11 @@ const REGION_BYTES = 16 * BLOCK;
 const REGIONS = 8;
 const SIZE_BYTES = REGION_BYTES * REGIONS;
 const NODES = 3;
-const table = (sync: 'sync' | 'nosync') => `0 ${SIZE_BYTES / 512} mirror userspace 4 LVM-sim clustered-core ${REGION_BYTES / 512} ${sync} 2 a 0 b 0`;
+type Mode = 'sync' | 'nosync' | 'disk';
+const table = (mode: Mode) =>
+  mode === 'disk'
+    ? `0 ${SIZE_BYTES / 512} mirror userspace 4 LVM-sim clustered-disk log ${REGION_BYTES / 512} 2 a 0 b 0`
+    : `0 ${SIZE_BYTES / 512} mirror userspace 4 LVM-sim clustered-core ${REGION_BYTES / 512} ${mode} 2 a 0 b 0`;
 const END_WAIT_MS = 20_000;
 
 type Op =
@@ -45,6 +49,8 @@ type Op =
   | { kind: 'kill'; node: number }
   | { kind: 'restart' }
   | { kind: 'break'; node: number }
+  | { kind: 'flush'; node: number }
+  | { kind: 'crash' }
   | { kind: 'pause'; turns: number };
 
 const opArb: fc.Arbitrary<Op> = (() => {
@@ -58,9 +64,20 @@ const opArb: fc.Arbitrary<Op> = (() => {
     { weight: 1, arbitrary: fc.record({ kind: fc.constant('kill' as const), node }) },
     { weight: 1, arbitrary: fc.constant({ kind: 'restart' as const }) },
     { weight: 1, arbitrary: fc.record({ kind: fc.constant('break' as const), node }) },
+    { weight: 2, arbitrary: fc.record({ kind: fc.constant('flush' as const), node }) },
+    { weight: 1, arbitrary: fc.constant({ kind: 'crash' as const }) },
     { weight: 3, arbitrary: fc.record({ kind: fc.constant('pause' as const), turns: fc.integer({ min: 1, max: 12 }) }) },
   );
 })();
+
+async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let t: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([p, new Promise<T>((_, rej) => (t = setTimeout(() => rej(new Error(`${what}: not within ${ms} ms`)), ms)))]);
+  } finally {
+    clearTimeout(t);
+  }
+}
 
 const turn = () => new Promise<void>((r) => setImmediate(r));
 const never = <T>() => new Promise<T>(() => undefined);
@@ -91,6 +108,15 @@ function jitterLeg(leg: MemoryLeg, rand: () => number, dead: { on: boolean }, br
   } as Leg;
 }
 
+interface Stats {
+  writes: number;
+  reads: number;
+  kills: number;
+  restarts: number;
+  legHit: boolean;
+  crashes: number;
+}
+
 interface SimNode {
   id: number;
   exp: MirrorExport;
@@ -103,13 +129,17 @@ interface SimNode {
 
 /**
  * nosync: the legs start identical. sync: leg b starts with other bytes and the whole volume is resynced
- * from leg a while the operations run.
+ * from leg a while the operations run. disk: a clustered-disk log on a shared log device; the legs and the
+ * log device have volatile caches, and the whole cluster may lose power (crash) and start again.
  */
-async function runScenario(ops: readonly Op[], ioSeed: number, sync: 'sync' | 'nosync'): Promise<{ writes: number; reads: number; kills: number; restarts: number; legHit: boolean }> {
+async function runScenario(ops: readonly Op[], ioSeed: number, mode: Mode): Promise<Stats> {
   const rand = xorshift32(ioSeed);
   const bus = new MemoryBus();
-  const legs = new Map(['a', 'b'].map((d) => [d, new MemoryLeg({ device: d, sizeBytes: SIZE_BYTES })]));
-  if (sync === 'sync') legs.get('b')!.bytes.fill(0xee);
+  const disk = mode === 'disk';
+  const legs = new Map(
+    [['a', SIZE_BYTES], ['b', SIZE_BYTES], ['log', 64 * 1024]].map(([d, bytes]) => [d as string, new MemoryLeg({ device: d as string, sizeBytes: bytes as number, volatileCache: disk })]),
+  );
+  if (mode === 'sync') legs.get('b')!.bytes.fill(0xee);
   const nodes = new Map<number, SimNode>();
   /** The members the bus has (a restarted node is a new member), closed at the end. */
   const all: SimNode[] = [];
@@ -120,7 +150,7 @@ async function runScenario(ops: readonly Op[], ioSeed: number, sync: 'sync' | 'n
     const { exp, log } = await memoryNode(
       bus,
       id,
-      table(sync),
+      table(mode),
       (d) => jitterLeg(legs.get(d)!, rand, dead, d === 'b' ? brokenB : { on: false }),
       () => (transport = new HoldableTransport(bus.connect(id))),
     );
@@ -132,6 +162,20 @@ async function runScenario(ops: readonly Op[], ioSeed: number, sync: 'sync' | 'n
   for (let i = 0; i < 1000 && [...nodes.values()].some((n) => n.log.members.length < NODES); i++) await turn();
 
   const expected = Buffer.alloc(SIZE_BYTES);
+  // What a block may hold after a power loss: one of the writes issued to it since the last one a completed
+  // FLUSH covered (hist[block][floor[block]..]; seq 0 = the initial zeros). A block's writes are issued one
+  // at a time (one write in flight per region), so issue order is completion order.
+  const blocks = SIZE_BYTES / BLOCK;
+  const hist: number[][] = Array.from({ length: blocks }, () => [0]);
+  const floor = new Array<number>(blocks).fill(0);
+  const dataOf = new Map<number, { off: number; data: Buffer }>();
+  const acked = new Set<number>([0]);
+  const blockBytes = (seq: number, block: number): Buffer => {
+    if (seq === 0) return Buffer.alloc(BLOCK);
+    const w = dataOf.get(seq)!;
+    const at = block * BLOCK - w.off;
+    return w.data.subarray(at, at + BLOCK);
+  };
   /** Blocks whose bytes are unknown: a dead node was writing them. */
   const unknown = new Set<number>();
   /** region -> the write or read in flight on it (one at a time, so the expected bytes stay known). */
@@ -140,6 +184,7 @@ async function runScenario(ops: readonly Op[], ioSeed: number, sync: 'sync' | 'n
   let kills = 0;
   let restarts = 0;
   let legBroken = false;
+  let crashes = 0;
   let writes = 0;
   let reads = 0;
   let seq = 0;
@@ -164,11 +209,16 @@ async function runScenario(ops: readonly Op[], ioSeed: number, sync: 'sync' | 'n
         if (!n || n.dead.on || busy.has(op.region)) break;
         const off = op.region * REGION_BYTES + op.firstBlock * BLOCK;
         const data = seededBytes(++seq, op.blocks * BLOCK);
+        const mySeq = seq;
         data.copy(expected, off);
-        for (let b = 0; b < op.blocks; b++) unknown.delete(blockOf(off) + b);
+        dataOf.set(mySeq, { off, data });
+        for (let b = 0; b < op.blocks; b++) {
+          unknown.delete(blockOf(off) + b);
+          hist[blockOf(off) + b]!.push(mySeq);
+        }
         writes++;
         const p = n.exp.write(data, off, { fua: false }).then(
-          () => undefined,
+          () => void acked.add(mySeq),
           (e: unknown) => {
             if (!n.dead.on) failures.push(`write on node ${n.id} failed: ${(e as Error).message}`);
           },
@@ -221,7 +271,11 @@ async function runScenario(ops: readonly Op[], ioSeed: number, sync: 'sync' | 'n
         // Joining needs the log server's checkpoint: let every member go first.
         for (const x of live()) x.transport.release();
         restarts++;
-        await start(down.id);
+        try {
+          await within(start(down.id), END_WAIT_MS, `restart of node ${down.id}`);
+        } catch (e) {
+          failures.push((e as Error).message);
+        }
         break;
       }
       case 'break':
@@ -230,6 +284,72 @@ async function runScenario(ops: readonly Op[], ioSeed: number, sync: 'sync' | 'n
         legBroken = true;
         n.brokenB.on = true;
         break;
+      case 'flush': {
+        if (!n || n.dead.on) break;
+        // Writes acknowledged before the FLUSH was sent must survive a power loss once it completed.
+        const covered = new Set(acked);
+        void n.exp.flush().then(
+          () => {
+            for (let b = 0; b < blocks; b++) {
+              const h = hist[b]!;
+              for (let i = h.length - 1; i > floor[b]!; i--) {
+                if (covered.has(h[i]!)) {
+                  floor[b] = i;
+                  break;
+                }
+              }
+            }
+          },
+          () => undefined, // a node that died meanwhile, or a failed leg path: no promise made
+        );
+        break;
+      }
+      case 'crash': {
+        if (!disk) break;
+        // Power lost everywhere at once: no leg operation in flight lands, unflushed caches are gone.
+        crashes++;
+        for (const x of nodes.values()) {
+          x.transport.release();
+          x.dead.on = true;
+        }
+        for (const x of nodes.values()) bus.killNode(x.id);
+        busy.clear();
+        for (const leg of legs.values()) leg.crash();
+        try {
+          for (let id = 1; id <= NODES; id++) await within(start(id), END_WAIT_MS, `after crash ${crashes}: node ${id} start`);
+        } catch (e) {
+          failures.push((e as Error).message);
+          break;
+        }
+        // The whole cluster resyncs what the log device says was dirty: then every block holds one of the
+        // values allowed, the same on both legs, and that value is what every read returns from now on.
+        const deadline = Date.now() + END_WAIT_MS;
+        while (live().some((x) => x.log.syncCount() < x.log.regionCount) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 2));
+        if (live().some((x) => x.log.syncCount() < x.log.regionCount)) {
+          failures.push(`after crash ${crashes}: regions not in sync after ${END_WAIT_MS} ms`);
+          break;
+        }
+        const a = legs.get('a')!.bytes;
+        const b = legs.get('b')!.bytes;
+        for (let k = 0; k < blocks; k++) {
+          const got = a.subarray(k * BLOCK, (k + 1) * BLOCK);
+          if (!got.equals(b.subarray(k * BLOCK, (k + 1) * BLOCK))) {
+            failures.push(`after crash ${crashes}: block ${k} (region ${Math.floor((k * BLOCK) / REGION_BYTES)}) differs between the legs`);
+            break;
+          }
+          const h = hist[k]!;
+          const i = h.findIndex((q, j) => j >= floor[k]! && blockBytes(q, k).equals(got));
+          if (i < 0) {
+            failures.push(`after crash ${crashes}: block ${k} (region ${Math.floor((k * BLOCK) / REGION_BYTES)}) lost a write a completed FLUSH covered`);
+            break;
+          }
+          hist[k] = [h[i]!];
+          floor[k] = 0;
+          got.copy(expected, k * BLOCK);
+          unknown.delete(k);
+        }
+        break;
+      }
       case 'pause':
         for (let k = 0; k < op.turns; k++) await turn();
         break;
@@ -250,7 +370,9 @@ async function runScenario(ops: readonly Op[], ioSeed: number, sync: 'sync' | 'n
     if (n.log.syncCount() < n.log.regionCount) failures.push(`node ${n.id}: ${n.log.regionCount - n.log.syncCount()} regions not in sync after ${END_WAIT_MS} ms`);
   }
   if (failures.length === 0) {
-    await Promise.all(live().map((n) => n.exp.flush()));
+    await within(Promise.all(live().map((n) => n.exp.flush())), END_WAIT_MS, 'the final flush').catch(
+      (e: Error) => void failures.push(`${e.message} (${live().map((n) => `node ${n.id} waits for: ${n.log.waitingFor().join('; ') || 'nothing'}`).join(' / ')})`),
+    );
     const a = legs.get('a')!.bytes;
     const b = legs.get('b')!.bytes;
     checkRead('leg a at the end', a, 0);
@@ -279,43 +401,46 @@ async function runScenario(ops: readonly Op[], ioSeed: number, sync: 'sync' | 'n
     n.transport.release();
     // A dead node's leg operations never land: its close would wait for them forever.
     if (n.dead.on) void n.exp.close().catch(() => undefined);
-    else await n.exp.close().catch(() => undefined);
+    else await within(n.exp.close(), END_WAIT_MS, `close of node ${n.id}`).catch((e: Error) => void failures.push(e.message));
   }
   expect(failures, failures.join('; ')).toEqual([]);
   const legHit = all.some((n) => n.brokenB.hit === true);
-  return { writes, reads, kills, restarts, legHit };
+  return { writes, reads, kills, restarts, legHit, crashes };
 }
 
 const envSeed = process.env.SIM_SEED ? Number(process.env.SIM_SEED) : undefined;
 const seed = envSeed ?? 0x5eed0c15;
 
 describe('clustered mirror simulation: three engines, late deliveries, deaths and restarts, jittered leg I/O', () => {
-  for (const sync of ['nosync', 'sync'] as const) {
-    it(`${sync}: reads always return the last write; at the end every region is in sync and the legs are identical`, async () => {
-      const s0 = seed + (sync === 'sync' ? 1 : 0);
-      console.log(`cluster-sim ${sync} seed ${s0} (replay: SIM_SEED=${seed})`);
-      let writes = 0;
-      let reads = 0;
-      let kills = 0;
-      let restarts = 0;
-      let legFailures = 0;
+  const modes: Mode[] = ['nosync', 'sync', 'disk'];
+  for (const mode of modes) {
+    const title =
+      mode === 'disk'
+        ? 'disk: a whole-cluster power loss keeps every write a completed FLUSH covered, and the legs end identical'
+        : `${mode}: reads always return the last write; at the end every region is in sync and the legs are identical`;
+    it(title, async () => {
+      const s0 = seed + modes.indexOf(mode);
+      console.log(`cluster-sim ${mode} seed ${s0} (replay: SIM_SEED=${seed})`);
+      const total = { writes: 0, reads: 0, kills: 0, restarts: 0, legFailures: 0, crashes: 0 };
       await fc.assert(
         fc.asyncProperty(fc.array(opArb, { minLength: 20, maxLength: 80 }), fc.integer({ min: 1, max: 0x7fffffff }), async (ops, ioSeed) => {
-          const s = await runScenario(ops, ioSeed, sync);
-          writes += s.writes;
-          reads += s.reads;
-          kills += s.kills;
-          restarts += s.restarts;
-          if (s.legHit) legFailures++;
+          const s = await runScenario(ops, ioSeed, mode);
+          total.writes += s.writes;
+          total.reads += s.reads;
+          total.kills += s.kills;
+          total.restarts += s.restarts;
+          total.crashes += s.crashes;
+          if (s.legHit) total.legFailures++;
         }),
         { seed: s0, numRuns: Number(process.env.SIM_RUNS ?? 150), endOnFailure: true },
       );
       // The runs exercised what they are for.
-      expect(writes).toBeGreaterThan(100);
-      expect(reads).toBeGreaterThan(20);
-      expect(kills).toBeGreaterThan(10);
-      expect(restarts).toBeGreaterThan(5);
-      expect(legFailures, "runs where a node ran into its broken path").toBeGreaterThan(10);
+      expect(total.writes).toBeGreaterThan(100);
+      expect(total.reads).toBeGreaterThan(20);
+      expect(total.kills).toBeGreaterThan(10);
+      expect(total.restarts).toBeGreaterThan(5);
+      expect(total.legFailures, 'runs where a node ran into its broken path').toBeGreaterThan(10);
+      if (mode === 'disk') expect(total.crashes).toBeGreaterThan(10);
     }, 180_000);
   }
 });
