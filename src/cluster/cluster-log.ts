@@ -1237,8 +1237,10 @@ export class ClusterLog implements DirtyLog {
         break;
       }
       case Req.DISK_MARK: {
+        // Our marker is back, whether or not it still counts: a later request must be able to send another.
+        if (mine && live) this.diskMarkSent = false;
         const server = s.server();
-        if (!live || !server || memberKey(server) !== memberKey(from)) break;
+        if (!live || !server || memberKey(server) !== memberKey(from)) break; // sent by a former server
         // Every FLUSH of mine delivered so far is in the snapshot the server takes now.
         for (const w of this.flushWaiters.values()) {
           if (w.needsDisk && w.delivered && !w.durable) w.coveredBy = `${memberKey(from)}:${m.seq}`;
@@ -1313,7 +1315,11 @@ export class ClusterLog implements DirtyLog {
       case Req.CHECKPOINT:
         // Only a holder of this state can initialize others into it (a stale checkpoint from a member
         // that has since lost a merge must not count).
-        if (m.part === m.parts - 1 && s.initialized.has(memberKey(from))) s.applyCheckpointDone(m.targets);
+        if (m.part === m.parts - 1 && s.initialized.has(memberKey(from))) {
+          s.applyCheckpointDone(m.targets);
+          // A member that now holds the state may have become the log server (the lowest one), or stopped it.
+          if (live) this.diskServerCheck(s);
+        }
         break;
     }
   }

@@ -83,7 +83,7 @@ interface Cluster {
   handles: Map<number, Handle>;
 }
 
-async function start(dev: MemoryLeg, nodes: number[], sync: SyncMode, act: LogActivation = activation): Promise<Cluster> {
+async function start(dev: MemoryLeg, nodes: number[], sync: SyncMode, act: LogActivation = activation, diskLazyWriteMs = 5): Promise<Cluster> {
   const bus = new MemoryBus({ delivery: 'manual' });
   const logs = new Map<number, ClusterLog>();
   const handles = new Map<number, Handle>();
@@ -99,7 +99,7 @@ async function start(dev: MemoryLeg, nodes: number[], sync: SyncMode, act: LogAc
         lengthBytes: REGIONS * REGION_BYTES,
         sync,
         logDevice: h,
-        limits: { diskLazyWriteMs: 5 },
+        limits: { diskLazyWriteMs },
       }),
     );
   }
@@ -295,6 +295,40 @@ describe('clustered-disk log on the memory bus', () => {
     await until(c.bus, () => a.replicated!.recovering === null, 'the claim ends');
     expect(b.inSync(r2)).toBe(false);
     expect(a.inSync(r2)).toBe(false);
+    await stop(c);
+  });
+
+  it('a member that took over as log server by joining (lowest node id) and then died: the previous server writes again', async () => {
+    const dev = newDevice();
+    // Node 2 is the log server; lazy writes are off, so only a server's own decisions write.
+    const c = await start(dev, [2, 3], 'nosync', activation, 3_600_000);
+    // Node 1 joins: once it holds the state it is the lowest member, so the server.
+    const h1 = new Handle(dev);
+    h1.hold = new Promise<void>(() => undefined); // its log writes never complete
+    const n1 = new ClusterLog({
+      transport: c.bus.connect(1),
+      uuid: 'disk-uuid',
+      regionSizeBytes: REGION_BYTES,
+      lengthBytes: REGIONS * REGION_BYTES,
+      sync: 'nosync',
+      logDevice: h1,
+      limits: { diskLazyWriteMs: 3_600_000 },
+    });
+    const joined = tracked(n1.resume(activation));
+    await until(c.bus, joined.done, 'node 1 joins');
+    expect(c.logs.get(3)!.isLogServer).toBe(false);
+    expect(n1.isLogServer).toBe(true);
+    c.logs.get(3)!.markRegion(20);
+    const f = tracked(c.logs.get(3)!.flush());
+    for (let i = 0; i < 50; i++) {
+      c.bus.drain();
+      await turn();
+    }
+    expect(f.done()).toBe(false); // node 1's write hangs
+    c.bus.killNode(1);
+    await until(c.bus, f.done, 'flush after node 2 is the server again');
+    expect(f.failed()).toBeUndefined();
+    expect(durableClean(dev).get(20)).toBe(false);
     await stop(c);
   });
 

@@ -364,7 +364,11 @@ async function runScenario(ops: readonly Op[], ioSeed: number, mode: Mode): Prom
   let settled = false;
   void Promise.all(outstanding).then(() => (settled = true));
   while (!settled && Date.now() < deadline) await new Promise((r) => setTimeout(r, 2));
-  if (!settled) failures.push(`writes or reads still in flight after ${END_WAIT_MS} ms`);
+  if (!settled) {
+    const what = [...busy].map(([r, b]) => `region ${r} on node ${b.node}`).join(', ');
+    const waits = live().map((n) => `node ${n.id} waits for: ${n.log.waitingFor().join('; ') || 'nothing'}`).join(' / ');
+    failures.push(`writes or reads still in flight after ${END_WAIT_MS} ms (${what}; ${waits})`);
+  }
   while (live().some((n) => n.log.syncCount() < n.log.regionCount) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 2));
   for (const n of live()) {
     if (n.log.syncCount() < n.log.regionCount) failures.push(`node ${n.id}: ${n.log.regionCount - n.log.syncCount()} regions not in sync after ${END_WAIT_MS} ms`);
