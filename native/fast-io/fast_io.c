@@ -21,11 +21,16 @@
 //       after a reply spinning beats sleeping in epoll. Spinning here, not in JS: no N-API call per attempt.
 //       Each empty read is followed by sched_yield(), so a runnable task on this CPU (on a busy machine often
 //       the very client we wait for) goes first; with none, it returns at once.
+//
+//   setSendBuffer(fd, bytes) -> setsockopt(SO_SNDBUF, bytes) (the kernel caps it at net.core.wmem_max and
+//       doubles it; never lowered: a socket already holding as much is left alone), then the size it keeps
+//       (getsockopt), or -errno. For TLS connections (src/nbd/tls/server-tls.ts).
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdint.h>
 #include <sched.h>
 #include <time.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <node_api.h>
 
@@ -109,6 +114,28 @@ static napi_value do_spin_read(napi_env env, napi_callback_info info) {
   return result(env, n);
 }
 
+/** setSendBuffer(fd, bytes): setsockopt SO_SNDBUF, then the size the kernel keeps (getsockopt), or -errno. */
+static napi_value do_set_send_buffer(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  int32_t fd, bytes;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 || napi_get_value_int32(env, argv[0], &fd) != napi_ok ||
+      napi_get_value_int32(env, argv[1], &bytes) != napi_ok || bytes < 0) {
+    napi_throw_type_error(env, NULL, "setSendBuffer(fd, bytes): bad arguments");
+    return NULL;
+  }
+  int v = bytes;
+  socklen_t vl = sizeof v;
+  napi_value out;
+  int cur = 0;
+  socklen_t cl = sizeof cur;
+  if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &cur, &cl) != 0) v = -errno;
+  else if (cur / 2 >= bytes) v = cur; // already at least that (the kernel reports twice what was asked): never lowered
+  else if (setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof v) != 0 || getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, &vl) != 0) v = -errno;
+  napi_create_int32(env, v, &out);
+  return out;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_value fn;
   napi_create_function(env, "write", NAPI_AUTO_LENGTH, do_write, NULL, &fn);
@@ -117,6 +144,8 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_set_named_property(env, exports, "read", fn);
   napi_create_function(env, "spinRead", NAPI_AUTO_LENGTH, do_spin_read, NULL, &fn);
   napi_set_named_property(env, exports, "spinRead", fn);
+  napi_create_function(env, "setSendBuffer", NAPI_AUTO_LENGTH, do_set_send_buffer, NULL, &fn);
+  napi_set_named_property(env, exports, "setSendBuffer", fn);
   return exports;
 }
 

@@ -7,14 +7,20 @@
 //    buffers too, and their small replies (gathered while one is in the socket) each arrive once;
 //  - backpressure still holds over TLS: a client blasting 1 MiB writes at a slow export meets the
 //    pause, and held payload stays within inFlightBytesMax + requestBytesMax;
+//  - large READ replies (1 MiB and odd sizes, many in flight, simple and structured replies) arrive
+//    byte-exact, with the connection's send buffer widened (widenSendBuffer, through the addon);
 //  - splitLargeTlsWrites on a plain Writable: large chunks alone (the largest in pieces), small runs
-//    batched, one callback.
-import { readFileSync } from 'node:fs';
+//    batched, one callback; widenSendBuffer on a connected socket raises SO_SNDBUF, never lowers it.
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer, connect as netConnect, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
 import * as C from '../../src/nbd/codec/constants.js';
 import { NbdClient } from '../../src/nbd/client/client.js';
-import { splitLargeTlsWrites, TLS_WRITE_ALONE_BYTES_MIN, TLS_WRITE_PIECE_BYTES } from '../../src/nbd/tls/tls-writes.js';
+import { fastIo, setFastIoForTests } from '../../src/nbd/server/fast-io.js';
+import { splitLargeTlsWrites, TLS_SEND_BUFFER_BYTES, TLS_WRITE_ALONE_BYTES_MIN, TLS_WRITE_PIECE_BYTES, widenSendBuffer } from '../../src/nbd/tls/tls-writes.js';
 import { requireTools } from '../helpers/tools.js';
 import { pattern } from '../nbd/harness.js';
 import { successCookies, W } from '../unit/nbd/wire.js';
@@ -88,6 +94,49 @@ describe.skipIf(!ok)('TLS data path', () => {
       expect(back.equals(pattern(4096, i + 1)), `write ${i}`).toBe(true);
     }
     c.destroy();
+  });
+
+  it('large reads over TLS, many in flight, simple and structured replies: byte-exact, with the send buffer widened', async () => {
+    const io = fastIo();
+    const kept: number[] = [];
+    if (io?.setSendBuffer !== undefined) {
+      const set = io.setSendBuffer.bind(io);
+      setFastIoForTests({ ...io, setSendBuffer: (fd: number, bytes: number): number => {
+        const r = set(fd, bytes);
+        kept.push(r);
+        return r;
+      } });
+    }
+    try {
+      h = await startTlsHarness({ disk: { sizeBytes: 24 * MiB } }, { tls: (fx) => ({ mode: 'require', pskFile: fx.pskFile, verifyPeer: false }) });
+      const data = pattern(24 * MiB, 7);
+      await h.exports.get('disk')!.write(data, 0, { fua: false });
+      const sizes = [1 * MiB, 1 * MiB, 3 * MiB, 1 * MiB - 512, 256 * 1024 + 512, 1 * MiB + 4096, 16 * 1024 + 1, 512];
+      for (const structuredReplies of [true, false]) {
+        const client = await NbdClient.connect(`nbds+unix://alice@/disk?socket=${h.socketPath}&tls-psk-file=${h.fx.pskFile}`, { structuredReplies });
+        for (let round = 0; round < 2; round++) {
+          const reads: Promise<void>[] = [];
+          const got: { off: number; buf: Buffer }[] = [];
+          let off = round * 512;
+          for (let k = 0; k < 12; k++) {
+            const n = sizes[k % sizes.length]!;
+            const buf = Buffer.alloc(n);
+            got.push({ off, buf });
+            reads.push(client.read(buf, off));
+            off = (off + n + 4096) % (20 * MiB);
+          }
+          await Promise.all(reads);
+          for (const g of got) expect(g.buf.equals(data.subarray(g.off, g.off + g.buf.length)), `read at ${g.off} of ${g.buf.length} (structured ${structuredReplies})`).toBe(true);
+        }
+        await client.close();
+      }
+      if (io?.setSendBuffer !== undefined) {
+        expect(kept.length).toBe(2);
+        for (const r of kept) expect(r).toBeGreaterThan(0);
+      }
+    } finally {
+      setFastIoForTests(undefined);
+    }
   });
 
   it('a client blasting 1 MiB writes at a slow export over TLS meets backpressure: held payload stays bounded', async () => {
@@ -172,5 +221,60 @@ describe('splitLargeTlsWrites', () => {
     w2.uncork();
     await new Promise<void>((r) => w2.end(r));
     expect(calls).toEqual([[100, 100, 100, 100, 100]]);
+  });
+});
+
+
+describe('widenSendBuffer', () => {
+  it('raises SO_SNDBUF of a connected unix socket (reported doubled, up to the cap), never lowers it; TCP or no addon: null', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'nbdm-sndbuf-'));
+    const path = join(dir, 's');
+    const accepted = new Promise<Socket>((resolve) => {
+      const srv = createServer((s) => {
+        srv.close();
+        resolve(s);
+      });
+      srv.listen(path);
+    });
+    await new Promise((r) => setTimeout(r, 20));
+    const c = netConnect(path);
+    const s = await accepted;
+    try {
+      const io = fastIo();
+      if (io?.setSendBuffer === undefined) {
+        expect(widenSendBuffer(s, TLS_SEND_BUFFER_BYTES)).toBeNull();
+        return;
+      }
+      const small = widenSendBuffer(s, 64 * 1024)!; // already at least that (the default): left alone
+      expect(small).toBeGreaterThan(0);
+      const wide = widenSendBuffer(s, TLS_SEND_BUFFER_BYTES)!;
+      expect(wide).toBeGreaterThanOrEqual(small);
+      expect(wide).toBeLessThanOrEqual(2 * TLS_SEND_BUFFER_BYTES);
+      expect(widenSendBuffer(s, 64 * 1024)).toBe(wide); // never lowered
+      expect(widenSendBuffer(s, 0)).toBeNull();
+      setFastIoForTests(null);
+      expect(widenSendBuffer(s, TLS_SEND_BUFFER_BYTES)).toBeNull();
+      setFastIoForTests(undefined);
+      // TCP: left to the kernel's autotuning.
+      const tcp = await new Promise<{ a: Socket; b: Socket; close: () => void }>((resolve) => {
+        const srv = createServer((b) => resolve({ a, b, close: () => srv.close() }));
+        let a: Socket;
+        srv.listen(0, '127.0.0.1', () => {
+          a = netConnect((srv.address() as { port: number }).port, '127.0.0.1');
+        });
+      });
+      try {
+        expect(widenSendBuffer(tcp.b, TLS_SEND_BUFFER_BYTES)).toBeNull();
+      } finally {
+        tcp.a.destroy();
+        tcp.b.destroy();
+        tcp.close();
+      }
+    } finally {
+      setFastIoForTests(undefined);
+      c.destroy();
+      s.destroy();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -119,6 +119,14 @@ describe.skipIf(!ok)('real clients over X.509 (--tls require --tls-verify-peer, 
     expect(h.exports.get('nobodys')!.calls.read).toBe(0);
   });
 
+  it('nbdcopy reads with 1 MiB requests, 8 in flight, over X.509: byte-exact', async () => {
+    const data = pattern(4 * MiB, 21);
+    await h.exports.get('disk')!.write(data, 0, { fua: false });
+    const back = join(h.dir, 'big-back.img');
+    await run('nbdcopy', ['--request-size=1048576', '--requests=8', `nbds+unix:///disk?socket=${h.socketPath}&tls-certificates=${h.fx.clientDir}`, back]);
+    expect((await readFile(back)).equals(data)).toBe(true);
+  });
+
   it('qemu-img with tls-creds-x509 over unix and TCP', async () => {
     const obj = `tls-creds-x509,id=tls0,endpoint=client,dir=${h.fx.clientDir}`;
     const a = await run('qemu-img', ['info', '--output=json', '--object', obj, '--image-opts', `driver=nbd,path=${h.socketPath},export=disk,tls-creds=tls0,tls-hostname=localhost`]);

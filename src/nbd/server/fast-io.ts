@@ -25,6 +25,11 @@ export interface FastIo {
    * before it (the idle poll is then off).
    */
   spinRead?(fd: number, buf: Uint8Array, offset: number, length: number, spinNs: number): number;
+  /**
+   * setsockopt(SO_SNDBUF, bytes) on a socket: the size the kernel then keeps (getsockopt: capped at
+   * net.core.wmem_max, doubled), or -errno. Absent from addons built before it.
+   */
+  setSendBuffer?(fd: number, bytes: number): number;
 }
 
 let addon: FastIo | null | undefined;
