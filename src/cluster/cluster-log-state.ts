@@ -112,9 +112,9 @@ export class ReplicatedLogState {
     return s;
   }
 
-  /** Some node holds a mark on the region. */
-  isMarked(region: number): boolean {
-    for (const set of this.marksByNode.values()) if (set.has(region)) return true;
+  /** Some node (other than exceptNode, when given) holds a mark on the region. */
+  isMarked(region: number, exceptNode?: number): boolean {
+    for (const [n, set] of this.marksByNode) if (n !== exceptNode && set.has(region)) return true;
     return false;
   }
 
@@ -291,12 +291,6 @@ export class ReplicatedLogState {
     return true;
   }
 
-  /** Some node other than nodeId holds a mark on the region. */
-  private markedByOther(region: number, nodeId: number): boolean {
-    for (const [n, set] of this.marksByNode) if (n !== nodeId && set.has(region)) return true;
-    return false;
-  }
-
   /**
    * GET_RESYNC_WORK from nodeId: hands out one region cluster-wide (priority first); null if busy/none.
    * A region another node holds a mark on is not handed out: that node may not have seen the region go
@@ -313,7 +307,7 @@ export class ReplicatedLogState {
       if (this.sync.get(r)) {
         this.priority.splice(i, 1);
         this.prioritySet.delete(r);
-      } else if (this.markedByOther(r, nodeId)) {
+      } else if (this.isMarked(r, nodeId)) {
         i++; // stays first in line for when the mark goes
       } else {
         this.priority.splice(i, 1);
@@ -337,7 +331,7 @@ export class ReplicatedLogState {
   /** The first region in [from, to) out of sync and marked by no node but nodeId, or -1. */
   private nextUnmarked(from: number, to: number, nodeId: number): number {
     for (let r = this.sync.findNext(false, from); r >= 0 && r < to; r = this.sync.findNext(false, r + 1)) {
-      if (!this.markedByOther(r, nodeId)) return r;
+      if (!this.isMarked(r, nodeId)) return r;
     }
     return -1;
   }

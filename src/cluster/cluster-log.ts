@@ -808,16 +808,13 @@ export class ClusterLog implements DirtyLog {
     if (this.handedOut === region) this.handedOut = null;
     const seq = ++this.seq;
     this.overlay.set(region, { inSync, seq });
-    if (!inSync || !this.disk || !this.activation) {
-      this.syncResults = this.syncResults.then(() => this.sendWithSeq({ type: Req.SET_REGION_SYNC, seq, region, inSync })).catch(() => undefined);
-      return;
-    }
     // clustered-disk: the server records an in-sync region clean, so the copy must be on the legs' stable
-    // storage first (the recovery wrote it through this node's cache). Results go out in order.
-    const activation = this.activation;
+    // storage first (the recovery wrote it through this node's cache); a failed flush reports it out of
+    // sync. Results go out in call order.
+    const activation = inSync && this.disk ? this.activation : null;
     this.syncResults = this.syncResults
-      .then(() => activation.flushDataLegs().then(() => true, () => false))
-      .then((flushed) => this.sendWithSeq({ type: Req.SET_REGION_SYNC, seq, region, inSync: flushed }))
+      .then(() => (activation ? activation.flushDataLegs().then(() => true, () => false) : inSync))
+      .then((result) => this.sendWithSeq({ type: Req.SET_REGION_SYNC, seq, region, inSync: result }))
       .catch(() => undefined);
   }
 
