@@ -83,6 +83,19 @@ interface Cluster {
   handles: Map<number, Handle>;
 }
 
+/** Node `nodeId`'s clustered-disk log on the bus, writing the shared device through `handle`. */
+function diskLog(bus: MemoryBus, nodeId: number, handle: Handle, sync: SyncMode, diskLazyWriteMs = 5): ClusterLog {
+  return new ClusterLog({
+    transport: bus.connect(nodeId),
+    uuid: 'disk-uuid',
+    regionSizeBytes: REGION_BYTES,
+    lengthBytes: REGIONS * REGION_BYTES,
+    sync,
+    logDevice: handle,
+    limits: { diskLazyWriteMs },
+  });
+}
+
 async function start(dev: MemoryLeg, nodes: number[], sync: SyncMode, act: LogActivation = activation, diskLazyWriteMs = 5): Promise<Cluster> {
   const bus = new MemoryBus({ delivery: 'manual' });
   const logs = new Map<number, ClusterLog>();
@@ -90,18 +103,7 @@ async function start(dev: MemoryLeg, nodes: number[], sync: SyncMode, act: LogAc
   for (const n of nodes) {
     const h = new Handle(dev);
     handles.set(n, h);
-    logs.set(
-      n,
-      new ClusterLog({
-        transport: bus.connect(n),
-        uuid: 'disk-uuid',
-        regionSizeBytes: REGION_BYTES,
-        lengthBytes: REGIONS * REGION_BYTES,
-        sync,
-        logDevice: h,
-        limits: { diskLazyWriteMs },
-      }),
-    );
+    logs.set(n, diskLog(bus, n, h, sync, diskLazyWriteMs));
   }
   const all = tracked(Promise.all([...logs.values()].map((l) => l.resume(act))));
   await until(bus, all.done, 'resume');
@@ -218,15 +220,7 @@ describe('clustered-disk log on the memory bus', () => {
   it('a power loss right after a fresh start, before the legs were announced, finds leg records that let it start', async () => {
     const dev = newDevice();
     const bus = new MemoryBus({ delivery: 'manual' });
-    const log = new ClusterLog({
-      transport: bus.connect(1),
-      uuid: 'disk-uuid',
-      regionSizeBytes: REGION_BYTES,
-      lengthBytes: REGIONS * REGION_BYTES,
-      sync: 'default',
-      logDevice: new Handle(dev),
-      limits: { diskLazyWriteMs: 5 },
-    });
+    const log = diskLog(bus, 1, new Handle(dev), 'default');
     const resumed = tracked(log.resume(activation));
     // Step until the first durable write of the state, while the first LEGS is not applied yet.
     let written = false;
@@ -305,15 +299,7 @@ describe('clustered-disk log on the memory bus', () => {
     // Node 1 joins: once it holds the state it is the lowest member, so the server.
     const h1 = new Handle(dev);
     h1.hold = new Promise<void>(() => undefined); // its log writes never complete
-    const n1 = new ClusterLog({
-      transport: c.bus.connect(1),
-      uuid: 'disk-uuid',
-      regionSizeBytes: REGION_BYTES,
-      lengthBytes: REGIONS * REGION_BYTES,
-      sync: 'nosync',
-      logDevice: h1,
-      limits: { diskLazyWriteMs: 3_600_000 },
-    });
+    const n1 = diskLog(c.bus, 1, h1, 'nosync', 3_600_000);
     const joined = tracked(n1.resume(activation));
     await until(c.bus, joined.done, 'node 1 joins');
     expect(c.logs.get(3)!.isLogServer).toBe(false);
@@ -347,15 +333,7 @@ describe('clustered-disk log on the memory bus', () => {
     }
     expect(f.done()).toBe(false);
     const h3 = new Handle(dev);
-    const n3 = new ClusterLog({
-      transport: c.bus.connect(3),
-      uuid: 'disk-uuid',
-      regionSizeBytes: REGION_BYTES,
-      lengthBytes: REGIONS * REGION_BYTES,
-      sync: 'nosync',
-      logDevice: h3,
-      limits: { diskLazyWriteMs: 5 },
-    });
+    const n3 = diskLog(c.bus, 3, h3, 'nosync');
     c.logs.set(3, n3);
     const joined = tracked(n3.resume(activation));
     await until(c.bus, joined.done, 'node 3 joins');

@@ -7,6 +7,7 @@ import type { ClusterLog } from '../../src/cluster/cluster-log.js';
 import type { Export } from '../../src/nbd/export.js';
 import { MemoryLeg } from '../../src/mirror/legs/memory.js';
 import { memoryNode, sharedLeg } from './memory-engines.js';
+import { within } from '../helpers/time.js';
 
 const SIZE_BYTES = 4 * 1024 * 1024;
 const REGION_SECTORS = 256; // 128 KiB regions -> 32 regions
@@ -20,15 +21,6 @@ function pattern(seed: number, bytes: number): Buffer {
   const b = Buffer.alloc(bytes);
   for (let i = 0; i < bytes; i++) b[i] = (seed * 31 + i * 7) & 0xff;
   return b;
-}
-
-async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let t: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([p, new Promise<T>((_, rej) => (t = setTimeout(() => rej(new Error(`${what}: no answer in ${ms} ms`)), ms)))]);
-  } finally {
-    clearTimeout(t);
-  }
 }
 
 describe('two mirrors sharing legs, coordinated by the cluster log (memory bus)', () => {

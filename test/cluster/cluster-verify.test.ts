@@ -10,14 +10,13 @@ import { MemoryLeg } from '../../src/mirror/legs/memory.js';
 import type { MirrorExport } from '../../src/mirror/mirror.js';
 import { verifyMirror } from '../../src/mirror/verify.js';
 import { LegWritePause, memoryNode, seededBytes, sharedLeg, until } from './memory-engines.js';
+import { sleep } from '../helpers/time.js';
 
 const SIZE_BYTES = 4 * 1024 * 1024;
 const REGION_BYTES = 128 * 1024;
 const R = 3;
 const R_OFF = R * REGION_BYTES;
 const TABLE = `0 ${SIZE_BYTES / 512} mirror userspace 4 LVM-verify clustered-core ${REGION_BYTES / 512} nosync 2 a 0 b 0`;
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 let nodes: { exp: MirrorExport }[] = [];
 let pause: LegWritePause | undefined;

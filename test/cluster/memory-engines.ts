@@ -18,21 +18,25 @@ import { openTable } from '../../src/mirror/open.js';
 import { parseTable } from '../../src/mirror/table.js';
 
 /**
- * One node's view of a shared MemoryLeg: close() leaves the bytes to the other nodes; while `broken.on`,
- * every request on this path fails with EIO (the leg itself stays fine for the others).
+ * A node's path to a shared MemoryLeg: every operation goes through `through` (which may fail or delay it);
+ * close() leaves the bytes to the other nodes.
  */
-export function sharedLeg(leg: MemoryLeg, broken: { on: boolean } = { on: false }): Leg {
-  const guard = <T>(f: () => Promise<T>) => (broken.on ? Promise.reject(new ExportError('EIO', `${leg.device}: path failed`)) : f());
+export function legThrough(leg: MemoryLeg, through: <T>(op: () => Promise<T>) => Promise<T>): Leg {
   return {
     device: leg.device,
     sizeBytes: leg.sizeBytes,
-    read: (t, o) => guard(() => leg.read(t, o)),
-    write: (d, o, f) => guard(() => leg.write(d, o, f)),
-    flush: () => guard(() => leg.flush()),
-    trim: (o, l) => guard(() => leg.trim(o, l)),
-    zero: (o, l, f) => guard(() => leg.zero(o, l, f)),
+    read: (t, o) => through(() => leg.read(t, o)),
+    write: (d, o, f) => through(() => leg.write(d, o, f)),
+    flush: () => through(() => leg.flush()),
+    trim: (o, l) => through(() => leg.trim(o, l)),
+    zero: (o, l, f) => through(() => leg.zero(o, l, f)),
     close: async () => undefined,
   } as Leg;
+}
+
+/** One node's view of a shared MemoryLeg; while `broken.on`, every request on this path fails with EIO. */
+export function sharedLeg(leg: MemoryLeg, broken: { on: boolean } = { on: false }): Leg {
+  return legThrough(leg, (op) => (broken.on ? Promise.reject(new ExportError('EIO', `${leg.device}: path failed`)) : op()));
 }
 
 /** A node's engine for `table`; openLeg gets this node's log (set before the mirror activates). */

@@ -8,6 +8,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { MemoryBus } from '../../src/cluster/memory-bus.js';
 import { MemoryLeg } from '../../src/mirror/legs/memory.js';
 import { HoldableTransport, LegWritePause, memoryNode, seededBytes, sharedLeg, until } from './memory-engines.js';
+import { sleep } from '../helpers/time.js';
 
 const SIZE_BYTES = 4 * 1024 * 1024;
 const REGION_BYTES = 128 * 1024;
@@ -15,8 +16,6 @@ const R = 4; // the departed node's region
 const R_OFF = R * REGION_BYTES;
 const TABLE = `0 ${SIZE_BYTES / 512} mirror userspace 4 LVM-race clustered-core ${REGION_BYTES / 512} nosync 2 a 0 b 0`;
 
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function settles(p: Promise<unknown>, ms: number): Promise<boolean> {
   let done = false;

@@ -16,6 +16,7 @@ import { parseRangeText } from '../../src/cluster/departures.js';
 import { ControlClient } from '../../src/control/client.js';
 import { NbdClient } from '../../src/nbd/client/client.js';
 import { run } from '../helpers/run.js';
+import { sleep, within } from '../helpers/time.js';
 import { CLI_PATH } from '../helpers/server.js';
 import { findTool } from '../helpers/tools.js';
 import { startNbdkitErrorLeg, type NbdkitLeg } from '../control/nbdkit-leg.js';
@@ -23,15 +24,7 @@ import { ADDON, clusterUnavailableReason, Harness, now } from './harness.js';
 
 const READY_MS = 30_000;
 
-export async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let t: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([p, new Promise<T>((_, rej) => (t = setTimeout(() => rej(new Error(`${what}: no answer in ${ms} ms`)), ms)))]);
-  } finally {
-    clearTimeout(t);
-  }
-}
-export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+export { sleep, within };
 
 export function pattern(tag: number, bytes: number): Buffer {
   const b = Buffer.alloc(bytes);

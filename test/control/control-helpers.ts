@@ -4,6 +4,7 @@ import { CLI_PATH, startServer, type ServerHandle, type StartOptions } from '../
 import { run, type RunResult } from '../helpers/run.js';
 import { ControlClient } from '../../src/control/client.js';
 import type { VolumeInfo } from '../../src/control/volumes.js';
+import { sleep } from '../helpers/time.js';
 
 export interface Controlled {
   readonly server: ServerHandle;
@@ -56,4 +57,4 @@ export async function waitFor<T>(what: string, probe: () => Promise<T | undefine
   }
 }
 
-export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+export { sleep };

@@ -31,12 +31,12 @@ import { ADDON, clusterUnavailableReason, Harness, now } from '../cluster/harnes
 import { makeDevices, ok, type CliResult } from './pool-cli.js';
 import { checkAcked, writer } from '../cluster/serve-node.js';
 import { readRange } from '../helpers/crash.js';
+import { sleep } from '../helpers/time.js';
 
 const TOKEN_MS = 1000;
 const unavailable = await clusterUnavailableReason();
 if (unavailable && process.env.CI === 'true') throw new Error(`cluster lock tests cannot run under CI: ${unavailable}`);
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe.skipIf(unavailable !== undefined)(`clustered pool metadata lock on 2 corosync nodes${unavailable ? ` (skipped: ${unavailable})` : ''}`, () => {
   let h: Harness;

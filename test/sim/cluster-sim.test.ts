@@ -27,7 +27,8 @@ import type { Leg } from '../../src/mirror/legs/leg.js';
 import { MemoryLeg } from '../../src/mirror/legs/memory.js';
 import { ExportError } from '../../src/nbd/export.js';
 import type { MirrorExport } from '../../src/mirror/mirror.js';
-import { HoldableTransport, memoryNode, seededBytes } from '../cluster/memory-engines.js';
+import { HoldableTransport, legThrough, memoryNode, seededBytes } from '../cluster/memory-engines.js';
+import { within } from '../helpers/time.js';
 import { xorshift32 } from '../helpers/xorshift.js';
 
 const BLOCK = 4096;
@@ -70,15 +71,6 @@ const opArb: fc.Arbitrary<Op> = (() => {
   );
 })();
 
-async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let t: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([p, new Promise<T>((_, rej) => (t = setTimeout(() => rej(new Error(`${what}: not within ${ms} ms`)), ms)))]);
-  } finally {
-    clearTimeout(t);
-  }
-}
-
 const turn = () => new Promise<void>((r) => setImmediate(r));
 const never = <T>() => new Promise<T>(() => undefined);
 
@@ -87,25 +79,15 @@ const never = <T>() => new Promise<T>(() => undefined);
  * every operation fails with EIO while the path is broken (the leg itself stays fine for other nodes).
  */
 function jitterLeg(leg: MemoryLeg, rand: () => number, dead: { on: boolean }, broken: { on: boolean; hit?: boolean }): Leg {
-  const later = async <T>(f: () => Promise<T>): Promise<T> => {
+  return legThrough(leg, async (op) => {
     for (let k = Math.floor(rand() * 4); k > 0; k--) await turn();
-    if (dead.on) return never<T>();
+    if (dead.on) return never();
     if (broken.on) {
       broken.hit = true;
       throw new ExportError('EIO', `${leg.device}: path failed`);
     }
-    return f();
-  };
-  return {
-    device: leg.device,
-    sizeBytes: leg.sizeBytes,
-    read: (t, o) => later(() => leg.read(t, o)),
-    write: (d, o, f) => later(() => leg.write(d, o, f)),
-    flush: () => later(() => leg.flush()),
-    trim: (o, l) => later(() => leg.trim(o, l)),
-    zero: (o, l, f) => later(() => leg.zero(o, l, f)),
-    close: async () => undefined,
-  } as Leg;
+    return op();
+  });
 }
 
 interface Stats {
