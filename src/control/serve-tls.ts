@@ -26,6 +26,7 @@ import { DEFAULT_SERVER_LIMITS, type ServerLimits } from '../nbd/server/limits.j
 import { resolveLimits } from '../nbd/server/limits.js';
 import { TLS_MODES, TlsConfigError, type TlsMode } from '../nbd/tls/config.js';
 import { ServerTls } from '../nbd/tls/server-tls.js';
+import { tlsSendBufferBytes } from '../nbd/tls/tls-writes.js';
 import { ControlError } from './control-error.js';
 import { UsageError } from './usage-error.js';
 
@@ -112,6 +113,7 @@ export function serveServerOptions(flags: ServeTlsFlags, exportNames: readonly s
   let limits: ServerLimits;
   try {
     limits = resolveLimits(partial);
+    tlsSendBufferBytes(); // read again for each TLS connection: refuse a bad value now, not there
   } catch (e) {
     throw new UsageError((e as Error).message);
   }

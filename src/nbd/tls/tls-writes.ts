@@ -127,7 +127,7 @@ export const TLS_SEND_BUFFER_BYTES = 1024 * 1024;
  * the size the kernel keeps, or null when it was not set (a TCP socket, no fast-io addon or an addon
  * without setSendBuffer, no fd, an error): the connection then works as before, with the default.
  */
-export function widenSendBuffer(socket: Duplex, bytes = tlsSendBufferBytes()): number | null {
+export function widenSendBuffer(socket: Duplex, bytes = sendBufferBytesOrOff()): number | null {
   // Unix sockets only: a TCP socket's send buffer grows by itself (tcp_wmem autotuning, up to 4 MiB by
   // default), and setting SO_SNDBUF would pin it, switching that off.
   if (bytes <= 0 || typeof (socket as { remoteAddress?: unknown }).remoteAddress === 'string') return null;
@@ -138,9 +138,27 @@ export function widenSendBuffer(socket: Duplex, bytes = tlsSendBufferBytes()): n
   return r > 0 ? r : null;
 }
 
-function tlsSendBufferBytes(): number {
-  const v = process.env.NBD_MIRROR_TLS_SEND_BUFFER_BYTES;
+export const TLS_SEND_BUFFER_ENV = 'NBD_MIRROR_TLS_SEND_BUFFER_BYTES';
+export const TLS_SEND_BUFFER_BYTES_MAX = 64 * 1024 * 1024;
+
+/**
+ * The send buffer to ask for: TLS_SEND_BUFFER_ENV when set, else TLS_SEND_BUFFER_BYTES. A value that is not
+ * an integer from 0 to TLS_SEND_BUFFER_BYTES_MAX throws, naming the variable (`serve` checks it at start).
+ */
+export function tlsSendBufferBytes(): number {
+  const v = process.env[TLS_SEND_BUFFER_ENV];
   if (v === undefined || v === '') return TLS_SEND_BUFFER_BYTES;
-  const n = Number(v);
-  return Number.isSafeInteger(n) && n >= 0 ? Math.min(n, 64 * 1024 * 1024) : TLS_SEND_BUFFER_BYTES;
+  if (!/^[0-9]+$/.test(v) || Number(v) > TLS_SEND_BUFFER_BYTES_MAX) {
+    throw new RangeError(`${TLS_SEND_BUFFER_ENV}=${v}: expected an integer from 0 to ${TLS_SEND_BUFFER_BYTES_MAX}`);
+  }
+  return Number(v);
+}
+
+/** tlsSendBufferBytes(), or 0 (leave the default) on a bad value: `serve` refused it at start already. */
+function sendBufferBytesOrOff(): number {
+  try {
+    return tlsSendBufferBytes();
+  } catch {
+    return 0;
+  }
 }
