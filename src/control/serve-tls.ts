@@ -23,10 +23,10 @@ import { AllowRuleError, ExportPolicy, parseAllowSpec, type AllowSpec } from '..
 import type { Logger } from '../nbd/server/log.js';
 import { peerCredAvailable } from '../nbd/server/peer-cred.js';
 import { DEFAULT_SERVER_LIMITS, type ServerLimits } from '../nbd/server/limits.js';
-import { resolveLimits } from '../nbd/server/limits.js';
+import { POLL_MAX_US_LIMIT, resolveLimits } from '../nbd/server/limits.js';
 import { TLS_MODES, TlsConfigError, type TlsMode } from '../nbd/tls/config.js';
 import { ServerTls } from '../nbd/tls/server-tls.js';
-import { tlsSendBufferBytes } from '../nbd/tls/tls-writes.js';
+import { OLD_TLS_SEND_BUFFER_ENV, SEND_BUFFER_BYTES_MAX, SEND_BUFFER_ENV } from '../nbd/server/send-buffer.js';
 import { ControlError } from './control-error.js';
 import { UsageError } from './usage-error.js';
 
@@ -43,6 +43,7 @@ export interface ServeTlsFlags {
   inFlightRequestsMax?: string;
   inFlightBytesMax?: string;
   pollMaxUs?: string;
+  sendBufferBytes?: string;
 }
 
 export const POLL_MAX_US_ENV = 'NBD_MIRROR_POLL_MAX_US';
@@ -58,6 +59,8 @@ interface LimitFlag {
   readonly zeroOk?: boolean;
   /** Environment variable read when the flag is not given. */
   readonly env?: string;
+  /** Largest value accepted (checked here too, so that the error names the flag or variable). */
+  readonly max?: number;
 }
 const LIMIT_FLAGS: readonly LimitFlag[] = [
   { key: 'connectionsMax', flag: '--connections-max', limit: 'connectionsMax' },
@@ -66,7 +69,8 @@ const LIMIT_FLAGS: readonly LimitFlag[] = [
   { key: 'optionBytesMax', flag: '--option-bytes-max', limit: 'optionBytesMax' },
   { key: 'inFlightRequestsMax', flag: '--in-flight-requests-max', limit: 'inFlightRequestsMax' },
   { key: 'inFlightBytesMax', flag: '--in-flight-bytes-max', limit: 'inFlightBytesMax' },
-  { key: 'pollMaxUs', flag: '--poll-max-us', limit: 'pollMaxUs', zeroOk: true, env: POLL_MAX_US_ENV },
+  { key: 'pollMaxUs', flag: '--poll-max-us', limit: 'pollMaxUs', zeroOk: true, env: POLL_MAX_US_ENV, max: POLL_MAX_US_LIMIT },
+  { key: 'sendBufferBytes', flag: '--send-buffer-bytes', limit: 'sendBufferBytes', zeroOk: true, env: SEND_BUFFER_ENV, max: SEND_BUFFER_BYTES_MAX },
 ];
 
 export function addServeTlsOptions(cmd: Command): Command {
@@ -84,7 +88,11 @@ export function addServeTlsOptions(cmd: Command): Command {
     .option('--option-bytes-max <n>', `largest handshake option accepted (default ${d.optionBytesMax})`)
     .option('--in-flight-requests-max <n>', `requests served at once per connection (default ${d.inFlightRequestsMax})`)
     .option('--in-flight-bytes-max <n>', `payload bytes held per connection (default ${d.inFlightBytesMax})`)
-    .option('--poll-max-us <us>', `spin up to this long for an idle connection's next request, qemu-style adaptive polling; 0: off (default env ${POLL_MAX_US_ENV}, else ${d.pollMaxUs})`);
+    .option('--poll-max-us <us>', `spin up to this long for an idle connection's next request, qemu-style adaptive polling; 0: off (default env ${POLL_MAX_US_ENV}, else ${d.pollMaxUs})`)
+    .option(
+      '--send-buffer-bytes <n>',
+      `socket send buffer asked for on each unix-socket connection (the kernel doubles it, capped by net.core.wmem_max; TCP autotunes); 0: system default (default env ${SEND_BUFFER_ENV}, else ${d.sendBufferBytes})`,
+    );
   return cmd;
 }
 
@@ -96,8 +104,11 @@ export interface ServeServerOptions {
 
 /** Validate the flags and read the key material (UsageError naming the flag or file). */
 export function serveServerOptions(flags: ServeTlsFlags, exportNames: readonly string[], log: Logger): ServeServerOptions {
+  if (process.env[OLD_TLS_SEND_BUFFER_ENV] !== undefined) {
+    throw new UsageError(`${OLD_TLS_SEND_BUFFER_ENV} was renamed ${SEND_BUFFER_ENV} (it now applies to every unix-socket connection, TLS or not): set that instead`);
+  }
   const partial: Partial<Record<keyof ServerLimits, number>> = {};
-  for (const { key, flag, limit, zeroOk = false, env } of LIMIT_FLAGS) {
+  for (const { key, flag, limit, zeroOk = false, env, max } of LIMIT_FLAGS) {
     let v = flags[key];
     let from = flag;
     if (v === undefined && env !== undefined && process.env[env]) {
@@ -105,15 +116,15 @@ export function serveServerOptions(flags: ServeTlsFlags, exportNames: readonly s
       from = `${env}=`;
     }
     if (v === undefined) continue;
-    if (typeof v !== 'string' || !/^[0-9]+$/.test(v) || !Number.isSafeInteger(Number(v)) || (!zeroOk && Number(v) <= 0)) {
-      throw new UsageError(`${from}${from.endsWith('=') ? '' : ' '}${String(v)}: expected a ${zeroOk ? 'non-negative' : 'positive'} integer`);
+    if (typeof v !== 'string' || !/^[0-9]+$/.test(v) || !Number.isSafeInteger(Number(v)) || (!zeroOk && Number(v) <= 0) || (max !== undefined && Number(v) > max)) {
+      const range = max === undefined ? '' : ` up to ${max}`;
+      throw new UsageError(`${from}${from.endsWith('=') ? '' : ' '}${String(v)}: expected a ${zeroOk ? 'non-negative' : 'positive'} integer${range}`);
     }
     partial[limit] = Number(v);
   }
   let limits: ServerLimits;
   try {
     limits = resolveLimits(partial);
-    tlsSendBufferBytes(); // read again for each TLS connection: refuse a bad value now, not there
   } catch (e) {
     throw new UsageError((e as Error).message);
   }

@@ -20,7 +20,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import * as C from '../../src/nbd/codec/constants.js';
 import { NbdClient } from '../../src/nbd/client/client.js';
 import { fastIo, setFastIoForTests } from '../../src/nbd/server/fast-io.js';
-import { splitLargeTlsWrites, TLS_SEND_BUFFER_BYTES, TLS_WRITE_ALONE_BYTES_MIN, TLS_WRITE_PIECE_BYTES, widenSendBuffer } from '../../src/nbd/tls/tls-writes.js';
+import { splitLargeTlsWrites, TLS_WRITE_ALONE_BYTES_MIN, TLS_WRITE_PIECE_BYTES } from '../../src/nbd/tls/tls-writes.js';
+import { SEND_BUFFER_BYTES, widenSendBuffer } from '../../src/nbd/server/send-buffer.js';
 import { requireTools } from '../helpers/tools.js';
 import { pattern } from '../nbd/harness.js';
 import { successCookies, W } from '../unit/nbd/wire.js';
@@ -242,18 +243,18 @@ describe('widenSendBuffer', () => {
     try {
       const io = fastIo();
       if (io?.setSendBuffer === undefined) {
-        expect(widenSendBuffer(s, TLS_SEND_BUFFER_BYTES)).toBeNull();
+        expect(widenSendBuffer(s, SEND_BUFFER_BYTES)).toBeNull();
         return;
       }
       const small = widenSendBuffer(s, 64 * 1024)!; // already at least that (the default): left alone
       expect(small).toBeGreaterThan(0);
-      const wide = widenSendBuffer(s, TLS_SEND_BUFFER_BYTES)!;
+      const wide = widenSendBuffer(s, SEND_BUFFER_BYTES)!;
       expect(wide).toBeGreaterThanOrEqual(small);
-      expect(wide).toBeLessThanOrEqual(2 * TLS_SEND_BUFFER_BYTES);
+      expect(wide).toBeLessThanOrEqual(2 * SEND_BUFFER_BYTES);
       expect(widenSendBuffer(s, 64 * 1024)).toBe(wide); // never lowered
       expect(widenSendBuffer(s, 0)).toBeNull();
       setFastIoForTests(null);
-      expect(widenSendBuffer(s, TLS_SEND_BUFFER_BYTES)).toBeNull();
+      expect(widenSendBuffer(s, SEND_BUFFER_BYTES)).toBeNull();
       setFastIoForTests(undefined);
       // TCP: left to the kernel's autotuning.
       const tcp = await new Promise<{ a: Socket; b: Socket; close: () => void }>((resolve) => {
@@ -264,7 +265,7 @@ describe('widenSendBuffer', () => {
         });
       });
       try {
-        expect(widenSendBuffer(tcp.b, TLS_SEND_BUFFER_BYTES)).toBeNull();
+        expect(widenSendBuffer(tcp.b, SEND_BUFFER_BYTES)).toBeNull();
       } finally {
         tcp.a.destroy();
         tcp.b.destroy();

@@ -12,6 +12,7 @@ import { type HandshakeContext, type HandshakeResult, serverHandshake } from './
 import { IdlePoll } from './idle-poll.js';
 import type { ServerLimits } from './limits.js';
 import type { Logger } from './log.js';
+import { widenSendBuffer } from './send-buffer.js';
 import { Transmission, type TransmissionStats } from './transmission.js';
 
 export class Connection {
@@ -54,6 +55,7 @@ export class Connection {
 
   private async run(): Promise<void> {
     Transmission.tune(this.socket);
+    widenSendBuffer(this.socket, this.limits.sendBufferBytes); // the raw socket: under TLS too
     let closed = new Promise<void>((resolve) => this.socket.once('close', () => resolve()));
     let reader = new ByteReader(this.socket, this.limits.optionBytesMax + 64);
     const timer = setTimeout(() => {

@@ -2,6 +2,7 @@
 // against one of these before anything is allocated for it.
 
 import { DEFAULT_PAYLOAD_BYTES_MAX } from '../codec/constants.js';
+import { SEND_BUFFER_BYTES, SEND_BUFFER_BYTES_MAX } from './send-buffer.js';
 
 export interface ServerLimits {
   /** Largest READ/WRITE payload accepted (advertised as the maximum block size). */
@@ -29,10 +30,15 @@ export interface ServerLimits {
    * qemu's poll-max-ns). 0: never spin.
    */
   readonly pollMaxUs: number;
+  /**
+   * SO_SNDBUF asked for on a unix-socket connection (send-buffer.ts; the kernel doubles it, capped at
+   * net.core.wmem_max; TCP keeps its autotuning). 0: leave the system default.
+   */
+  readonly sendBufferBytes: number;
 }
 
 /** Limits that may be 0 (off). */
-const ZERO_ALLOWED: ReadonlySet<keyof ServerLimits> = new Set(['pollMaxUs']);
+const ZERO_ALLOWED: ReadonlySet<keyof ServerLimits> = new Set(['pollMaxUs', 'sendBufferBytes']);
 /** Above this a spin is no longer "a short while" (and a typo could burn a core per client). */
 export const POLL_MAX_US_LIMIT = 1000;
 
@@ -48,6 +54,7 @@ export const DEFAULT_SERVER_LIMITS: ServerLimits = Object.freeze({
   connectionsMax: 1024,
   connectionsPerPeerMax: 256,
   pollMaxUs: 32, // qemu's default
+  sendBufferBytes: SEND_BUFFER_BYTES,
 });
 
 export function resolveLimits(partial: Partial<ServerLimits> | undefined): ServerLimits {
@@ -59,6 +66,7 @@ export function resolveLimits(partial: Partial<ServerLimits> | undefined): Serve
     }
   }
   if (l.pollMaxUs > POLL_MAX_US_LIMIT) throw new RangeError(`pollMaxUs must be at most ${POLL_MAX_US_LIMIT}, got ${l.pollMaxUs}`);
+  if (l.sendBufferBytes > SEND_BUFFER_BYTES_MAX) throw new RangeError(`sendBufferBytes must be at most ${SEND_BUFFER_BYTES_MAX}, got ${l.sendBufferBytes}`);
   if (l.requestBytesMax > 0xffffffff) throw new RangeError('requestBytesMax must fit in 32 bits');
   // Below the socket's own high-water mark a full buffer might never emit 'drain' to resume us.
   if (l.writeBufferedBytesMax < 64 * 1024) throw new RangeError('writeBufferedBytesMax must be at least 64 KiB');

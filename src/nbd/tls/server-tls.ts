@@ -13,7 +13,7 @@ import { TLSSocket } from 'node:tls';
 import type { PeerIdentity } from '../server/authz.js';
 import { normalizeDn } from '../server/authz.js';
 import type { Logger } from '../server/log.js';
-import { splitLargeTlsWrites, widenSendBuffer } from './tls-writes.js';
+import { splitLargeTlsWrites } from './tls-writes.js';
 import { loadServerTls, type ServerTlsMaterial, type ServerTlsSettings, type TlsMode } from './config.js';
 
 export class TlsUpgradeError extends Error {
@@ -135,7 +135,6 @@ export class ServerTls {
         }
         peer.tls = true;
         splitLargeTlsWrites(tlsSocket); // 1 MiB read replies are encrypted in place, not concatenated first
-        widenSendBuffer(socket); // room for several pieces of ciphertext (see TLS_SEND_BUFFER_BYTES)
         this.log.debug({ protocol: tlsSocket.getProtocol(), cipher: tlsSocket.getCipher()?.name, psk: m.kind === 'psk' }, 'TLS session established');
         resolve(tlsSocket);
       };

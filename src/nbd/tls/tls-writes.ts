@@ -13,8 +13,6 @@
 // written, or the first error.
 
 import type { Duplex } from 'node:stream';
-import { fastIo } from '../server/fast-io.js';
-import { socketFd } from '../server/socket-fd.js';
 
 /** Chunks at least this long (16 KiB: a full TLS record) are encrypted on their own, never concatenated. */
 export const TLS_WRITE_ALONE_BYTES_MIN = 16 * 1024;
@@ -110,55 +108,3 @@ function inSequence(step: (next: WriteCb) => boolean, cb: WriteCb): void {
   next();
 }
 
-/**
- * SO_SNDBUF asked for on a TLS connection's unix socket (the kernel doubles it, capped at net.core.wmem_max:
- * 2 MiB here, 416 KiB with Linux's default cap). The default (net.core.wmem_default, 208 KiB) holds less
- * than one 256 KiB piece of ciphertext: a piece of a 1 MiB read reply then fills the socket, the rest waits
- * in TLSWrap until the client has drained most of it, and only then is the next piece encrypted while the
- * client, having emptied the socket, waits for it. With room for several pieces the server encrypts ahead
- * while the client reads. Measured (fio read 1M QD8, X.509, TLS 1.3, interleaved rounds, see the commit):
- * ~1.2x throughput. It bounds the kernel memory of a connection at this (doubled), as before at the default.
- * NBD_MIRROR_TLS_SEND_BUFFER_BYTES overrides it (0: leave the socket's default).
- */
-export const TLS_SEND_BUFFER_BYTES = 1024 * 1024;
-
-/**
- * Raise the send buffer of the unix socket under a TLS connection to `bytes` (never lowers it). Returns
- * the size the kernel keeps, or null when it was not set (a TCP socket, no fast-io addon or an addon
- * without setSendBuffer, no fd, an error): the connection then works as before, with the default.
- */
-export function widenSendBuffer(socket: Duplex, bytes = sendBufferBytesOrOff()): number | null {
-  // Unix sockets only: a TCP socket's send buffer grows by itself (tcp_wmem autotuning, up to 4 MiB by
-  // default), and setting SO_SNDBUF would pin it, switching that off.
-  if (bytes <= 0 || typeof (socket as { remoteAddress?: unknown }).remoteAddress === 'string') return null;
-  const set = fastIo()?.setSendBuffer;
-  const sf = socketFd(socket);
-  if (set === undefined || sf === null) return null;
-  const r = set(sf.fd, bytes);
-  return r > 0 ? r : null;
-}
-
-export const TLS_SEND_BUFFER_ENV = 'NBD_MIRROR_TLS_SEND_BUFFER_BYTES';
-export const TLS_SEND_BUFFER_BYTES_MAX = 64 * 1024 * 1024;
-
-/**
- * The send buffer to ask for: TLS_SEND_BUFFER_ENV when set, else TLS_SEND_BUFFER_BYTES. A value that is not
- * an integer from 0 to TLS_SEND_BUFFER_BYTES_MAX throws, naming the variable (`serve` checks it at start).
- */
-export function tlsSendBufferBytes(): number {
-  const v = process.env[TLS_SEND_BUFFER_ENV];
-  if (v === undefined || v === '') return TLS_SEND_BUFFER_BYTES;
-  if (!/^[0-9]+$/.test(v) || Number(v) > TLS_SEND_BUFFER_BYTES_MAX) {
-    throw new RangeError(`${TLS_SEND_BUFFER_ENV}=${v}: expected an integer from 0 to ${TLS_SEND_BUFFER_BYTES_MAX}`);
-  }
-  return Number(v);
-}
-
-/** tlsSendBufferBytes(), or 0 (leave the default) on a bad value: `serve` refused it at start already. */
-function sendBufferBytesOrOff(): number {
-  try {
-    return tlsSendBufferBytes();
-  } catch {
-    return 0;
-  }
-}
