@@ -18,6 +18,7 @@ import { startService, type Service } from '../../service.js';
 import { addControlPlaneOptions, ControlPlane, type ControlPlaneFlags } from '../../control-plane.js';
 import { openLocalLog, type LogOpener } from '../../../mirror/open.js';
 import { EXIT_FAILURE, EXIT_OK, UsageError } from '../../usage-error.js';
+import { checkEnvSwitches } from '../../env-switches.js';
 import { addServeTlsOptions, reloadTls, serveConnectHints, serveServerOptions, type ServeTlsFlags } from '../../serve-tls.js';
 import { startupDone } from '../startup-done.js';
 
@@ -82,6 +83,7 @@ function parseListens(texts: readonly string[]): ListenAddress[] {
 }
 
 async function serve(flags: ServeFlags): Promise<void> {
+  checkEnvSwitches();
   const plan = buildServePlan({ tables: flags.table, names: flags.name, tableFiles: await readTableFiles(flags.tableFile) });
   const listen = parseListens(flags.listen);
   const log = createLogger(flags.logLevel);
