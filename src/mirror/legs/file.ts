@@ -59,9 +59,9 @@
 // tmpfs has no writeback, so nothing else changes: reads (pread), flush (a no-op there),
 // resync (copy_file_range) see the same pages. Errors: a page that cannot be had (the file was truncated
 // under the mapping, tmpfs is full) raises SIGBUS, which the addon catches for that copy only and reports as
-// EFAULT (-> ExportError EIO): the leg fails alone, as it would on a pwrite error. The mapping covers the file
-// as it was at open (sizeBytes lies inside it), is made at the first such write and released by close()
-// after the writes in flight drained. Without the addon (NBD_MIRROR_FAST_IO=0 included), or when mmap fails,
+// EFAULT (-> ExportError EIO): the leg fails alone, as it would on a pwrite error. The mapping covers the leg's
+// own range of the file, [offsetBytes, offsetBytes + sizeBytes) as at open (a slice of a pool file maps its
+// slice only), is made at the first such write and released by close() after the writes in flight drained. Without the addon (NBD_MIRROR_FAST_IO=0 included), or when mmap fails,
 // writes use pwrite as before.
 //
 // Resync between two FileLegs uses copyRangeTo (copy_file_range(2) through native/copy-range, one thread
@@ -128,12 +128,12 @@ const SYNC_IO_ENABLED = process.env.NBD_MIRROR_SYNC_IO !== '0';
 
 /**
  * The fast-io addon's mapped writes (native/fast-io/fast_io.c; absent from addons built before them):
- * mapShared(fd, length) -> a mapping of the file's [0, length) or -errno; copyToMap(mapping, position, buf,
- * offset, length, callback) copies on the thread pool, callback(length or -errno: -EFAULT on SIGBUS);
- * unmap(mapping).
+ * mapShared(fd, offsetBytes, lengthBytes) -> a mapping of the file's [offsetBytes, offsetBytes + lengthBytes)
+ * or -errno; copyToMap(mapping, position (from offsetBytes), buf, offset, length, callback) copies on the
+ * thread pool, callback(length or -errno: -EFAULT on SIGBUS); unmap(mapping).
  */
 interface MappedWrites {
-  mapShared?(fd: number, lengthBytes: number): object | number;
+  mapShared?(fd: number, offsetBytes: number, lengthBytes: number): object | number;
   copyToMap?(mapping: object, position: number, buf: Uint8Array, offset: number, length: number, callback: (result: number) => void): void;
   unmap?(mapping: object): void;
 }
@@ -483,8 +483,8 @@ export class FileLeg implements Leg {
     this.mapped = false;
     const io = fastIo() as MappedWrites | null;
     if (io === null || io.mapShared === undefined || io.copyToMap === undefined || io.unmap === undefined) return null;
-    if (this.isBlockDevice || this.deviceBytes <= 0 || this.closed) return null;
-    const map = io.mapShared(this.fh.fd, this.deviceBytes);
+    if (this.isBlockDevice || this.sizeBytes <= 0 || this.closed) return null;
+    const map = io.mapShared(this.fh.fd, this.offsetBytes, this.sizeBytes);
     if (typeof map === 'number') return null; // -errno: pwrite as before
     this.mapped = { io: io as Required<MappedWrites>, map };
     return this.mapped;
@@ -495,7 +495,7 @@ export class FileLeg implements Leg {
     this.begin();
     return new Promise((resolve, reject) => {
       try {
-        io.copyToMap(map, this.offsetBytes + offsetBytes, data, 0, data.length, (n) => {
+        io.copyToMap(map, offsetBytes, data, 0, data.length, (n) => {
           this.end();
           if (n === data.length) resolve();
           else reject(toExportError(systemError(n < 0 ? n : -5, 'write'), this.device, `write of ${data.length} bytes at ${offsetBytes}`));

@@ -21,7 +21,7 @@ const REGION = 512 * 1024;
 const SIZE = 8 * MIB;
 
 interface MappedIo {
-  mapShared(fd: number, lengthBytes: number): object | number;
+  mapShared(fd: number, offsetBytes: number, lengthBytes: number): object | number;
   copyToMap(mapping: object, position: number, buf: Uint8Array, offset: number, length: number, callback: (result: number) => void): void;
   unmap(mapping: object): void;
 }
@@ -69,7 +69,9 @@ it('addon: copyToMap writes the bytes, reports ERANGE outside the mapping, EFAUL
   writeFileSync(path, Buffer.alloc(4 * MIB));
   const fd = openSync(path, 'r+');
   try {
-    const map = io.mapShared(fd, 4 * MIB);
+    // From an offset that is not page-aligned (a slice of a pool file starts at any sector).
+    const base = 4096 + 1000;
+    const map = io.mapShared(fd, base, 3 * MIB);
     expect(typeof map).toBe('object');
     const m = map as object;
     const copy = (position: number, buf: Buffer, offset: number, length: number) =>
@@ -77,9 +79,13 @@ it('addon: copyToMap writes the bytes, reports ERANGE outside the mapping, EFAUL
     const data = pattern(MIB + 100, 1);
     expect(await copy(4096 + 3, data, 100, MIB)).toBe(MIB);
     const back = Buffer.alloc(MIB);
-    expect(readSync(fd, back, 0, MIB, 4096 + 3)).toBe(MIB);
+    expect(readSync(fd, back, 0, MIB, base + 4096 + 3)).toBe(MIB);
     expect(back.equals(data.subarray(100, 100 + MIB))).toBe(true);
-    expect(await copy(4 * MIB - 10, data, 0, 11)).toBe(-34); // ERANGE: nothing written
+    const before = Buffer.alloc(base + 4096 + 3);
+    expect(readSync(fd, before, 0, before.length, 0)).toBe(before.length);
+    expect(before.equals(Buffer.alloc(before.length))).toBe(true); // nothing before the range was touched
+    expect(await copy(3 * MIB - 10, data, 0, 11)).toBe(-34); // ERANGE: past the mapped range, nothing written
+    expect(await copy(3 * MIB - 10, data, 0, 10)).toBe(10);
     expect(() => io.copyToMap(m, 0, data, MIB, 200, () => {})).toThrow(RangeError);
     // The file shrinks under the mapping: the copy faults (SIGBUS), reported as EFAULT; the process lives on.
     await truncate(path, MIB);
@@ -98,7 +104,7 @@ it('FileLeg: large non-FUA writes on tmpfs are mapped; small, FUA and disk write
   if (mem === null || mappedIo() === null) return;
   const path = join(mem, 'leg');
   writeFileSync(path, Buffer.alloc(SIZE));
-  const leg = await FileLeg.open(path, { offsetBytes: 4096 });
+  const leg = await FileLeg.open(path, { offsetBytes: 4096 + 512 }); // a slice: not page-aligned
   try {
     expect(leg.memoryBacked).toBe(true);
     const big = pattern(MIB, 2);
@@ -110,8 +116,9 @@ it('FileLeg: large non-FUA writes on tmpfs are mapped; small, FUA and disk write
     await leg.write(fua, MIB, { fua: true }); // FUA: pwrite through the O_DSYNC handle
     expect(leg.syncStats).toMatchObject({ mappedCalls: 1, poolCalls: 1 });
     const file = await readFile(path);
-    expect(file.subarray(4096 + 3 * MIB, 4096 + 4 * MIB).equals(big)).toBe(true);
-    expect(file.subarray(4096 + MIB, 4096 + 2 * MIB).equals(fua)).toBe(true);
+    expect(file.subarray(4608 + 3 * MIB, 4608 + 4 * MIB).equals(big)).toBe(true);
+    expect(file.subarray(4608 + MIB, 4608 + 2 * MIB).equals(fua)).toBe(true);
+    expect(file.subarray(0, 4608).equals(Buffer.alloc(4608))).toBe(true);
     const back = Buffer.alloc(MIB);
     await leg.read(back, 3 * MIB);
     expect(back.equals(big)).toBe(true);
