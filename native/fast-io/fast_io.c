@@ -38,6 +38,9 @@
 //       any other SIGBUS goes to the handler that was there before, or kills the process as it would have.
 //       The bytes copied before a fault stay written (the caller fails that leg). buf is referenced until
 //       the callback ran; the caller keeps the mapping until then (FileLeg counts the job in flight).
+//   copyToMapSync(mapping, position, buf, offset, length) -> length or -errno: the same copy on the calling
+//       thread (the file legs' small synchronous writes: ~1.2 us of CPU for a random 4 KiB write into a 256 MiB tmpfs
+//       file against ~2.6 us for pwrite).
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
@@ -193,16 +196,23 @@ static void on_sigbus(int sig, siginfo_t *info, void *context) {
   signal(SIGBUS, SIG_DFL); // the faulting instruction runs again and takes the default action
 }
 
+/** SIGBUS is unblocked in this thread (once per thread: see guarded_copy). */
+static __thread int sigbus_unblocked __attribute__((tls_model("initial-exec")));
+
 /**
- * memcpy that returns -EFAULT instead of dying when a page of dst raises SIGBUS. libuv's pool threads block
- * every signal, and a fault signal that is blocked kills the process whatever the handler: SIGBUS is
- * unblocked for the copy and the thread's mask restored after it (also after a fault: sigsetjmp saved it).
+ * memcpy that returns -EFAULT instead of dying when a page of dst raises SIGBUS. A fault signal that is
+ * blocked kills the process whatever the handler, so SIGBUS is unblocked in the calling thread, once (a
+ * thread that may block it, such as a pool thread, keeps it unblocked: only a kill(2) of SIGBUS could
+ * reach it there, and it would go where it went before, through on_sigbus).
  */
 static int guarded_copy(uint8_t *dst, const uint8_t *src, size_t length) {
-  sigset_t bus, saved;
-  sigemptyset(&bus);
-  sigaddset(&bus, SIGBUS);
-  if (pthread_sigmask(SIG_UNBLOCK, &bus, &saved) != 0) return -EINVAL;
+  if (!sigbus_unblocked) {
+    sigset_t bus;
+    sigemptyset(&bus);
+    sigaddset(&bus, SIGBUS);
+    if (pthread_sigmask(SIG_UNBLOCK, &bus, NULL) != 0) return -EINVAL;
+    sigbus_unblocked = 1;
+  }
   sigjmp_buf jump;
   int r = 0;
   if (sigsetjmp(jump, 0) == 0) {
@@ -217,7 +227,6 @@ static int guarded_copy(uint8_t *dst, const uint8_t *src, size_t length) {
   } else {
     r = -EFAULT; // the handler cleared guard_jump
   }
-  pthread_sigmask(SIG_SETMASK, &saved, NULL);
   return r;
 }
 
@@ -388,6 +397,37 @@ static napi_value do_copy_to_map(napi_env env, napi_callback_info info) {
   return out;
 }
 
+
+/** copyToMapSync(mapping, position, buf, offset, length) -> length or -errno: copyToMap on the calling thread. */
+static napi_value do_copy_to_map_sync(napi_env env, napi_callback_info info) {
+  static const char *what = "copyToMapSync(mapping, position, buf, offset, length): bad arguments";
+  size_t argc = 5;
+  napi_value argv[5], out;
+  mapping_t *m;
+  int64_t position, offset, len;
+  void *data;
+  size_t size;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 5 || (m = mapping_of(env, argv[0])) == NULL ||
+      napi_get_value_int64(env, argv[1], &position) != napi_ok || napi_get_buffer_info(env, argv[2], &data, &size) != napi_ok ||
+      napi_get_value_int64(env, argv[3], &offset) != napi_ok || napi_get_value_int64(env, argv[4], &len) != napi_ok) {
+    napi_throw_type_error(env, NULL, what);
+    return NULL;
+  }
+  if (offset < 0 || len < 0 || (uint64_t)offset + (uint64_t)len > size || position < 0) {
+    napi_throw_range_error(env, NULL, what);
+    return NULL;
+  }
+  int64_t result;
+  if (m->addr == NULL) result = -EBADF;
+  else if ((uint64_t)position + (uint64_t)len > m->length) result = -ERANGE;
+  else {
+    int r = guarded_copy(m->addr + m->delta + position, data == NULL ? (const uint8_t *)"" : (const uint8_t *)data + offset, (size_t)len);
+    result = r < 0 ? r : len;
+  }
+  napi_create_int64(env, result, &out);
+  return out;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_value fn;
   napi_create_function(env, "write", NAPI_AUTO_LENGTH, do_write, NULL, &fn);
@@ -404,6 +444,8 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_set_named_property(env, exports, "unmap", fn);
   napi_create_function(env, "copyToMap", NAPI_AUTO_LENGTH, do_copy_to_map, NULL, &fn);
   napi_set_named_property(env, exports, "copyToMap", fn);
+  napi_create_function(env, "copyToMapSync", NAPI_AUTO_LENGTH, do_copy_to_map_sync, NULL, &fn);
+  napi_set_named_property(env, exports, "copyToMapSync", fn);
   return exports;
 }
 

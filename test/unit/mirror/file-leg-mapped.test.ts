@@ -229,3 +229,52 @@ it('close() waits for a mapped copy in flight; a write after close is refused', 
   expect((await readFile(path)).subarray(2 * MIB, 6 * MIB).equals(data)).toBe(true);
   await expect(leg.write(data, 0, { fua: false })).rejects.toMatchObject({ errno: 'EIO' });
 });
+
+it('small synchronous writes on tmpfs go through the mapping too: byte-exact, and a truncated file fails the write (EIO), never the process', async () => {
+  const mem = memoryDir();
+  if (mem === null || mappedIo() === null) return;
+  const path = join(mem, 'leg');
+  writeFileSync(path, Buffer.alloc(SIZE));
+  const leg = await FileLeg.open(path, { offsetBytes: 512 });
+  try {
+    const a = pattern(4096, 50);
+    expect(leg.writeNow(a, 3 * MIB + 100)).toBeNull();
+    await leg.write(pattern(512, 51), 7 * MIB, { fua: false });
+    expect(leg.syncStats).toMatchObject({ syncCalls: 2, poolCalls: 0, mappedCalls: 0 });
+    const file = await readFile(path);
+    expect(file.subarray(512 + 3 * MIB + 100, 512 + 3 * MIB + 4196).equals(a)).toBe(true);
+    expect(file.subarray(512 + 7 * MIB, 512 + 7 * MIB + 512).equals(pattern(512, 51))).toBe(true);
+    // The same call through pwrite would have extended the file; through the mapping it faults: an error, not a crash.
+    await truncate(path, MIB);
+    const err = leg.writeNow(a, 4 * MIB);
+    expect(err).toMatchObject({ errno: 'EIO' });
+    expect(String((err as Error).message)).toContain('EFAULT');
+    await expect(leg.write(pattern(100, 52), 5 * MIB, { fua: false })).rejects.toMatchObject({ errno: 'EIO' });
+    expect(leg.writeNow(a, 4096)).toBeNull(); // inside the file: fine
+  } finally {
+    await leg.close();
+  }
+});
+
+it('mirror: 4 KiB writes on tmpfs legs (synchronous, mapped) are byte-exact on both legs; a truncated leg fails alone', async () => {
+  const mem = memoryDir();
+  if (mem === null || mappedIo() === null) return;
+  const { m, paths } = await mirrorOn(mem);
+  try {
+    const model = Buffer.alloc(SIZE);
+    for (let i = 0; i < 64; i++) {
+      const off = ((i * 37) % 2048) * 4096;
+      const data = pattern(4096, 60 + i);
+      await m.write(data, off, { fua: false });
+      data.copy(model, off);
+    }
+    for (const p of paths) expect((await readFile(p)).equals(model)).toBe(true);
+    await truncate(paths[0]!, 0);
+    const data = pattern(4096, 99);
+    await m.write(data, 6 * MIB, { fua: false });
+    expect(m.status().healthChars).toBe('DA');
+    expect((await readFile(paths[1]!)).subarray(6 * MIB, 6 * MIB + 4096).equals(data)).toBe(true);
+  } finally {
+    await m.close();
+  }
+});
