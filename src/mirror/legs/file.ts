@@ -78,7 +78,7 @@ import { ExportError, SETTLED_OK, type SplicePipe } from '../../nbd/export.js';
 import type { Leg, LegWriteFlags } from './leg.js';
 import { LegOpenError, toExportError } from './errors.js';
 import { copyRange, copyRangeAvailable } from './copy-range.js';
-import { fastIo, systemError } from '../../nbd/server/fast-io.js';
+import { fastIo, systemError, type FastIo } from '../../nbd/server/fast-io.js';
 import { spliceIo } from '../../nbd/server/splice.js';
 
 /** Largest single zero-fill write; the shared zero buffer has this size (allocated once, lazily). */
@@ -127,22 +127,8 @@ export const SYNC_FLUSH_BACKOFF_MS = 1000;
 export const SYNC_FLUSH_BACKOFF_MAX_MS = 60_000;
 const SYNC_IO_ENABLED = process.env.NBD_MIRROR_SYNC_IO !== '0';
 
-/**
- * The fast-io addon's mapped writes (native/fast-io/fast_io.c; absent from addons built before them):
- * mapShared(fd, offsetBytes, lengthBytes) -> a mapping of the file's [offsetBytes, offsetBytes + lengthBytes)
- * or -errno; copyToMap(mapping, position (from offsetBytes), buf, offset, length, callback) copies on the
- * thread pool, callback(length or -errno: -EFAULT on SIGBUS); unmap(mapping).
- */
-interface MappedWrites {
-  mapShared?(fd: number, offsetBytes: number, lengthBytes: number): object | number;
-  copyToMap?(mapping: object, position: number, buf: Uint8Array, offset: number, length: number, callback: (result: number) => void): void;
-  unmap?(mapping: object): void;
-  /** copyToMap on the calling thread: length or -errno (absent from the first addons with mapped writes). */
-  copyToMapSync?(mapping: object, position: number, buf: Uint8Array, offset: number, length: number): number;
-}
-
 /** The mapped-write calls every addon with them has (copyToMapSync came later). */
-type MappedIo = Required<Omit<MappedWrites, 'copyToMapSync'>> & Pick<MappedWrites, 'copyToMapSync'>;
+type MappedIo = Required<Pick<FastIo, 'mapShared' | 'copyToMap' | 'unmap'>> & Pick<FastIo, 'copyToMapSync'>;
 
 /** Linux dev_t -> major:minor (glibc gnu_dev_major/minor), exact for any 64-bit dev_t. */
 export function deviceNumbers(rdev: number | bigint): { major: number; minor: number } {
@@ -495,7 +481,7 @@ export class FileLeg implements Leg {
   private mapping(): { io: MappedIo; map: object } | null {
     if (this.mapped !== null) return this.mapped === false ? null : this.mapped;
     this.mapped = false;
-    const io = fastIo() as MappedWrites | null;
+    const io = fastIo();
     if (io === null || io.mapShared === undefined || io.copyToMap === undefined || io.unmap === undefined) return null;
     if (this.isBlockDevice || this.sizeBytes <= 0 || this.closed) return null;
     const map = io.mapShared(this.fh.fd, this.offsetBytes, this.sizeBytes);

@@ -30,6 +30,17 @@ export interface FastIo {
    * net.core.wmem_max, doubled), or -errno. Absent from addons built before it.
    */
   setSendBuffer?(fd: number, bytes: number): number;
+  /**
+   * Mapped writes to a file on a memory file system (src/mirror/legs/file.ts): mapShared(fd, offsetBytes,
+   * lengthBytes) -> a MAP_SHARED mapping of the file's [offsetBytes, offsetBytes + lengthBytes), or -errno;
+   * copyToMap(mapping, position (from offsetBytes), buf, offset, length, callback) copies on the thread pool,
+   * callback(length or -errno: -EFAULT when the copy hit SIGBUS, -ERANGE outside, -EBADF after unmap);
+   * copyToMapSync the same on the calling thread (returns it); unmap(mapping). Absent from older addons.
+   */
+  mapShared?(fd: number, offsetBytes: number, lengthBytes: number): object | number;
+  copyToMap?(mapping: object, position: number, buf: Uint8Array, offset: number, length: number, callback: (result: number) => void): void;
+  copyToMapSync?(mapping: object, position: number, buf: Uint8Array, offset: number, length: number): number;
+  unmap?(mapping: object): void;
 }
 
 let addon: FastIo | null | undefined;
