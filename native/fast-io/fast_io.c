@@ -46,6 +46,7 @@
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -346,40 +347,65 @@ static void copy_noop(napi_env env, void *data) {
   (void)data;
 }
 
+/** The arguments copyToMap and copyToMapSync share: (mapping, position, buf, offset, length). */
+typedef struct {
+  mapping_t *m;
+  int64_t position, offset, len;
+  const uint8_t *src;
+} copy_args;
+
+/**
+ * Reads argv[0..4] into `a`: false after throwing (TypeError for a wrong type, RangeError for a range outside
+ * buf or a negative position). A mapping that is unmapped or too short is not an error here (copy_target).
+ */
+static bool copy_args_of(napi_env env, napi_value *argv, const char *what, copy_args *a) {
+  void *data;
+  size_t size;
+  if ((a->m = mapping_of(env, argv[0])) == NULL || napi_get_value_int64(env, argv[1], &a->position) != napi_ok ||
+      napi_get_buffer_info(env, argv[2], &data, &size) != napi_ok || napi_get_value_int64(env, argv[3], &a->offset) != napi_ok ||
+      napi_get_value_int64(env, argv[4], &a->len) != napi_ok) {
+    napi_throw_type_error(env, NULL, what);
+    return false;
+  }
+  if (a->offset < 0 || a->len < 0 || (uint64_t)a->offset + (uint64_t)a->len > size || a->position < 0) {
+    napi_throw_range_error(env, NULL, what);
+    return false;
+  }
+  a->src = data == NULL ? (const uint8_t *)"" : (const uint8_t *)data + a->offset;
+  return true;
+}
+
+/** Where the copy goes, or NULL with *result set: -EBADF after unmap, -ERANGE past the mapping. */
+static uint8_t *copy_target(const copy_args *a, int64_t *result) {
+  if (a->m->addr == NULL) *result = -EBADF;
+  else if ((uint64_t)a->position + (uint64_t)a->len > a->m->length) *result = -ERANGE;
+  else return a->m->addr + a->m->delta + a->position;
+  return NULL;
+}
+
 static napi_value do_copy_to_map(napi_env env, napi_callback_info info) {
   static const char *what = "copyToMap(mapping, position, buf, offset, length, callback): bad arguments";
   size_t argc = 6;
   napi_value argv[6], out;
-  mapping_t *m;
-  int64_t position, offset, len;
-  void *data;
-  size_t size;
   napi_valuetype cbtype;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 6 || (m = mapping_of(env, argv[0])) == NULL ||
-      napi_get_value_int64(env, argv[1], &position) != napi_ok || napi_get_buffer_info(env, argv[2], &data, &size) != napi_ok ||
-      napi_get_value_int64(env, argv[3], &offset) != napi_ok || napi_get_value_int64(env, argv[4], &len) != napi_ok ||
-      napi_typeof(env, argv[5], &cbtype) != napi_ok || cbtype != napi_function) {
+  copy_args a;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 6 || napi_typeof(env, argv[5], &cbtype) != napi_ok ||
+      cbtype != napi_function) {
     napi_throw_type_error(env, NULL, what);
     return NULL;
   }
-  if (offset < 0 || len < 0 || (uint64_t)offset + (uint64_t)len > size || position < 0) {
-    napi_throw_range_error(env, NULL, what);
-    return NULL;
-  }
+  if (!copy_args_of(env, argv, what, &a)) return NULL;
   copy_job *job = calloc(1, sizeof *job);
   if (job == NULL) {
     napi_throw_error(env, NULL, "copyToMap: out of memory");
     return NULL;
   }
   // A result known now (unmapped, outside the mapping) still comes through the callback, later.
-  int known = 1;
-  if (m->addr == NULL) job->result = -EBADF;
-  else if ((uint64_t)position + (uint64_t)len > m->length) job->result = -ERANGE;
-  else known = 0;
+  job->dst = copy_target(&a, &job->result);
+  int known = job->dst == NULL;
   if (!known) {
-    job->dst = m->addr + m->delta + position;
-    job->src = data == NULL ? (const uint8_t *)"" : (const uint8_t *)data + offset;
-    job->length = (size_t)len;
+    job->src = a.src;
+    job->length = (size_t)a.len;
   }
   napi_value name;
   napi_create_string_utf8(env, "nbdm:copyToMap", NAPI_AUTO_LENGTH, &name);
@@ -403,26 +429,17 @@ static napi_value do_copy_to_map_sync(napi_env env, napi_callback_info info) {
   static const char *what = "copyToMapSync(mapping, position, buf, offset, length): bad arguments";
   size_t argc = 5;
   napi_value argv[5], out;
-  mapping_t *m;
-  int64_t position, offset, len;
-  void *data;
-  size_t size;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 5 || (m = mapping_of(env, argv[0])) == NULL ||
-      napi_get_value_int64(env, argv[1], &position) != napi_ok || napi_get_buffer_info(env, argv[2], &data, &size) != napi_ok ||
-      napi_get_value_int64(env, argv[3], &offset) != napi_ok || napi_get_value_int64(env, argv[4], &len) != napi_ok) {
+  copy_args a;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 5) {
     napi_throw_type_error(env, NULL, what);
     return NULL;
   }
-  if (offset < 0 || len < 0 || (uint64_t)offset + (uint64_t)len > size || position < 0) {
-    napi_throw_range_error(env, NULL, what);
-    return NULL;
-  }
+  if (!copy_args_of(env, argv, what, &a)) return NULL;
   int64_t result;
-  if (m->addr == NULL) result = -EBADF;
-  else if ((uint64_t)position + (uint64_t)len > m->length) result = -ERANGE;
-  else {
-    int r = guarded_copy(m->addr + m->delta + position, data == NULL ? (const uint8_t *)"" : (const uint8_t *)data + offset, (size_t)len);
-    result = r < 0 ? r : len;
+  uint8_t *dst = copy_target(&a, &result);
+  if (dst != NULL) {
+    int r = guarded_copy(dst, a.src, (size_t)a.len);
+    result = r < 0 ? r : a.len;
   }
   napi_create_int64(env, result, &out);
   return out;
