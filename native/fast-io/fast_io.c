@@ -24,23 +24,24 @@
 //
 //   setSendBuffer(fd, bytes) -> setsockopt(SO_SNDBUF, bytes) (the kernel caps it at net.core.wmem_max and
 //       doubles it; never lowered: a socket already holding as much is left alone), then the size it keeps
-//       (getsockopt), or -errno. For TLS connections (src/nbd/tls/server-tls.ts).
+//       (getsockopt), or -errno. For every unix-socket connection (src/nbd/server/send-buffer.ts).
 //
-//   mapShared(fd, offsetBytes, lengthBytes) -> a mapping (an external) of the file's [offsetBytes, offsetBytes
-//       + lengthBytes) (any offset: the mapping starts at the page below it), MAP_SHARED and writable, or -errno. For writes to a file on a memory file system (tmpfs): copying into its pages
+//   mapShared(fd, offsetBytes, lengthBytes) -> a mapping (an external) of the file's [offsetBytes,
+//       offsetBytes + lengthBytes) (any offset: the mapping starts at the page below it), MAP_SHARED and
+//       writable, or -errno. For writes to a file on a memory file system (tmpfs): copying into its pages
 //       from user space costs ~130 us per MiB here, against ~250 us for pwrite(2) (which looks up, locks and
 //       dirties every 4 KiB page in the kernel). unmap(mapping) releases it (idempotent; also on GC).
 //   copyToMap(mapping, position, buf, offset, length, callback) -> undefined; copies buf[offset, offset +
-//       length) to the mapping at position (from its offsetBytes) in ONE job on libuv's thread pool (napi_async_work), then
-//       callback(result) on the JS thread: length, or -errno: -EFAULT when the copy hit SIGBUS (the file
+//       length) to the mapping at position (from its offsetBytes) in ONE job on libuv's thread pool
+//       (napi_async_work), then callback(result) on the JS thread: length, or -errno: -EFAULT when the copy hit SIGBUS (the file
 //       was truncated under the mapping, or tmpfs could not allocate a page: ENOSPC), -ERANGE outside the
 //       mapping, -EBADF after unmap. The SIGBUS is caught for that copy only (a per-thread guard, siglongjmp);
 //       any other SIGBUS goes to the handler that was there before, or kills the process as it would have.
 //       The bytes copied before a fault stay written (the caller fails that leg). buf is referenced until
 //       the callback ran; the caller keeps the mapping until then (FileLeg counts the job in flight).
 //   copyToMapSync(mapping, position, buf, offset, length) -> length or -errno: the same copy on the calling
-//       thread (the file legs' small synchronous writes: ~1.2 us of CPU for a random 4 KiB write into a 256 MiB tmpfs
-//       file against ~2.6 us for pwrite).
+//       thread (the file legs' small synchronous writes: ~1.2 us of CPU for a random 4 KiB write into a
+//       256 MiB tmpfs file against ~2.6 us for pwrite).
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>

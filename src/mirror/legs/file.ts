@@ -50,20 +50,20 @@
 //
 // Mapped writes (writeMapped): a large (pool) non-FUA write to a regular file on a memory file system is a
 // memcpy into a MAP_SHARED mapping of the file on libuv's thread pool (fast-io addon copyToMap), and a small
-// synchronous one (writeSyncNow) the same copy on the main thread (copyToMapSync), instead of pwrite(2): the bytes land in the same page-cache pages, without the kernel's per-4-KiB-page lookup, lock
-// and dirtying (C, 1 MiB into a 256 MiB tmpfs file: memcpy 125-150 us of CPU, pwrite 226-268; a 1 MiB
-// mirrored write copies twice). The copy first maps its pages with read faults (fault-around: 16 pages per
-// fault; 4 KiB write faults cost ~2.3 us each here, which made a fresh server's first pass over a file slower
-// than pwrite). cpu.js, 2-leg mirror on /dev/shm, 6 paired rounds against the pwrite build (server CPU per
-// request in brackets): write-1m-qd8 1.25x (0.74x), randwrite-4k-qd32 1.19x (0.79x), randwrite-4k-qd1 1.28x
-// (0.74x).
-// tmpfs has no writeback, so nothing else changes: reads (pread), flush (a no-op there),
-// resync (copy_file_range) see the same pages. Errors: a page that cannot be had (the file was truncated
+// synchronous one (writeSyncNow) the same copy on the main thread (copyToMapSync), instead of pwrite(2): the
+// bytes land in the same page-cache pages, without the kernel's per-4-KiB-page lookup, lock and dirtying
+// (C, 1 MiB into a 256 MiB tmpfs file: memcpy 125-150 us of CPU, pwrite 226-268; a 1 MiB mirrored write
+// copies twice). The copy first maps its pages with read faults (fault-around: 16 pages per fault; 4 KiB
+// write faults cost ~2.3 us each here, which made a fresh server's first pass over a file slower than
+// pwrite). cpu.js, 2-leg mirror on /dev/shm, 6 paired rounds against the pwrite build (server CPU per request
+// in brackets): write-1m-qd8 1.25x (0.74x), randwrite-4k-qd32 1.19x (0.79x), randwrite-4k-qd1 1.28x (0.74x).
+// tmpfs has no writeback, so nothing else changes: reads (pread), flush (a no-op there), resync
+// (copy_file_range) see the same pages. Errors: a page that cannot be had (the file was truncated
 // under the mapping, tmpfs is full) raises SIGBUS, which the addon catches for that copy only and reports as
 // EFAULT (-> ExportError EIO): the leg fails alone, as it would on a pwrite error. The mapping covers the leg's
 // own range of the file, [offsetBytes, offsetBytes + sizeBytes) as at open (a slice of a pool file maps its
-// slice only), is made at the first such write and released by close() after the writes in flight drained. Without the addon (NBD_MIRROR_FAST_IO=0 included), or when mmap fails,
-// writes use pwrite as before.
+// slice only), is made at the first such write and released by close() after the writes in flight drained.
+// Without the addon (NBD_MIRROR_FAST_IO=0 included), or when mmap fails, writes use pwrite as before.
 //
 // Resync between two FileLegs uses copyRangeTo (copy_file_range(2) through native/copy-range, one thread
 // pool job per chunk, no user-space buffer) when the addon is built; errors there are never reported, the

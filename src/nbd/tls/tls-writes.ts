@@ -107,4 +107,3 @@ function inSequence(step: (next: WriteCb) => boolean, cb: WriteCb): void {
   };
   next();
 }
-
